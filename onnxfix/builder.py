@@ -1,0 +1,38 @@
+"""Small node factory: unique names, constants, and attribute forms valid at the model's opset."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .naming import NameAllocator
+
+
+class NodeBuilder:
+    """Collects the nodes that replace one random node, in topological order."""
+
+    def __init__(self, names: NameAllocator, opset: int, prefix: str):
+        self.names = names
+        self.opset = opset
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+
+    def tensor(self, hint: str) -> str:
+        return self.names.fresh(f"{self.prefix}_{hint}")
+
+    def constant(self, value: np.ndarray, hint: str) -> str:
+        out = self.tensor(hint)
+        tensor = numpy_helper.from_array(np.asarray(value), name=out)
+        node_name = self.names.fresh(out + "_node")
+        self.nodes.append(helper.make_node("Constant", [], [out], name=node_name, value=tensor))
+        return out
+
+    def op(self, op_type: str, inputs: list[str], hint: str, output: str | None = None,
+           **attrs) -> str:
+        out = output if output is not None else self.tensor(hint)
+        if op_type in ("Add", "Mul", "Sub", "Div") and self.opset < 7:
+            attrs.setdefault("broadcast", 1)  # before opset 7, broadcasting was opt-in
+        node_name = self.names.fresh(f"{self.prefix}_{hint}")
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=node_name, **attrs))
+        return out

@@ -1,0 +1,123 @@
+"""Reading and writing model files: clear errors on bad input, atomic output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import ModelError, UsageError
+
+# protobuf refuses to serialize a single message above 2 GiB.
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load and validate an ONNX file; any problem becomes a one-line ModelError."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p}: no such file")
+    if p.is_dir():
+        raise ModelError(f"{p}: is a folder, not an .onnx file")
+    size = p.stat().st_size
+    if size == 0:
+        raise ModelError(f"{p}: empty file, not an ONNX model")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{p}: cannot read: {e.strerror or e}") from None
+    model = parse_model_bytes(data, str(p))
+    if _uses_external_data(model):
+        try:
+            onnx.load_external_data_for_model(model, str(p.parent))
+        except Exception as e:  # noqa: BLE001 - any failure is the file's fault
+            raise ModelError(f"{p}: cannot load external data: {_one_line(e)}") from None
+    return model
+
+
+def parse_model_bytes(data: bytes, origin: str = "<bytes>") -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise ModelError(f"{origin}: not a valid ONNX protobuf ({_one_line(e)})") from None
+    validate_model(model, origin)
+    return model
+
+
+def validate_model(model: onnx.ModelProto, origin: str) -> None:
+    if not model.HasField("graph") or not model.opset_import:
+        raise ModelError(f"{origin}: not an ONNX model (no graph or no opset_import)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001 - the checker raises several types
+        raise ModelError(f"{origin}: invalid ONNX model: {_one_line(e)}") from None
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(
+        t.data_location == onnx.TensorProto.EXTERNAL
+        for t in model.graph.initializer
+    )
+
+
+def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write `model` to `path` through a temporary file in the same folder, then rename.
+
+    A failure at any point leaves no partial file and leaves an existing `path` untouched.
+    """
+    out = Path(path)
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"{out}: output folder {folder} does not exist")
+    if out.is_dir():
+        raise UsageError(f"{out}: is a folder; give a file name for the output")
+    if model.ByteSize() > PROTOBUF_LIMIT:
+        raise ModelError(f"{out}: model is larger than 2 GB; save with external data")
+    data = model.SerializeToString()
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise UsageError(f"{out}: cannot write to {folder}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise UsageError(f"{out}: cannot write: {e.strerror or e}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file (a report) atomically, like the model itself."""
+    out = Path(path)
+    folder = out.parent if str(out.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise UsageError(f"{out}: cannot write: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,86 @@
+"""What a rewrite did: dataclasses, their JSON form, and the printed summary."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import onnx
+
+
+@dataclass
+class Replacement:
+    kind: str  # "input" | "initializer" | "constant" | "deterministic"
+    name: str
+    shape: list | None
+    dtype: str
+
+
+@dataclass
+class NodeRecord:
+    op_type: str
+    node: str
+    output: str
+    graph: str
+    distribution: dict
+    replacement: Replacement | None = None
+    status: str = "rewritten"  # or "kept" (not selected)
+
+
+@dataclass
+class OutputCheck:
+    name: str
+    dims: dict
+    shape: list
+    max_abs_err: float
+    max_rel_err: float
+    passed: bool
+    note: str = ""
+
+
+@dataclass
+class Parity:
+    status: str  # "passed" | "failed" | "skipped"
+    reason: str = ""
+    atol: float | None = None
+    rtol: float | None = None
+    sizes: list[dict] = field(default_factory=list)
+    outputs: list[OutputCheck] = field(default_factory=list)
+
+
+@dataclass
+class RewriteReport:
+    mode: str
+    input: str | None = None
+    output: str | None = None
+    nodes: list[NodeRecord] = field(default_factory=list)
+    parity: Parity | None = None
+    ops_before: dict = field(default_factory=dict)
+    ops_after: dict = field(default_factory=dict)
+    new_inputs: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["parity"] is None:
+            d["parity"] = {"status": "skipped", "reason": "not run"}
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=_jsonable)
+
+
+def _jsonable(x):
+    if hasattr(x, "item"):
+        return x.item()
+    return str(x)
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Op counts over every graph and function body in the model."""
+    from .find import iter_graphs
+
+    counts: Counter[str] = Counter()
+    for container, _ in iter_graphs(model):
+        counts.update(n.op_type for n in container.node)
+    return dict(sorted(counts.items()))

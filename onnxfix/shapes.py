@@ -1,0 +1,153 @@
+"""Shape and type facts: inference with data propagation, ORT's symbolic fallback, dim fixing."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+
+import onnx
+
+from .errors import UsageError
+from .find import iter_graphs
+
+Dim = int | str | None  # a size, a symbolic name, or unknown
+Shape = list[Dim] | None  # None: rank unknown
+
+
+@dataclass
+class TensorFacts:
+    elem_type: int | None
+    shape: Shape
+
+
+def _facts_from_type(tp: onnx.TypeProto) -> TensorFacts | None:
+    if not tp.HasField("tensor_type"):
+        return None
+    t = tp.tensor_type
+    shape: Shape = None
+    if t.HasField("shape"):
+        shape = []
+        for d in t.shape.dim:
+            if d.HasField("dim_value"):
+                shape.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param:
+                shape.append(d.dim_param)
+            else:
+                shape.append(None)
+    return TensorFacts(t.elem_type or None, shape)
+
+
+def collect_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
+    """Types and shapes declared anywhere in the model (all graphs share one namespace)."""
+    facts: dict[str, TensorFacts] = {}
+    for container, _ in iter_graphs(model):
+        if not isinstance(container, onnx.GraphProto):
+            continue
+        for init in container.initializer:
+            facts[init.name] = TensorFacts(init.data_type, [int(d) for d in init.dims])
+        for seq in (container.input, container.output, container.value_info):
+            for vi in seq:
+                f = _facts_from_type(vi.type)
+                if f is not None:
+                    facts[vi.name] = f
+    return facts
+
+
+def infer_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
+    """onnx shape inference with data propagation; declared facts if inference fails."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference is best effort here; checks come later
+        inferred = model
+    return collect_facts(inferred)
+
+
+def ort_symbolic_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
+    """onnxruntime's symbolic shape inference, which ties more dims through Shape/Reshape."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except Exception:  # noqa: BLE001 - optional fallback
+        return {}
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            out = SymbolicShapeInference.infer_shapes(model, auto_merge=True,
+                                                      guess_output_rank=False, verbose=0)
+    except Exception:  # noqa: BLE001
+        return {}
+    return collect_facts(out) if out is not None else {}
+
+
+def input_dim_names(model: onnx.ModelProto) -> list[str]:
+    """Symbolic dims that the main graph's inputs declare, in order of appearance."""
+    names: list[str] = []
+    for vi in model.graph.input:
+        f = _facts_from_type(vi.type)
+        for d in (f.shape or []) if f else []:
+            if isinstance(d, str) and d not in names:
+                names.append(d)
+    return names
+
+
+def model_dim_names(model: onnx.ModelProto) -> set[str]:
+    names: set[str] = set()
+    for container, _ in iter_graphs(model):
+        if not isinstance(container, onnx.GraphProto):
+            continue
+        for seq in (container.input, container.output, container.value_info):
+            for vi in seq:
+                f = _facts_from_type(vi.type)
+                if f is not None and f.shape:
+                    names.update(d for d in f.shape if isinstance(d, str))
+    return names
+
+
+def fix_dims(model: onnx.ModelProto, dims: dict[str, int]) -> None:
+    """Replace symbolic dims by sizes everywhere they are declared (in place)."""
+    if not dims:
+        return
+    known = model_dim_names(model)
+    unknown = sorted(set(dims) - known)
+    if unknown:
+        have = ", ".join(sorted(known)) or "none"
+        raise UsageError(f"--dim: the model has no symbolic dim {', '.join(map(repr, unknown))}"
+                         f" (its dims: {have})")
+    for name, value in dims.items():
+        if value < 1:
+            raise UsageError(f"--dim {name}={value}: a dim must be a positive integer")
+    for container, _ in iter_graphs(model):
+        if not isinstance(container, onnx.GraphProto):
+            continue
+        for seq in (container.input, container.output, container.value_info):
+            for vi in seq:
+                if not vi.type.HasField("tensor_type"):
+                    continue
+                for d in vi.type.tensor_type.shape.dim:
+                    if d.HasField("dim_param") and d.dim_param in dims:
+                        d.dim_value = dims[d.dim_param]
+
+
+def parse_dim_flags(values: list[str]) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for item in values or []:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise UsageError(f"--dim {item!r}: expected NAME=VALUE, e.g. --dim batch=1")
+        try:
+            size = int(value)
+        except ValueError:
+            raise UsageError(f"--dim {item!r}: {value!r} is not an integer") from None
+        if size < 1:
+            raise UsageError(f"--dim {item!r}: a dim must be a positive integer")
+        dims[name] = size
+    return dims
+
+
+def tied_score(shape: Shape, anchors: set[str]) -> int:
+    """How much of a shape is pinned down: known sizes and dims named on the graph inputs."""
+    if shape is None:
+        return -1
+    return sum(1 for d in shape if isinstance(d, int) or (isinstance(d, str) and d in anchors))
