@@ -312,3 +312,29 @@ def test_old_ir_lists_constant_initializers_as_inputs():
     out, _ = rewrite_model(model, "constant")
     onnx.checker.check_model(out, full_check=True)
     assert "r" in [i.name for i in out.graph.input]
+
+
+def test_tts_duration_predictor_noise_ties_two_symbolic_dims(rng):
+    # VITS-style: z = randn(x.size(0), 2, x.size(2)) * noise_scale, x: [batch, C, T]
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[batch,4,T] x, float noise_scale) => (float[batch,2,T] z) {
+      s = Shape(x)
+      i0 = Constant<value=int64[1] {0}>()
+      i2 = Constant<value=int64[1] {2}>()
+      two = Constant<value=int64[1] {2}>()
+      b = Gather<axis=0>(s, i0)
+      t = Gather<axis=0>(s, i2)
+      shp = Concat<axis=0>(b, two, t)
+      c = ConstantOfShape(shp)
+      r = RandomNormalLike(c)
+      z = Mul(r, noise_scale)
+    }""")
+    out, _ = rewrite_model(model, "input-noise")
+    full_check(out)
+    assert input_dims(out, "noise_r") == ["batch", 2, "T"]
+    assert op_types(out) == ["Identity", "Mul"]
+    eps = rng.standard_normal((3, 2, 7)).astype(np.float32)
+    z = run(out, {"x": np.zeros((3, 4, 7), np.float32), "noise_scale": np.array(0.667, np.float32),
+                  "noise_r": eps})["z"]
+    np.testing.assert_array_equal(z, eps * np.float32(0.667))
