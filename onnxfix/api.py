@@ -59,7 +59,8 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
         report.parity = Parity(status="skipped", reason="the model has no random nodes")
     elif check:
         report.parity = check_parity(original, new_model, records, mode, size=check_size,
-                                     atol=atol, rtol=rtol, seed=seed, on_line=on_line)
+                                     atol=atol, rtol=rtol, seed=seed, dims=dims,
+                                     on_line=on_line)
         if report.parity.status == "failed":
             raise ParityError(f"parity check failed: {report.parity.reason}", report)
     else:

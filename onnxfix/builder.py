@@ -12,8 +12,9 @@ from .naming import NameAllocator
 class NodeBuilder:
     """Collects the nodes that replace one random node, in topological order."""
 
-    def __init__(self, names: NameAllocator, opset: int, prefix: str):
+    def __init__(self, names: NameAllocator, opset: int, prefix: str, constant_of=None):
         self.names = names
+        self.constant_of = constant_of or (lambda _name: None)
         self.opset = opset
         self.prefix = prefix
         self.nodes: list[onnx.NodeProto] = []
@@ -27,6 +28,12 @@ class NodeBuilder:
         node_name = self.names.fresh(out + "_node")
         self.nodes.append(helper.make_node("Constant", [], [out], name=node_name, value=tensor))
         return out
+
+    def unsqueeze(self, name: str, axis: int, hint: str) -> str:
+        if self.opset >= 13:  # axes became an input in opset 13
+            axes = self.constant(np.array([axis], dtype=np.int64), hint + "_axes")
+            return self.op("Unsqueeze", [name, axes], hint)
+        return self.op("Unsqueeze", [name], hint, axes=[axis])
 
     def op(self, op_type: str, inputs: list[str], hint: str, output: str | None = None,
            **attrs) -> str:

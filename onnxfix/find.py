@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from .ops import OP_TABLE, is_random_node
+from .ops import is_random_op, spec_for
 
 Container = onnx.GraphProto | onnx.FunctionProto
+
+MAX_NESTING = 256  # deeper nesting is refused as hostile rather than walked
+
+
+@dataclass
+class Scope:
+    """One level of nesting: `body` is attribute `attr` of `owner`, a node of `parent`."""
+
+    owner: onnx.NodeProto
+    attr: str
+    body: onnx.GraphProto
+    parent: Container
 
 
 @dataclass
 class Site:
-    """One random node and the graph (or function body) that holds it."""
+    """One random node, the graph (or function body) that holds it, and the way down to it."""
 
     node: onnx.NodeProto
     container: Container
     location: str  # "main", "main/<node>.<attr>", "function <domain>::<name>"
+    scopes: list[Scope] = field(default_factory=list)
 
     @property
     def op_type(self) -> str:
@@ -32,6 +47,10 @@ class Site:
     def in_main_graph(self) -> bool:
         return self.location == "main"
 
+    @property
+    def in_function(self) -> bool:
+        return self.location.startswith("function ")
+
     def describe(self) -> str:
         name = f" '{self.node.name}'" if self.node.name else ""
         return f"{self.op_type}{name} -> '{self.output}' ({self.location})"
@@ -39,37 +58,103 @@ class Site:
 
 def iter_graphs(model: onnx.ModelProto) -> Iterator[tuple[Container, str]]:
     """Yield every graph and function body with its location, outermost first."""
-    yield from _walk_graph(model.graph, "main")
+    for container, where, _ in iter_scoped(model):
+        yield container, where
+
+
+def iter_scoped(model: onnx.ModelProto) -> Iterator[tuple[Container, str, list[Scope]]]:
+    yield from _walk(model.graph, "main")
     for f in model.functions:
-        yield from _walk_graph(f, f"function {f.domain}::{f.name}")
+        yield from _walk(f, f"function {f.domain}::{f.name}")
 
 
-def _walk_graph(container: Container, location: str) -> Iterator[tuple[Container, str]]:
+def walk_graph(container: Container, location: str = "") -> Iterator[tuple[Container, str]]:
+    for g, where, _ in _walk(container, location):
+        yield g, where
+
+
+def _walk(container: Container, location: str) -> Iterator[tuple[Container, str, list[Scope]]]:
     # Iterative on purpose: a hostile model may nest subgraphs deeper than Python recursion.
-    stack = [(container, location)]
+    stack: list[tuple[Container, str, list[Scope]]] = [(container, location, [])]
     while stack:
-        graph, where = stack.pop()
-        yield graph, where
+        graph, where, scopes = stack.pop()
+        yield graph, where, scopes
         children = []
         for i, node in enumerate(graph.node):
             label = node.name or f"{node.op_type}#{i}"
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
-                    children.append((attr.g, f"{where}/{label}.{attr.name}"))
+                    bodies = [(attr.g, f"{where}/{label}.{attr.name}")]
                 elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for k, g in enumerate(attr.graphs):
-                        children.append((g, f"{where}/{label}.{attr.name}[{k}]"))
+                    bodies = [(g, f"{where}/{label}.{attr.name}[{k}]")
+                              for k, g in enumerate(attr.graphs)]
+                else:
+                    continue
+                for body, body_where in bodies:
+                    inner = [*scopes, Scope(node, attr.name, body, graph)]
+                    if len(inner) > MAX_NESTING:
+                        from .errors import ModelError
+
+                        raise ModelError(f"subgraphs nested deeper than {MAX_NESTING} levels")
+                    children.append((body, body_where, inner))
         stack.extend(reversed(children))
+
+
+def constant_values(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Tensors whose value is fixed in the model: initializers and Constant(value=...) outputs."""
+    values: dict[str, onnx.TensorProto] = {}
+    for container, _ in iter_graphs(model):
+        if isinstance(container, onnx.GraphProto):
+            for t in container.initializer:
+                values[t.name] = t
+        for n in container.node:
+            if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output:
+                for a in n.attribute:
+                    if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                        values[n.output[0]] = a.t
+    return values
+
+
+def constant_lookup(model: onnx.ModelProto):
+    """A function name -> numpy value (or None) over the model's fixed tensors."""
+    values = constant_values(model)
+    # Graph inputs shadow initializers of the same name (they are overridable defaults).
+    overridable = {i.name for i in model.graph.input}
+
+    def lookup(name: str):
+        t = values.get(name)
+        if t is None or name in overridable:
+            return None
+        try:
+            return numpy_helper.to_array(t)
+        except Exception:  # noqa: BLE001 - external or malformed data: not a known constant
+            return None
+
+    return lookup
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 0
 
 
 def find_sites(model: onnx.ModelProto) -> list[Site]:
     """Every random node in the model, in graph order, main graph first."""
+    opset = default_opset(model)
+    lookup = constant_lookup(model)
     sites = []
-    for container, where in iter_graphs(model):
+    for container, where, scopes in iter_scoped(model):
         for node in container.node:
-            if is_random_node(node):
-                sites.append(Site(node, container, where))
+            if is_random_op(node) and spec_for(node).applies(node, opset, lookup):
+                sites.append(Site(node, container, where, scopes))
     return sites
 
 
-__all__ = ["OP_TABLE", "Site", "find_sites", "iter_graphs"]
+def as_int(value) -> int | None:
+    """A scalar constant as an int, or None."""
+    if value is None:
+        return None
+    arr = np.asarray(value).reshape(-1)
+    return int(arr[0]) if arr.size == 1 else None

@@ -1,26 +1,30 @@
 """Conditional parity in onnxruntime: the rewritten model must compute what the original did.
 
 Outputs downstream of a draw cannot be compared with a fresh run of the original, so the
-check conditions on the draws: run the original with its random outputs exposed, then
-- input-noise: standardize each captured draw and feed it to the rewritten model;
-- constant: feed the frozen draw to the original (random nodes cut out) and compare it
-  with the rewritten model, whose two runs must also be identical.
-Every output must match within tolerance, at two sizes of the symbolic dims when there are any.
+check conditions on the draws: onnxruntime runs the original with every random node's outputs
+(and the inputs its distribution depends on) exposed, which captures the draws it made.
+- input-noise: each captured draw is turned back into standard noise consistent with it and
+  fed to the rewritten model; every output, and every draw, must match.
+- constant: the model is also rewritten in input-noise mode and checked as above; then the
+  constant model must equal that model fed with the frozen noise, and two runs must agree.
+Symbolic dims take `size`, and the check runs again at size + 1 when the model is dynamic.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
 
-from .ops import attrs_of, is_random_node, np_dtype, spec_for
+from .capture import Exposer
+from .find import Site, find_sites
+from .ops import AffineOp, Inconsistent, attrs_of, np_dtype, spec_for
 from .report import NodeRecord, OutputCheck, Parity
+from .shapes import infer_facts
 
 # Tolerances when the user gives none, by the output's dtype (atol, rtol). The standardized
 # noise reproduces each draw bit for bit, so these only absorb kernel-level reordering.
@@ -31,106 +35,281 @@ DEFAULT_TOLERANCES = {
 }
 
 
+class _Skip(Exception):
+    pass
+
+
 @dataclass
-class _Draw:
-    output: str
+class _Captured:
     record: NodeRecord
     node: onnx.NodeProto
+    lead: int  # leading iteration axes (enclosing Loop/Scan levels)
+    outputs: dict[int, str] = field(default_factory=dict)  # output index -> exposed name
+    inputs: dict[int, str] = field(default_factory=dict)   # input index -> exposed name
 
 
 def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
                  records: list[NodeRecord], mode: str, *, size: int = 2,
                  atol: float | None = None, rtol: float | None = None, seed: int = 0,
+                 dims: dict | None = None, select: Callable[[Site], bool] | None = None,
                  on_line: Callable[[str], None] | None = None) -> Parity:
     emit = on_line or (lambda _line: None)
     parity = Parity(status="passed", atol=atol, rtol=rtol)
-    draws = _draws(original, records)
-    if not draws:
+    done = [r for r in records if r.status == "rewritten"]
+    if not done:
         parity.status, parity.reason = "skipped", "no random node was rewritten"
         return parity
-    capture = _with_outputs(original, [(d.output, _elem_type(d)) for d in draws])
     try:
-        orig_sess = _session(capture)
-    except Exception as e:  # noqa: BLE001 - ORT raises several types
-        return _skip(parity, f"the original model does not load in onnxruntime: {_line(e)}")
-    try:
-        new_sess = _session(_with_outputs(rewritten, [(d.output, _elem_type(d)) for d in draws]))
-    except Exception as e:  # noqa: BLE001
-        return _fail(parity, f"the rewritten model does not load in onnxruntime: {_line(e)}",
-                     emit)
-    frozen_sess = None
-    if mode == "constant":
-        try:
-            frozen_sess = _session(_frozen(original, draws))
-        except Exception as e:  # noqa: BLE001
-            return _skip(parity, f"the original with frozen draws does not load: {_line(e)}")
-
-    noise_inputs = {r.replacement.name for r in records if r.replacement
-                    and r.replacement.kind == "input"}
-    data_inputs = [i for i in new_sess.get_inputs() if i.name not in noise_inputs]
-    symbols = _symbols(data_inputs)
-    sizes = [size, size + 1] if symbols else [size]
-    out_names = [o.name for o in original.graph.output]
-    for k, n in enumerate(sizes):
-        dims = {s: n for s in symbols}
-        parity.sizes.append(dims)
-        rng = np.random.default_rng([seed, k])
-        try:
-            feeds = {i.name: _synthetic(i, n, rng) for i in data_inputs}
-        except ValueError as e:
-            return _skip(parity, str(e))
-        try:
-            orig = dict(zip([o.name for o in orig_sess.get_outputs()],
-                            orig_sess.run(None, feeds), strict=True))
-        except Exception as e:  # noqa: BLE001
-            return _skip(parity, f"the original model fails on synthetic inputs "
-                                 f"({_dims_text(dims)}): {_line(e)}")
         if mode == "input-noise":
-            noise = {d.record.replacement.name: _standardize(d, orig[d.output]) for d in draws}
-            ok = _run_and_compare(parity, new_sess, {**feeds, **noise}, orig,
-                                  out_names + [d.output for d in draws], dims, emit)
+            _conditional(parity, original, rewritten, records, size, seed, emit)
         else:
-            ok = _check_constant(parity, new_sess, frozen_sess, feeds, orig, draws, rewritten,
-                                 out_names, dims, emit)
-        if not ok:
-            parity.status = "failed"
+            from .rewrite import rewrite_model
+
+            noise_model, noise_records = rewrite_model(original, "input-noise", dims=dims,
+                                                       select=select)
+            _conditional(parity, original, noise_model, noise_records, size, seed, emit)
+            if parity.status != "failed":
+                _constant_vs_noise(parity, rewritten, done, noise_model, noise_records, size,
+                                   seed, emit)
+    except _Skip as e:
+        parity.status, parity.reason = "skipped", str(e)
+        emit(f"SKIPPED | {e}")
     if parity.status == "failed" and not parity.reason:
         bad = [c for c in parity.outputs if not c.passed]
         parity.reason = f"{len(bad)} comparison(s) out of tolerance"
     return parity
 
 
-def _draws(original: onnx.ModelProto, records: list[NodeRecord]) -> list[_Draw]:
-    by_output = {n.output[0]: n for n in original.graph.node if n.output and is_random_node(n)}
-    return [_Draw(r.output, r, by_output[r.output]) for r in records
-            if r.status == "rewritten" and r.output in by_output]
+# -- input-noise: condition on the original's draws --------------------------------------
+
+def _conditional(parity: Parity, original, noise_model, records, size, seed, emit) -> None:
+    from .rewrite import _inline_random_functions
+
+    base = onnx.ModelProto()
+    base.CopyFrom(original)
+    base = _inline_random_functions(base)
+    captures, capture_model = _capture_model(base, records)
+    try:
+        orig_sess = _session(capture_model)
+    except Exception as e:  # noqa: BLE001 - ORT raises several types
+        raise _Skip(f"the original model does not load in onnxruntime: {_line(e)}") from None
+    out_set = {o.name for o in original.graph.output}
+    draws = [c.record.output for c in captures if c.lead == 0
+             and c.record.output in _main_names(noise_model) and c.record.output not in out_set]
+    probe = _with_outputs(noise_model, draws)
+    try:
+        new_sess = _session(probe)
+    except Exception as e:  # noqa: BLE001
+        _fail(parity, f"the rewritten model does not load in onnxruntime: {_line(e)}", emit)
+        return
+    noise_inputs = {r.replacement.name: r for r in records if r.replacement
+                    and r.replacement.kind == "input"}
+    data_inputs = [i for i in new_sess.get_inputs() if i.name not in noise_inputs]
+    symbols = _symbols(data_inputs)
+    tainted = _tainted_outputs(base, [r.output for r in records if r.status == "kept"])
+    out_names = [o.name for o in original.graph.output if o.name not in tainted]
+    if tainted:
+        emit(f"NOTE | outputs downstream of unselected random nodes are not compared: "
+             f"{', '.join(sorted(tainted))}")
+    for k, n in enumerate([size, size + 1] if symbols else [size]):
+        dims = {s: n for s in symbols}
+        parity.sizes.append(dims)
+        feeds = _feeds(data_inputs, n, np.random.default_rng([seed, k]))
+        try:
+            got = _run(orig_sess, feeds)
+        except Exception as e:  # noqa: BLE001
+            raise _Skip(f"the original model fails on synthetic inputs ({_dims_text(dims)}): "
+                        f"{_line(e)}") from None
+        noise = {}
+        for c in captures:
+            noise[c.record.replacement.name] = _standard_noise(c, got, new_sess, n)
+        for name in noise_inputs:
+            if name not in noise:  # e.g. its node was in an If branch not taken
+                noise[name] = _filler(new_sess, name, n)
+        expected = {**{o: got[o] for o in out_names},
+                    **{d: got[_draw_capture(captures, d)] for d in draws}}
+        if not _run_and_compare(parity, new_sess, {**feeds, **noise}, expected,
+                                out_names + draws, dims, emit):
+            parity.status = "failed"
 
 
-def _elem_type(d: _Draw) -> int:
-    return onnx.TensorProto.DataType.Value(d.record.replacement.dtype.upper())
+def _main_names(model: onnx.ModelProto) -> set[str]:
+    return {o for n in model.graph.node for o in n.output} | {
+        t.name for t in model.graph.initializer}
 
 
-def _with_outputs(model: onnx.ModelProto, extra: list[tuple[str, int]]) -> onnx.ModelProto:
+def _draw_capture(captures: list[_Captured], output: str) -> str:
+    return next(c.outputs[0] for c in captures if c.record.output == output)
+
+
+def _capture_model(base: onnx.ModelProto, records) -> tuple[list[_Captured], onnx.ModelProto]:
+    model = onnx.ModelProto()
+    model.CopyFrom(base)
+    facts = infer_facts(model)
+    sites = {s.output: s for s in find_sites(model)}
+    exposer = Exposer(model)
+    captures = []
+    for rec in records:
+        site = sites.get(rec.output)
+        if site is None or rec.replacement is None:
+            continue
+        node = site.node
+        spec = spec_for(node)
+        if node.op_type == "Dropout" and (len(node.output) < 2 or not node.output[1]):
+            while len(node.output) < 2:
+                node.output.append("")
+            node.output[1] = exposer.names.fresh(f"{node.output[0]}_mask")
+        lead = sum(1 for s in site.scopes if s.owner.op_type in ("Loop", "Scan"))
+        cap = _Captured(rec, node, lead)
+        for i, out in enumerate(node.output):
+            if out:
+                elem = onnx.TensorProto.BOOL if (node.op_type == "Dropout" and i == 1) else \
+                    _elem(facts, out, rec)
+                cap.outputs[i] = exposer.expose(out, elem, site.scopes)
+        wanted = set(spec.capture_inputs(node))
+        for i, inp in enumerate(node.input):
+            if inp and inp in wanted:
+                cap.inputs[i] = exposer.expose(inp, _elem(facts, inp, rec), site.scopes)
+        captures.append(cap)
+    return captures, model
+
+
+def _elem(facts, name: str, rec: NodeRecord) -> int:
+    f = facts.get(name)
+    if f is not None and f.elem_type:
+        return f.elem_type
+    return onnx.TensorProto.DataType.Value(rec.replacement.dtype.upper())
+
+
+def _standard_noise(c: _Captured, got: dict, sess, n: int) -> np.ndarray:
+    spec = spec_for(c.node)
+    attrs = attrs_of(c.node)
+    outs = {i: got[name] for i, name in c.outputs.items()}
+    ins = {i: got[name] for i, name in c.inputs.items()}
+    noise_dtype = _input_dtype(sess, c.record.replacement.name)
+    if outs[0].shape == (0,) and not _is_rank1(sess, c.record.replacement.name):
+        return _filler(sess, c.record.replacement.name, n)  # an If branch not taken
+    try:
+        if c.lead and c.node.op_type == "Multinomial":
+            lead_shape = outs[0].shape[:c.lead]
+            flat_outs = {0: outs[0].reshape(-1, outs[0].shape[-1])}
+            flat_ins = {0: ins[0].reshape(-1, ins[0].shape[-1])}
+            u = spec.standardize(flat_outs, attrs, flat_ins, noise_dtype)
+            batch = outs[0].shape[c.lead]
+            return u.reshape(*lead_shape, batch, *u.shape[1:])
+        if isinstance(spec, AffineOp):
+            return spec.standardize(outs, attrs)
+        return spec.standardize(outs, attrs, ins, noise_dtype)
+    except Inconsistent as e:
+        raise _Skip(f"cannot condition on the draw of {c.record.op_type} "
+                    f"'{c.record.output}': {e}") from None
+
+
+def _input_meta(sess, name: str):
+    return next(i for i in sess.get_inputs() if i.name == name)
+
+
+def _input_dtype(sess, name: str) -> np.dtype:
+    return np.dtype(_ORT_TYPES[_input_meta(sess, name).type])
+
+
+def _is_rank1(sess, name: str) -> bool:
+    shape = _input_meta(sess, name).shape
+    return shape is not None and len(shape) == 1
+
+
+def _filler(sess, name: str, n: int) -> np.ndarray:
+    meta = _input_meta(sess, name)
+    shape = [d if isinstance(d, int) and d >= 0 else n for d in (meta.shape or [])]
+    return np.full(shape, 0.5, dtype=np.dtype(_ORT_TYPES[meta.type]))
+
+
+def _tainted_outputs(model: onnx.ModelProto, sources: list[str]) -> set[str]:
+    """Main-graph outputs that depend on any of `sources` (draws left random)."""
+    if not sources:
+        return set()
+    from .rewrite import _reads
+
+    tainted = set(sources)
+    changed = True
+    while changed:
+        changed = False
+        for node in model.graph.node:
+            if _reads(node) & tainted and not set(node.output) <= tainted:
+                tainted.update(o for o in node.output if o)
+                changed = True
+    return {o.name for o in model.graph.output if o.name in tainted}
+
+
+# -- constant: the frozen model is the input-noise model fed its frozen noise ------------------
+
+def _constant_vs_noise(parity, const_model, records, noise_model, noise_records, size, seed,
+                       emit) -> None:
+    try:
+        const_sess = _session(const_model)
+        noise_sess = _session(noise_model)
+    except Exception as e:  # noqa: BLE001
+        _fail(parity, f"the rewritten model does not load in onnxruntime: {_line(e)}", emit)
+        return
+    frozen = {t.name: onnx.numpy_helper.to_array(t) for t in const_model.graph.initializer}
+    noise_name = {r.output: r.replacement.name for r in noise_records if r.replacement}
+    noise = {}
+    for rec in records:
+        value = frozen[rec.replacement.name]
+        if rec.replacement.name == rec.output:  # the frozen draw itself: standardize it
+            spec, attrs = _affine_of(rec)
+            value = spec.standardize({0: value}, attrs)
+        noise[noise_name[rec.output]] = value
+    data_inputs = list(const_sess.get_inputs())
+    symbols = _symbols(data_inputs)
+    out_names = [o.name for o in const_model.graph.output]
+    for k, n in enumerate([size, size + 1] if symbols else [size]):
+        dims = {s: n for s in symbols}
+        feeds = _feeds(data_inputs, n, np.random.default_rng([seed, 100 + k]))
+        first = _run(const_sess, feeds)
+        second = _run(const_sess, feeds)
+        for name in out_names:
+            if not np.array_equal(first[name], second[name],
+                                  equal_nan=np.issubdtype(first[name].dtype, np.floating)):
+                _record(parity, OutputCheck(name, dims, list(first[name].shape), math.inf,
+                                            math.inf, False,
+                                            "two runs of the constant model differ"), emit)
+                parity.status = "failed"
+        try:
+            want = _run(noise_sess, {**feeds, **noise})
+        except Exception as e:  # noqa: BLE001
+            _fail(parity, f"the input-noise model rejects the frozen noise: {_line(e)}", emit)
+            return
+        for name in out_names:
+            check = _compare(f"{name} (constant)", first[name], want[name], parity.atol,
+                             parity.rtol, dims)
+            _record(parity, check, emit)
+            if not check.passed:
+                parity.status = "failed"
+
+
+def _affine_of(rec: NodeRecord):
+    from .ops import OP_TABLE
+
+    spec = OP_TABLE[rec.op_type]
+    d = rec.distribution
+    attrs = ({"mean": d["mean"], "scale": d["scale"]} if d["family"] == "normal"
+             else {"low": d["low"], "high": d["high"]})
+    return spec, attrs
+
+
+# -- running and comparing -------------------------------------------------------------
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    facts = infer_facts(m)
     have = {o.name for o in m.graph.output}
-    for name, elem in extra:
+    for name in names:
         if name not in have:
-            m.graph.output.append(helper.make_tensor_value_info(name, elem, None))
-    return m
-
-
-def _frozen(original: onnx.ModelProto, draws: list[_Draw]) -> onnx.ModelProto:
-    """The original with its random nodes cut out and their outputs fed from outside."""
-    m = onnx.ModelProto()
-    m.CopyFrom(original)
-    cut = {d.output for d in draws}
-    keep = [n for n in m.graph.node if not (n.output and n.output[0] in cut
-                                            and is_random_node(n))]
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
-    for d in draws:
-        m.graph.input.append(helper.make_tensor_value_info(d.output, _elem_type(d), None))
+            f = facts.get(name)
+            elem = f.elem_type if f and f.elem_type else onnx.TensorProto.FLOAT
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
     return m
 
 
@@ -142,6 +321,11 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     opts.intra_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
+
+
+def _run(sess, feeds: dict) -> dict:
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds), strict=True))
 
 
 def _symbols(inputs) -> list[str]:
@@ -163,12 +347,19 @@ _ORT_TYPES = {
 }
 
 
+def _feeds(inputs, n: int, rng: np.random.Generator) -> dict:
+    feeds = {}
+    for i in inputs:
+        if i.type not in _ORT_TYPES:
+            raise _Skip(f"input '{i.name}' has type {i.type}, which the check cannot make")
+        if i.shape is None:
+            raise _Skip(f"input '{i.name}' has no declared shape")
+        feeds[i.name] = _synthetic(i, n, rng)
+    return feeds
+
+
 def _synthetic(inp, n: int, rng: np.random.Generator) -> np.ndarray:
     """A seeded input: symbolic dims take size n; floats N(0,1), integers in [0, n]."""
-    if inp.type not in _ORT_TYPES:
-        raise ValueError(f"input '{inp.name}' has type {inp.type}, which the check cannot make")
-    if inp.shape is None:
-        raise ValueError(f"input '{inp.name}' has no declared shape")
     shape = [d if isinstance(d, int) and d >= 0 else n for d in inp.shape]
     dt = np.dtype(_ORT_TYPES[inp.type])
     if dt == np.bool_:
@@ -178,14 +369,10 @@ def _synthetic(inp, n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal(shape).astype(dt)
 
 
-def _standardize(d: _Draw, draw: np.ndarray) -> np.ndarray:
-    return spec_for(d.node).standardize(draw, attrs_of(d.node))
-
-
 def _run_and_compare(parity: Parity, sess, feeds: dict, expected: dict, names: list[str],
                      dims: dict, emit) -> bool:
     try:
-        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+        got = _run(sess, feeds)
     except Exception as e:  # noqa: BLE001
         _fail(parity, f"the rewritten model fails at {_dims_text(dims)}: {_line(e)}", emit)
         return False
@@ -194,42 +381,6 @@ def _run_and_compare(parity: Parity, sess, feeds: dict, expected: dict, names: l
         check = _compare(name, got[name], expected[name], parity.atol, parity.rtol, dims)
         _record(parity, check, emit)
         ok &= check.passed
-    return ok
-
-
-def _check_constant(parity, new_sess, frozen_sess, feeds, orig, draws, rewritten, out_names,
-                    dims, emit) -> bool:
-    frozen_values = {t.name: onnx.numpy_helper.to_array(t) for t in rewritten.graph.initializer
-                     if t.name in {d.output for d in draws}}
-    ok = True
-    for d in draws:
-        want = orig[d.output].shape
-        have = frozen_values[d.output].shape
-        if want != have:
-            check = OutputCheck(d.output, dims, list(have), math.inf, math.inf, False,
-                                f"frozen draw has shape {list(have)}, the original draws "
-                                f"{list(want)}")
-            _record(parity, check, emit)
-            ok = False
-    if not ok:
-        return False
-    try:
-        ref = dict(zip([o.name for o in frozen_sess.get_outputs()],
-                       frozen_sess.run(None, {**feeds, **frozen_values}), strict=True))
-    except Exception as e:  # noqa: BLE001
-        _fail(parity, f"the original with frozen draws fails at {_dims_text(dims)}: {_line(e)}",
-              emit)
-        return False
-    ok = _run_and_compare(parity, new_sess, feeds, ref, out_names, dims, emit)
-    first = new_sess.run(out_names, feeds)
-    second = new_sess.run(out_names, feeds)
-    for name, a, b in zip(out_names, first, second, strict=True):
-        same = np.array_equal(a, b, equal_nan=_is_float(a))
-        if not same:
-            check = OutputCheck(name, dims, list(a.shape), math.inf, math.inf, False,
-                                "two runs of the rewritten model differ")
-            _record(parity, check, emit)
-            ok = False
     return ok
 
 
@@ -280,15 +431,9 @@ def _dims_text(dims: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in dims.items()) or "static shapes"
 
 
-def _skip(parity: Parity, reason: str) -> Parity:
-    parity.status, parity.reason = "skipped", reason
-    return parity
-
-
-def _fail(parity: Parity, reason: str, emit) -> Parity:
+def _fail(parity: Parity, reason: str, emit) -> None:
     parity.status, parity.reason = "failed", reason
     emit(f"FAILED | {reason}")
-    return parity
 
 
 def _line(e: BaseException) -> str:

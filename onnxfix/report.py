@@ -25,7 +25,8 @@ class NodeRecord:
     graph: str
     distribution: dict
     replacement: Replacement | None = None
-    status: str = "rewritten"  # or "kept" (not selected)
+    status: str = "rewritten"  # or "kept"
+    note: str = ""
 
 
 @dataclass

@@ -1,10 +1,18 @@
-"""The passes: every selected random node becomes a noise input or a seeded constant."""
+"""The passes: every selected random node becomes a noise input or a seeded constant.
+
+A site in the main graph reads its noise (or frozen draw) directly. A site inside If / Loop /
+Scan bodies reads a main-graph tensor through outer scope; every Loop or Scan on the way adds
+a leading iteration axis to it, and each iteration reads its own slice (Gather by the Loop's
+iteration number, or an extra scan input). Model-local functions holding random nodes are
+inlined first, and only those.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -12,9 +20,18 @@ from onnx import helper, numpy_helper
 
 from .builder import NodeBuilder
 from .errors import ModelError, UsageError
-from .find import Site, find_sites
+from .find import (
+    Scope,
+    Site,
+    as_int,
+    constant_lookup,
+    default_opset,
+    find_sites,
+    iter_scoped,
+    walk_graph,
+)
 from .naming import NameAllocator, sanitize
-from .ops import AffineOp, attrs_of, dtype_name, np_dtype, spec_for
+from .ops import AffineOp, Dtypes, RandomOp, attrs_of, dtype_name, is_random_op, np_dtype, spec_for
 from .report import NodeRecord, Replacement
 from .shapes import (
     Shape,
@@ -29,6 +46,7 @@ from .shapes import (
 MODES = ("input-noise", "constant")
 DEFAULT_MAX_DRAW_BYTES = 256 * 2**20
 NOISE_METADATA_KEY = "onnxfix.noise_inputs"
+_ORIGIN_MARK = "onnxfix-inlined-from:"
 
 
 @dataclass
@@ -36,146 +54,257 @@ class Plan:
     """What is known about one site before it is rewritten."""
 
     site: Site
-    spec: AffineOp
+    spec: RandomOp
     attrs: dict
-    dtype: int
-    shape: Shape
+    dtypes: Dtypes
+    shape: Shape  # of the noise for one invocation of the node
+    lead: list = field(default_factory=list)  # one iteration axis per enclosing Loop/Scan
+    origin: str = ""  # "function dom::name" when the node came from an inlined function
+
+    @property
+    def full_shape(self) -> Shape:
+        return None if self.shape is None else [*self.lead, *self.shape]
+
+    @property
+    def freezes_draw(self) -> bool:
+        """Constant mode stores the draw itself (else: standard noise, transform kept)."""
+        return not self.spec.data_dependent and not self.lead and not self.site.scopes
 
 
 def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
                   dims: dict[str, int] | None = None,
                   max_draw_bytes: int = DEFAULT_MAX_DRAW_BYTES,
+                  select: Callable[[Site], bool] | None = None,
                   ) -> tuple[onnx.ModelProto, list[NodeRecord]]:
-    """Return a rewritten copy of `model` and one record per rewritten node."""
+    """Return a rewritten copy of `model` and one record per random node."""
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
     if seed < 0:
         raise UsageError(f"--seed {seed}: the seed must be a non-negative integer")
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    fix_dims(out, dims or {})
-    sites = find_sites(out)
-    if not sites:
+    if not find_sites(out):
+        fix_dims(out, dims or {})
         return out, []
-    nested = [s for s in sites if not s.in_main_graph]
-    if nested:
-        raise ModelError(f"random node inside a subgraph or function is not supported yet: "
-                         f"{nested[0].describe()}")
-    plans = _plan(out, sites)
-    names = NameAllocator(out)
-    opset = _default_opset(out)
+    out = _inline_random_functions(out)
+    trip_names = _iteration_dim_names(out)
+    fixed_trips = fix_dims(out, dims or {}, extra=set(trip_names.values()))
+    sites = find_sites(out)
     records: list[NodeRecord] = []
-    replaced: dict[str, list[onnx.NodeProto]] = {}
+    chosen = []
+    for site in sites:
+        origin = _take_origin(site.node)
+        if site.in_function:
+            records.append(_kept(site, "in a model-local function that is never called"))
+        elif select is not None and not select(site):
+            records.append(_kept(site, "not selected by --only/--exclude"))
+        else:
+            chosen.append((site, origin))
+    if not chosen:
+        return out, records
+    plans = _plan(out, chosen, trip_names, fixed_trips)
     if mode == "constant":
         _check_constant_budget(plans, max_draw_bytes)
-    anchors = set(input_dim_names(out))
+    names = NameAllocator(out)
+    opset = default_opset(out)
+    lookup = constant_lookup(out)
+    # loop iteration axes keep their readable names, like the model's own input dims
+    anchors = set(input_dim_names(out)) | set(trip_names.values())
     noise_meta = []
+    edits = _Edits()
     for plan in plans:
         site = plan.site
         prefix = "onnxfix_" + sanitize(site.node.name or site.output)
-        b = NodeBuilder(names, opset, prefix)
-        if mode == "input-noise":
-            repl = _to_noise_input(out, plan, b, names, anchors)
-            noise_meta.append({"name": repl.name, "family": plan.spec.family,
-                               "dtype": repl.dtype, "shape": repl.shape,
-                               "draw": site.output})
+        b = NodeBuilder(names, opset, prefix, constant_of=lookup)
+        if mode == "constant" and plan.freezes_draw:
+            repl = _freeze_draw(out, plan, seed)
+            edits.replace(site, [])
         else:
-            repl = _to_initializer(out, plan, seed)
-        replaced[site.output] = b.nodes
+            if mode == "input-noise":
+                repl = _add_noise_input(out, plan, names, anchors)
+                noise_meta.append({"name": repl.name, "family": plan.spec.family,
+                                   "dtype": repl.dtype, "shape": repl.shape,
+                                   "draw": site.output, "op_type": site.op_type})
+            else:
+                repl = _add_noise_initializer(out, plan, names, seed)
+            inner = _route(plan, repl.name, names, edits, opset)
+            plan.spec.transform(b, inner, site.node, plan.attrs, plan.dtypes)
+            edits.replace(site, b.nodes)
+        where = site.location + (f" (inlined from {plan.origin})" if plan.origin else "")
         records.append(NodeRecord(
-            op_type=site.op_type, node=site.node.name, output=site.output,
-            graph=site.location, distribution=plan.spec.distribution(plan.attrs),
-            replacement=repl,
+            op_type=site.op_type, node=site.node.name, output=site.output, graph=where,
+            distribution=plan.spec.distribution(plan.attrs), replacement=repl,
         ))
-    removed_inputs = _splice(out.graph, replaced)
-    _remove_dead_producers(out, removed_inputs)
+    edits.apply(out)
     if noise_meta:
         _record_noise_metadata(out, noise_meta)
     return out, records
 
 
-def _default_opset(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return imp.version
-    raise ModelError("the model imports no default-domain opset")
+def _kept(site: Site, why: str) -> NodeRecord:
+    spec = spec_for(site.node)
+    return NodeRecord(op_type=site.op_type, node=site.node.name, output=site.output,
+                      graph=site.location, distribution=spec.distribution(attrs_of(site.node)),
+                      replacement=None, status="kept", note=why)
 
 
-def _plan(model: onnx.ModelProto, sites: list[Site]) -> list[Plan]:
+# -- functions ---------------------------------------------------------------------------
+
+def _inline_random_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Inline exactly the model-local functions that hold random nodes (transitively)."""
+    if not model.functions:
+        return model
+    funcs = {(f.domain, f.name): f for f in model.functions}
+    random_funcs = {key for key, f in funcs.items()
+                    if any(is_random_op(n) for g, _ in walk_graph(f) for n in g.node)}
+    changed = True
+    while changed:  # a function calling a random function must be inlined too
+        changed = False
+        for key, f in funcs.items():
+            if key in random_funcs:
+                continue
+            if any((n.domain, n.op_type) in random_funcs for g, _ in walk_graph(f)
+                   for n in g.node):
+                random_funcs.add(key)
+                changed = True
+    if not random_funcs or not _called(model, random_funcs):
+        return model
+    for key in random_funcs:
+        for g, _ in walk_graph(funcs[key]):
+            for n in g.node:
+                if is_random_op(n):
+                    n.doc_string = f"{_ORIGIN_MARK}function {key[0]}::{key[1]}\n{n.doc_string}"
+    try:
+        return onnx.inliner.inline_selected_functions(model, sorted(random_funcs), exclude=False)
+    except Exception as e:  # noqa: BLE001 - the inliner reports malformed functions
+        raise ModelError(f"cannot inline the functions holding random nodes: {e}") from None
+
+
+def _called(model: onnx.ModelProto, funcs: set) -> bool:
+    return any((n.domain, n.op_type) in funcs for g, _, _ in iter_scoped(model)
+               for n in g.node)
+
+
+def _take_origin(node: onnx.NodeProto) -> str:
+    doc = node.doc_string
+    if not doc.startswith(_ORIGIN_MARK):
+        return ""
+    first, _, rest = doc.partition("\n")
+    node.doc_string = rest
+    return first.removeprefix(_ORIGIN_MARK)
+
+
+# -- planning ----------------------------------------------------------------------------
+
+def _iteration_dim_names(model: onnx.ModelProto) -> dict[str, str]:
+    """A readable, stable dim name for the iteration axis of each Loop/Scan holding a draw."""
+    names: dict[str, str] = {}
+    used: set[str] = set()
+    for site in find_sites(model):
+        for scope in site.scopes:
+            if scope.owner.op_type not in ("Loop", "Scan"):
+                continue
+            key = _scope_key(scope)
+            if key in names:
+                continue
+            base = sanitize(scope.owner.name or scope.owner.op_type.lower()) + "_iterations"
+            name, k = base, 1
+            while name in used:
+                k += 1
+                name = f"{base}_{k}"
+            used.add(name)
+            names[key] = name
+    return names
+
+
+def _scope_key(scope: Scope) -> str:
+    return "\0".join(scope.owner.output) + "\0" + scope.attr
+
+
+def _plan(model: onnx.ModelProto, chosen: list[tuple[Site, str]], trip_names: dict[str, str],
+          fixed: dict[str, int]) -> list[Plan]:
     facts = infer_facts(model)
     anchors = set(input_dim_names(model))
+    lookup = constant_lookup(model)
     plans = []
-    for site in sites:
+
+    def elem_type(name: str) -> int | None:
+        f = facts.get(name)
+        return f.elem_type if f else None
+
+    def shape_of(name: str) -> Shape:
+        f = facts.get(name)
+        return f.shape if f else None
+
+    for site, origin in chosen:
         spec = spec_for(site.node)
-        like = site.node.input[0] if spec.like_input and site.node.input else None
-        if spec.like_input and not like:
+        if isinstance(spec, AffineOp) and spec.like_input and not (site.node.input and
+                                                                   site.node.input[0]):
             raise ModelError(f"{site.describe()}: the op needs an input")
-        in_facts = facts.get(like) if like else None
-        dtype = spec.dtype(site.node, in_facts.elem_type if in_facts else None)
-        shape = spec.static_shape(site.node)
-        if shape is None:
-            shape = _best_shape(facts, [like, site.output], anchors)
-        plans.append(Plan(site, spec, attrs_of(site.node), dtype, shape))
+        if not isinstance(spec, AffineOp) and not (site.node.input and site.node.input[0]):
+            raise ModelError(f"{site.describe()}: the op needs an input")
+        dtypes = spec.dtypes(site.node, elem_type)
+        shape = spec.noise_shape(site.node, shape_of)
+        if shape is None and site.node.output:
+            shape = _output_based_shape(spec, site.node, shape_of)
+        lead = [_iteration_dim(s, trip_names, fixed, lookup, shape_of) for s in site.scopes
+                if s.owner.op_type in ("Loop", "Scan")]
+        plans.append(Plan(site, spec, attrs_of(site.node), dtypes, shape, lead, origin))
     if any(tied_score(p.shape, anchors) < len(p.shape or [None]) for p in plans):
         # onnx inference left dims unproven: onnxruntime's symbolic inference often ties them.
         sym = ort_symbolic_facts(model)
-        for p in plans:
-            if p.spec.like_input:
-                cand = _best_shape(sym, [p.site.node.input[0], p.site.output], anchors)
+        if sym:
+            def sym_shape(name: str) -> Shape:
+                f = sym.get(name)
+                return f.shape if f else None
+
+            for p in plans:
+                cand = p.spec.noise_shape(p.site.node, sym_shape)
                 if tied_score(cand, anchors) > tied_score(p.shape, anchors):
                     p.shape = cand
     return plans
 
 
-def _best_shape(facts: dict[str, TensorFacts], names: list[str | None],
-                anchors: set[str]) -> Shape:
-    best: Shape = None
-    for n in names:
-        f = facts.get(n) if n else None
-        if f is not None and tied_score(f.shape, anchors) > tied_score(best, anchors):
-            best = f.shape
-    return best
+def _output_based_shape(spec: RandomOp, node: onnx.NodeProto, shape_of) -> Shape:
+    """For ops whose draw has the noise's shape, the output's inferred shape is as good."""
+    if isinstance(spec, AffineOp) or spec.op_type in ("Bernoulli", "Dropout"):
+        return shape_of(node.output[0])
+    return None
 
 
-def _to_noise_input(model: onnx.ModelProto, plan: Plan, b: NodeBuilder,
-                    names: NameAllocator, anchors: set[str]) -> Replacement:
-    site = plan.site
-    noise = names.fresh("noise_" + site.output)
-    dims: list | None = None
-    if plan.shape is not None:
-        dims = []
-        for i, d in enumerate(plan.shape):
-            if isinstance(d, int) or (isinstance(d, str) and d in anchors):
-                dims.append(d)
-            else:
-                dims.append(names.fresh(f"{noise}_d{i}"))
-    vi = helper.make_tensor_value_info(noise, plan.dtype, dims)
-    dist = plan.spec.distribution(plan.attrs)
-    vi.doc_string = (
-        f"onnxfix noise input ({dist['family']}): feed {dist['noise']} noise, "
-        f"{dtype_name(plan.dtype)}. In-graph: {site.output} = "
-        f"{_transform_text(plan.spec, plan.attrs)}. Replaces {site.describe()}."
-    )
-    model.graph.input.append(vi)
-    plan.spec.transform(b, noise, site.output, plan.attrs, plan.dtype)
-    return Replacement("input", noise, dims, dtype_name(plan.dtype))
-
-
-def _transform_text(spec: AffineOp, attrs: dict) -> str:
-    offset, factor = spec.offset_factor(attrs)
-    return f"{offset:g} + {factor:g} * noise"
+def _iteration_dim(scope: Scope, trip_names: dict[str, str], fixed: dict[str, int], lookup,
+                   shape_of):
+    name = trip_names[_scope_key(scope)]
+    if name in fixed:
+        return fixed[name]
+    node = scope.owner
+    if node.op_type == "Loop":
+        trips = as_int(lookup(node.input[0])) if node.input and node.input[0] else None
+        return trips if trips is not None and trips >= 0 else name
+    # Scan: the length of the first scan input along its scan axis
+    attrs = attrs_of(node)
+    n_scan = int(attrs.get("num_scan_inputs", 1))
+    scan_inputs = list(node.input[len(node.input) - n_scan:])
+    axes = list(attrs.get("scan_input_axes", [])) or [0]
+    shape = shape_of(scan_inputs[0]) if scan_inputs else None
+    if shape:
+        axis = axes[0] if axes[0] >= 0 else len(shape) + axes[0]
+        if 0 <= axis < len(shape) and shape[axis] is not None:
+            return shape[axis]
+    return name
 
 
 def _check_constant_budget(plans: list[Plan], max_bytes: int) -> None:
     total = 0
     for p in plans:
-        shape = p.shape
+        shape = p.full_shape
         if shape is None or not all(isinstance(d, int) for d in shape):
             symbolic = [d for d in (shape or []) if isinstance(d, str)]
             if shape is not None and symbolic and None not in shape:
                 raise ModelError(
-                    f"{p.site.describe()}: constant mode needs a concrete shape, but dims "
-                    f"{', '.join(symbolic)} are symbolic; fix them with "
+                    f"{p.site.describe()}: constant mode needs a concrete shape, but "
+                    f"{_plural_dims(symbolic)} symbolic; fix "
+                    f"{'it' if len(symbolic) == 1 else 'them'} with "
                     + " ".join(f"--dim {d}=N" for d in symbolic)
                 )
             raise ModelError(
@@ -186,7 +315,8 @@ def _check_constant_budget(plans: list[Plan], max_bytes: int) -> None:
         count = 1
         for d in shape:
             count *= d
-        total += count * np_dtype(p.dtype).itemsize
+        dtype = p.dtypes.draw if p.freezes_draw else p.dtypes.noise
+        total += count * np_dtype(dtype).itemsize
         if total > max_bytes:
             raise ModelError(
                 f"{p.site.describe()}: constant draws would take {total:,} bytes, over the "
@@ -194,10 +324,48 @@ def _check_constant_budget(plans: list[Plan], max_bytes: int) -> None:
             )
 
 
+def _plural_dims(names: list[str]) -> str:
+    if len(names) == 1:
+        return f"dim {names[0]} is"
+    return "dims " + ", ".join(names) + " are"
+
+
 def _shape_text(shape: Shape) -> str:
     if shape is None:
         return "[unknown rank]"
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+# -- replacements ------------------------------------------------------------------------
+
+def _noise_dims(noise: str, shape: Shape, anchors: set[str], names: NameAllocator):
+    if shape is None:
+        return None
+    dims = []
+    for i, d in enumerate(shape):
+        if isinstance(d, int) or (isinstance(d, str) and d in anchors):
+            dims.append(d)
+        else:
+            dims.append(names.fresh(f"{noise}_d{i}"))
+    return dims
+
+
+def _add_noise_input(model: onnx.ModelProto, plan: Plan, names: NameAllocator,
+                     anchors: set[str]) -> Replacement:
+    site = plan.site
+    noise = names.fresh("noise_" + site.output)
+    dims = _noise_dims(noise, plan.full_shape, anchors, names)
+    vi = helper.make_tensor_value_info(noise, plan.dtypes.noise, dims)
+    dist = plan.spec.distribution(plan.attrs)
+    per_iteration = (f" Leading axes: one per enclosing loop ({len(plan.lead)}); iteration i "
+                     f"reads slice i." if plan.lead else "")
+    vi.doc_string = (
+        f"onnxfix noise input ({dist['family']}): feed {dist['noise']} noise, "
+        f"{dtype_name(plan.dtypes.noise)}. In-graph: {site.output} = "
+        f"{plan.spec.transform_text(plan.attrs)}. Replaces {site.describe()}.{per_iteration}"
+    )
+    model.graph.input.append(vi)
+    return Replacement("input", noise, dims, dtype_name(plan.dtypes.noise))
 
 
 def _draw_rng(seed: int, site: Site) -> np.random.Generator:
@@ -207,25 +375,106 @@ def _draw_rng(seed: int, site: Site) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, *words])))
 
 
-def _to_initializer(model: onnx.ModelProto, plan: Plan, seed: int) -> Replacement:
+def _freeze_draw(model: onnx.ModelProto, plan: Plan, seed: int) -> Replacement:
+    """Main-graph continuous draw: the initializer takes the node's output name."""
     site = plan.site
     shape = [int(d) for d in plan.shape]
-    value = plan.spec.sample(_draw_rng(seed, site), shape, plan.attrs, plan.dtype)
-    graph = site.container
-    graph.initializer.append(numpy_helper.from_array(value, name=site.output))
+    value = plan.spec.sample_draw(_draw_rng(seed, site), shape, plan.attrs, plan.dtypes.draw)
+    model.graph.initializer.append(numpy_helper.from_array(value, name=site.output))
     if model.ir_version < 4:  # before IR 4, every initializer had to be a graph input too
-        graph.input.append(helper.make_tensor_value_info(site.output, plan.dtype, shape))
-    return Replacement("initializer", site.output, shape, dtype_name(plan.dtype))
+        model.graph.input.append(helper.make_tensor_value_info(site.output, plan.dtypes.draw,
+                                                               shape))
+    return Replacement("initializer", site.output, shape, dtype_name(plan.dtypes.draw))
 
 
-def _splice(graph: onnx.GraphProto, replaced: dict[str, list[onnx.NodeProto]]) -> list[str]:
+def _add_noise_initializer(model: onnx.ModelProto, plan: Plan, names: NameAllocator,
+                           seed: int) -> Replacement:
+    """Seeded standard noise, frozen; the transform stays in the graph."""
+    site = plan.site
+    name = names.fresh("noise_" + site.output)
+    shape = [int(d) for d in plan.full_shape]
+    value = plan.spec.sample(_draw_rng(seed, site), shape, plan.dtypes.noise)
+    model.graph.initializer.append(numpy_helper.from_array(value, name=name))
+    if model.ir_version < 4:
+        model.graph.input.append(helper.make_tensor_value_info(name, plan.dtypes.noise, shape))
+    return Replacement("initializer", name, shape, dtype_name(plan.dtypes.noise))
+
+
+def _route(plan: Plan, top: str, names: NameAllocator, edits: _Edits, opset: int) -> str:
+    """Carry the main-graph noise tensor down to the site, slicing one axis per loop level."""
+    current = top
+    shape = plan.full_shape
+    for depth, scope in enumerate(plan.site.scopes):
+        op = scope.owner.op_type
+        if op == "If":
+            continue
+        rest = None if shape is None else shape[1:]
+        if op == "Loop":
+            iteration = scope.body.input[0].name if scope.body.input else ""
+            if not iteration:
+                raise ModelError(f"Loop '{scope.owner.name}': body has no iteration input")
+            sliced = names.fresh(f"{top}_it{depth}")
+            node = helper.make_node("Gather", [current, iteration], [sliced], axis=0,
+                                    name=names.fresh(f"onnxfix_{sliced}_gather"))
+            edits.prepend(scope.body, node)
+        elif op == "Scan":
+            if opset < 9:
+                raise ModelError(f"Scan '{scope.owner.name}': random nodes inside opset-8 Scan "
+                                 f"bodies are not supported")
+            sliced = names.fresh(f"{top}_it{depth}")
+            _add_scan_input(scope, current, sliced, plan.dtypes.noise, rest)
+        else:
+            raise ModelError(f"{plan.site.describe()}: random nodes inside a {op} body are not "
+                             f"supported (only If, Loop and Scan)")
+        current, shape = sliced, rest
+    return current
+
+
+def _add_scan_input(scope: Scope, outer: str, inner: str, elem_type: int, shape) -> None:
+    node = scope.owner
+    node.input.append(outer)
+    for a in node.attribute:
+        if a.name == "num_scan_inputs":
+            a.i += 1
+        elif a.name in ("scan_input_axes", "scan_input_directions"):
+            a.ints.append(0)
+    dims = [d if isinstance(d, int) else None for d in shape] if shape is not None else None
+    scope.body.input.append(helper.make_tensor_value_info(inner, elem_type, dims))
+
+
+class _Edits:
+    """Node replacements and insertions, applied per graph once every site is planned."""
+
+    def __init__(self):
+        self.by_graph: dict[int, tuple[onnx.GraphProto, dict[str, list], list]] = {}
+
+    def _entry(self, graph):
+        key = id(graph)
+        if key not in self.by_graph:
+            self.by_graph[key] = (graph, {}, [])
+        return self.by_graph[key]
+
+    def replace(self, site: Site, nodes: list[onnx.NodeProto]) -> None:
+        self._entry(site.container)[1][site.output] = nodes
+
+    def prepend(self, graph: onnx.GraphProto, node: onnx.NodeProto) -> None:
+        self._entry(graph)[2].append(node)
+
+    def apply(self, model: onnx.ModelProto) -> None:
+        for graph, replaced, front in self.by_graph.values():
+            freed = _splice(graph, replaced, front)
+            _remove_dead_producers(graph, freed, is_main=graph is model.graph)
+
+
+def _splice(graph, replaced: dict[str, list], front: list) -> list[str]:
     """Put each random node's replacement where it stood; return the inputs it no longer reads."""
     freed: list[str] = []
-    new_nodes = []
+    new_nodes = list(front)
     for node in graph.node:
-        if node.output and node.output[0] in replaced and _is_site(node):
-            freed.extend(i for i in node.input if i)
+        if node.output and node.output[0] in replaced and is_random_op(node):
             new_nodes.extend(replaced[node.output[0]])
+            still = {i for n in replaced[node.output[0]] for i in n.input}
+            freed.extend(i for i in node.input if i and i not in still)
         else:
             new_nodes.append(node)
     del graph.node[:]
@@ -233,33 +482,30 @@ def _splice(graph: onnx.GraphProto, replaced: dict[str, list[onnx.NodeProto]]) -
     return freed
 
 
-def _is_site(node: onnx.NodeProto) -> bool:
-    from .ops import is_random_node
-
-    return is_random_node(node)
-
-
 def _reads(node: onnx.NodeProto) -> set[str]:
     """Names a node reads, including outer-scope names read inside its subgraphs."""
-    from .find import _walk_graph
-
     names = {i for i in node.input if i}
     for attr in node.attribute:
-        bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        if attr.type == onnx.AttributeProto.GRAPH:
+            bodies = [attr.g]
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            bodies = list(attr.graphs)
+        else:
+            continue
         for body in bodies:
-            for g, _ in _walk_graph(body, ""):
+            for g, _ in walk_graph(body):
                 for n in g.node:
                     names.update(i for i in n.input if i)
                 names.update(o.name for o in g.output)
     return names
 
 
-def _remove_dead_producers(model: onnx.ModelProto, freed: list[str]) -> None:
+def _remove_dead_producers(graph: onnx.GraphProto, freed: list[str], is_main: bool) -> None:
     """Drop the chains (Shape -> ConstantOfShape ...) that only fed the removed random nodes.
 
     Only what the rewrite made dead goes: nodes and initializers that were dead before stay.
+    A subgraph's outputs and inputs stay, and so does anything read from an inner scope.
     """
-    graph = model.graph
     if not freed:
         return
     keep_alive = {o.name for o in graph.output} | {i.name for i in graph.input}
@@ -299,23 +545,26 @@ def _remove_dead_producers(model: onnx.ModelProto, freed: list[str]) -> None:
     keep = [n for k, n in enumerate(graph.node) if k not in dead_nodes]
     del graph.node[:]
     graph.node.extend(keep)
-    for field in (graph.initializer, graph.value_info):
-        kept = [x for x in field if x.name not in dead_names]
-        if len(kept) != len(field):
-            del field[:]
-            field.extend(kept)
+    for fld in (graph.initializer, graph.value_info):
+        kept = [x for x in fld if x.name not in dead_names]
+        if len(kept) != len(fld):
+            del fld[:]
+            fld.extend(kept)
 
 
 def _record_noise_metadata(model: onnx.ModelProto, entries: list[dict]) -> None:
     existing = []
-    for prop in list(model.metadata_props):
+    props = {}
+    for prop in model.metadata_props:
         if prop.key == NOISE_METADATA_KEY:
             try:
                 existing = json.loads(prop.value)
             except ValueError:
                 existing = []
-            model.metadata_props.remove(prop)
-    helper.set_model_props(model, {
-        **{p.key: p.value for p in model.metadata_props},
-        NOISE_METADATA_KEY: json.dumps(existing + entries),
-    })
+        else:
+            props[prop.key] = prop.value
+    helper.set_model_props(model, {**props, NOISE_METADATA_KEY: json.dumps(existing + entries)})
+
+
+__all__ = ["DEFAULT_MAX_DRAW_BYTES", "MODES", "NOISE_METADATA_KEY", "Plan", "TensorFacts",
+           "rewrite_model"]

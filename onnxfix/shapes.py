@@ -104,11 +104,16 @@ def model_dim_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def fix_dims(model: onnx.ModelProto, dims: dict[str, int]) -> None:
-    """Replace symbolic dims by sizes everywhere they are declared (in place)."""
+def fix_dims(model: onnx.ModelProto, dims: dict[str, int],
+             extra: set[str] = frozenset()) -> dict[str, int]:
+    """Replace symbolic dims by sizes everywhere they are declared (in place).
+
+    `extra` names dims that onnxfix itself introduces (loop iteration axes); their values are
+    returned for the caller to use.
+    """
     if not dims:
-        return
-    known = model_dim_names(model)
+        return {}
+    known = model_dim_names(model) | set(extra)
     unknown = sorted(set(dims) - known)
     if unknown:
         have = ", ".join(sorted(known)) or "none"
@@ -127,6 +132,7 @@ def fix_dims(model: onnx.ModelProto, dims: dict[str, int]) -> None:
                 for d in vi.type.tensor_type.shape.dim:
                     if d.HasField("dim_param") and d.dim_param in dims:
                         d.dim_value = dims[d.dim_param]
+    return {k: v for k, v in dims.items() if k in extra}
 
 
 def parse_dim_flags(values: list[str]) -> dict[str, int]:

@@ -207,7 +207,7 @@ def test_noise_input_documents_its_distribution_and_metadata_lists_it():
 
     entries = json.loads(meta[NOISE_METADATA_KEY])
     assert entries == [{"name": "noise_r", "family": "normal", "dtype": "float",
-                        "shape": ["batch", 10], "draw": "r"}]
+                        "shape": ["batch", 10], "draw": "r", "op_type": "RandomNormalLike"}]
 
 
 def test_model_without_random_nodes_is_returned_unchanged():
@@ -275,7 +275,7 @@ def test_constant_draw_follows_mean_scale_and_dtype():
 
 
 def test_constant_mode_needs_concrete_dims_and_names_them():
-    with pytest.raises(ModelError, match=r"dims batch are symbolic.*--dim batch=N"):
+    with pytest.raises(ModelError, match=r"dim batch is symbolic; fix it with --dim batch=N"):
         rewrite_model(parse(EXPORTER_CHAIN), "constant")
 
 

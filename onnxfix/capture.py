@@ -1,0 +1,60 @@
+"""Expose tensors from anywhere in a model as main-graph outputs (for the parity check).
+
+A tensor inside an If branch leaves through an extra If output (the other branch yields an
+empty placeholder); inside a Loop or Scan body it leaves as an extra scan output, stacked over
+iterations, which is exactly the layout of a per-iteration noise input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .find import Scope, iter_scoped
+from .naming import NameAllocator
+
+
+def locate(model: onnx.ModelProto, produced: str) -> list[Scope] | None:
+    """The scopes down to the graph whose node produces `produced` (None if nowhere)."""
+    for container, where, scopes in iter_scoped(model):
+        if where.startswith("function "):
+            continue
+        for node in container.node:
+            if produced in node.output:
+                return scopes
+    return None
+
+
+class Exposer:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.names = NameAllocator(model)
+
+    def expose(self, name: str, elem_type: int, scopes: list[Scope]) -> str:
+        """Make `name` (visible in the innermost scope) a main-graph output; return its name."""
+        container = scopes[-1].body if scopes else self.model.graph
+        current = self.names.fresh(f"capture_{name}")
+        container.node.append(helper.make_node("Identity", [name], [current],
+                                               name=self.names.fresh(f"{current}_node")))
+        for scope in reversed(scopes):
+            scope.body.output.append(helper.make_tensor_value_info(current, elem_type, None))
+            owner = scope.owner
+            if owner.op_type == "If":
+                other = "else_branch" if scope.attr == "then_branch" else "then_branch"
+                branch = next(a.g for a in owner.attribute if a.name == other)
+                dummy = self.names.fresh(f"{current}_untaken")
+                empty = numpy_helper.from_array(
+                    np.zeros((0,), dtype=helper.tensor_dtype_to_np_dtype(elem_type)), dummy)
+                branch.node.append(helper.make_node("Constant", [], [dummy], value=empty,
+                                                    name=self.names.fresh(f"{dummy}_node")))
+                branch.output.append(helper.make_tensor_value_info(dummy, elem_type, None))
+            elif owner.op_type == "Scan":
+                for a in owner.attribute:
+                    if a.name in ("scan_output_axes", "scan_output_directions"):
+                        a.ints.append(0)
+            outer = self.names.fresh(f"{current}_out")
+            owner.output.append(outer)
+            current = outer
+        self.model.graph.output.append(helper.make_tensor_value_info(current, elem_type, None))
+        return current
