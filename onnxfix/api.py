@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 
 from .errors import ParityError, UsageError
-from .model_io import load_model, save_model_atomic
+from .model_io import check_writable, load_model, save_model_atomic
 from .parity import check_parity
 from .report import Parity, RewriteReport, op_counts
 from .rewrite import DEFAULT_MAX_DRAW_BYTES, MODES, rewrite_model
@@ -46,6 +46,8 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
     for flag, value in (("--atol", atol), ("--rtol", rtol)):
         if value is not None and not value >= 0:
             raise UsageError(f"{flag} {value}: a tolerance must be a non-negative number")
+    if output is not None:
+        check_writable(output)
     original, source = _load(model_or_path)
     new_model, records = rewrite_model(original, mode, seed=seed, dims=dims,
                                        max_draw_bytes=max_draw_bytes)

@@ -38,7 +38,7 @@ class NodeBuilder:
     def op(self, op_type: str, inputs: list[str], hint: str, output: str | None = None,
            **attrs) -> str:
         out = output if output is not None else self.tensor(hint)
-        if op_type in ("Add", "Mul", "Sub", "Div") and self.opset < 7:
+        if op_type in ("Add", "Mul", "Sub", "Div", "Less", "Greater", "Equal") and self.opset < 7:
             attrs.setdefault("broadcast", 1)  # before opset 7, broadcasting was opt-in
         node_name = self.names.fresh(f"{self.prefix}_{hint}")
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=node_name, **attrs))

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from enum import Enum
 from pathlib import Path
 
-import click
 import typer
 from typer.core import TyperGroup
 
+try:  # typer >= 0.22 carries its own copy of click
+    from typer._click.exceptions import NoArgsIsHelpError
+    from typer._click.exceptions import UsageError as _ClickUsageError
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click.exceptions import NoArgsIsHelpError
+    from click.exceptions import UsageError as _ClickUsageError
+
 from . import api
 from .errors import OnnxfixError, ParityError, UsageError
-from .model_io import write_text_atomic
+from .model_io import check_writable, write_text_atomic
 from .report import RewriteReport
 from .shapes import parse_dim_flags
 
@@ -30,9 +37,12 @@ class _OneLineErrors(TyperGroup):
         try:
             return super().main(args=args, prog_name=prog_name or "onnxfix",
                                 complete_var=complete_var, standalone_mode=False, **extra)
-        except click.UsageError as e:
+        except NoArgsIsHelpError as e:
+            typer.echo(e.format_message())
+            sys.exit(2)
+        except _ClickUsageError as e:
             _error(e.format_message(), 2)
-        except click.exceptions.Abort:
+        except (typer.Abort, KeyboardInterrupt):
             _error("aborted", 130)
         except OSError as e:  # e.g. a closed stdout in a pipeline
             _error(str(e), 3)
@@ -52,7 +62,7 @@ def _version(value: bool) -> None:
     if value:
         from . import __version__
 
-        click.echo(f"onnxfix {__version__}")
+        typer.echo(f"onnxfix {__version__}")
         raise typer.Exit()
 
 
@@ -63,7 +73,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _error(message: str, code: int):
-    click.echo(f"onnxfix: error: {message}", err=True)
+    typer.echo(f"onnxfix: error: {message}", err=True)
     sys.exit(code)
 
 
@@ -90,13 +100,13 @@ def rewrite_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print errors only."),
 ) -> None:
     """Rewrite every random node of INPUT and write the result to OUTPUT."""
-    say = (lambda _line: None) if quiet else click.echo
+    say = (lambda _line: None) if quiet else typer.echo
     try:
         dims = parse_dim_flags(dim)
-        if max_draw_mb <= 0:
-            raise UsageError(f"--max-draw-mb {max_draw_mb}: must be positive")
-        if output.resolve() == input.resolve() and not input.exists():
-            raise UsageError(f"{input}: no such file")
+        if not (math.isfinite(max_draw_mb) and max_draw_mb > 0):
+            raise UsageError(f"--max-draw-mb {max_draw_mb}: must be a positive number")
+        if report is not None:
+            check_writable(report, "--report")
         try:
             _, rep = api.rewrite(
                 input, mode.value, seed=seed, dims=dims, check=not no_check, atol=atol,

@@ -30,22 +30,30 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         data = p.read_bytes()
     except OSError as e:
         raise ModelError(f"{p}: cannot read: {e.strerror or e}") from None
-    model = parse_model_bytes(data, str(p))
+    model = _parse(data, str(p))
     if _uses_external_data(model):
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
         except Exception as e:  # noqa: BLE001 - any failure is the file's fault
             raise ModelError(f"{p}: cannot load external data: {_one_line(e)}") from None
+    validate_model(model, str(p))
     return model
 
 
 def parse_model_bytes(data: bytes, origin: str = "<bytes>") -> onnx.ModelProto:
+    model = _parse(data, origin)
+    validate_model(model, origin)
+    return model
+
+
+def _parse(data: bytes, origin: str) -> onnx.ModelProto:
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
         raise ModelError(f"{origin}: not a valid ONNX protobuf ({_one_line(e)})") from None
-    validate_model(model, origin)
+    if not model.HasField("graph") or not model.opset_import:
+        raise ModelError(f"{origin}: not an ONNX model (no graph or no opset_import)")
     return model
 
 
@@ -65,20 +73,36 @@ def _uses_external_data(model: onnx.ModelProto) -> bool:
     )
 
 
+def check_writable(path: str | os.PathLike, what: str = "output") -> None:
+    """Refuse, before any work, an output whose folder is missing or which is a folder."""
+    out = Path(path)
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"{what} {out}: folder {folder} does not exist")
+    if out.is_dir():
+        raise UsageError(f"{what} {out}: is a folder; give a file name")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {out}: folder {folder} is not writable")
+
+
 def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Write `model` to `path` through a temporary file in the same folder, then rename.
 
     A failure at any point leaves no partial file and leaves an existing `path` untouched.
     """
-    out = Path(path)
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise UsageError(f"{out}: output folder {folder} does not exist")
-    if out.is_dir():
-        raise UsageError(f"{out}: is a folder; give a file name for the output")
     if model.ByteSize() > PROTOBUF_LIMIT:
-        raise ModelError(f"{out}: model is larger than 2 GB; save with external data")
-    data = model.SerializeToString()
+        raise ModelError(f"{path}: model is larger than 2 GB; save with external data")
+    _write_atomic(Path(path), model.SerializeToString())
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file (a report) atomically, like the model itself."""
+    _write_atomic(Path(path), text.encode("utf-8"))
+
+
+def _write_atomic(out: Path, data: bytes) -> None:
+    check_writable(out)
+    folder = out.parent if str(out.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
     except OSError as e:
@@ -88,6 +112,7 @@ def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _target_mode(out))
         os.replace(tmp, out)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -97,27 +122,19 @@ def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _target_mode(out: Path) -> int:
+    """Keep an existing file's mode; a new file gets 0666 less the umask (not mkstemp's 0600)."""
+    try:
+        return out.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _one_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[0] if lines else type(e).__name__
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a small text file (a report) atomically, like the model itself."""
-    out = Path(path)
-    folder = out.parent if str(out.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise UsageError(f"{out}: cannot write: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -46,6 +46,9 @@ class _Captured:
     lead: int  # leading iteration axes (enclosing Loop/Scan levels)
     outputs: dict[int, str] = field(default_factory=dict)  # output index -> exposed name
     inputs: dict[int, str] = field(default_factory=dict)   # input index -> exposed name
+    # (exposed If condition, value under which the node's branch runs), for If levels that
+    # are not inside a loop: when the branch did not run, there is no draw to condition on.
+    branches: list[tuple[str, bool]] = field(default_factory=list)
 
 
 def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
@@ -105,6 +108,7 @@ def _conditional(parity: Parity, original, noise_model, records, size, seed, emi
     noise_inputs = {r.replacement.name: r for r in records if r.replacement
                     and r.replacement.kind == "input"}
     data_inputs = [i for i in new_sess.get_inputs() if i.name not in noise_inputs]
+    probabilities = {c.node.input[0] for c in captures if c.node.op_type == "Bernoulli"}
     symbols = _symbols(data_inputs)
     tainted = _tainted_outputs(base, [r.output for r in records if r.status == "kept"])
     out_names = [o.name for o in original.graph.output if o.name not in tainted]
@@ -114,7 +118,7 @@ def _conditional(parity: Parity, original, noise_model, records, size, seed, emi
     for k, n in enumerate([size, size + 1] if symbols else [size]):
         dims = {s: n for s in symbols}
         parity.sizes.append(dims)
-        feeds = _feeds(data_inputs, n, np.random.default_rng([seed, k]))
+        feeds = _feeds(data_inputs, n, np.random.default_rng([seed, k]), probabilities)
         try:
             got = _run(orig_sess, feeds)
         except Exception as e:  # noqa: BLE001
@@ -161,6 +165,13 @@ def _capture_model(base: onnx.ModelProto, records) -> tuple[list[_Captured], onn
             node.output[1] = exposer.names.fresh(f"{node.output[0]}_mask")
         lead = sum(1 for s in site.scopes if s.owner.op_type in ("Loop", "Scan"))
         cap = _Captured(rec, node, lead)
+        for k, scope in enumerate(site.scopes):
+            if scope.owner.op_type in ("Loop", "Scan"):
+                break
+            if scope.owner.op_type == "If":
+                cond = exposer.expose(scope.owner.input[0], onnx.TensorProto.BOOL,
+                                      site.scopes[:k])
+                cap.branches.append((cond, scope.attr == "then_branch"))
         for i, out in enumerate(node.output):
             if out:
                 elem = onnx.TensorProto.BOOL if (node.op_type == "Dropout" and i == 1) else \
@@ -187,8 +198,25 @@ def _standard_noise(c: _Captured, got: dict, sess, n: int) -> np.ndarray:
     outs = {i: got[name] for i, name in c.outputs.items()}
     ins = {i: got[name] for i, name in c.inputs.items()}
     noise_dtype = _input_dtype(sess, c.record.replacement.name)
-    if outs[0].shape == (0,) and not _is_rank1(sess, c.record.replacement.name):
-        return _filler(sess, c.record.replacement.name, n)  # an If branch not taken
+    if any(bool(np.asarray(got[cond]).reshape(-1)[0]) != want for cond, want in c.branches):
+        return _filler(sess, c.record.replacement.name, n)  # its If branch did not run
+    return _fit(_standardized(c, spec, attrs, outs, ins, noise_dtype), sess,
+                c.record.replacement.name)
+
+
+def _fit(noise: np.ndarray, sess, name: str) -> np.ndarray:
+    """Pad to a declared iteration axis longer than the loop ran (the rest is never read)."""
+    declared = _input_meta(sess, name).shape or []
+    if len(declared) != noise.ndim:
+        return noise
+    pad = [(0, d - have) if isinstance(d, int) and d > have else (0, 0)
+           for d, have in zip(declared, noise.shape, strict=True)]
+    if any(after for _, after in pad):
+        noise = np.pad(noise, pad, constant_values=0.5)
+    return noise
+
+
+def _standardized(c: _Captured, spec, attrs, outs, ins, noise_dtype) -> np.ndarray:
     try:
         if c.lead and c.node.op_type == "Multinomial":
             lead_shape = outs[0].shape[:c.lead]
@@ -211,11 +239,6 @@ def _input_meta(sess, name: str):
 
 def _input_dtype(sess, name: str) -> np.dtype:
     return np.dtype(_ORT_TYPES[_input_meta(sess, name).type])
-
-
-def _is_rank1(sess, name: str) -> bool:
-    shape = _input_meta(sess, name).shape
-    return shape is not None and len(shape) == 1
 
 
 def _filler(sess, name: str, n: int) -> np.ndarray:
@@ -347,7 +370,8 @@ _ORT_TYPES = {
 }
 
 
-def _feeds(inputs, n: int, rng: np.random.Generator) -> dict:
+def _feeds(inputs, n: int, rng: np.random.Generator, probabilities=frozenset()) -> dict:
+    """Seeded inputs; those read directly as Bernoulli probabilities are drawn in [0, 1)."""
     feeds = {}
     for i in inputs:
         if i.type not in _ORT_TYPES:
@@ -355,6 +379,8 @@ def _feeds(inputs, n: int, rng: np.random.Generator) -> dict:
         if i.shape is None:
             raise _Skip(f"input '{i.name}' has no declared shape")
         feeds[i.name] = _synthetic(i, n, rng)
+        if i.name in probabilities and np.issubdtype(feeds[i.name].dtype, np.floating):
+            feeds[i.name] = np.asarray(rng.random(feeds[i.name].shape), feeds[i.name].dtype)
     return feeds
 
 
@@ -363,10 +389,10 @@ def _synthetic(inp, n: int, rng: np.random.Generator) -> np.ndarray:
     shape = [d if isinstance(d, int) and d >= 0 else n for d in inp.shape]
     dt = np.dtype(_ORT_TYPES[inp.type])
     if dt == np.bool_:
-        return rng.random(shape) < 0.5
+        return np.asarray(rng.random(shape) < 0.5)
     if np.issubdtype(dt, np.integer):
-        return rng.integers(0, n + 1, size=shape).astype(dt)
-    return rng.standard_normal(shape).astype(dt)
+        return np.asarray(rng.integers(0, n + 1, size=shape), dtype=dt)
+    return np.asarray(rng.standard_normal(shape), dtype=dt)
 
 
 def _run_and_compare(parity: Parity, sess, feeds: dict, expected: dict, names: list[str],

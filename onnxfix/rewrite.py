@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnx.inliner
 from onnx import helper, numpy_helper
 
 from .builder import NodeBuilder
@@ -39,6 +40,7 @@ from .shapes import (
     fix_dims,
     infer_facts,
     input_dim_names,
+    name_unnamed_input_dims,
     ort_symbolic_facts,
     tied_score,
 )
@@ -87,6 +89,7 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
         fix_dims(out, dims or {})
         return out, []
     out = _inline_random_functions(out)
+    name_unnamed_input_dims(out)
     trip_names = _iteration_dim_names(out)
     fixed_trips = fix_dims(out, dims or {}, extra=set(trip_names.values()))
     sites = find_sites(out)
@@ -138,7 +141,23 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
     edits.apply(out)
     if noise_meta:
         _record_noise_metadata(out, noise_meta)
+    validate_output(model, out)
     return out, records
+
+
+def validate_output(original: onnx.ModelProto, new: onnx.ModelProto) -> None:
+    """The output must pass every check the input passed (full_check where the input does)."""
+    try:
+        onnx.checker.check_model(original, full_check=True)
+        strict = True
+    except Exception:  # noqa: BLE001 - e.g. a wrong declared shape in the input model
+        strict = False
+    try:
+        onnx.checker.check_model(new, full_check=strict)
+    except Exception as e:  # noqa: BLE001
+        first = " ".join(str(e).split())[:300]
+        raise ModelError(f"internal error: the rewritten model fails the onnx checker "
+                         f"({'full' if strict else 'basic'} check): {first}") from None
 
 
 def _kept(site: Site, why: str) -> NodeRecord:
@@ -416,7 +435,7 @@ def _route(plan: Plan, top: str, names: NameAllocator, edits: _Edits, opset: int
             sliced = names.fresh(f"{top}_it{depth}")
             node = helper.make_node("Gather", [current, iteration], [sliced], axis=0,
                                     name=names.fresh(f"onnxfix_{sliced}_gather"))
-            edits.prepend(scope.body, node)
+            edits.prepend(scope.body, node, depth + 1)
         elif op == "Scan":
             if opset < 9:
                 raise ModelError(f"Scan '{scope.owner.name}': random nodes inside opset-8 Scan "
@@ -443,27 +462,32 @@ def _add_scan_input(scope: Scope, outer: str, inner: str, elem_type: int, shape)
 
 
 class _Edits:
-    """Node replacements and insertions, applied per graph once every site is planned."""
+    """Node replacements and insertions, applied per graph once every site is planned.
+
+    Rebuilding a graph's node list copies its nodes, and with them their subgraphs, so graphs
+    are rebuilt innermost first: an outer rebuild then carries the finished inner ones.
+    """
 
     def __init__(self):
-        self.by_graph: dict[int, tuple[onnx.GraphProto, dict[str, list], list]] = {}
+        self.by_graph: dict[int, tuple[int, onnx.GraphProto, dict[str, list], list]] = {}
 
-    def _entry(self, graph):
+    def _entry(self, graph, depth: int):
         key = id(graph)
         if key not in self.by_graph:
-            self.by_graph[key] = (graph, {}, [])
+            self.by_graph[key] = (depth, graph, {}, [])
         return self.by_graph[key]
 
     def replace(self, site: Site, nodes: list[onnx.NodeProto]) -> None:
-        self._entry(site.container)[1][site.output] = nodes
+        self._entry(site.container, len(site.scopes))[2][site.output] = nodes
 
-    def prepend(self, graph: onnx.GraphProto, node: onnx.NodeProto) -> None:
-        self._entry(graph)[2].append(node)
+    def prepend(self, graph: onnx.GraphProto, node: onnx.NodeProto, depth: int) -> None:
+        self._entry(graph, depth)[3].append(node)
 
     def apply(self, model: onnx.ModelProto) -> None:
-        for graph, replaced, front in self.by_graph.values():
+        for depth, graph, replaced, front in sorted(self.by_graph.values(),
+                                                    key=lambda e: -e[0]):
             freed = _splice(graph, replaced, front)
-            _remove_dead_producers(graph, freed, is_main=graph is model.graph)
+            _remove_dead_producers(graph, freed, is_main=depth == 0)
 
 
 def _splice(graph, replaced: dict[str, list], front: list) -> list[str]:

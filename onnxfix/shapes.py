@@ -104,6 +104,30 @@ def model_dim_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
+def name_unnamed_input_dims(model: onnx.ModelProto) -> None:
+    """Give every unnamed dynamic dim of a graph input a readable name (in place).
+
+    A dim with neither a size nor a name cannot be tied to a noise input or fixed with --dim;
+    naming it `<input>_dim<k>` makes both possible and changes nothing else.
+    """
+    from .naming import sanitize
+
+    taken = model_dim_names(model)
+    for vi in model.graph.input:
+        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            continue
+        for k, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") or (d.HasField("dim_param") and d.dim_param):
+                continue
+            base = f"{sanitize(vi.name)}_dim{k}"
+            name, i = base, 1
+            while name in taken:
+                i += 1
+                name = f"{base}_{i}"
+            taken.add(name)
+            d.dim_param = name
+
+
 def fix_dims(model: onnx.ModelProto, dims: dict[str, int],
              extra: set[str] = frozenset()) -> dict[str, int]:
     """Replace symbolic dims by sizes everywhere they are declared (in place).
