@@ -1,7 +1,8 @@
 """onnxfix: make ONNX models with random-sampling nodes deterministic and deployable."""
 
-from .api import rewrite
+from .api import inspect, noise_feeds, rewrite
 from .errors import ModelError, OnnxfixError, ParityError, UsageError
 
-__all__ = ["ModelError", "OnnxfixError", "ParityError", "UsageError", "rewrite"]
+__all__ = ["ModelError", "OnnxfixError", "ParityError", "UsageError", "inspect", "noise_feeds",
+           "rewrite"]
 __version__ = "0.1.0"

@@ -9,6 +9,9 @@ from pathlib import Path
 import onnx
 
 from .errors import ParityError, UsageError
+from .feeds import make_noise_feeds
+from .find import make_selector
+from .inspection import InspectReport, inspect_model
 from .model_io import check_writable, load_model, save_model_atomic
 from .parity import check_parity
 from .report import Parity, RewriteReport, op_counts
@@ -26,7 +29,8 @@ def _load(model_or_path: ModelLike) -> tuple[onnx.ModelProto, str | None]:
 
 
 def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 0,
-            dims: dict[str, int] | None = None, check: bool = True,
+            dims: dict[str, int] | None = None, only: list[str] | None = None,
+            exclude: list[str] | None = None, check: bool = True,
             atol: float | None = None, rtol: float | None = None, check_size: int = 2,
             max_draw_bytes: int = DEFAULT_MAX_DRAW_BYTES,
             output: str | os.PathLike | None = None,
@@ -34,8 +38,11 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
             ) -> tuple[onnx.ModelProto, RewriteReport]:
     """Rewrite every random node of a model; return the new model and the report.
 
-    mode: "input-noise" (standard noise as new graph inputs) or "constant" (seeded draws).
+    mode: "input-noise" (standard noise as new graph inputs), "constant" (seeded draws) or
+        "deterministic" (the mean / most probable outcome, no mask).
     dims: sizes for symbolic dims, fixed model-wide (constant mode needs concrete shapes).
+    only / exclude: glob patterns over node names and output names selecting the nodes to
+        rewrite; unselected random nodes stay as they are (the report says so).
     check: run the conditional parity check in onnxruntime; raises ParityError on failure.
     output: if given, the model is written there atomically (only after the check passed).
     """
@@ -49,20 +56,24 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
     if output is not None:
         check_writable(output)
     original, source = _load(model_or_path)
+    select = make_selector(only, exclude)
     new_model, records = rewrite_model(original, mode, seed=seed, dims=dims,
-                                       max_draw_bytes=max_draw_bytes)
+                                       max_draw_bytes=max_draw_bytes, select=select)
     report = RewriteReport(
         mode=mode, input=source, output=str(output) if output is not None else None,
         nodes=records, ops_before=op_counts(original), ops_after=op_counts(new_model),
         new_inputs=[r.replacement.name for r in records
                     if r.replacement and r.replacement.kind == "input"],
+        ops_kept=sum(1 for r in records if r.status == "kept"),
     )
     if not records:
         report.parity = Parity(status="skipped", reason="the model has no random nodes")
+    elif not any(r.status == "rewritten" for r in records):
+        report.parity = Parity(status="skipped", reason="no random node was selected")
     elif check:
         report.parity = check_parity(original, new_model, records, mode, size=check_size,
                                      atol=atol, rtol=rtol, seed=seed, dims=dims,
-                                     on_line=on_line)
+                                     select=select, on_line=on_line)
         if report.parity.status == "failed":
             raise ParityError(f"parity check failed: {report.parity.reason}", report)
     else:
@@ -70,3 +81,19 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
     if output is not None:
         save_model_atomic(new_model, Path(output))
     return new_model, report
+
+
+def inspect(model_or_path: ModelLike) -> InspectReport:
+    """Every random node of a model: where it lives, op, attributes, shape, dtype, readers."""
+    model, source = _load(model_or_path)
+    return inspect_model(model, source)
+
+
+def noise_feeds(model_or_path: ModelLike, dims: dict[str, int] | None = None,
+                seed: int | None = None, rng=None) -> dict:
+    """The standard-noise arrays a rewritten model needs for one run, read from the graph.
+
+    dims gives sizes for the symbolic dims of the noise inputs (e.g. {"batch": 4}).
+    """
+    model, _ = _load(model_or_path)
+    return make_noise_feeds(model, dims=dims, seed=seed, rng=rng)

@@ -29,6 +29,16 @@ class NodeBuilder:
         self.nodes.append(helper.make_node("Constant", [], [out], name=node_name, value=tensor))
         return out
 
+    def fill(self, shape: str, value: np.ndarray, output: str) -> str:
+        """A tensor of `shape` filled with the one-element `value` (ConstantOfShape)."""
+        if self.opset < 9:
+            from .errors import ModelError
+
+            raise ModelError(f"deterministic mode needs opset 9 or later (ConstantOfShape); "
+                             f"the model uses opset {self.opset}")
+        return self.op("ConstantOfShape", [shape], "fill", output=output,
+                       value=numpy_helper.from_array(value))
+
     def unsqueeze(self, name: str, axis: int, hint: str) -> str:
         if self.opset >= 13:  # axes became an input in opset 13
             axes = self.constant(np.array([axis], dtype=np.int64), hint + "_axes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from enum import Enum
@@ -18,7 +19,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import UsageError as _ClickUsageError
 
 from . import api
-from .errors import OnnxfixError, ParityError, UsageError
+from .errors import ModelError, OnnxfixError, ParityError, UsageError
 from .model_io import check_writable, write_text_atomic
 from .report import RewriteReport
 from .shapes import parse_dim_flags
@@ -27,6 +28,7 @@ from .shapes import parse_dim_flags
 class Mode(str, Enum):
     input_noise = "input-noise"
     constant = "constant"
+    deterministic = "deterministic"
 
 
 class _OneLineErrors(TyperGroup):
@@ -35,7 +37,7 @@ class _OneLineErrors(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
         try:
-            return super().main(args=args, prog_name=prog_name or "onnxfix",
+            code = super().main(args=args, prog_name=prog_name or "onnxfix",
                                 complete_var=complete_var, standalone_mode=False, **extra)
         except NoArgsIsHelpError as e:
             typer.echo(e.format_message())
@@ -46,6 +48,11 @@ class _OneLineErrors(TyperGroup):
             _error("aborted", 130)
         except OSError as e:  # e.g. a closed stdout in a pipeline
             _error(str(e), 3)
+        # without standalone mode, click returns typer.Exit's code instead of exiting
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
 
 
 app = typer.Typer(
@@ -53,8 +60,9 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Rewrite random-sampling nodes (RandomNormal(Like), RandomUniform(Like), ...) of ONNX "
-         "models into noise inputs or seeded constants, and prove the rewrite in onnxruntime.",
+    help="Rewrite random-sampling nodes (RandomNormal(Like), RandomUniform(Like), Bernoulli, "
+         "Multinomial, training Dropout) of ONNX models into noise inputs, seeded constants "
+         "or deterministic values, and prove the rewrite in onnxruntime.",
 )
 
 
@@ -77,16 +85,48 @@ def _error(message: str, code: int):
     sys.exit(code)
 
 
+class _Printer:
+    """Lines on stdout unless --quiet; a transient progress spinner only on a terminal."""
+
+    def __init__(self, quiet: bool, verbose: bool):
+        self.quiet, self.verbose = quiet, verbose
+        self.tty = sys.stderr.isatty() and not quiet
+
+    def __call__(self, line: str) -> None:
+        if not self.quiet:
+            typer.echo(line)
+
+    def detail(self, line: str) -> None:
+        if self.verbose and not self.quiet:
+            typer.echo(line)
+
+    def step(self, text: str):
+        if not self.tty:
+            return contextlib.nullcontext()
+        from rich.console import Console
+
+        return Console(stderr=True).status(text)
+
+
 @app.command("rewrite")
 def rewrite_cmd(
-    input: Path = typer.Argument(..., help="The .onnx model to rewrite (never modified)."),
-    output: Path = typer.Argument(..., help="Where to write the rewritten model."),
+    input: Path = typer.Argument(..., help="The .onnx model to rewrite (never modified), or a "
+                                           "folder: every .onnx below it is rewritten."),
+    output: Path = typer.Argument(..., help="Where to write the rewritten model (a folder "
+                                            "when INPUT is one)."),
     mode: Mode = typer.Option(Mode.input_noise, "--mode", "-m",
                               help="input-noise: each draw becomes a graph input taking standard "
-                                   "noise; constant: a seeded draw frozen into the model."),
+                                   "noise; constant: a seeded draw frozen into the model; "
+                                   "deterministic: the mean / most probable outcome."),
     seed: int = typer.Option(0, "--seed", help="Seed for constant-mode draws and check inputs."),
     dim: list[str] = typer.Option(None, "--dim", metavar="NAME=VALUE",
                                   help="Fix a symbolic dim model-wide (repeatable)."),
+    only: list[str] = typer.Option(None, "--only", metavar="GLOB",
+                                   help="Rewrite only random nodes whose node name or output "
+                                        "name matches (repeatable)."),
+    exclude: list[str] = typer.Option(None, "--exclude", metavar="GLOB",
+                                      help="Leave matching random nodes as they are "
+                                           "(repeatable)."),
     report: Path | None = typer.Option(None, "--report", help="Write a JSON report here."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check."),
     atol: float | None = typer.Option(None, "--atol", help="Absolute tolerance (default by "
@@ -98,46 +138,132 @@ def rewrite_cmd(
     max_draw_mb: float = typer.Option(256.0, "--max-draw-mb",
                                       help="Cap on constant-mode draws, in MiB."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print errors only."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Also print each node's replacement in full."),
 ) -> None:
     """Rewrite every random node of INPUT and write the result to OUTPUT."""
-    say = (lambda _line: None) if quiet else typer.echo
+    say = _Printer(quiet, verbose)
     try:
         dims = parse_dim_flags(dim)
         if not (math.isfinite(max_draw_mb) and max_draw_mb > 0):
             raise UsageError(f"--max-draw-mb {max_draw_mb}: must be a positive number")
         if report is not None:
             check_writable(report, "--report")
-        try:
-            _, rep = api.rewrite(
-                input, mode.value, seed=seed, dims=dims, check=not no_check, atol=atol,
-                rtol=rtol, check_size=check_size, max_draw_bytes=int(max_draw_mb * 2**20),
-                output=output, on_line=say,
-            )
-        except ParityError as e:
-            if e.report is not None and report is not None:
-                write_text_atomic(report, e.report.to_json())
-            say(_parity_summary(e.report))
-            _error(f"{e} ({output} not written)", e.exit_code)
-        if report is not None:
+        options = dict(mode=mode.value, seed=seed, dims=dims, only=only, exclude=exclude,
+                       check=not no_check, atol=atol, rtol=rtol, check_size=check_size,
+                       max_draw_bytes=int(max_draw_mb * 2**20))
+        if input.is_dir():
+            code = _rewrite_folder(input, output, options, report, say)
+            raise typer.Exit(code)
+        code, rep = _rewrite_one(input, output, options, say)
+        if report is not None and rep is not None:
             write_text_atomic(report, rep.to_json())
-        for line in _summary(rep):
-            say(line)
+        if code:
+            raise typer.Exit(code)
     except OnnxfixError as e:
         _error(str(e), e.exit_code)
 
 
-def _summary(rep: RewriteReport) -> list[str]:
-    lines = []
+def _rewrite_one(src: Path, dst: Path, options: dict, say: _Printer,
+                 folder_mode: bool = False) -> tuple[int, RewriteReport | None]:
+    try:
+        with say.step(f"rewriting {src} and checking parity in onnxruntime"):
+            _, rep = api.rewrite(src, output=dst, on_line=say if not folder_mode else say.detail,
+                                 **options)
+    except ParityError as e:
+        if not folder_mode:
+            say(_parity_summary(e.report))
+        message = f"{e} ({dst} not written)"
+        if folder_mode:
+            say(f"FAILED  {src}: {message}")
+            return e.exit_code, e.report
+        typer.echo(f"onnxfix: error: {message}", err=True)
+        return e.exit_code, e.report
+    if folder_mode:
+        say(f"{_status_word(rep)}  {src} -> {dst}: {len(rep.nodes)} random node(s), "
+            f"{_parity_summary(rep)}")
+    else:
+        for line in _summary(rep, say.verbose):
+            say(line)
+    return 0, rep
+
+
+def _rewrite_folder(src: Path, dst: Path, options: dict, report: Path | None,
+                    say: _Printer) -> int:
+    if dst.exists() and not dst.is_dir():
+        raise UsageError(f"{dst}: INPUT is a folder, so OUTPUT must be a folder too")
+    models = sorted(p for p in src.rglob("*.onnx") if p.is_file())
+    if not models:
+        raise ModelError(f"{src}: no .onnx files below this folder")
+    worst, reports, tally = 0, [], {"ok": 0, "failed": 0}
+    for path in models:
+        target = dst / path.relative_to(src)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            code, rep = _rewrite_one(path, target, options, say, folder_mode=True)
+        except OnnxfixError as e:
+            say(f"ERROR   {path}: {e}")
+            code, rep = e.exit_code, None
+        except OSError as e:
+            say(f"ERROR   {path}: cannot create {target.parent}: {e.strerror or e}")
+            code, rep = 3, None
+        tally["failed" if code else "ok"] += 1
+        worst = max(worst, code)
+        entry = rep.to_dict() if rep is not None else {"input": str(path), "error": True}
+        entry["exit_code"] = code
+        reports.append(entry)
+    say(f"{len(models)} model(s): {tally['ok']} rewritten, {tally['failed']} failed")
+    if report is not None:
+        import json
+
+        write_text_atomic(report, json.dumps({"models": reports}, indent=2, default=str))
+    return worst
+
+
+def _status_word(rep: RewriteReport) -> str:
+    if rep.parity is not None and rep.parity.status == "skipped" and rep.nodes:
+        return "SKIPPED"
+    return "OK     "
+
+
+def _summary(rep: RewriteReport, verbose: bool) -> list[str]:
     if not rep.nodes:
-        lines.append(f"no random nodes in {rep.input}; wrote an unchanged copy to {rep.output}")
-        return lines
-    lines.append(f"{len(rep.nodes)} random node(s) rewritten ({rep.mode}):")
+        return [f"no random nodes in {rep.input}; wrote an unchanged copy to {rep.output}"]
+    done = [n for n in rep.nodes if n.status == "rewritten"]
+    lines = [f"{len(done)} random node(s) rewritten ({rep.mode})"
+             + (f", {len(rep.nodes) - len(done)} kept" if len(done) < len(rep.nodes) else "")
+             + ":"]
     for n in rep.nodes:
         r = n.replacement
+        if r is None:
+            lines.append(f"  {n.op_type} -> '{n.output}'  kept ({n.note})")
+            continue
         shape = "[" + ", ".join(str(d) for d in r.shape) + "]" if r.shape is not None else "[?]"
-        lines.append(f"  {n.op_type} -> '{n.output}'  =>  {r.kind} '{r.name}' {r.dtype}{shape}")
+        where = f" in {n.graph}" if n.graph != "main" else ""
+        lines.append(f"  {n.op_type} -> '{n.output}'{where}  =>  {r.kind} '{r.name}' "
+                     f"{r.dtype}{shape}" + (f" ({r.value})" if r.value else ""))
+        if verbose:
+            lines.append(f"      distribution: {n.distribution}")
+    lines.extend(_op_table(rep))
     lines.append(_parity_summary(rep))
     lines.append(f"wrote {rep.output}")
+    return lines
+
+
+def _op_table(rep: RewriteReport) -> list[str]:
+    """Op counts that changed, before -> after (what users screenshot)."""
+    ops = sorted(set(rep.ops_before) | set(rep.ops_after))
+    changed = [(op, rep.ops_before.get(op, 0), rep.ops_after.get(op, 0)) for op in ops
+               if rep.ops_before.get(op, 0) != rep.ops_after.get(op, 0)]
+    if not changed:
+        return []
+    width = max(len(op) for op, _, _ in changed)
+    lines = [f"  {'op'.ljust(width)}  before  after"]
+    lines += [f"  {op.ljust(width)}  {b:6d}  {a:5d}" for op, b, a in changed]
+    total_b, total_a = sum(rep.ops_before.values()), sum(rep.ops_after.values())
+    lines.append(f"  {'total'.ljust(width)}  {total_b:6d}  {total_a:5d}")
+    if rep.new_inputs:
+        lines.append(f"  new inputs: {', '.join(rep.new_inputs)}")
     return lines
 
 
@@ -150,7 +276,41 @@ def _parity_summary(rep: RewriteReport | None) -> str:
     sizes = "; ".join(", ".join(f"{k}={v}" for k, v in s.items()) or "static" for s in p.sizes)
     bad = sum(1 for c in p.outputs if not c.passed)
     word = "PASSED" if p.status == "passed" else "FAILED"
-    return f"Parity: {word} ({len(p.outputs) - bad}/{len(p.outputs)} comparisons at {sizes})"
+    at = f" at {sizes}" if sizes else ""
+    return f"Parity: {word} ({len(p.outputs) - bad}/{len(p.outputs)} comparisons{at})"
+
+
+@app.command("inspect")
+def inspect_cmd(
+    model: Path = typer.Argument(..., help="The .onnx model to inspect."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (a 'nodes' list)."),
+    fail_if_random: bool = typer.Option(False, "--fail-if-random",
+                                        help="Exit 1 when any random node remains (CI gate)."),
+) -> None:
+    """List every random node: where it lives, op, attributes, shape, dtype, consumers."""
+    try:
+        rep = api.inspect(model)
+    except OnnxfixError as e:
+        _error(str(e), e.exit_code)
+    if as_json:
+        typer.echo(rep.to_json())
+    elif not rep.nodes:
+        typer.echo(f"{model}: no random nodes")
+    else:
+        rows = [("graph", "op", "node", "output", "dtype", "shape", "attributes", "consumers")]
+        for n in rep.nodes:
+            shape = "?" if n.shape is None else "[" + ", ".join(
+                "?" if d is None else str(d) for d in n.shape) + "]"
+            attrs = ", ".join(f"{k}={v}" for k, v in n.attributes.items())
+            rows.append((n.graph, n.op_type, n.name or "-", n.output, n.dtype, shape,
+                         attrs or "-", "; ".join(n.consumers) or "-"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        typer.echo(f"{model}: {len(rep.nodes)} random node(s)")
+        for r in rows:
+            typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if fail_if_random and rep.nodes:
+        typer.echo(f"onnxfix: {len(rep.nodes)} random node(s) remain in {model}", err=True)
+        raise typer.Exit(1)
 
 
 def main() -> None:

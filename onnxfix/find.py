@@ -158,3 +158,22 @@ def as_int(value) -> int | None:
         return None
     arr = np.asarray(value).reshape(-1)
     return int(arr[0]) if arr.size == 1 else None
+
+
+def make_selector(only: list[str] | None, exclude: list[str] | None):
+    """A predicate over sites from --only / --exclude globs (node name or output name)."""
+    import fnmatch
+
+    only = [g for g in (only or []) if g]
+    exclude = [g for g in (exclude or []) if g]
+    if not only and not exclude:
+        return None
+
+    def hit(site: Site, globs: list[str]) -> bool:
+        return any(fnmatch.fnmatchcase(site.node.name, g) or fnmatch.fnmatchcase(site.output, g)
+                   for g in globs)
+
+    def select(site: Site) -> bool:
+        return (not only or hit(site, only)) and not hit(site, exclude)
+
+    return select

@@ -85,6 +85,10 @@ class RandomOp:
         """Shape of the noise; shape_of(name) gives a shape (list of int|str|None) or None."""
         return shape_of(node.input[0])
 
+    def draw_shape(self, noise_shape: list | None) -> list | None:
+        """Shape of the node's first output, given its noise's shape."""
+        return noise_shape
+
     def capture_inputs(self, node: onnx.NodeProto) -> list[str]:
         """Node inputs whose runtime values `standardize` needs."""
         return [i for i in node.input[:1] if i]
@@ -110,6 +114,11 @@ class RandomOp:
     def sample(self, rng: np.random.Generator, shape: list[int], dtype: int) -> np.ndarray:
         base = rng.standard_normal(shape) if self.family == NORMAL else rng.random(shape)
         return base.astype(np_dtype(dtype))
+
+    def deterministic(self, b: NodeBuilder, node: onnx.NodeProto, attrs: dict,
+                      dt: Dtypes) -> str:
+        """Append nodes computing the most representative value; return a description."""
+        raise NotImplementedError
 
     def static_shape(self, node: onnx.NodeProto) -> list[int] | None:
         return None
@@ -216,6 +225,20 @@ class AffineOp(RandomOp):
         noise = ((wide - offset) / factor if factor != 0 else wide * 0).astype(draw.dtype)
         return _refine(noise, draw, lambda n: self.forward(n, attrs)[0])
 
+    def deterministic(self, b, node, attrs, dt) -> str:
+        if self.family == NORMAL:
+            value, text = float(attrs.get("mean", 0.0)), "the mean"
+        else:
+            low, high = float(attrs.get("low", 0.0)), float(attrs.get("high", 1.0))
+            value, text = (low + high) / 2, "the midpoint (low + high) / 2"
+        static = self.static_shape(node)
+        if static is not None:
+            shape = b.constant(np.array(static, dtype=np.int64), "shape")
+        else:
+            shape = b.op("Shape", [node.input[0]], "shape")
+        b.fill(shape, np.array([value], dtype=np_dtype(dt.draw)), node.output[0])
+        return f"{text}, {value:g}"
+
     def sample_draw(self, rng: np.random.Generator, shape: list[int], attrs: dict,
                     dtype: int) -> np.ndarray:
         """One seeded draw of the node's own distribution (constant mode, main graph)."""
@@ -254,6 +277,12 @@ class BernoulliOp(RandomOp):
     def forward(self, noise, attrs, inputs) -> dict:
         return {0: noise < inputs[0]}
 
+    def deterministic(self, b, node, attrs, dt) -> str:
+        half = b.constant(np.array(0.5, dtype=np_dtype(dt.noise)), "half")
+        likely = b.op("Greater", [node.input[0], half], "likely")
+        b.op("Cast", [likely], "cast", output=node.output[0], to=dt.draw)
+        return "the most probable outcome, p > 0.5"
+
     def standardize(self, outputs, attrs, inputs, noise_dtype) -> np.ndarray:
         p = inputs[0].astype(np.float64)
         hit = outputs[0].astype(bool)
@@ -288,6 +317,9 @@ class MultinomialOp(RandomOp):
             return [None, self._samples(node), None]
         return [logits[0], self._samples(node), logits[1]]
 
+    def draw_shape(self, noise_shape: list | None) -> list | None:
+        return None if noise_shape is None else noise_shape[:-1]
+
     @staticmethod
     def _samples(node) -> int:
         n = int(attrs_of(node).get("sample_size", 1))
@@ -316,6 +348,19 @@ class MultinomialOp(RandomOp):
         else:
             idx = b.op("ArgMax", [scores], "argmax", axis=2, keepdims=0)
             b.op("Cast", [idx], "cast", output=node.output[0], to=dt.draw)
+
+    def deterministic(self, b, node, attrs, dt) -> str:
+        samples = self._samples(node)
+        last = samples == 1 and dt.draw == TensorProto.INT64
+        best = b.op("ArgMax", [node.input[0]], "argmax", axis=1, keepdims=1,
+                    output=node.output[0] if last else None)
+        if samples > 1:
+            reps = b.constant(np.array([1, samples], dtype=np.int64), "repeats")
+            best = b.op("Tile", [best, reps], "tile",
+                        output=node.output[0] if dt.draw == TensorProto.INT64 else None)
+        if dt.draw != TensorProto.INT64:
+            b.op("Cast", [best], "cast", output=node.output[0], to=dt.draw)
+        return "the most probable class, ArgMax of the logits"
 
     def forward(self, noise, attrs, inputs) -> dict:
         with np.errstate(divide="ignore"):
@@ -416,6 +461,13 @@ class DropoutOp(RandomOp):
         if gated:
             b.op("Where", [node.input[2], dropped, node.input[0]], "train_or_not",
                  output=node.output[0])
+
+    def deterministic(self, b, node, attrs, dt) -> str:
+        b.op("Identity", [node.input[0]], "identity", output=node.output[0])
+        if len(node.output) > 1 and node.output[1]:
+            shape = b.op("Shape", [node.input[0]], "shape")
+            b.fill(shape, np.array([True]), node.output[1])
+        return "no mask: the data unchanged"
 
     def forward(self, noise, attrs, inputs) -> dict:
         ratio = inputs.get(1, np.asarray(attrs.get("ratio", 0.5), noise.dtype))

@@ -70,10 +70,11 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
 
             noise_model, noise_records = rewrite_model(original, "input-noise", dims=dims,
                                                        select=select)
-            _conditional(parity, original, noise_model, noise_records, size, seed, emit)
+            if mode == "constant":
+                _conditional(parity, original, noise_model, noise_records, size, seed, emit)
             if parity.status != "failed":
-                _constant_vs_noise(parity, rewritten, done, noise_model, noise_records, size,
-                                   seed, emit)
+                _twin_check(parity, rewritten, done, noise_model, noise_records, mode, size,
+                            seed, emit)
     except _Skip as e:
         parity.status, parity.reason = "skipped", str(e)
         emit(f"SKIPPED | {e}")
@@ -241,10 +242,10 @@ def _input_dtype(sess, name: str) -> np.dtype:
     return np.dtype(_ORT_TYPES[_input_meta(sess, name).type])
 
 
-def _filler(sess, name: str, n: int) -> np.ndarray:
+def _filler(sess, name: str, n: int, value: float = 0.5) -> np.ndarray:
     meta = _input_meta(sess, name)
     shape = [d if isinstance(d, int) and d >= 0 else n for d in (meta.shape or [])]
-    return np.full(shape, 0.5, dtype=np.dtype(_ORT_TYPES[meta.type]))
+    return np.full(shape, value, dtype=np.dtype(_ORT_TYPES[meta.type]))
 
 
 def _tainted_outputs(model: onnx.ModelProto, sources: list[str]) -> set[str]:
@@ -264,47 +265,68 @@ def _tainted_outputs(model: onnx.ModelProto, sources: list[str]) -> set[str]:
     return {o.name for o in model.graph.output if o.name in tainted}
 
 
-# -- constant: the frozen model is the input-noise model fed its frozen noise ------------------
+# -- constant / deterministic: compare with the input-noise twin ------------------------------
 
-def _constant_vs_noise(parity, const_model, records, noise_model, noise_records, size, seed,
-                       emit) -> None:
+def _twin_check(parity, model, records, noise_model, noise_records, mode, size, seed,
+                emit) -> None:
+    """The model must equal its input-noise twin fed the noise it stands for; two runs agree.
+
+    constant: the frozen noise (a frozen draw is standardized back to noise).
+    deterministic: the noise whose transform gives the representative value (0 for normal
+    draws, 0.5 for uniform ones); Dropout has none, so outputs it reaches are not compared.
+    """
     try:
-        const_sess = _session(const_model)
+        sess = _session(model)
         noise_sess = _session(noise_model)
     except Exception as e:  # noqa: BLE001
         _fail(parity, f"the rewritten model does not load in onnxruntime: {_line(e)}", emit)
         return
-    frozen = {t.name: onnx.numpy_helper.to_array(t) for t in const_model.graph.initializer}
     noise_name = {r.output: r.replacement.name for r in noise_records if r.replacement}
-    noise = {}
-    for rec in records:
-        value = frozen[rec.replacement.name]
-        if rec.replacement.name == rec.output:  # the frozen draw itself: standardize it
-            spec, attrs = _affine_of(rec)
-            value = spec.standardize({0: value}, attrs)
-        noise[noise_name[rec.output]] = value
-    data_inputs = list(const_sess.get_inputs())
+    frozen = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    data_inputs = list(sess.get_inputs())
     symbols = _symbols(data_inputs)
-    out_names = [o.name for o in const_model.graph.output]
+    skip = set()
+    if mode == "deterministic":
+        skip = _tainted_outputs(model, [r.output for r in records if r.op_type == "Dropout"])
+        if skip:
+            emit(f"NOTE | outputs reached by a Dropout are not compared with the noise twin "
+                 f"(no noise means 'no mask'): {', '.join(sorted(skip))}")
+    out_names = [o.name for o in model.graph.output]
     for k, n in enumerate([size, size + 1] if symbols else [size]):
         dims = {s: n for s in symbols}
+        if mode == "deterministic":
+            parity.sizes.append(dims)
         feeds = _feeds(data_inputs, n, np.random.default_rng([seed, 100 + k]))
-        first = _run(const_sess, feeds)
-        second = _run(const_sess, feeds)
+        first = _run(sess, feeds)
+        second = _run(sess, feeds)
         for name in out_names:
             if not np.array_equal(first[name], second[name],
                                   equal_nan=np.issubdtype(first[name].dtype, np.floating)):
                 _record(parity, OutputCheck(name, dims, list(first[name].shape), math.inf,
-                                            math.inf, False,
-                                            "two runs of the constant model differ"), emit)
+                                            math.inf, False, f"two runs of the {mode} model "
+                                                             f"differ"), emit)
                 parity.status = "failed"
+        noise = {}
+        for rec in records:
+            target = noise_name[rec.output]
+            if mode == "deterministic":
+                fam = rec.distribution["family"]
+                noise[target] = _filler(noise_sess, target, n, 0.0 if fam == "normal" else 0.5)
+                continue
+            value = frozen[rec.replacement.name]
+            if rec.replacement.name == rec.output:  # the frozen draw itself: standardize it
+                spec, attrs = _affine_of(rec)
+                value = spec.standardize({0: value}, attrs)
+            noise[target] = value
         try:
             want = _run(noise_sess, {**feeds, **noise})
         except Exception as e:  # noqa: BLE001
-            _fail(parity, f"the input-noise model rejects the frozen noise: {_line(e)}", emit)
+            _fail(parity, f"the input-noise twin rejects the {mode} noise: {_line(e)}", emit)
             return
         for name in out_names:
-            check = _compare(f"{name} (constant)", first[name], want[name], parity.atol,
+            if name in skip:
+                continue
+            check = _compare(f"{name} ({mode})", first[name], want[name], parity.atol,
                              parity.rtol, dims)
             _record(parity, check, emit)
             if not check.passed:

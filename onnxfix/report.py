@@ -11,10 +11,11 @@ import onnx
 
 @dataclass
 class Replacement:
-    kind: str  # "input" | "initializer" | "constant" | "deterministic"
+    kind: str  # "input" | "initializer" | "deterministic"
     name: str
     shape: list | None
     dtype: str
+    value: str = ""  # deterministic mode: which value replaced the draw
 
 
 @dataclass
@@ -60,6 +61,7 @@ class RewriteReport:
     ops_before: dict = field(default_factory=dict)
     ops_after: dict = field(default_factory=dict)
     new_inputs: list[str] = field(default_factory=list)
+    ops_kept: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)

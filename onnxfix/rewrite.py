@@ -45,7 +45,7 @@ from .shapes import (
     tied_score,
 )
 
-MODES = ("input-noise", "constant")
+MODES = ("input-noise", "constant", "deterministic")
 DEFAULT_MAX_DRAW_BYTES = 256 * 2**20
 NOISE_METADATA_KEY = "onnxfix.noise_inputs"
 _ORIGIN_MARK = "onnxfix-inlined-from:"
@@ -93,18 +93,18 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
     trip_names = _iteration_dim_names(out)
     fixed_trips = fix_dims(out, dims or {}, extra=set(trip_names.values()))
     sites = find_sites(out)
-    records: list[NodeRecord] = []
+    kept: dict[int, NodeRecord] = {}
     chosen = []
-    for site in sites:
+    for k, site in enumerate(sites):
         origin = _take_origin(site.node)
         if site.in_function:
-            records.append(_kept(site, "in a model-local function that is never called"))
+            kept[k] = _kept(site, "in a model-local function that is never called")
         elif select is not None and not select(site):
-            records.append(_kept(site, "not selected by --only/--exclude"))
+            kept[k] = _kept(site, "not selected by --only/--exclude")
         else:
             chosen.append((site, origin))
     if not chosen:
-        return out, records
+        return out, list(kept.values())
     plans = _plan(out, chosen, trip_names, fixed_trips)
     if mode == "constant":
         _check_constant_budget(plans, max_draw_bytes)
@@ -114,12 +114,18 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
     # loop iteration axes keep their readable names, like the model's own input dims
     anchors = set(input_dim_names(out)) | set(trip_names.values())
     noise_meta = []
+    records: list[NodeRecord] = []
     edits = _Edits()
     for plan in plans:
         site = plan.site
         prefix = "onnxfix_" + sanitize(site.node.name or site.output)
         b = NodeBuilder(names, opset, prefix, constant_of=lookup)
-        if mode == "constant" and plan.freezes_draw:
+        if mode == "deterministic":
+            how = plan.spec.deterministic(b, site.node, plan.attrs, plan.dtypes)
+            repl = Replacement("deterministic", site.output, plan.spec.draw_shape(plan.shape),
+                               dtype_name(plan.dtypes.draw), how)
+            edits.replace(site, b.nodes)
+        elif mode == "constant" and plan.freezes_draw:
             repl = _freeze_draw(out, plan, seed)
             edits.replace(site, [])
         else:
@@ -139,6 +145,9 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
             distribution=plan.spec.distribution(plan.attrs), replacement=repl,
         ))
     edits.apply(out)
+    # one record per random node, in graph order
+    done = iter(records)
+    records = [kept[k] if k in kept else next(done) for k in range(len(sites))]
     if noise_meta:
         _record_noise_metadata(out, noise_meta)
     validate_output(model, out)

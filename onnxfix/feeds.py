@@ -1,0 +1,72 @@
+"""`onnxfix.noise_feeds`: the standard noise a rewritten model needs for one run.
+
+Everything is read from the model itself (the `onnxfix.noise_inputs` metadata, else each
+noise input's doc_string), so deployment code never hard-codes names, shapes or dtypes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+
+from .errors import ModelError, UsageError
+from .ops import NORMAL, UNIFORM, np_dtype
+from .rewrite import NOISE_METADATA_KEY
+
+
+def noise_inputs(model: onnx.ModelProto) -> list[dict]:
+    """[{name, family, elem_type, shape}] for every noise input the graph declares."""
+    declared = {i.name: i for i in model.graph.input}
+    meta = {}
+    for prop in model.metadata_props:
+        if prop.key == NOISE_METADATA_KEY:
+            try:
+                meta = {e["name"]: e for e in json.loads(prop.value)}
+            except (ValueError, KeyError, TypeError):
+                raise ModelError(f"the {NOISE_METADATA_KEY} metadata is not valid JSON") from None
+    found = []
+    for name, vi in declared.items():
+        family = meta.get(name, {}).get("family") or _family_from_doc(vi.doc_string)
+        if family is None:
+            continue
+        t = vi.type.tensor_type
+        shape = None
+        if t.HasField("shape"):
+            shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                     for d in t.shape.dim]
+        found.append({"name": name, "family": family, "elem_type": t.elem_type, "shape": shape})
+    return found
+
+
+def _family_from_doc(doc: str) -> str | None:
+    for family in (NORMAL, UNIFORM):
+        if doc.startswith(f"onnxfix noise input ({family})"):
+            return family
+    return None
+
+
+def make_noise_feeds(model: onnx.ModelProto, dims: dict[str, int] | None = None,
+                     seed: int | None = None,
+                     rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    dims = dict(dims or {})
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    feeds = {}
+    for entry in noise_inputs(model):
+        if entry["shape"] is None:
+            raise UsageError(f"noise input '{entry['name']}' has no declared shape")
+        missing = [d for d in entry["shape"] if not isinstance(d, int) and d not in dims]
+        if missing:
+            names = ", ".join(str(m) for m in missing if m) or "an unnamed dim"
+            raise UsageError(f"noise input '{entry['name']}' needs a size for {names}: "
+                             f"pass dims={{...}}")
+        shape = [d if isinstance(d, int) else dims[d] for d in entry["shape"]]
+        dtype = np_dtype(entry["elem_type"])
+        if entry["family"] == NORMAL:
+            feeds[entry["name"]] = rng.standard_normal(shape).astype(dtype)
+        else:
+            u = rng.random(shape).astype(dtype)
+            # rounding to a narrow dtype can reach 1.0; the noise is U[0, 1)
+            feeds[entry["name"]] = np.minimum(u, np.nextafter(dtype.type(1), dtype.type(0)))
+    return feeds

@@ -1,0 +1,88 @@
+"""`onnxfix inspect`: every random node, where it lives, what it draws, what reads it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import onnx
+
+from .errors import OnnxfixError
+from .find import find_sites, iter_scoped
+from .ops import attrs_of, dtype_name, spec_for
+from .shapes import infer_facts
+
+
+@dataclass
+class RandomNodeInfo:
+    op_type: str
+    name: str
+    output: str
+    graph: str
+    dtype: str
+    shape: list | None
+    attributes: dict
+    consumers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class InspectReport:
+    model: str | None
+    nodes: list[RandomNodeInfo]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+
+def inspect_model(model: onnx.ModelProto, origin: str | None = None) -> InspectReport:
+    facts = infer_facts(model)
+    readers = _consumers(model)
+    nodes = []
+    for site in find_sites(model):
+        node = site.node
+        spec = spec_for(node)
+
+        def elem_type(name: str) -> int | None:
+            f = facts.get(name)
+            return f.elem_type if f else None
+
+        try:
+            dtype = dtype_name(spec.dtypes(node, elem_type).draw)
+        except OnnxfixError as e:
+            dtype = f"invalid ({e})"
+        out = facts.get(node.output[0])
+        shape = out.shape if out is not None else None
+        if shape is None and spec.op_type != "Multinomial":
+            shape = spec.noise_shape(node, lambda n: facts[n].shape if n in facts else None)
+        attrs = {k: _plain(v) for k, v in attrs_of(node).items()}
+        nodes.append(RandomNodeInfo(node.op_type, node.name, node.output[0], site.location,
+                                    dtype, shape, attrs, readers.get(node.output[0], [])))
+    return InspectReport(origin, nodes)
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (int, float, str)):
+        return value
+    return str(value)
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[str]]:
+    readers: dict[str, list[str]] = {}
+    for container, where, _ in iter_scoped(model):
+        for node in container.node:
+            label = f"{node.op_type} '{node.name}'" if node.name else node.op_type
+            for name in set(node.input):
+                if name:
+                    readers.setdefault(name, []).append(label)
+        if isinstance(container, onnx.GraphProto):
+            for o in container.output:
+                what = "graph output" if where == "main" else f"output of {where}"
+                readers.setdefault(o.name, []).append(what)
+    return readers
