@@ -30,7 +30,7 @@ def _load(model_or_path: ModelLike) -> tuple[onnx.ModelProto, str | None]:
 
 def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 0,
             dims: dict[str, int] | None = None, only: list[str] | None = None,
-            exclude: list[str] | None = None, check: bool = True,
+            exclude: list[str] | None = None, noise_dtype: str = "same", check: bool = True,
             atol: float | None = None, rtol: float | None = None, check_size: int = 2,
             max_draw_bytes: int = DEFAULT_MAX_DRAW_BYTES,
             output: str | os.PathLike | None = None,
@@ -41,6 +41,8 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
     mode: "input-noise" (standard noise as new graph inputs), "constant" (seeded draws) or
         "deterministic" (the mean / most probable outcome, no mask).
     dims: sizes for symbolic dims, fixed model-wide (constant mode needs concrete shapes).
+    noise_dtype: "same", "float32" or "float16": the dtype noise inputs are fed in (cast
+        in-graph to what the draw needs).
     only / exclude: glob patterns over node names and output names selecting the nodes to
         rewrite; unselected random nodes stay as they are (the report says so).
     check: run the conditional parity check in onnxruntime; raises ParityError on failure.
@@ -58,7 +60,8 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
     original, source = _load(model_or_path)
     select = make_selector(only, exclude)
     new_model, records = rewrite_model(original, mode, seed=seed, dims=dims,
-                                       max_draw_bytes=max_draw_bytes, select=select)
+                                       max_draw_bytes=max_draw_bytes, select=select,
+                                       noise_dtype=noise_dtype)
     report = RewriteReport(
         mode=mode, input=source, output=str(output) if output is not None else None,
         nodes=records, ops_before=op_counts(original), ops_after=op_counts(new_model),

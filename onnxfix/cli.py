@@ -31,6 +31,12 @@ class Mode(str, Enum):
     deterministic = "deterministic"
 
 
+class NoiseDtype(str, Enum):
+    same = "same"
+    float32 = "float32"
+    float16 = "float16"
+
+
 class _OneLineErrors(TyperGroup):
     """Usage errors as one line on stderr with exit 2, instead of a framed help box."""
 
@@ -127,6 +133,9 @@ def rewrite_cmd(
     exclude: list[str] = typer.Option(None, "--exclude", metavar="GLOB",
                                       help="Leave matching random nodes as they are "
                                            "(repeatable)."),
+    noise_dtype: NoiseDtype = typer.Option(NoiseDtype.same, "--noise-dtype",
+                                           help="dtype of the noise inputs (cast in-graph): "
+                                                "same as the draw, float32 or float16."),
     report: Path | None = typer.Option(None, "--report", help="Write a JSON report here."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check."),
     atol: float | None = typer.Option(None, "--atol", help="Absolute tolerance (default by "
@@ -150,6 +159,7 @@ def rewrite_cmd(
         if report is not None:
             check_writable(report, "--report")
         options = dict(mode=mode.value, seed=seed, dims=dims, only=only, exclude=exclude,
+                       noise_dtype=noise_dtype.value,
                        check=not no_check, atol=atol, rtol=rtol, check_size=check_size,
                        max_draw_bytes=int(max_draw_mb * 2**20))
         if input.is_dir():

@@ -16,6 +16,8 @@ class Replacement:
     shape: list | None
     dtype: str
     value: str = ""  # deterministic mode: which value replaced the draw
+    cast_to: str = ""  # a noise input fed in another dtype (--noise-dtype): cast in-graph
+    cast_name: str = field(default="", repr=False, compare=False, metadata={"internal": True})
 
 
 @dataclass
@@ -65,6 +67,9 @@ class RewriteReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        for node in d["nodes"]:
+            if node.get("replacement"):
+                node["replacement"].pop("cast_name", None)
         if d["parity"] is None:
             d["parity"] = {"status": "skipped", "reason": "not run"}
         return d

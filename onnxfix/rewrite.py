@@ -46,6 +46,8 @@ from .shapes import (
 )
 
 MODES = ("input-noise", "constant", "deterministic")
+NOISE_DTYPES = {"same": None, "float32": onnx.TensorProto.FLOAT,
+                "float16": onnx.TensorProto.FLOAT16}
 DEFAULT_MAX_DRAW_BYTES = 256 * 2**20
 NOISE_METADATA_KEY = "onnxfix.noise_inputs"
 _ORIGIN_MARK = "onnxfix-inlined-from:"
@@ -77,10 +79,18 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
                   dims: dict[str, int] | None = None,
                   max_draw_bytes: int = DEFAULT_MAX_DRAW_BYTES,
                   select: Callable[[Site], bool] | None = None,
+                  noise_dtype: str = "same",
                   ) -> tuple[onnx.ModelProto, list[NodeRecord]]:
-    """Return a rewritten copy of `model` and one record per random node."""
+    """Return a rewritten copy of `model` and one record per random node.
+
+    noise_dtype: "same" (noise inputs in the dtype the draw needs), "float32" or "float16"
+    (inputs in that dtype, cast in-graph; for targets that cannot feed other dtypes).
+    """
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+    if noise_dtype not in NOISE_DTYPES:
+        raise UsageError(f"--noise-dtype {noise_dtype!r}: choose one of "
+                         f"{', '.join(NOISE_DTYPES)}")
     if seed < 0:
         raise UsageError(f"--seed {seed}: the seed must be a non-negative integer")
     out = onnx.ModelProto()
@@ -130,13 +140,14 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
             edits.replace(site, [])
         else:
             if mode == "input-noise":
-                repl = _add_noise_input(out, plan, names, anchors)
+                repl = _add_noise_input(out, plan, names, anchors, NOISE_DTYPES[noise_dtype],
+                                        edits)
                 noise_meta.append({"name": repl.name, "family": plan.spec.family,
                                    "dtype": repl.dtype, "shape": repl.shape,
                                    "draw": site.output, "op_type": site.op_type})
             else:
                 repl = _add_noise_initializer(out, plan, names, seed)
-            inner = _route(plan, repl.name, names, edits, opset)
+            inner = _route(plan, repl.cast_name or repl.name, names, edits, opset)
             plan.spec.transform(b, inner, site.node, plan.attrs, plan.dtypes)
             edits.replace(site, b.nodes)
         where = site.location + (f" (inlined from {plan.origin})" if plan.origin else "")
@@ -379,21 +390,32 @@ def _noise_dims(noise: str, shape: Shape, anchors: set[str], names: NameAllocato
 
 
 def _add_noise_input(model: onnx.ModelProto, plan: Plan, names: NameAllocator,
-                     anchors: set[str]) -> Replacement:
+                     anchors: set[str], fed_type: int | None, edits: _Edits) -> Replacement:
     site = plan.site
     noise = names.fresh("noise_" + site.output)
     dims = _noise_dims(noise, plan.full_shape, anchors, names)
-    vi = helper.make_tensor_value_info(noise, plan.dtypes.noise, dims)
+    fed_type = fed_type or plan.dtypes.noise
+    vi = helper.make_tensor_value_info(noise, fed_type, dims)
     dist = plan.spec.distribution(plan.attrs)
     per_iteration = (f" Leading axes: one per enclosing loop ({len(plan.lead)}); iteration i "
                      f"reads slice i." if plan.lead else "")
+    cast = ""
+    if fed_type != plan.dtypes.noise:
+        cast = f" Fed as {dtype_name(fed_type)}, cast in-graph to {dtype_name(plan.dtypes.noise)}."
     vi.doc_string = (
         f"onnxfix noise input ({dist['family']}): feed {dist['noise']} noise, "
-        f"{dtype_name(plan.dtypes.noise)}. In-graph: {site.output} = "
-        f"{plan.spec.transform_text(plan.attrs)}. Replaces {site.describe()}.{per_iteration}"
+        f"{dtype_name(fed_type)}. In-graph: {site.output} = "
+        f"{plan.spec.transform_text(plan.attrs)}. Replaces {site.describe()}.{per_iteration}{cast}"
     )
     model.graph.input.append(vi)
-    return Replacement("input", noise, dims, dtype_name(plan.dtypes.noise))
+    repl = Replacement("input", noise, dims, dtype_name(fed_type))
+    if fed_type != plan.dtypes.noise:
+        repl.cast_to = dtype_name(plan.dtypes.noise)
+        repl.cast_name = names.fresh(f"{noise}_cast")
+        edits.prepend(model.graph, helper.make_node(
+            "Cast", [noise], [repl.cast_name], to=plan.dtypes.noise,
+            name=names.fresh(f"onnxfix_{noise}_cast")), 0)
+    return repl
 
 
 def _draw_rng(seed: int, site: Site) -> np.random.Generator:

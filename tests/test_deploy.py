@@ -188,3 +188,37 @@ def test_python_m_onnxfix_inspect(tmp_path):
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0
     assert len(json.loads(proc.stdout)["nodes"]) == 4
+
+
+@pytest.mark.parametrize("fixture,noise_dtype,fed,draw", [
+    ("randn_f64_dynamic_dynamo.onnx", "float32", np.float32, "double"),
+    ("ref3_dynamic_ts.onnx", "float16", np.float16, "float"),
+    ("mixed_dynamic_ts.onnx", "float16", np.float16, "float"),
+])
+def test_noise_dtype_feeds_the_target_dtype_and_casts_in_graph(fixture, noise_dtype, fed, draw,
+                                                               tmp_path):
+    out = tmp_path / "n.onnx"
+    result = invoke("rewrite", FIXTURES / fixture, out, "--noise-dtype", noise_dtype)
+    assert result.exit_code == 0, result.output
+    model = onnx.load(out)
+    full_check(model)
+    _, rep = onnxfix.rewrite(FIXTURES / fixture, noise_dtype=noise_dtype, check=False)
+    for node in rep.nodes:
+        assert node.replacement.dtype == noise_dtype.replace("float32", "float")
+        assert node.replacement.cast_to == draw
+    casts = [n for n in model.graph.node if n.op_type == "Cast" and n.input[0] in rep.new_inputs]
+    assert len(casts) == len(rep.new_inputs)
+    feeds = onnxfix.noise_feeds(model, dims={"batch": 4}, seed=0)
+    assert all(v.dtype == fed for v in feeds.values())
+    x = np.zeros((4, 10), np.float32)
+    assert all(np.isfinite(v).all() for v in run(model, {"x": x, **feeds}).values())
+
+
+def test_noise_dtype_same_is_the_default_and_adds_no_cast():
+    _, rep = onnxfix.rewrite(FIXTURES / "randn_f64_dynamic_dynamo.onnx", check=False)
+    assert rep.nodes[0].replacement.dtype == "double" and rep.nodes[0].replacement.cast_to == ""
+
+
+def test_unknown_noise_dtype_is_a_usage_error(tmp_path):
+    result = invoke("rewrite", MIXED, tmp_path / "o.onnx", "--noise-dtype", "int8")
+    assert result.exit_code == 2 and "onnxfix: error:" in result.stderr

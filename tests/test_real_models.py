@@ -104,3 +104,51 @@ def test_migraphx_random_uniform_double_without_graph_inputs(mode):
         u = np.full((2, 3, 4), 0.25)
         got = run(new, {report.nodes[0].replacement.name: u})["output"]
         np.testing.assert_array_equal(got, u)  # low=0, high=1: the noise is the draw
+
+
+REAL = ["migraphx_multinomial_autoseed_dyn_test.onnx", "migraphx_randomnormallike_test.onnx",
+        "migraphx_randomuniform_test.onnx", "mlagents_3DBallHard.onnx",
+        "mlagents_BigWallJump.onnx", "mlagents_hybrid0vis8vec_2c_2_3d_v2_0.onnx",
+        "onnx_test_bernoulli_seed_expanded_op15.onnx", "onnx_test_bernoulli_seed_op15.onnx"]
+
+
+def _dims_for(model: onnx.ModelProto) -> dict:
+    names = {d.dim_param for i in model.graph.input for d in i.type.tensor_type.shape.dim
+             if d.dim_param}
+    dims = {n: 3 for n in names}
+    if any(not d.dim_param and not d.HasField("dim_value")
+           for i in model.graph.input for d in i.type.tensor_type.shape.dim):
+        dims.update({f"{i.name}_dim{k}": 3 for i in model.graph.input
+                     for k, d in enumerate(i.type.tensor_type.shape.dim)
+                     if not d.dim_param and not d.HasField("dim_value")})
+    return dims
+
+
+@pytest.mark.parametrize("mode", ["input-noise", "constant", "deterministic"])
+@pytest.mark.parametrize("name", REAL)
+def test_every_real_model_rewrites_passes_parity_and_runs(name, mode):
+    path = real_model_path(name)
+    model = onnx.load(path)
+    dims = _dims_for(model) if mode == "constant" else {}
+    new, report = onnxfix.rewrite(path, mode, dims=dims)
+    assert random_nodes(new) == []
+    assert report.parity.status == "passed", report.parity.reason
+    assert new.ir_version == model.ir_version
+    assert list(new.opset_import) == list(model.opset_import)
+    if mode == "input-noise":
+        feeds = onnxfix.noise_feeds(new, dims={d: 2 for d in _dims_for(new)}, seed=0)
+        assert sorted(feeds) == sorted(report.new_inputs)
+    rng = np.random.default_rng(0)
+    data = {}
+    for i in new.graph.input:
+        if i.name in report.new_inputs:
+            continue
+        t = i.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else 2 for d in t.shape.dim]
+        data[i.name] = rng.random(shape).astype(onnx.helper.tensor_dtype_to_np_dtype(
+            t.elem_type))
+    if mode == "input-noise":
+        data.update(feeds)
+    first, second = run(new, data), run(new, data)
+    for k in first:
+        np.testing.assert_array_equal(first[k], second[k])
