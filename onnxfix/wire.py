@@ -1,0 +1,802 @@
+"""Big models at I/O speed: read an .onnx file's structure without its weights, write it back
+with the weights moved by the kernel.
+
+`load_skeleton` walks the protobuf wire format by hand (tags and varints) down to
+ModelProto.graph.initializer and replaces every large `raw_data` payload by an external-data
+reference into the *input file itself* (location = its base name, offset and length of the
+payload). Everything else is parsed normally, so the skeleton is an ordinary, small
+`onnx.ModelProto`: the rewrite passes edit it like any model, and onnxruntime runs it straight
+from the original file when it is saved in the same folder.
+
+`save_with_weights` writes a (modified) skeleton: every small part is serialized by protobuf,
+every payload still living in a file is streamed with `os.copy_file_range` (fallbacks:
+`os.sendfile`, then bounded read/write chunks). Length prefixes are computed before anything is
+written. Output is atomic: temporary files in the destination folder, renamed at the end.
+
+Safety (DESIGN.md): external-data locations that are absolute, climb out of the model folder or
+pass through a symlink are refused; malformed wire data (truncated varints, lengths past the end
+of the file or of the enclosing message, unknown wire types, nesting deeper than protobuf allows)
+becomes a one-line `ModelError`; nothing is ever read outside the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import mmap
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import ModelError, UsageError
+
+# The largest message protobuf (and so onnx.load) reads: above it the output needs external data.
+# A module constant so tests can lower it to exercise the external-data path with small files.
+EMBED_LIMIT = 2**31 - 1
+# Offsets of tensors in a written .data file are multiples of this (mmap friendly).
+DATA_ALIGN = 4096
+# Bounded buffer of the last-resort copy (read/write) and of the zero padding.
+COPY_CHUNK = 8 * 2**20
+# Copy strategies tried in order; tests narrow this to exercise the fallbacks.
+COPY_METHODS: tuple[str, ...] = ("copy_file_range", "sendfile", "readwrite")
+LAYOUTS = ("same", "embedded", "external")
+
+# Field numbers (onnx.proto) and the wire-format tags the writer emits.
+_MODEL_GRAPH = 7
+_GRAPH_INITIALIZER = 5
+_TENSOR_RAW_DATA = 9
+_TAG_GRAPH = bytes([_MODEL_GRAPH << 3 | 2])
+_TAG_INITIALIZER = bytes([_GRAPH_INITIALIZER << 3 | 2])
+_TAG_RAW_DATA = bytes([_TENSOR_RAW_DATA << 3 | 2])
+_EXTERNAL = onnx.TensorProto.EXTERNAL
+
+# Bytes per element for the fixed-size tensor types; packed 4-bit types take half a byte.
+_ITEM_BYTES = {
+    onnx.TensorProto.FLOAT: 4, onnx.TensorProto.UINT8: 1, onnx.TensorProto.INT8: 1,
+    onnx.TensorProto.UINT16: 2, onnx.TensorProto.INT16: 2, onnx.TensorProto.INT32: 4,
+    onnx.TensorProto.INT64: 8, onnx.TensorProto.BOOL: 1, onnx.TensorProto.FLOAT16: 2,
+    onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.UINT32: 4, onnx.TensorProto.UINT64: 8,
+    onnx.TensorProto.COMPLEX64: 8, onnx.TensorProto.COMPLEX128: 16,
+    onnx.TensorProto.BFLOAT16: 2,
+}
+for _name in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0"):
+    if hasattr(onnx.TensorProto, _name):
+        _ITEM_BYTES[getattr(onnx.TensorProto, _name)] = 1
+_HALF_BYTE = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1")
+              if hasattr(onnx.TensorProto, n)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Wire format primitives
+
+
+class _Malformed(Exception):
+    """Raised by the scanner; turned into a ModelError naming the file."""
+
+
+def _read_varint(buf, pos: int, end: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= end:
+            raise _Malformed(f"truncated varint at byte {pos}")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise _Malformed(f"varint longer than 10 bytes at byte {pos}")
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _len_field(tag: bytes, length: int) -> int:
+    """Encoded size of a length-delimited field whose payload has `length` bytes."""
+    return len(tag) + len(_varint(length)) + length
+
+
+def _fields(buf, pos: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, field start, value start, field end) of one message."""
+    while pos < end:
+        start = pos
+        key, pos = _read_varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise _Malformed(f"field number 0 at byte {start}")
+        value = pos
+        if wire == 0:
+            _, pos = _read_varint(buf, pos, end)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, value = _read_varint(buf, pos, end)
+            pos = value + length
+        else:
+            raise _Malformed(f"unsupported wire type {wire} (field {number}) at byte {start}")
+        if pos > end:
+            raise _Malformed(f"field {number} at byte {start} runs past the end of its "
+                             f"message (needs {pos - start} bytes, {end - start} left)")
+        yield number, wire, start, value, pos
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe access to external data files
+
+
+def _external_info(t: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in t.external_data}
+
+
+def _check_location(location: str, origin: str) -> list[str]:
+    """The location's path components, refusing what may not leave the model folder."""
+    if not location:
+        raise ModelError(f"{origin}: external data with an empty location")
+    if "\x00" in location:
+        raise ModelError(f"{origin}: external data location contains a NUL byte")
+    if (location.startswith(("/", "\\")) or os.path.isabs(location)
+            or (len(location) > 1 and location[1] == ":" and location[0].isalpha())):
+        raise ModelError(f"{origin}: external data location {location!r} is absolute; only "
+                         "paths inside the model folder are allowed")
+    parts = [p for p in location.split("/") if p not in ("", ".")]
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else 1
+        if depth < 0:
+            raise ModelError(f"{origin}: external data location {location!r} leaves the model "
+                             "folder")
+    if not parts:
+        raise ModelError(f"{origin}: external data location {location!r} names no file")
+    return parts
+
+
+def _open_external(folder: Path, location: str, origin: str) -> int:
+    """Open `location` below `folder` one component at a time, refusing any symlink."""
+    parts = _check_location(location, origin)
+    try:
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ModelError(f"{origin}: cannot open folder {folder}: {e.strerror or e}") from None
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            flags |= os.O_NONBLOCK if last else os.O_DIRECTORY
+            try:
+                nfd = os.open(part, flags, dir_fd=dfd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.EMLINK):
+                    raise ModelError(f"{origin}: external data location {location!r} passes "
+                                     f"through a symlink ({part!r}); links are refused"
+                                     ) from None
+                raise ModelError(f"{origin}: external data {location!r}: "
+                                 f"{e.strerror or e}") from None
+            os.close(dfd)
+            dfd = nfd
+        if not stat.S_ISREG(os.fstat(dfd).st_mode):
+            raise ModelError(f"{origin}: external data {location!r} is not a regular file")
+        os.set_blocking(dfd, True)
+        fd, dfd = dfd, -1
+        return fd
+    finally:
+        if dfd >= 0:
+            os.close(dfd)
+
+
+def _expected_bytes(t: onnx.TensorProto) -> int | None:
+    count = math.prod(t.dims)
+    if t.data_type in _ITEM_BYTES:
+        return count * _ITEM_BYTES[t.data_type]
+    if t.data_type in _HALF_BYTE:
+        return (count + 1) // 2
+    return None
+
+
+def _check_payload_size(t: onnx.TensorProto, length: int, origin: str) -> None:
+    if any(d < 0 for d in t.dims):
+        raise ModelError(f"{origin}: tensor {t.name!r} has a negative dim {list(t.dims)}")
+    want = _expected_bytes(t)
+    if want is not None and want != length:
+        raise ModelError(f"{origin}: tensor {t.name!r} declares dims {list(t.dims)} "
+                         f"({want} bytes) but holds {length} bytes")
+
+
+# ---------------------------------------------------------------------------------------------
+# The skeleton
+
+
+@dataclass
+class Skeleton:
+    """A model whose large initializers are external-data references into the source file.
+
+    model: the ModelProto (big top-level initializers stubbed, everything else parsed).
+    path: the source .onnx file (absolute).
+    stubs: initializer name -> (offset, length) of its raw_data payload in the source file.
+    The source file (and any external data file it uses) stays open until `close()`, so the
+    weights are read from the very files that were scanned, even if the paths are replaced.
+    """
+
+    model: onnx.ModelProto
+    path: Path
+    stubs: dict[str, tuple[int, int]]
+    inline_limit: int = 1024
+    _fds: dict[tuple[str, ...], int] = field(default_factory=dict, repr=False)
+    _stat: tuple[int, int, int, int] = (0, 0, 0, 0)
+    _spans: set[tuple[int, int]] = field(default_factory=set, repr=False)
+
+    @property
+    def location(self) -> str:
+        """The external-data location the stubs use: the source file's base name."""
+        return self.path.name
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in set(fds.values()):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __enter__(self) -> Skeleton:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # the fds are ours; never leak them
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # -- internal ------------------------------------------------------------------------------
+
+    def _source_fd(self) -> int:
+        key = (self.location,)
+        if key not in self._fds:
+            raise ModelError(f"{self.path}: the skeleton is closed")
+        fd = self._fds[key]
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != self._stat:
+            raise ModelError(f"{self.path}: the file changed after it was read; load it again")
+        return fd
+
+    def _data_fd(self, location: str, origin: str) -> int:
+        key = tuple(_check_location(location, origin))
+        if key == (self.location,):
+            return self._source_fd()
+        if key not in self._fds:
+            self._fds[key] = _open_external(self.folder, location, origin)
+        return self._fds[key]
+
+    def _resolve(self, t: onnx.TensorProto, origin: str) -> tuple[int, int, int, bool]:
+        """(fd, offset, length, is_stub) of an external tensor's payload, bounds checked."""
+        info = _external_info(t)
+        location = info.get("location", "")
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else None
+        except ValueError:
+            raise ModelError(f"{origin}: tensor {t.name!r} has a non-numeric external data "
+                             "offset or length") from None
+        fd = self._data_fd(location, origin)
+        size = os.fstat(fd).st_size
+        if length is None:
+            length = size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ModelError(f"{origin}: tensor {t.name!r}: external data {location!r} "
+                             f"[{offset}, {offset}+{length}) lies outside the file "
+                             f"({size} bytes)")
+        _check_payload_size(t, length, origin)
+        is_stub = (tuple(_check_location(location, origin)) == (self.location,)
+                   and (offset, length) in self._spans)
+        return fd, offset, length, is_stub
+
+
+def load_skeleton(path: str | os.PathLike, *, inline_limit: int = 1024) -> Skeleton:
+    """Read an .onnx file without its weights.
+
+    Every top-level initializer whose raw_data exceeds `inline_limit` bytes becomes an
+    external-data reference into the source file itself ({location: base name, offset, length}),
+    with name, dims, data_type and doc_string kept. Everything else is parsed normally.
+    Initializers already external in the input stay external (relative to the input's folder)
+    after their locations and bounds are checked. Problems raise a one-line ModelError.
+    """
+    p = Path(os.path.abspath(path))
+    if not p.exists():
+        raise ModelError(f"{path}: no such file")
+    if p.is_dir():
+        raise ModelError(f"{path}: is a folder, not an .onnx file")
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read: {e.strerror or e}") from None
+    skeleton = None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelError(f"{path}: not a regular file")
+        os.set_blocking(fd, True)
+        if st.st_size == 0:
+            raise ModelError(f"{path}: empty file, not an ONNX model")
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
+            try:
+                data, stubs, spans = _scan_model(mm, st.st_size, inline_limit, p.name, str(path))
+            except _Malformed as e:
+                raise ModelError(f"{path}: malformed protobuf: {e}") from None
+        model = _parse_model(data, str(path))
+        skeleton = Skeleton(model=model, path=p, stubs=stubs, inline_limit=inline_limit,
+                            _fds={(p.name,): fd},
+                            _stat=(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
+                            _spans=spans)
+        for t, where in _all_tensors(model):
+            if t.data_location == _EXTERNAL:
+                skeleton._resolve(t, f"{path} ({where})")
+        return skeleton
+    except BaseException:
+        if skeleton is not None:
+            skeleton.close()
+        else:
+            os.close(fd)
+        raise
+
+
+def _parse_model(data: bytes, origin: str) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        text = str(e)
+        if "MaxDepth" in text or "recursion" in text.lower():
+            raise ModelError(f"{origin}: nesting too deep for protobuf") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        raise ModelError(f"{origin}: not a valid ONNX protobuf ({first})") from None
+    if not model.HasField("graph") or not model.opset_import:
+        raise ModelError(f"{origin}: not an ONNX model (no graph or no opset_import)")
+    return model
+
+
+def _scan_model(mm, size: int, inline_limit: int, location: str, origin: str):
+    """The skeleton's serialized bytes, the stubs by name and their (offset, length) spans."""
+    out = bytearray()
+    graph = bytearray()
+    stubs: dict[str, tuple[int, int]] = {}
+    spans: set[tuple[int, int]] = set()
+    for number, wire, start, value, end in _fields(mm, 0, size):
+        if number == _MODEL_GRAPH and wire == 2:
+            # Repeated occurrences of a message field merge: concatenating their contents does.
+            _scan_graph(mm, value, end, inline_limit, location, origin, graph, stubs, spans)
+        else:
+            out += mm[start:end]
+    if graph:
+        out += _TAG_GRAPH + _varint(len(graph)) + graph
+    return bytes(out), stubs, spans
+
+
+def _scan_graph(mm, pos: int, end: int, inline_limit: int, location: str, origin: str,
+                out: bytearray, stubs: dict, spans: set) -> None:
+    run = pos  # start of the current run of fields copied verbatim
+    for number, wire, start, value, stop in _fields(mm, pos, end):
+        if number != _GRAPH_INITIALIZER or wire != 2:
+            continue
+        stub = _stub_tensor(mm, value, stop, inline_limit, location, origin)
+        if stub is None:
+            continue
+        tensor, span = stub
+        out += mm[run:start]
+        body = tensor.SerializeToString()
+        out += _TAG_INITIALIZER + _varint(len(body)) + body
+        run = stop
+        stubs[tensor.name] = span
+        spans.add(span)
+    out += mm[run:end]
+
+
+def _stub_tensor(mm, pos: int, end: int, inline_limit: int, location: str, origin: str):
+    raw = None
+    keep: list[tuple[int, int]] = []
+    for number, wire, start, value, stop in _fields(mm, pos, end):
+        if number == _TENSOR_RAW_DATA and wire == 2:
+            raw = (value, stop)  # the last occurrence wins, as in protobuf
+        else:
+            keep.append((start, stop))
+    if raw is None or raw[1] - raw[0] <= inline_limit:
+        return None
+    head = onnx.TensorProto()
+    try:
+        head.ParseFromString(b"".join(mm[a:b] for a, b in keep))
+    except (DecodeError, RuntimeError, ValueError):
+        raise ModelError(f"{origin}: malformed initializer at byte {pos}") from None
+    offset, length = raw[0], raw[1] - raw[0]
+    _check_payload_size(head, length, origin)
+    head.ClearField("external_data")
+    head.data_location = _EXTERNAL
+    for key, val in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = head.external_data.add()
+        entry.key, entry.value = key, val
+    return head, (offset, length)
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking every tensor of a model
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]]:
+    yield from _graph_tensors(model.graph, "graph")
+    for f in model.functions:
+        for n in f.node:
+            yield from _node_tensors(n, f"function {f.domain}::{f.name}")
+    for i, ti in enumerate(model.training_info):
+        yield from _graph_tensors(ti.initialization, f"training_info[{i}].initialization")
+        yield from _graph_tensors(ti.algorithm, f"training_info[{i}].algorithm")
+
+
+def _graph_tensors(g: onnx.GraphProto, where: str, *, initializers: bool = True):
+    if initializers:
+        for t in g.initializer:
+            yield t, f"{where} initializer {t.name!r}"
+    for s in g.sparse_initializer:
+        yield s.values, f"{where} sparse initializer {s.values.name!r}"
+        yield s.indices, f"{where} sparse initializer {s.values.name!r} indices"
+    for n in g.node:
+        yield from _node_tensors(n, where)
+
+
+def _node_tensors(n: onnx.NodeProto, where: str):
+    here = f"{where} node {n.name or n.op_type!r}"
+    for a in n.attribute:
+        if a.HasField("t"):
+            yield a.t, here
+        yield from ((t, here) for t in a.tensors)
+        if a.HasField("sparse_tensor"):
+            yield a.sparse_tensor.values, here
+            yield a.sparse_tensor.indices, here
+        for s in a.sparse_tensors:
+            yield s.values, here
+            yield s.indices, here
+        if a.HasField("g"):
+            yield from _graph_tensors(a.g, f"{here}.{a.name}")
+        for g in a.graphs:
+            yield from _graph_tensors(g, f"{here}.{a.name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What save_with_weights wrote: the layout actually used and the sizes."""
+
+    path: Path
+    layout: str  # "embedded" (one file) or "external" (weights in data_path)
+    data_path: Path | None
+    model_bytes: int
+    data_bytes: int
+
+
+@dataclass
+class _Copy:
+    """A payload still in a file: `length` bytes at `offset` of `fd`."""
+
+    fd: int
+    offset: int
+    length: int
+
+
+class _DataFile:
+    """Plans a .data file: every tensor at an aligned offset, in order."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.items: list[tuple[int, _Copy | bytes]] = []
+        self.size = 0
+
+    def add(self, t: onnx.TensorProto, payload: _Copy | bytes) -> None:
+        length = payload.length if isinstance(payload, _Copy) else len(payload)
+        offset = -(-self.size // DATA_ALIGN) * DATA_ALIGN
+        self.items.append((offset, payload))
+        self.size = offset + length
+        info = _external_info(t)
+        info.update(location=self.name, offset=str(offset), length=str(length))
+        t.ClearField("raw_data")
+        t.ClearField("external_data")
+        t.data_location = _EXTERNAL
+        for key in ("location", "offset", "length"):  # then any other keys, e.g. checksum
+            entry = t.external_data.add()
+            entry.key, entry.value = key, info.pop(key)
+        for key, val in info.items():
+            entry = t.external_data.add()
+            entry.key, entry.value = key, val
+
+
+def _copy_without(msg, skip: str):
+    """A copy of a message without one (big) field, never copying that field."""
+    out = type(msg)()
+    for fd, value in msg.ListFields():
+        if fd.name == skip:
+            continue
+        if fd.is_repeated:
+            getattr(out, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(out, fd.name).CopyFrom(value)
+        else:
+            setattr(out, fd.name, value)
+    return out
+
+
+def save_with_weights(model: onnx.ModelProto, skeleton: Skeleton, out_path: str | os.PathLike,
+                      *, layout: str = "same", fsync: bool = True) -> Saved:
+    """Write `model` (an edited copy of skeleton.model) with the weights streamed from files.
+
+    layout:
+      "same"     each tensor keeps the layout it had in the input: payloads stubbed from the
+                 input .onnx are embedded as raw_data; tensors that were external data in the
+                 input go to one `<out name>.data` file beside the output.
+      "embedded" every top-level initializer is embedded (external ones too); tensors external
+                 elsewhere (subgraphs, attributes) still go to the .data file.
+      "external" every payload (and every in-memory raw_data above skeleton.inline_limit) goes
+                 to the .data file, at offsets aligned to DATA_ALIGN.
+    "same" and "embedded" switch to "external" when the single file would exceed EMBED_LIMIT.
+    The output (and its .data file) appear atomically; `out_path` may be the input file.
+    """
+    if layout not in LAYOUTS:
+        raise UsageError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    out = Path(os.path.abspath(out_path))
+    _check_writable(out)
+    origin = str(skeleton.path)
+    data_name = out.name + ".data"
+
+    # The small parts, copied without the initializers; their nested external tensors (rare:
+    # subgraph initializers, attributes, functions) always go to the .data file.
+    m0 = _copy_without(model, "graph")
+    g0 = _copy_without(model.graph, "initializer")
+    nested = _DataFile(data_name)
+    for t, where in [*_graph_tensors(g0, "graph", initializers=False),
+                     *_all_tensors(_copy_free_view(m0))]:
+        if t.data_location == _EXTERNAL:
+            fd, offset, length, _ = skeleton._resolve(t, f"{origin} ({where})")
+            nested.add(t, _Copy(fd, offset, length))
+
+    # Top-level initializers: payload source of each one.
+    plan: list[tuple[onnx.TensorProto, _Copy | None, bool]] = []  # (tensor, file payload, stub)
+    for t in model.graph.initializer:
+        if t.data_location == _EXTERNAL:
+            fd, offset, length, is_stub = skeleton._resolve(t, f"{origin} (initializer)")
+            plan.append((t, _Copy(fd, offset, length), is_stub))
+        else:
+            plan.append((t, None, False))
+
+    m0_bytes = m0.SerializeToString()
+    g0_bytes = g0.SerializeToString()
+
+    def build(mode: str):
+        data = _DataFile(data_name)
+        data.items, data.size = list(nested.items), nested.size
+        pieces: list[bytes | _Copy] = []
+        size = 0
+        for t, payload, is_stub in plan:
+            if payload is None:
+                if (mode == "external" and t.HasField("raw_data")
+                        and len(t.raw_data) > skeleton.inline_limit):
+                    moved = onnx.TensorProto()
+                    moved.CopyFrom(t)
+                    data.add(moved, moved.raw_data)
+                    body = moved.SerializeToString()
+                else:
+                    body = t.SerializeToString()
+                pieces.append(_TAG_INITIALIZER + _varint(len(body)) + body)
+                size += _len_field(_TAG_INITIALIZER, len(body))
+            elif mode == "embedded" or (mode == "same" and is_stub):
+                head = onnx.TensorProto()
+                head.CopyFrom(t)
+                head.ClearField("external_data")
+                head.ClearField("data_location")
+                hb = head.SerializeToString()
+                inner = len(hb) + _len_field(_TAG_RAW_DATA, payload.length)
+                pieces.append(_TAG_INITIALIZER + _varint(inner) + hb + _TAG_RAW_DATA
+                              + _varint(payload.length))
+                pieces.append(payload)
+                size += _len_field(_TAG_INITIALIZER, inner)
+            else:
+                ref = onnx.TensorProto()
+                ref.CopyFrom(t)
+                data.add(ref, payload)
+                body = ref.SerializeToString()
+                pieces.append(_TAG_INITIALIZER + _varint(len(body)) + body)
+                size += _len_field(_TAG_INITIALIZER, len(body))
+        graph_len = len(g0_bytes) + size
+        head = m0_bytes + _TAG_GRAPH + _varint(graph_len) + g0_bytes
+        total = len(m0_bytes) + _len_field(_TAG_GRAPH, graph_len)
+        return [head, *pieces], total, data
+
+    pieces, total, data = build(layout)
+    if layout != "external" and total > EMBED_LIMIT:
+        layout = "external"
+        pieces, total, data = build(layout)
+        if total > EMBED_LIMIT:
+            raise ModelError(f"{out}: the model without its weights still exceeds protobuf's "
+                             f"{EMBED_LIMIT} byte limit")
+    used = "external" if data.items else "embedded"
+    data_path = out.parent / data_name if data.items else None
+    _write_outputs(out, pieces, data if data.items else None, fsync)
+    return Saved(path=out, layout=used, data_path=data_path, model_bytes=total,
+                 data_bytes=data.size if data.items else 0)
+
+
+def _copy_free_view(m0: onnx.ModelProto) -> onnx.ModelProto:
+    """m0 has no graph; walk only its functions and training info (shared, not copied)."""
+    return m0
+
+
+def _check_writable(out: Path) -> None:
+    folder = out.parent
+    if not folder.is_dir():
+        raise UsageError(f"output {out}: folder {folder} does not exist")
+    if out.is_dir():
+        raise UsageError(f"output {out}: is a folder; give a file name")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"output {out}: folder {folder} is not writable")
+
+
+def _target_mode(out: Path) -> int:
+    try:
+        return out.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _write_outputs(out: Path, pieces: list, data: _DataFile | None, fsync: bool) -> None:
+    temps: list[str] = []
+    try:
+        try:
+            targets = []
+            if data is not None:
+                dest = out.parent / data.name
+                fd, tmp = tempfile.mkstemp(prefix=f".{data.name}.", suffix=".tmp",
+                                           dir=out.parent)
+                temps.append(tmp)
+                with os.fdopen(fd, "wb", buffering=0) as f:
+                    _write_data(f.fileno(), data)
+                    if fsync:
+                        os.fsync(f.fileno())
+                targets.append((tmp, dest))
+            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+            temps.append(tmp)
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                _write_pieces(f.fileno(), pieces)
+                if fsync:
+                    os.fsync(f.fileno())
+            targets.append((tmp, out))
+            for tmp, dest in targets:
+                os.chmod(tmp, _target_mode(dest))
+            for tmp, dest in targets:  # the model last: it is what makes the output visible
+                os.replace(tmp, dest)
+                temps.remove(tmp)
+        except OSError as e:
+            raise UsageError(f"{out}: cannot write: {e.strerror or e}") from None
+    finally:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _write_pieces(dst: int, pieces: list) -> None:
+    pending: list[bytes] = []
+    for piece in pieces:
+        if isinstance(piece, _Copy):
+            _write_all(dst, b"".join(pending))
+            pending.clear()
+            _copy_range(piece.fd, dst, piece.offset, piece.length)
+        else:
+            pending.append(piece)
+    _write_all(dst, b"".join(pending))
+
+
+def _write_data(dst: int, data: _DataFile) -> None:
+    pos = 0
+    for offset, payload in data.items:
+        if offset > pos:
+            _write_all(dst, bytes(offset - pos))
+        if isinstance(payload, _Copy):
+            _copy_range(payload.fd, dst, payload.offset, payload.length)
+            pos = offset + payload.length
+        else:
+            _write_all(dst, payload)
+            pos = offset + len(payload)
+
+
+def _write_all(dst: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(dst, view)
+        view = view[n:]
+
+
+_UNSUPPORTED = {errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP,
+                errno.EBADF, errno.EPERM, errno.ETXTBSY}
+
+
+def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
+    """Append `length` bytes at `offset` of `src` to `dst`, in the kernel when possible."""
+    done = 0
+    for method in COPY_METHODS:
+        try:
+            done += _COPIERS[method](src, dst, offset + done, length - done)
+        except _Unsupported:
+            continue
+        if done == length:
+            return
+    raise OSError(errno.EIO, f"source ended after {done} of {length} bytes")
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _by_copy_file_range(src: int, dst: int, offset: int, length: int) -> int:
+    if not hasattr(os, "copy_file_range"):
+        raise _Unsupported
+    done = 0
+    while done < length:
+        try:
+            n = os.copy_file_range(src, dst, min(length - done, 1 << 30), offset + done)
+        except OSError as e:
+            if done == 0 and e.errno in _UNSUPPORTED:
+                raise _Unsupported from None
+            raise
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def _by_sendfile(src: int, dst: int, offset: int, length: int) -> int:
+    if not hasattr(os, "sendfile"):
+        raise _Unsupported
+    done = 0
+    while done < length:
+        try:
+            n = os.sendfile(dst, src, offset + done, min(length - done, 1 << 30))
+        except OSError as e:
+            if done == 0 and e.errno in _UNSUPPORTED:
+                raise _Unsupported from None
+            raise
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def _by_readwrite(src: int, dst: int, offset: int, length: int) -> int:
+    done = 0
+    while done < length:
+        chunk = os.pread(src, min(length - done, COPY_CHUNK), offset + done)
+        if not chunk:
+            break
+        _write_all(dst, chunk)
+        done += len(chunk)
+    return done
+
+
+_COPIERS = {"copy_file_range": _by_copy_file_range, "sendfile": _by_sendfile,
+            "readwrite": _by_readwrite}
