@@ -32,6 +32,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"{p}: cannot read: {e.strerror or e}") from None
     model = _parse(data, str(p))
     if _uses_external_data(model):
+        check_external_locations(model, p.parent, str(p))
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
         except Exception as e:  # noqa: BLE001 - any failure is the file's fault
@@ -66,11 +67,52 @@ def validate_model(model: onnx.ModelProto, origin: str) -> None:
         raise ModelError(f"{origin}: invalid ONNX model: {_one_line(e)}") from None
 
 
+def _external_tensors(model: onnx.ModelProto):
+    from .find import iter_graphs
+
+    for container, _ in iter_graphs(model):
+        if isinstance(container, onnx.GraphProto):
+            for t in container.initializer:
+                if t.data_location == onnx.TensorProto.EXTERNAL:
+                    yield t
+
+
 def _uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(
-        t.data_location == onnx.TensorProto.EXTERNAL
-        for t in model.graph.initializer
-    )
+    return any(True for _ in _external_tensors(model))
+
+
+def check_external_locations(model: onnx.ModelProto, folder: Path, origin: str) -> None:
+    """Refuse external data that is absolute, escapes the model folder, passes through a
+    symlink, is missing, or whose offset/length run past the end of its file."""
+    base = folder.resolve()
+    for t in _external_tensors(model):
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        what = f"{origin}: external data of '{t.name}'"
+        if not loc:
+            raise ModelError(f"{what} has no location")
+        if os.path.isabs(loc) or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[1] == ":"):
+            raise ModelError(f"{what}: absolute location {loc!r} refused")
+        parts = Path(loc).parts
+        if ".." in parts:
+            raise ModelError(f"{what}: location {loc!r} escapes the model folder")
+        current = base
+        for part in parts:
+            current = current / part
+            if current.is_symlink():
+                raise ModelError(f"{what}: location {loc!r} passes through a symlink")
+        if not current.is_file():
+            raise ModelError(f"{what}: file {loc!r} not found beside the model")
+        try:
+            offset = int(info.get("offset", 0) or 0)
+            length = int(info["length"]) if info.get("length") else None
+        except ValueError:
+            raise ModelError(f"{what}: offset/length are not integers") from None
+        size = current.stat().st_size
+        if offset < 0 or offset > size or (length is not None and
+                                           (length < 0 or offset + length > size)):
+            raise ModelError(f"{what}: offset {offset} / length {length} lie outside "
+                             f"{loc!r} ({size} bytes)")
 
 
 def check_writable(path: str | os.PathLike, what: str = "output") -> None:

@@ -570,7 +570,7 @@ def save_with_weights(model: onnx.ModelProto, skeleton: Skeleton, out_path: str 
     g0 = _copy_without(model.graph, "initializer")
     nested = _DataFile(data_name)
     for t, where in [*_graph_tensors(g0, "graph", initializers=False),
-                     *_all_tensors(_copy_free_view(m0))]:
+                     *_all_tensors(m0)]:
         if t.data_location == _EXTERNAL:
             fd, offset, length, _ = skeleton._resolve(t, f"{origin} ({where})")
             nested.add(t, _Copy(fd, offset, length))
@@ -639,11 +639,6 @@ def save_with_weights(model: onnx.ModelProto, skeleton: Skeleton, out_path: str 
     _write_outputs(out, pieces, data if data.items else None, fsync)
     return Saved(path=out, layout=used, data_path=data_path, model_bytes=total,
                  data_bytes=data.size if data.items else 0)
-
-
-def _copy_free_view(m0: onnx.ModelProto) -> onnx.ModelProto:
-    """m0 has no graph; walk only its functions and training info (shared, not copied)."""
-    return m0
 
 
 def _check_writable(out: Path) -> None:
