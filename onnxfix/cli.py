@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -25,13 +25,13 @@ from .report import RewriteReport
 from .shapes import parse_dim_flags
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     input_noise = "input-noise"
     constant = "constant"
     deterministic = "deterministic"
 
 
-class NoiseDtype(str, Enum):
+class NoiseDtype(StrEnum):
     same = "same"
     float32 = "float32"
     float16 = "float16"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 from dataclasses import dataclass
 
 import onnx
@@ -72,7 +73,11 @@ def ort_symbolic_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
         return {}
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        # it writes sym_shape_infer_temp.onnx into the working folder when it gives up
+        with tempfile.TemporaryDirectory(prefix="onnxfix-") as scratch, \
+                contextlib.chdir(scratch), \
+                contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             out = SymbolicShapeInference.infer_shapes(model, auto_merge=True,
                                                       guess_output_rank=False, verbose=0)
     except Exception:  # noqa: BLE001

@@ -338,3 +338,22 @@ def test_tts_duration_predictor_noise_ties_two_symbolic_dims(rng):
     z = run(out, {"x": np.zeros((3, 4, 7), np.float32), "noise_scale": np.array(0.667, np.float32),
                   "noise_r": eps})["z"]
     np.testing.assert_array_equal(z, eps * np.float32(0.667))
+
+
+def test_unknown_rank_draw_is_a_clear_error_and_leaves_no_scratch_file(tmp_path, monkeypatch):
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    monkeypatch.chdir(tmp_path)
+    g = h.make_graph([h.make_node("Foo", ["x"], ["t"], domain="custom"),
+                      h.make_node("RandomNormalLike", ["t"], ["r"], dtype=1),
+                      h.make_node("Add", ["x", "r"], ["y"])],
+                     "g", [h.make_tensor_value_info("x", T.FLOAT, ["batch", 4])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["batch", 4])])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("custom", 1)])
+    onnx.checker.check_model(m)
+    with pytest.raises(ModelError, match="cannot tell even the rank"):
+        rewrite_model(m, "input-noise")
+    assert list(tmp_path.iterdir()) == []  # onnxruntime's sym_shape_infer_temp.onnx is not left
+    out, _ = rewrite_model(m, "deterministic")
+    assert "RandomNormalLike" not in op_types(out)
