@@ -12,20 +12,29 @@ from .errors import ParityError, UsageError
 from .feeds import make_noise_feeds
 from .find import make_selector
 from .inspection import InspectReport, inspect_model
-from .model_io import check_writable, load_model, save_model_atomic
-from .parity import check_parity
+from .model_io import check_writable, materialize, open_model, save_model_atomic
 from .report import Parity, RewriteReport, op_counts
 from .rewrite import DEFAULT_MAX_DRAW_BYTES, MODES, rewrite_model
+from .wire import LAYOUTS, Skeleton, save_with_weights
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
 
-def _load(model_or_path: ModelLike) -> tuple[onnx.ModelProto, str | None]:
+def _open(model_or_path: ModelLike) -> tuple[onnx.ModelProto, str | None, Skeleton | None]:
+    """A model to work on: for a file, its skeleton (weights stay in the file, unread)."""
     if isinstance(model_or_path, onnx.ModelProto):
-        return model_or_path, None
+        return model_or_path, None, None
     if isinstance(model_or_path, (str, os.PathLike)):
-        return load_model(model_or_path), str(model_or_path)
+        skeleton = open_model(model_or_path)
+        return skeleton.model, str(model_or_path), skeleton
     raise UsageError(f"expected an onnx.ModelProto or a path, got {type(model_or_path).__name__}")
+
+
+def _load(model_or_path: ModelLike) -> tuple[onnx.ModelProto, str | None]:
+    model, source, skeleton = _open(model_or_path)
+    if skeleton is not None:
+        skeleton.close()
+    return model, source
 
 
 def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 0,
@@ -33,7 +42,8 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
             exclude: list[str] | None = None, noise_dtype: str = "same", check: bool = True,
             atol: float | None = None, rtol: float | None = None, check_size: int = 2,
             max_draw_bytes: int = DEFAULT_MAX_DRAW_BYTES,
-            output: str | os.PathLike | None = None,
+            output: str | os.PathLike | None = None, weights: str = "same",
+            load_weights: bool = True,
             on_line: Callable[[str], None] | None = None,
             ) -> tuple[onnx.ModelProto, RewriteReport]:
     """Rewrite every random node of a model; return the new model and the report.
@@ -47,6 +57,12 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
         rewrite; unselected random nodes stay as they are (the report says so).
     check: run the conditional parity check in onnxruntime; raises ParityError on failure.
     output: if given, the model is written there atomically (only after the check passed).
+    weights: how the written file stores the weights: "same" layout as the input (embedded
+        stays embedded, external data goes to one `<output>.data` beside it), "embedded", or
+        "external" (`<output>.data`). Above 2 GB, weights always go to `<output>.data`.
+    load_weights: for a path, return the model with its weights in memory; False returns it
+        with the weights as external references into the input file (cheap; what the CLI
+        uses), valid only while that file is unchanged.
     """
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -55,10 +71,32 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
     for flag, value in (("--atol", atol), ("--rtol", rtol)):
         if value is not None and not value >= 0:
             raise UsageError(f"{flag} {value}: a tolerance must be a non-negative number")
+    if weights not in LAYOUTS:
+        raise UsageError(f"--weights {weights!r}: choose one of {', '.join(LAYOUTS)}")
     if output is not None:
         check_writable(output)
-    original, source = _load(model_or_path)
-    select = make_selector(only, exclude)
+    original, source, skeleton = _open(model_or_path)
+    try:
+        new_model, report = _rewrite(original, source, skeleton, mode, seed=seed, dims=dims,
+                                     select=make_selector(only, exclude),
+                                     noise_dtype=noise_dtype, check=check, atol=atol, rtol=rtol,
+                                     check_size=check_size, max_draw_bytes=max_draw_bytes,
+                                     output=output, on_line=on_line)
+        if output is not None:
+            if skeleton is not None:
+                save_with_weights(new_model, skeleton, output, layout=weights)
+            else:
+                save_model_atomic(new_model, Path(output))
+        if skeleton is not None and load_weights:
+            new_model = materialize(new_model, skeleton)
+        return new_model, report
+    finally:
+        if skeleton is not None:
+            skeleton.close()
+
+
+def _rewrite(original, source, skeleton, mode, *, seed, dims, select, noise_dtype, check, atol,
+             rtol, check_size, max_draw_bytes, output, on_line):
     new_model, records = rewrite_model(original, mode, seed=seed, dims=dims,
                                        max_draw_bytes=max_draw_bytes, select=select,
                                        noise_dtype=noise_dtype)
@@ -74,15 +112,16 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
     elif not any(r.status == "rewritten" for r in records):
         report.parity = Parity(status="skipped", reason="no random node was selected")
     elif check:
-        report.parity = check_parity(original, new_model, records, mode, size=check_size,
-                                     atol=atol, rtol=rtol, seed=seed, dims=dims,
-                                     select=select, on_line=on_line)
+        from .parity import check_parity  # onnxruntime is imported only when it is needed
+
+        report.parity = check_parity(
+            original, new_model, records, mode, size=check_size, atol=atol, rtol=rtol,
+            seed=seed, dims=dims, select=select, on_line=on_line,
+            weights_folder=str(skeleton.folder) if skeleton is not None else None)
         if report.parity.status == "failed":
             raise ParityError(f"parity check failed: {report.parity.reason}", report)
     else:
         report.parity = Parity(status="skipped", reason="--no-check")
-    if output is not None:
-        save_model_atomic(new_model, Path(output))
     return new_model, report
 
 

@@ -180,3 +180,26 @@ def _one_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[0] if lines else type(e).__name__
+
+
+def open_model(path: str | os.PathLike):
+    """The model's skeleton: graph parsed, large weights left in the file (see wire.py)."""
+    from .wire import checkable, load_skeleton
+
+    skeleton = load_skeleton(path)
+    try:
+        validate_model(checkable(skeleton.model), str(path))
+    except BaseException:
+        skeleton.close()
+        raise
+    return skeleton
+
+
+def materialize(model: onnx.ModelProto, skeleton) -> onnx.ModelProto:
+    """A copy of a skeleton-based model with every weight read into memory."""
+    from .wire import read_weights
+
+    full = onnx.ModelProto()
+    full.CopyFrom(model)
+    read_weights(full, skeleton)
+    return full

@@ -55,7 +55,11 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
                  records: list[NodeRecord], mode: str, *, size: int = 2,
                  atol: float | None = None, rtol: float | None = None, seed: int = 0,
                  dims: dict | None = None, select: Callable[[Site], bool] | None = None,
-                 on_line: Callable[[str], None] | None = None) -> Parity:
+                 on_line: Callable[[str], None] | None = None,
+                 weights_folder: str | None = None) -> Parity:
+    """weights_folder: where external-data weights live (a skeleton's source folder)."""
+    global _WEIGHTS_FOLDER
+    _WEIGHTS_FOLDER = weights_folder
     emit = on_line or (lambda _line: None)
     parity = Parity(status="passed", atol=atol, rtol=rtol)
     done = [r for r in records if r.status == "rewritten"]
@@ -355,7 +359,9 @@ def _twin_check(parity, model, records, noise_model, noise_records, mode, size, 
         _fail(parity, f"the rewritten model does not load in onnxruntime: {_line(e)}", emit)
         return
     noise_name = {r.output: r.replacement.name for r in noise_records if r.replacement}
-    frozen = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    wanted = {r.replacement.name for r in records}
+    frozen = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer
+              if t.name in wanted}  # the new, in-memory ones: model weights stay unread
     data_inputs = list(sess.get_inputs())
     symbols = _symbols(data_inputs)
     skip = set()
@@ -431,8 +437,14 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return m
 
 
+_WEIGHTS_FOLDER: str | None = None
+
+
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     opts = ort.SessionOptions()
+    if _WEIGHTS_FOLDER is not None:  # weights stay in the source file (external data)
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                      _WEIGHTS_FOLDER)
     # Parity is about graph semantics: no fusions that could reorder float arithmetic.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
-import mmap
 import os
 import stat
 import tempfile
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError
 
 from .errors import ModelError, UsageError
@@ -79,6 +79,44 @@ _HALF_BYTE = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M
 
 class _Malformed(Exception):
     """Raised by the scanner; turned into a ModelError naming the file."""
+
+
+class _FileBytes:
+    """Random access to a file's bytes through small pread windows.
+
+    Not mmap: with large page-cache folios, touching one byte of a mapping can map megabytes
+    into the process (its RSS), and a file truncated meanwhile would raise SIGBUS.
+    """
+
+    WINDOW = 1 << 16
+
+    def __init__(self, fd: int, size: int):
+        self.fd, self.size = fd, size
+        self.base, self.buf = 0, b""
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return self._read(key.start, key.stop - key.start)
+        if not self.base <= key < self.base + len(self.buf):
+            if not 0 <= key < self.size:
+                raise _Malformed(f"read past the end of the file at byte {key}")
+            self.base, self.buf = key, self._read(key, min(self.WINDOW, self.size - key))
+        return self.buf[key - self.base]
+
+    def _read(self, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        if self.base <= offset and offset + length <= self.base + len(self.buf):
+            return self.buf[offset - self.base:offset - self.base + length]
+        parts = []
+        while length > 0:
+            chunk = os.pread(self.fd, min(length, 1 << 30), offset)
+            if not chunk:
+                raise _Malformed(f"the file ended early at byte {offset} (changed while read?)")
+            parts.append(chunk)
+            offset += len(chunk)
+            length -= len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _read_varint(buf, pos: int, end: int) -> tuple[int, int]:
@@ -141,8 +179,13 @@ def _fields(buf, pos: int, end: int) -> Iterator[tuple[int, int, int, int, int]]
 # Safe access to external data files
 
 
-def _external_info(t: onnx.TensorProto) -> dict[str, str]:
-    return {e.key: e.value for e in t.external_data}
+def _external_info(t: onnx.TensorProto, origin: str = "") -> dict[str, str]:
+    info = {e.key: e.value for e in t.external_data}
+    # protobuf hands out bytes for proto2 strings that are not valid UTF-8
+    if not all(isinstance(s, str) for kv in info.items() for s in kv):
+        raise ModelError(f"{origin}: tensor {t.name!r} has external data entries that are not "
+                         "valid UTF-8")
+    return info
 
 
 def _check_location(location: str, origin: str) -> list[str]:
@@ -182,7 +225,7 @@ def _open_external(folder: Path, location: str, origin: str) -> int:
             try:
                 nfd = os.open(part, flags, dir_fd=dfd)
             except OSError as e:
-                if e.errno in (errno.ELOOP, errno.EMLINK):
+                if e.errno in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR) and _is_link(part, dfd):
                     raise ModelError(f"{origin}: external data location {location!r} passes "
                                      f"through a symlink ({part!r}); links are refused"
                                      ) from None
@@ -190,14 +233,25 @@ def _open_external(folder: Path, location: str, origin: str) -> int:
                                  f"{e.strerror or e}") from None
             os.close(dfd)
             dfd = nfd
-        if not stat.S_ISREG(os.fstat(dfd).st_mode):
+        st = os.fstat(dfd)
+        if not stat.S_ISREG(st.st_mode):
             raise ModelError(f"{origin}: external data {location!r} is not a regular file")
+        if st.st_nlink > 1:  # a hard link can expose any file of the same filesystem
+            raise ModelError(f"{origin}: external data {location!r} has {st.st_nlink} hard "
+                             "links; links are refused")
         os.set_blocking(dfd, True)
         fd, dfd = dfd, -1
         return fd
     finally:
         if dfd >= 0:
             os.close(dfd)
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _expected_bytes(t: onnx.TensorProto) -> int | None:
@@ -288,7 +342,7 @@ class Skeleton:
 
     def _resolve(self, t: onnx.TensorProto, origin: str) -> tuple[int, int, int, bool]:
         """(fd, offset, length, is_stub) of an external tensor's payload, bounds checked."""
-        info = _external_info(t)
+        info = _external_info(t, origin)
         location = info.get("location", "")
         try:
             offset = int(info.get("offset", "0"))
@@ -336,11 +390,11 @@ def load_skeleton(path: str | os.PathLike, *, inline_limit: int = 1024) -> Skele
         os.set_blocking(fd, True)
         if st.st_size == 0:
             raise ModelError(f"{path}: empty file, not an ONNX model")
-        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
-            try:
-                data, stubs, spans = _scan_model(mm, st.st_size, inline_limit, p.name, str(path))
-            except _Malformed as e:
-                raise ModelError(f"{path}: malformed protobuf: {e}") from None
+        try:
+            data, stubs, spans = _scan_model(_FileBytes(fd, st.st_size), st.st_size,
+                                             inline_limit, p.name, str(path))
+        except _Malformed as e:
+            raise ModelError(f"{path}: not a valid ONNX protobuf (malformed: {e})") from None
         model = _parse_model(data, str(path))
         skeleton = Skeleton(model=model, path=p, stubs=stubs, inline_limit=inline_limit,
                             _fds={(p.name,): fd},
@@ -350,11 +404,17 @@ def load_skeleton(path: str | os.PathLike, *, inline_limit: int = 1024) -> Skele
             if t.data_location == _EXTERNAL:
                 skeleton._resolve(t, f"{path} ({where})")
         return skeleton
-    except BaseException:
+    except BaseException as e:
         if skeleton is not None:
             skeleton.close()
         else:
             os.close(fd)
+        if isinstance(e, OSError):
+            raise ModelError(f"{path}: cannot read: {e.strerror or e}") from None
+        if isinstance(e, Exception) and not isinstance(e, (ModelError, UsageError)):
+            # hostile input must not surface as a traceback; keep the cause on one line
+            text = (str(e).strip().splitlines() or [""])[0]
+            raise ModelError(f"{path}: unreadable model ({type(e).__name__}: {text})") from None
         raise
 
 
@@ -373,46 +433,46 @@ def _parse_model(data: bytes, origin: str) -> onnx.ModelProto:
     return model
 
 
-def _scan_model(mm, size: int, inline_limit: int, location: str, origin: str):
+def _scan_model(buf, size: int, inline_limit: int, location: str, origin: str):
     """The skeleton's serialized bytes, the stubs by name and their (offset, length) spans."""
     out = bytearray()
     graph = bytearray()
     stubs: dict[str, tuple[int, int]] = {}
     spans: set[tuple[int, int]] = set()
-    for number, wire, start, value, end in _fields(mm, 0, size):
+    for number, wire, start, value, end in _fields(buf, 0, size):
         if number == _MODEL_GRAPH and wire == 2:
             # Repeated occurrences of a message field merge: concatenating their contents does.
-            _scan_graph(mm, value, end, inline_limit, location, origin, graph, stubs, spans)
+            _scan_graph(buf, value, end, inline_limit, location, origin, graph, stubs, spans)
         else:
-            out += mm[start:end]
+            out += buf[start:end]
     if graph:
         out += _TAG_GRAPH + _varint(len(graph)) + graph
     return bytes(out), stubs, spans
 
 
-def _scan_graph(mm, pos: int, end: int, inline_limit: int, location: str, origin: str,
+def _scan_graph(buf, pos: int, end: int, inline_limit: int, location: str, origin: str,
                 out: bytearray, stubs: dict, spans: set) -> None:
     run = pos  # start of the current run of fields copied verbatim
-    for number, wire, start, value, stop in _fields(mm, pos, end):
+    for number, wire, start, value, stop in _fields(buf, pos, end):
         if number != _GRAPH_INITIALIZER or wire != 2:
             continue
-        stub = _stub_tensor(mm, value, stop, inline_limit, location, origin)
+        stub = _stub_tensor(buf, value, stop, inline_limit, location, origin)
         if stub is None:
             continue
         tensor, span = stub
-        out += mm[run:start]
+        out += buf[run:start]
         body = tensor.SerializeToString()
         out += _TAG_INITIALIZER + _varint(len(body)) + body
         run = stop
         stubs[tensor.name] = span
         spans.add(span)
-    out += mm[run:end]
+    out += buf[run:end]
 
 
-def _stub_tensor(mm, pos: int, end: int, inline_limit: int, location: str, origin: str):
+def _stub_tensor(buf, pos: int, end: int, inline_limit: int, location: str, origin: str):
     raw = None
     keep: list[tuple[int, int]] = []
-    for number, wire, start, value, stop in _fields(mm, pos, end):
+    for number, wire, start, value, stop in _fields(buf, pos, end):
         if number == _TENSOR_RAW_DATA and wire == 2:
             raw = (value, stop)  # the last occurrence wins, as in protobuf
         else:
@@ -421,9 +481,11 @@ def _stub_tensor(mm, pos: int, end: int, inline_limit: int, location: str, origi
         return None
     head = onnx.TensorProto()
     try:
-        head.ParseFromString(b"".join(mm[a:b] for a, b in keep))
+        head.ParseFromString(b"".join(buf[a:b] for a, b in keep))
     except (DecodeError, RuntimeError, ValueError):
         raise ModelError(f"{origin}: malformed initializer at byte {pos}") from None
+    if not isinstance(head.name, str):
+        raise ModelError(f"{origin}: initializer name {head.name!r} is not valid UTF-8")
     offset, length = raw[0], raw[1] - raw[0]
     _check_payload_size(head, length, origin)
     head.ClearField("external_data")
@@ -432,6 +494,62 @@ def _stub_tensor(mm, pos: int, end: int, inline_limit: int, location: str, origi
         entry = head.external_data.add()
         entry.key, entry.value = key, val
     return head, (offset, length)
+
+
+def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a skeleton model for onnx.checker.check_model and shape inference.
+
+    The checker resolves external-data locations of an in-memory model against the current
+    directory; this copy prefixes each location with '#', which onnx's checker treats as
+    "not a file", so structure is checked without touching the weights (load_skeleton has
+    already checked the locations, links and bounds).
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for t, _ in _all_tensors(copy):
+        if t.data_location == _EXTERNAL:
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = "#" + e.value
+    return copy
+
+
+def read_weights(model: onnx.ModelProto, skeleton: Skeleton) -> None:
+    """Read every external payload (stubs and input data files) into raw_data, in place.
+
+    Reads go through the skeleton's open descriptors, so they come from the very files that
+    were scanned and checked.
+    """
+    origin = str(skeleton.path)
+    for t, where in _all_tensors(model):
+        if t.data_location != _EXTERNAL:
+            continue
+        fd, offset, length, _ = skeleton._resolve(t, f"{origin} ({where})")
+        chunks, done = [], 0
+        while done < length:
+            piece = os.pread(fd, min(COPY_CHUNK, length - done), offset + done)
+            if not piece:
+                raise ModelError(f"{origin}: tensor {t.name!r}: the file ended early")
+            chunks.append(piece)
+            done += len(piece)
+        t.raw_data = b"".join(chunks)
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+
+
+def session_options(skeleton: Skeleton, options=None):
+    """onnxruntime SessionOptions that resolve a skeleton's stubs from the source folder.
+
+    With them, `InferenceSession(model.SerializeToString(), options)` runs a skeleton (or an
+    edited copy of it) from memory, reading the weights straight from the source files;
+    without them, ORT refuses external data of a model given as bytes.
+    """
+    import onnxruntime as ort
+
+    options = options or ort.SessionOptions()
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                     str(skeleton.folder))
+    return options
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,18 +645,24 @@ class _DataFile:
             entry.key, entry.value = key, val
 
 
-def _copy_without(msg, skip: str):
-    """A copy of a message without one (big) field, never copying that field."""
-    out = type(msg)()
-    for fd, value in msg.ListFields():
-        if fd.name == skip:
-            continue
-        if fd.is_repeated:
-            getattr(out, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(out, fd.name).CopyFrom(value)
-        else:
-            setattr(out, fd.name, value)
+def _model_without_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model without its graph, without copying the graph when possible."""
+    out = onnx.ModelProto()
+    try:
+        if len(unknown_fields.UnknownFieldSet(model)):
+            raise TypeError("unknown fields")  # only a full copy keeps them
+        for fd, value in model.ListFields():
+            if fd.name == "graph":
+                continue
+            if fd.is_repeated:
+                getattr(out, fd.name).extend(value)
+            elif fd.message_type is not None:
+                getattr(out, fd.name).CopyFrom(value)
+            else:
+                setattr(out, fd.name, value)  # TypeError for strings that are not UTF-8
+    except (TypeError, ValueError):
+        out.CopyFrom(model)
+        out.ClearField("graph")
     return out
 
 
@@ -556,6 +680,8 @@ def save_with_weights(model: onnx.ModelProto, skeleton: Skeleton, out_path: str 
                  to the .data file, at offsets aligned to DATA_ALIGN.
     "same" and "embedded" switch to "external" when the single file would exceed EMBED_LIMIT.
     The output (and its .data file) appear atomically; `out_path` may be the input file.
+    Returns what was written. Raises ModelError for bad references, UsageError when the
+    output cannot be written (nothing is left behind).
     """
     if layout not in LAYOUTS:
         raise UsageError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
@@ -564,20 +690,23 @@ def save_with_weights(model: onnx.ModelProto, skeleton: Skeleton, out_path: str 
     origin = str(skeleton.path)
     data_name = out.name + ".data"
 
-    # The small parts, copied without the initializers; their nested external tensors (rare:
-    # subgraph initializers, attributes, functions) always go to the .data file.
-    m0 = _copy_without(model, "graph")
-    g0 = _copy_without(model.graph, "initializer")
+    # External tensors below the top level (rare: subgraph initializers, attributes,
+    # functions) always go to the .data file; they are rewritten in copies.
+    m0 = _model_without_graph(model)
+    graph = model.graph
+    if any(t.data_location == _EXTERNAL
+           for t, _ in _graph_tensors(graph, "graph", initializers=False)):
+        graph = onnx.GraphProto()
+        graph.CopyFrom(model.graph)
     nested = _DataFile(data_name)
-    for t, where in [*_graph_tensors(g0, "graph", initializers=False),
-                     *_all_tensors(m0)]:
+    for t, where in [*_graph_tensors(graph, "graph", initializers=False), *_all_tensors(m0)]:
         if t.data_location == _EXTERNAL:
             fd, offset, length, _ = skeleton._resolve(t, f"{origin} ({where})")
             nested.add(t, _Copy(fd, offset, length))
 
     # Top-level initializers: payload source of each one.
     plan: list[tuple[onnx.TensorProto, _Copy | None, bool]] = []  # (tensor, file payload, stub)
-    for t in model.graph.initializer:
+    for t in graph.initializer:
         if t.data_location == _EXTERNAL:
             fd, offset, length, is_stub = skeleton._resolve(t, f"{origin} (initializer)")
             plan.append((t, _Copy(fd, offset, length), is_stub))
@@ -585,13 +714,18 @@ def save_with_weights(model: onnx.ModelProto, skeleton: Skeleton, out_path: str 
             plan.append((t, None, False))
 
     m0_bytes = m0.SerializeToString()
-    g0_bytes = g0.SerializeToString()
+    # The graph as protobuf writes it (unknown fields and all); its initializer records, in
+    # order, are swapped for the planned ones, everything else is kept byte for byte.
+    g_bytes = memoryview(graph.SerializeToString())
+    g_fields = [(number == _GRAPH_INITIALIZER and wire == 2, start, end)
+                for number, wire, start, _, end in _fields(g_bytes, 0, len(g_bytes))]
+    if sum(1 for is_init, _, _ in g_fields if is_init) != len(plan):
+        raise ModelError(f"{out}: cannot line up the serialized initializers")  # not reached
 
     def build(mode: str):
         data = _DataFile(data_name)
         data.items, data.size = list(nested.items), nested.size
-        pieces: list[bytes | _Copy] = []
-        size = 0
+        replaced: list[list] = []
         for t, payload, is_stub in plan:
             if payload is None:
                 if (mode == "external" and t.HasField("raw_data")
@@ -600,10 +734,9 @@ def save_with_weights(model: onnx.ModelProto, skeleton: Skeleton, out_path: str 
                     moved.CopyFrom(t)
                     data.add(moved, moved.raw_data)
                     body = moved.SerializeToString()
+                    replaced.append([_TAG_INITIALIZER + _varint(len(body)) + body])
                 else:
-                    body = t.SerializeToString()
-                pieces.append(_TAG_INITIALIZER + _varint(len(body)) + body)
-                size += _len_field(_TAG_INITIALIZER, len(body))
+                    replaced.append([])  # kept as serialized
             elif mode == "embedded" or (mode == "same" and is_stub):
                 head = onnx.TensorProto()
                 head.CopyFrom(t)
@@ -611,21 +744,29 @@ def save_with_weights(model: onnx.ModelProto, skeleton: Skeleton, out_path: str 
                 head.ClearField("data_location")
                 hb = head.SerializeToString()
                 inner = len(hb) + _len_field(_TAG_RAW_DATA, payload.length)
-                pieces.append(_TAG_INITIALIZER + _varint(inner) + hb + _TAG_RAW_DATA
-                              + _varint(payload.length))
-                pieces.append(payload)
-                size += _len_field(_TAG_INITIALIZER, inner)
+                replaced.append([_TAG_INITIALIZER + _varint(inner) + hb + _TAG_RAW_DATA
+                                 + _varint(payload.length), payload])
             else:
                 ref = onnx.TensorProto()
                 ref.CopyFrom(t)
                 data.add(ref, payload)
                 body = ref.SerializeToString()
-                pieces.append(_TAG_INITIALIZER + _varint(len(body)) + body)
-                size += _len_field(_TAG_INITIALIZER, len(body))
-        graph_len = len(g0_bytes) + size
-        head = m0_bytes + _TAG_GRAPH + _varint(graph_len) + g0_bytes
-        total = len(m0_bytes) + _len_field(_TAG_GRAPH, graph_len)
-        return [head, *pieces], total, data
+                replaced.append([_TAG_INITIALIZER + _varint(len(body)) + body])
+        pieces: list[bytes | memoryview | _Copy] = []
+        items = iter(replaced)
+        run = 0  # start of the current run of records kept byte for byte
+        for is_init, start, end in g_fields:
+            swap = next(items) if is_init else []
+            if not swap:
+                continue
+            pieces.append(g_bytes[run:start])
+            run = end
+            for piece in swap:
+                pieces.append(piece)
+        pieces.append(g_bytes[run:])
+        size = sum(p.length if isinstance(p, _Copy) else len(p) for p in pieces)
+        total = len(m0_bytes) + _len_field(_TAG_GRAPH, size)
+        return [m0_bytes, _TAG_GRAPH + _varint(size), *pieces], total, data
 
     pieces, total, data = build(layout)
     if layout != "external" and total > EMBED_LIMIT:
@@ -741,7 +882,8 @@ def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
             continue
         if done == length:
             return
-    raise OSError(errno.EIO, f"source ended after {done} of {length} bytes")
+    raise ModelError(f"a weights file ended early: {done} of {length} bytes at offset {offset} "
+                     "could be read (was it changed while being written?)")
 
 
 class _Unsupported(Exception):
