@@ -37,6 +37,12 @@ class NoiseDtype(StrEnum):
     float16 = "float16"
 
 
+class Weights(StrEnum):
+    same = "same"
+    embedded = "embedded"
+    external = "external"
+
+
 class _OneLineErrors(TyperGroup):
     """Usage errors as one line on stderr with exit 2, instead of a framed help box."""
 
@@ -136,6 +142,9 @@ def rewrite_cmd(
     noise_dtype: NoiseDtype = typer.Option(NoiseDtype.same, "--noise-dtype",
                                            help="dtype of the noise inputs (cast in-graph): "
                                                 "same as the draw, float32 or float16."),
+    weights: Weights = typer.Option(Weights.same, "--weights",
+                                    help="How OUT stores the weights: same layout as IN, "
+                                         "embedded, or external (OUT.data beside it)."),
     report: Path | None = typer.Option(None, "--report", help="Write a JSON report here."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check."),
     atol: float | None = typer.Option(None, "--atol", help="Absolute tolerance (default by "
@@ -159,7 +168,7 @@ def rewrite_cmd(
         if report is not None:
             check_writable(report, "--report")
         options = dict(mode=mode.value, seed=seed, dims=dims, only=only, exclude=exclude,
-                       noise_dtype=noise_dtype.value,
+                       noise_dtype=noise_dtype.value, weights=weights.value,
                        check=not no_check, atol=atol, rtol=rtol, check_size=check_size,
                        max_draw_bytes=int(max_draw_mb * 2**20))
         if input.is_dir():
@@ -178,8 +187,8 @@ def _rewrite_one(src: Path, dst: Path, options: dict, say: _Printer,
                  folder_mode: bool = False) -> tuple[int, RewriteReport | None]:
     try:
         with say.step(f"rewriting {src} and checking parity in onnxruntime"):
-            _, rep = api.rewrite(src, output=dst, on_line=say if not folder_mode else say.detail,
-                                 **options)
+            _, rep = api.rewrite(src, output=dst, load_weights=False,
+                                 on_line=say if not folder_mode else say.detail, **options)
     except ParityError as e:
         if not folder_mode:
             say(_parity_summary(e.report))
