@@ -12,31 +12,32 @@ Symbolic dims take `size`, and the check runs again at size + 1 when the model i
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from .capture import Exposer
+from .compare import (
+    CheckSkipped,
+    compare_arrays,
+    dims_text,
+    filler,
+    input_dtype,
+    input_meta,
+    make_session,
+    one_line,
+    run_all,
+    symbolic_dims,
+    synthetic_feeds,
+)
 from .find import Site, find_sites
 from .ops import AffineOp, Inconsistent, attrs_of, np_dtype, spec_for
 from .report import NodeRecord, OutputCheck, Parity
 from .shapes import infer_facts
-
-# Tolerances when the user gives none, by the output's dtype (atol, rtol). The standardized
-# noise reproduces each draw bit for bit, so these only absorb kernel-level reordering.
-DEFAULT_TOLERANCES = {
-    np.dtype(np.float16): (1e-3, 1e-3),
-    np.dtype(np.float32): (1e-5, 1e-5),
-    np.dtype(np.float64): (1e-10, 1e-10),
-}
-
-
-class _Skip(Exception):
-    pass
 
 
 @dataclass
@@ -58,9 +59,8 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
                  on_line: Callable[[str], None] | None = None,
                  weights_folder: str | None = None) -> Parity:
     """weights_folder: where external-data weights live (a skeleton's source folder)."""
-    global _WEIGHTS_FOLDER
-    _WEIGHTS_FOLDER = weights_folder
-    emit = on_line or (lambda _line: None)
+    opener = functools.partial(make_session, weights_folder=weights_folder)
+    emit = on_line or (lambda one_line: None)
     parity = Parity(status="passed", atol=atol, rtol=rtol)
     done = [r for r in records if r.status == "rewritten"]
     if not done:
@@ -68,18 +68,19 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
         return parity
     try:
         if mode == "input-noise":
-            _conditional(parity, original, rewritten, records, size, seed, emit)
+            _conditional(parity, opener, original, rewritten, records, size, seed, emit)
         else:
             from .rewrite import rewrite_model
 
             noise_model, noise_records = rewrite_model(original, "input-noise", dims=dims,
                                                        select=select)
             if mode == "constant":
-                _conditional(parity, original, noise_model, noise_records, size, seed, emit)
+                _conditional(parity, opener, original, noise_model, noise_records, size, seed,
+                             emit)
             if parity.status != "failed":
-                _twin_check(parity, rewritten, done, noise_model, noise_records, mode, size,
-                            seed, emit)
-    except _Skip as e:
+                _twin_check(parity, opener, rewritten, done, noise_model, noise_records, mode,
+                            size, seed, emit)
+    except CheckSkipped as e:
         parity.status, parity.reason = "skipped", str(e)
         emit(f"SKIPPED | {e}")
     if parity.status == "failed" and not parity.reason:
@@ -90,17 +91,19 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
 
 # -- input-noise: condition on the original's draws --------------------------------------
 
-def _conditional(parity: Parity, original, noise_model, records, size, seed, emit) -> None:
-    from .rewrite import _inline_random_functions
+def _conditional(parity: Parity, opener, original, noise_model, records, size, seed,
+                 emit) -> None:
+    from .functions import inline_random_functions
 
     base = onnx.ModelProto()
     base.CopyFrom(original)
-    base = _inline_random_functions(base)
+    base = inline_random_functions(base)
     captures, capture_model = _capture_model(base, records)
     try:
-        orig_sess = _session(capture_model)
+        orig_sess = opener(capture_model)
     except Exception as e:  # noqa: BLE001 - ORT raises several types
-        raise _Skip(f"the original model does not load in onnxruntime: {_line(e)}") from None
+        raise CheckSkipped(f"the original model does not load in onnxruntime: "
+                           f"{one_line(e)}") from None
     out_set = {o.name for o in original.graph.output}
     lossy = _narrowed(records)
     draws = [c.record.output for c in captures if c.lead == 0
@@ -109,20 +112,20 @@ def _conditional(parity: Parity, original, noise_model, records, size, seed, emi
     cut_sess = None
     if lossy:
         if any(c.lead or c.branches or c.record.graph != "main" for c in captures):
-            raise _Skip("--noise-dtype narrower than a draw inside a subgraph: the draws "
+            raise CheckSkipped("--noise-dtype narrower than a draw inside a subgraph: the draws "
                         "cannot be fed back to the original")
-        cut_sess = _session(_cut_model(base, draws))
+        cut_sess = opener(_cut_model(base, draws))
     probe = _with_outputs(noise_model, draws)
     try:
-        new_sess = _session(probe)
+        new_sess = opener(probe)
     except Exception as e:  # noqa: BLE001
-        _fail(parity, f"the rewritten model does not load in onnxruntime: {_line(e)}", emit)
+        _fail(parity, f"the rewritten model does not load in onnxruntime: {one_line(e)}", emit)
         return
     noise_inputs = {r.replacement.name: r for r in records if r.replacement
                     and r.replacement.kind == "input"}
     data_inputs = [i for i in new_sess.get_inputs() if i.name not in noise_inputs]
     probabilities = {c.node.input[0] for c in captures if c.node.op_type == "Bernoulli"}
-    symbols = _symbols(data_inputs)
+    symbols = symbolic_dims(data_inputs)
     tainted = _tainted_outputs(base, [r.output for r in records if r.status == "kept"])
     out_names = [o.name for o in original.graph.output if o.name not in tainted]
     if tainted:
@@ -131,19 +134,19 @@ def _conditional(parity: Parity, original, noise_model, records, size, seed, emi
     for k, n in enumerate([size, size + 1] if symbols else [size]):
         dims = {s: n for s in symbols}
         parity.sizes.append(dims)
-        feeds = _feeds(data_inputs, n, np.random.default_rng([seed, k]), probabilities)
+        feeds = synthetic_feeds(data_inputs, n, np.random.default_rng([seed, k]), probabilities)
         try:
-            got = _run(orig_sess, feeds)
+            got = run_all(orig_sess, feeds)
         except Exception as e:  # noqa: BLE001
-            raise _Skip(f"the original model fails on synthetic inputs ({_dims_text(dims)}): "
-                        f"{_line(e)}") from None
+            raise CheckSkipped(f"the original model fails on synthetic inputs ({dims_text(dims)}): "
+                        f"{one_line(e)}") from None
         noise = {}
         for c in captures:
-            fed = _input_dtype(new_sess, c.record.replacement.name)
+            fed = input_dtype(new_sess, c.record.replacement.name)
             noise[c.record.replacement.name] = _standard_noise(c, got, new_sess, n).astype(fed)
         for name in noise_inputs:
             if name not in noise:  # e.g. its node was in an If branch not taken
-                noise[name] = _filler(new_sess, name, n)
+                noise[name] = filler(new_sess, name, n)
         expected = {**{o: got[o] for o in out_names},
                     **{d: got[_draw_capture(captures, d)] for d in draws}}
         if lossy:
@@ -172,22 +175,22 @@ def _lossy_compare(parity, new_sess, cut_sess, feeds, noise, expected, out_names
     at the usual tolerance, with the original graph fed the draws the rewritten model made.
     """
     try:
-        got = _run(new_sess, {**feeds, **noise})
+        got = run_all(new_sess, {**feeds, **noise})
     except Exception as e:  # noqa: BLE001
-        _fail(parity, f"the rewritten model fails at {_dims_text(dims)}: {_line(e)}", emit)
+        _fail(parity, f"the rewritten model fails at {dims_text(dims)}: {one_line(e)}", emit)
         return False
     ok = True
     for d in draws:
-        check = _compare(f"{d} (narrowed noise)", got[d], expected[d], 4e-3, 4e-3, dims)
+        check = compare_arrays(f"{d} (narrowed noise)", got[d], expected[d], 4e-3, 4e-3, dims)
         _record(parity, check, emit)
         ok &= check.passed
     try:
-        want = _run(cut_sess, {**feeds, **{d: got[d] for d in draws}})
+        want = run_all(cut_sess, {**feeds, **{d: got[d] for d in draws}})
     except Exception as e:  # noqa: BLE001
-        _fail(parity, f"the original fed the rewritten draws fails: {_line(e)}", emit)
+        _fail(parity, f"the original fed the rewritten draws fails: {one_line(e)}", emit)
         return False
     for name in out_names:
-        check = _compare(name, got[name], want[name], parity.atol, parity.rtol, dims)
+        check = compare_arrays(name, got[name], want[name], parity.atol, parity.rtol, dims)
         _record(parity, check, emit)
         ok &= check.passed
     return ok
@@ -270,21 +273,21 @@ def _standard_noise(c: _Captured, got: dict, sess, n: int) -> np.ndarray:
     outs = {i: got[name] for i, name in c.outputs.items()}
     ins = {i: got[name] for i, name in c.inputs.items()}
     repl = c.record.replacement
-    fed = _input_dtype(sess, repl.name)
+    fed = input_dtype(sess, repl.name)
     noise_dtype = fed
     if repl.cast_to:
         natural = np_dtype(onnx.TensorProto.DataType.Value(repl.cast_to.upper()))
         # discrete draws: build the noise within the narrower dtype, so it survives the cast
         noise_dtype = fed if fed.itemsize < natural.itemsize else natural
     if any(bool(np.asarray(got[cond]).reshape(-1)[0]) != want for cond, want in c.branches):
-        return _filler(sess, c.record.replacement.name, n)  # its If branch did not run
+        return filler(sess, c.record.replacement.name, n)  # its If branch did not run
     return _fit(_standardized(c, spec, attrs, outs, ins, noise_dtype), sess,
                 c.record.replacement.name)
 
 
 def _fit(noise: np.ndarray, sess, name: str) -> np.ndarray:
     """Pad to a declared iteration axis longer than the loop ran (the rest is never read)."""
-    declared = _input_meta(sess, name).shape or []
+    declared = input_meta(sess, name).shape or []
     if len(declared) != noise.ndim:
         return noise
     pad = [(0, d - have) if isinstance(d, int) and d > have else (0, 0)
@@ -307,36 +310,22 @@ def _standardized(c: _Captured, spec, attrs, outs, ins, noise_dtype) -> np.ndarr
             return spec.standardize(outs, attrs)
         return spec.standardize(outs, attrs, ins, noise_dtype)
     except Inconsistent as e:
-        raise _Skip(f"cannot condition on the draw of {c.record.op_type} "
+        raise CheckSkipped(f"cannot condition on the draw of {c.record.op_type} "
                     f"'{c.record.output}': {e}") from None
-
-
-def _input_meta(sess, name: str):
-    return next(i for i in sess.get_inputs() if i.name == name)
-
-
-def _input_dtype(sess, name: str) -> np.dtype:
-    return np.dtype(_ORT_TYPES[_input_meta(sess, name).type])
-
-
-def _filler(sess, name: str, n: int, value: float = 0.5) -> np.ndarray:
-    meta = _input_meta(sess, name)
-    shape = [d if isinstance(d, int) and d >= 0 else n for d in (meta.shape or [])]
-    return np.full(shape, value, dtype=np.dtype(_ORT_TYPES[meta.type]))
 
 
 def _tainted_outputs(model: onnx.ModelProto, sources: list[str]) -> set[str]:
     """Main-graph outputs that depend on any of `sources` (draws left random)."""
     if not sources:
         return set()
-    from .rewrite import _reads
+    from .graph_edit import names_read
 
     tainted = set(sources)
     changed = True
     while changed:
         changed = False
         for node in model.graph.node:
-            if _reads(node) & tainted and not set(node.output) <= tainted:
+            if names_read(node) & tainted and not set(node.output) <= tainted:
                 tainted.update(o for o in node.output if o)
                 changed = True
     return {o.name for o in model.graph.output if o.name in tainted}
@@ -344,8 +333,8 @@ def _tainted_outputs(model: onnx.ModelProto, sources: list[str]) -> set[str]:
 
 # -- constant / deterministic: compare with the input-noise twin ------------------------------
 
-def _twin_check(parity, model, records, noise_model, noise_records, mode, size, seed,
-                emit) -> None:
+def _twin_check(parity, opener, model, records, noise_model, noise_records, mode, size,
+                seed, emit) -> None:
     """The model must equal its input-noise twin fed the noise it stands for; two runs agree.
 
     constant: the frozen noise (a frozen draw is standardized back to noise).
@@ -353,17 +342,17 @@ def _twin_check(parity, model, records, noise_model, noise_records, mode, size, 
     draws, 0.5 for uniform ones); Dropout has none, so outputs it reaches are not compared.
     """
     try:
-        sess = _session(model)
-        noise_sess = _session(noise_model)
+        sess = opener(model)
+        noise_sess = opener(noise_model)
     except Exception as e:  # noqa: BLE001
-        _fail(parity, f"the rewritten model does not load in onnxruntime: {_line(e)}", emit)
+        _fail(parity, f"the rewritten model does not load in onnxruntime: {one_line(e)}", emit)
         return
     noise_name = {r.output: r.replacement.name for r in noise_records if r.replacement}
     wanted = {r.replacement.name for r in records}
     frozen = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer
               if t.name in wanted}  # the new, in-memory ones: model weights stay unread
     data_inputs = list(sess.get_inputs())
-    symbols = _symbols(data_inputs)
+    symbols = symbolic_dims(data_inputs)
     skip = set()
     if mode == "deterministic":
         skip = _tainted_outputs(model, [r.output for r in records if r.op_type == "Dropout"])
@@ -375,9 +364,9 @@ def _twin_check(parity, model, records, noise_model, noise_records, mode, size, 
         dims = {s: n for s in symbols}
         if mode == "deterministic":
             parity.sizes.append(dims)
-        feeds = _feeds(data_inputs, n, np.random.default_rng([seed, 100 + k]))
-        first = _run(sess, feeds)
-        second = _run(sess, feeds)
+        feeds = synthetic_feeds(data_inputs, n, np.random.default_rng([seed, 100 + k]))
+        first = run_all(sess, feeds)
+        second = run_all(sess, feeds)
         for name in out_names:
             if not np.array_equal(first[name], second[name],
                                   equal_nan=np.issubdtype(first[name].dtype, np.floating)):
@@ -390,7 +379,7 @@ def _twin_check(parity, model, records, noise_model, noise_records, mode, size, 
             target = noise_name[rec.output]
             if mode == "deterministic":
                 fam = rec.distribution["family"]
-                noise[target] = _filler(noise_sess, target, n, 0.0 if fam == "normal" else 0.5)
+                noise[target] = filler(noise_sess, target, n, 0.0 if fam == "normal" else 0.5)
                 continue
             value = frozen[rec.replacement.name]
             if rec.replacement.name == rec.output:  # the frozen draw itself: standardize it
@@ -398,14 +387,14 @@ def _twin_check(parity, model, records, noise_model, noise_records, mode, size, 
                 value = spec.standardize({0: value}, attrs)
             noise[target] = value
         try:
-            want = _run(noise_sess, {**feeds, **noise})
+            want = run_all(noise_sess, {**feeds, **noise})
         except Exception as e:  # noqa: BLE001
-            _fail(parity, f"the input-noise twin rejects the {mode} noise: {_line(e)}", emit)
+            _fail(parity, f"the input-noise twin rejects the {mode} noise: {one_line(e)}", emit)
             return
         for name in out_names:
             if name in skip:
                 continue
-            check = _compare(f"{name} ({mode})", first[name], want[name], parity.atol,
+            check = compare_arrays(f"{name} ({mode})", first[name], want[name], parity.atol,
                              parity.rtol, dims)
             _record(parity, check, emit)
             if not check.passed:
@@ -437,131 +426,27 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return m
 
 
-_WEIGHTS_FOLDER: str | None = None
-
-
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    if _WEIGHTS_FOLDER is not None:  # weights stay in the source file (external data)
-        opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                      _WEIGHTS_FOLDER)
-    # Parity is about graph semantics: no fusions that could reorder float arithmetic.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
-
-
-def _run(sess, feeds: dict) -> dict:
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds), strict=True))
-
-
-def _symbols(inputs) -> list[str]:
-    names: list[str] = []
-    for i in inputs:
-        for k, d in enumerate(i.shape or []):
-            if not isinstance(d, int):
-                label = d if isinstance(d, str) and d else f"{i.name}[{k}]"
-                if label not in names:
-                    names.append(label)
-    return names
-
-
-_ORT_TYPES = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
-    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16,
-    "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
-}
-
-
-def _feeds(inputs, n: int, rng: np.random.Generator, probabilities=frozenset()) -> dict:
-    """Seeded inputs; those read directly as Bernoulli probabilities are drawn in [0, 1)."""
-    feeds = {}
-    for i in inputs:
-        if i.type not in _ORT_TYPES:
-            raise _Skip(f"input '{i.name}' has type {i.type}, which the check cannot make")
-        if i.shape is None:
-            raise _Skip(f"input '{i.name}' has no declared shape")
-        feeds[i.name] = _synthetic(i, n, rng)
-        if i.name in probabilities and np.issubdtype(feeds[i.name].dtype, np.floating):
-            feeds[i.name] = np.asarray(rng.random(feeds[i.name].shape), feeds[i.name].dtype)
-    return feeds
-
-
-def _synthetic(inp, n: int, rng: np.random.Generator) -> np.ndarray:
-    """A seeded input: symbolic dims take size n; floats N(0,1), integers in [0, n]."""
-    shape = [d if isinstance(d, int) and d >= 0 else n for d in inp.shape]
-    dt = np.dtype(_ORT_TYPES[inp.type])
-    if dt == np.bool_:
-        return np.asarray(rng.random(shape) < 0.5)
-    if np.issubdtype(dt, np.integer):
-        return np.asarray(rng.integers(0, n + 1, size=shape), dtype=dt)
-    return np.asarray(rng.standard_normal(shape), dtype=dt)
-
-
 def _run_and_compare(parity: Parity, sess, feeds: dict, expected: dict, names: list[str],
                      dims: dict, emit) -> bool:
     try:
-        got = _run(sess, feeds)
+        got = run_all(sess, feeds)
     except Exception as e:  # noqa: BLE001
-        _fail(parity, f"the rewritten model fails at {_dims_text(dims)}: {_line(e)}", emit)
+        _fail(parity, f"the rewritten model fails at {dims_text(dims)}: {one_line(e)}", emit)
         return False
     ok = True
     for name in names:
-        check = _compare(name, got[name], expected[name], parity.atol, parity.rtol, dims)
+        check = compare_arrays(name, got[name], expected[name], parity.atol, parity.rtol, dims)
         _record(parity, check, emit)
         ok &= check.passed
     return ok
-
-
-def _is_float(a: np.ndarray) -> bool:
-    return np.issubdtype(a.dtype, np.floating)
-
-
-def _compare(name: str, got: np.ndarray, want: np.ndarray, atol, rtol, dims) -> OutputCheck:
-    got, want = np.asarray(got), np.asarray(want)
-    if got.shape != want.shape:
-        return OutputCheck(name, dims, list(got.shape), math.inf, math.inf, False,
-                           f"shape {list(got.shape)} != expected {list(want.shape)}")
-    if got.dtype != want.dtype:
-        return OutputCheck(name, dims, list(got.shape), math.inf, math.inf, False,
-                           f"dtype {got.dtype} != expected {want.dtype}")
-    if got.size == 0:
-        return OutputCheck(name, dims, list(got.shape), 0.0, 0.0, True)
-    if not _is_float(got):
-        if got.dtype.kind in "biu":
-            diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-            return OutputCheck(name, dims, list(got.shape), float(diff.max()),
-                               float((diff / np.maximum(np.abs(want), 1)).max()),
-                               bool(np.array_equal(got, want)))
-        return OutputCheck(name, dims, list(got.shape), 0.0, 0.0, bool(np.array_equal(got, want)))
-    a, r = DEFAULT_TOLERANCES.get(got.dtype, (1e-5, 1e-5))
-    atol = a if atol is None else atol
-    rtol = r if rtol is None else rtol
-    g, w = got.astype(np.float64), want.astype(np.float64)
-    same_special = (np.isnan(g) == np.isnan(w)) & (np.isinf(g) == np.isinf(w))
-    same_special &= ~np.isinf(g) | (g == w)
-    finite = np.isfinite(g) & np.isfinite(w)
-    diff = np.where(finite, np.abs(g - w), 0.0)
-    rel = diff / np.maximum(np.abs(w), np.finfo(np.float64).tiny)
-    passed = bool(same_special.all() and (diff <= atol + rtol * np.abs(w)).all())
-    return OutputCheck(name, dims, list(got.shape), float(diff.max()), float(rel.max()), passed,
-                       "" if same_special.all() else "NaN/Inf positions differ")
 
 
 def _record(parity: Parity, check: OutputCheck, emit) -> None:
     parity.outputs.append(check)
     word = "PASSED" if check.passed else "FAILED"
     note = f" | {check.note}" if check.note else ""
-    emit(f"{word} | {_dims_text(check.dims)} | Output: '{check.name}' {check.shape} | "
+    emit(f"{word} | {dims_text(check.dims)} | Output: '{check.name}' {check.shape} | "
          f"max abs err {check.max_abs_err:.3g} | max rel err {check.max_rel_err:.3g}{note}")
-
-
-def _dims_text(dims: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in dims.items()) or "static shapes"
 
 
 def _fail(parity: Parity, reason: str, emit) -> None:
@@ -569,9 +454,4 @@ def _fail(parity: Parity, reason: str, emit) -> None:
     emit(f"FAILED | {reason}")
 
 
-def _line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text[:300] if text else type(e).__name__
-
-
-__all__ = ["DEFAULT_TOLERANCES", "check_parity", "np_dtype"]
+__all__ = ["check_parity"]

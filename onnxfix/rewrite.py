@@ -28,11 +28,11 @@ from .find import (
     constant_lookup,
     default_opset,
     find_sites,
-    iter_scoped,
-    walk_graph,
 )
+from .functions import inline_random_functions, take_origin
+from .graph_edit import GraphEdits
 from .naming import NameAllocator, sanitize
-from .ops import AffineOp, Dtypes, RandomOp, attrs_of, dtype_name, is_random_op, np_dtype, spec_for
+from .ops import AffineOp, Dtypes, RandomOp, attrs_of, dtype_name, np_dtype, spec_for
 from .report import NodeRecord, Replacement
 from .shapes import (
     Shape,
@@ -50,7 +50,6 @@ NOISE_DTYPES = {"same": None, "float32": onnx.TensorProto.FLOAT,
                 "float16": onnx.TensorProto.FLOAT16}
 DEFAULT_MAX_DRAW_BYTES = 256 * 2**20
 NOISE_METADATA_KEY = "onnxfix.noise_inputs"
-_ORIGIN_MARK = "onnxfix-inlined-from:"
 
 
 @dataclass
@@ -98,7 +97,7 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
     if not find_sites(out):
         fix_dims(out, dims or {})
         return out, []
-    out = _inline_random_functions(out)
+    out = inline_random_functions(out)
     name_unnamed_input_dims(out)
     trip_names = _iteration_dim_names(out)
     fixed_trips = fix_dims(out, dims or {}, extra=set(trip_names.values()))
@@ -106,7 +105,7 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
     kept: dict[int, NodeRecord] = {}
     chosen = []
     for k, site in enumerate(sites):
-        origin = _take_origin(site.node)
+        origin = take_origin(site.node)
         if site.in_function:
             kept[k] = _kept(site, "in a model-local function that is never called")
         elif select is not None and not select(site):
@@ -125,7 +124,7 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
     anchors = set(input_dim_names(out)) | set(trip_names.values())
     noise_meta = []
     records: list[NodeRecord] = []
-    edits = _Edits()
+    edits = GraphEdits()
     for plan in plans:
         site = plan.site
         prefix = "onnxfix_" + sanitize(site.node.name or site.output)
@@ -198,52 +197,6 @@ def _kept(site: Site, why: str) -> NodeRecord:
     return NodeRecord(op_type=site.op_type, node=site.node.name, output=site.output,
                       graph=site.location, distribution=spec.distribution(attrs_of(site.node)),
                       replacement=None, status="kept", note=why)
-
-
-# -- functions ---------------------------------------------------------------------------
-
-def _inline_random_functions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Inline exactly the model-local functions that hold random nodes (transitively)."""
-    if not model.functions:
-        return model
-    funcs = {(f.domain, f.name): f for f in model.functions}
-    random_funcs = {key for key, f in funcs.items()
-                    if any(is_random_op(n) for g, _ in walk_graph(f) for n in g.node)}
-    changed = True
-    while changed:  # a function calling a random function must be inlined too
-        changed = False
-        for key, f in funcs.items():
-            if key in random_funcs:
-                continue
-            if any((n.domain, n.op_type) in random_funcs for g, _ in walk_graph(f)
-                   for n in g.node):
-                random_funcs.add(key)
-                changed = True
-    if not random_funcs or not _called(model, random_funcs):
-        return model
-    for key in random_funcs:
-        for g, _ in walk_graph(funcs[key]):
-            for n in g.node:
-                if is_random_op(n):
-                    n.doc_string = f"{_ORIGIN_MARK}function {key[0]}::{key[1]}\n{n.doc_string}"
-    try:
-        return onnx.inliner.inline_selected_functions(model, sorted(random_funcs), exclude=False)
-    except Exception as e:  # noqa: BLE001 - the inliner reports malformed functions
-        raise ModelError(f"cannot inline the functions holding random nodes: {e}") from None
-
-
-def _called(model: onnx.ModelProto, funcs: set) -> bool:
-    return any((n.domain, n.op_type) in funcs for g, _, _ in iter_scoped(model)
-               for n in g.node)
-
-
-def _take_origin(node: onnx.NodeProto) -> str:
-    doc = node.doc_string
-    if not doc.startswith(_ORIGIN_MARK):
-        return ""
-    first, _, rest = doc.partition("\n")
-    node.doc_string = rest
-    return first.removeprefix(_ORIGIN_MARK)
 
 
 # -- planning ----------------------------------------------------------------------------
@@ -403,7 +356,7 @@ def _noise_dims(noise: str, shape: Shape, anchors: set[str], names: NameAllocato
 
 
 def _add_noise_input(model: onnx.ModelProto, plan: Plan, names: NameAllocator,
-                     anchors: set[str], fed_type: int | None, edits: _Edits) -> Replacement:
+                     anchors: set[str], fed_type: int | None, edits: GraphEdits) -> Replacement:
     site = plan.site
     if plan.shape is None:
         raise ModelError(f"{site.describe()}: shape inference cannot tell even the rank of "
@@ -468,7 +421,7 @@ def _add_noise_initializer(model: onnx.ModelProto, plan: Plan, names: NameAlloca
     return Replacement("initializer", name, shape, dtype_name(plan.dtypes.noise))
 
 
-def _route(plan: Plan, top: str, names: NameAllocator, edits: _Edits, opset: int) -> str:
+def _route(plan: Plan, top: str, names: NameAllocator, edits: GraphEdits, opset: int) -> str:
     """Carry the main-graph noise tensor down to the site, slicing one axis per loop level."""
     current = top
     shape = plan.full_shape
@@ -508,121 +461,6 @@ def _add_scan_input(scope: Scope, outer: str, inner: str, elem_type: int, shape)
             a.ints.append(0)
     dims = [d if isinstance(d, int) else None for d in shape] if shape is not None else None
     scope.body.input.append(helper.make_tensor_value_info(inner, elem_type, dims))
-
-
-class _Edits:
-    """Node replacements and insertions, applied per graph once every site is planned.
-
-    Rebuilding a graph's node list copies its nodes, and with them their subgraphs, so graphs
-    are rebuilt innermost first: an outer rebuild then carries the finished inner ones.
-    """
-
-    def __init__(self):
-        self.by_graph: dict[int, tuple[int, onnx.GraphProto, dict[str, list], list]] = {}
-
-    def _entry(self, graph, depth: int):
-        key = id(graph)
-        if key not in self.by_graph:
-            self.by_graph[key] = (depth, graph, {}, [])
-        return self.by_graph[key]
-
-    def replace(self, site: Site, nodes: list[onnx.NodeProto]) -> None:
-        self._entry(site.container, len(site.scopes))[2][site.output] = nodes
-
-    def prepend(self, graph: onnx.GraphProto, node: onnx.NodeProto, depth: int) -> None:
-        self._entry(graph, depth)[3].append(node)
-
-    def apply(self, model: onnx.ModelProto) -> None:
-        for depth, graph, replaced, front in sorted(self.by_graph.values(),
-                                                    key=lambda e: -e[0]):
-            freed = _splice(graph, replaced, front)
-            _remove_dead_producers(graph, freed, is_main=depth == 0)
-
-
-def _splice(graph, replaced: dict[str, list], front: list) -> list[str]:
-    """Put each random node's replacement where it stood; return the inputs it no longer reads."""
-    freed: list[str] = []
-    new_nodes = list(front)
-    for node in graph.node:
-        if node.output and node.output[0] in replaced and is_random_op(node):
-            new_nodes.extend(replaced[node.output[0]])
-            still = {i for n in replaced[node.output[0]] for i in n.input}
-            freed.extend(i for i in node.input if i and i not in still)
-        else:
-            new_nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    return freed
-
-
-def _reads(node: onnx.NodeProto) -> set[str]:
-    """Names a node reads, including outer-scope names read inside its subgraphs."""
-    names = {i for i in node.input if i}
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            bodies = [attr.g]
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            bodies = list(attr.graphs)
-        else:
-            continue
-        for body in bodies:
-            for g, _ in walk_graph(body):
-                for n in g.node:
-                    names.update(i for i in n.input if i)
-                names.update(o.name for o in g.output)
-    return names
-
-
-def _remove_dead_producers(graph: onnx.GraphProto, freed: list[str], is_main: bool) -> None:
-    """Drop the chains (Shape -> ConstantOfShape ...) that only fed the removed random nodes.
-
-    Only what the rewrite made dead goes: nodes and initializers that were dead before stay.
-    A subgraph's outputs and inputs stay, and so does anything read from an inner scope.
-    """
-    if not freed:
-        return
-    keep_alive = {o.name for o in graph.output} | {i.name for i in graph.input}
-    readers: dict[str, int] = {}
-    node_reads = []
-    for node in graph.node:
-        r = _reads(node)
-        node_reads.append(r)
-        for name in r:
-            readers[name] = readers.get(name, 0) + 1
-    producer = {o: k for k, n in enumerate(graph.node) for o in n.output if o}
-    initializers = {t.name for t in graph.initializer}
-    dead_nodes: set[int] = set()
-    dead_names: set[str] = set()
-    pending = list(dict.fromkeys(freed))
-    while pending:
-        name = pending.pop()
-        if readers.get(name, 0) > 0 or name in keep_alive or name in dead_names:
-            continue
-        k = producer.get(name)
-        if k is None:
-            if name in initializers:
-                dead_names.add(name)
-            continue
-        if k in dead_nodes:
-            continue
-        outs = [o for o in graph.node[k].output if o]
-        if any(readers.get(o, 0) > 0 or o in keep_alive for o in outs):
-            continue
-        dead_nodes.add(k)
-        dead_names.update(outs)
-        for r in node_reads[k]:
-            readers[r] -= 1
-            pending.append(r)
-    if not dead_nodes and not dead_names:
-        return
-    keep = [n for k, n in enumerate(graph.node) if k not in dead_nodes]
-    del graph.node[:]
-    graph.node.extend(keep)
-    for fld in (graph.initializer, graph.value_info):
-        kept = [x for x in fld if x.name not in dead_names]
-        if len(kept) != len(fld):
-            del fld[:]
-            fld.extend(kept)
 
 
 def _record_noise_metadata(model: onnx.ModelProto, entries: list[dict]) -> None:

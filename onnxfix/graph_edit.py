@@ -1,0 +1,123 @@
+"""Graph surgery shared by the passes: splice replacements in, drop what they made dead."""
+
+from __future__ import annotations
+
+import onnx
+
+from .find import Site, walk_graph
+from .ops import is_random_op
+
+
+class GraphEdits:
+    """Node replacements and insertions, applied per graph once every site is planned.
+
+    Rebuilding a graph's node list copies its nodes, and with them their subgraphs, so graphs
+    are rebuilt innermost first: an outer rebuild then carries the finished inner ones.
+    """
+
+    def __init__(self):
+        self.by_graph: dict[int, tuple[int, onnx.GraphProto, dict[str, list], list]] = {}
+
+    def _entry(self, graph, depth: int):
+        key = id(graph)
+        if key not in self.by_graph:
+            self.by_graph[key] = (depth, graph, {}, [])
+        return self.by_graph[key]
+
+    def replace(self, site: Site, nodes: list[onnx.NodeProto]) -> None:
+        self._entry(site.container, len(site.scopes))[2][site.output] = nodes
+
+    def prepend(self, graph: onnx.GraphProto, node: onnx.NodeProto, depth: int) -> None:
+        self._entry(graph, depth)[3].append(node)
+
+    def apply(self, model: onnx.ModelProto) -> None:
+        for depth, graph, replaced, front in sorted(self.by_graph.values(),
+                                                    key=lambda e: -e[0]):
+            freed = splice(graph, replaced, front)
+            remove_dead_producers(graph, freed, is_main=depth == 0)
+
+
+def splice(graph, replaced: dict[str, list], front: list) -> list[str]:
+    """Put each random node's replacement where it stood; return the inputs it no longer reads."""
+    freed: list[str] = []
+    new_nodes = list(front)
+    for node in graph.node:
+        if node.output and node.output[0] in replaced and is_random_op(node):
+            new_nodes.extend(replaced[node.output[0]])
+            still = {i for n in replaced[node.output[0]] for i in n.input}
+            freed.extend(i for i in node.input if i and i not in still)
+        else:
+            new_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    return freed
+
+
+def names_read(node: onnx.NodeProto) -> set[str]:
+    """Names a node reads, including outer-scope names read inside its subgraphs."""
+    names = {i for i in node.input if i}
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            bodies = [attr.g]
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            bodies = list(attr.graphs)
+        else:
+            continue
+        for body in bodies:
+            for g, _ in walk_graph(body):
+                for n in g.node:
+                    names.update(i for i in n.input if i)
+                names.update(o.name for o in g.output)
+    return names
+
+
+def remove_dead_producers(graph: onnx.GraphProto, freed: list[str], is_main: bool) -> None:
+    """Drop the chains (Shape -> ConstantOfShape ...) that only fed the removed random nodes.
+
+    Only what the rewrite made dead goes: nodes and initializers that were dead before stay.
+    A subgraph's outputs and inputs stay, and so does anything read from an inner scope.
+    """
+    if not freed:
+        return
+    keep_alive = {o.name for o in graph.output} | {i.name for i in graph.input}
+    readers: dict[str, int] = {}
+    node_reads = []
+    for node in graph.node:
+        r = names_read(node)
+        node_reads.append(r)
+        for name in r:
+            readers[name] = readers.get(name, 0) + 1
+    producer = {o: k for k, n in enumerate(graph.node) for o in n.output if o}
+    initializers = {t.name for t in graph.initializer}
+    dead_nodes: set[int] = set()
+    dead_names: set[str] = set()
+    pending = list(dict.fromkeys(freed))
+    while pending:
+        name = pending.pop()
+        if readers.get(name, 0) > 0 or name in keep_alive or name in dead_names:
+            continue
+        k = producer.get(name)
+        if k is None:
+            if name in initializers:
+                dead_names.add(name)
+            continue
+        if k in dead_nodes:
+            continue
+        outs = [o for o in graph.node[k].output if o]
+        if any(readers.get(o, 0) > 0 or o in keep_alive for o in outs):
+            continue
+        dead_nodes.add(k)
+        dead_names.update(outs)
+        for r in node_reads[k]:
+            readers[r] -= 1
+            pending.append(r)
+    if not dead_nodes and not dead_names:
+        return
+    keep = [n for k, n in enumerate(graph.node) if k not in dead_nodes]
+    del graph.node[:]
+    graph.node.extend(keep)
+    for fld in (graph.initializer, graph.value_info):
+        kept = [x for x in fld if x.name not in dead_names]
+        if len(kept) != len(fld):
+            del fld[:]
+            fld.extend(kept)
