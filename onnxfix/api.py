@@ -15,7 +15,8 @@ from .inspection import InspectReport, inspect_model
 from .model_io import check_writable, materialize, open_model, save_model_atomic
 from .report import Parity, RewriteReport, op_counts
 from .rewrite import DEFAULT_MAX_DRAW_BYTES, MODES, rewrite_model
-from .wire import LAYOUTS, Skeleton, save_with_weights
+from .wire import Skeleton
+from .wire_write import LAYOUTS, save_with_weights
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 

@@ -154,7 +154,7 @@ def _write_atomic(out: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _target_mode(out))
+        os.chmod(tmp, target_mode(out))
         os.replace(tmp, out)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -166,7 +166,7 @@ def _write_atomic(out: Path, data: bytes) -> None:
         raise
 
 
-def _target_mode(out: Path) -> int:
+def target_mode(out: Path) -> int:
     """Keep an existing file's mode; a new file gets 0666 less the umask (not mkstemp's 0600)."""
     try:
         return out.stat().st_mode & 0o7777

@@ -1,5 +1,4 @@
-"""Big models at I/O speed: read an .onnx file's structure without its weights, write it back
-with the weights moved by the kernel.
+"""Big models at I/O speed: read an .onnx file's structure without its weights.
 
 `load_skeleton` walks the protobuf wire format by hand (tags and varints) down to
 ModelProto.graph.initializer and replaces every large `raw_data` payload by an external-data
@@ -8,10 +7,7 @@ payload). Everything else is parsed normally, so the skeleton is an ordinary, sm
 `onnx.ModelProto`: the rewrite passes edit it like any model, and onnxruntime runs it straight
 from the original file when it is saved in the same folder.
 
-`save_with_weights` writes a (modified) skeleton: every small part is serialized by protobuf,
-every payload still living in a file is streamed with `os.copy_file_range` (fallbacks:
-`os.sendfile`, then bounded read/write chunks). Length prefixes are computed before anything is
-written. Output is atomic: temporary files in the destination folder, renamed at the end.
+Writing a skeleton back, weights streamed, is `wire_write.save_with_weights`.
 
 Safety (DESIGN.md): external-data locations that are absolute, climb out of the model folder or
 pass through a symlink are refused; malformed wire data (truncated varints, lengths past the end
@@ -26,27 +22,17 @@ import errno
 import math
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError
 
 from .errors import ModelError, UsageError
 
-# The largest message protobuf (and so onnx.load) reads: above it the output needs external data.
-# A module constant so tests can lower it to exercise the external-data path with small files.
-EMBED_LIMIT = 2**31 - 1
-# Offsets of tensors in a written .data file are multiples of this (mmap friendly).
-DATA_ALIGN = 4096
-# Bounded buffer of the last-resort copy (read/write) and of the zero padding.
-COPY_CHUNK = 8 * 2**20
-# Copy strategies tried in order; tests narrow this to exercise the fallbacks.
-COPY_METHODS: tuple[str, ...] = ("copy_file_range", "sendfile", "readwrite")
-LAYOUTS = ("same", "embedded", "external")
+# Bounded buffer when payloads are read into memory.
+READ_CHUNK = 8 * 2**20
 
 # Field numbers (onnx.proto) and the wire-format tags the writer emits.
 _MODEL_GRAPH = 7
@@ -527,7 +513,7 @@ def read_weights(model: onnx.ModelProto, skeleton: Skeleton) -> None:
         fd, offset, length, _ = skeleton._resolve(t, f"{origin} ({where})")
         chunks, done = [], 0
         while done < length:
-            piece = os.pread(fd, min(COPY_CHUNK, length - done), offset + done)
+            piece = os.pread(fd, min(READ_CHUNK, length - done), offset + done)
             if not piece:
                 raise ModelError(f"{origin}: tensor {t.name!r}: the file ended early")
             chunks.append(piece)
@@ -593,347 +579,3 @@ def _node_tensors(n: onnx.NodeProto, where: str):
             yield from _graph_tensors(a.g, f"{here}.{a.name}")
         for g in a.graphs:
             yield from _graph_tensors(g, f"{here}.{a.name}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing
-
-
-@dataclass(frozen=True)
-class Saved:
-    """What save_with_weights wrote: the layout actually used and the sizes."""
-
-    path: Path
-    layout: str  # "embedded" (one file) or "external" (weights in data_path)
-    data_path: Path | None
-    model_bytes: int
-    data_bytes: int
-
-
-@dataclass
-class _Copy:
-    """A payload still in a file: `length` bytes at `offset` of `fd`."""
-
-    fd: int
-    offset: int
-    length: int
-
-
-class _DataFile:
-    """Plans a .data file: every tensor at an aligned offset, in order."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.items: list[tuple[int, _Copy | bytes]] = []
-        self.size = 0
-
-    def add(self, t: onnx.TensorProto, payload: _Copy | bytes) -> None:
-        length = payload.length if isinstance(payload, _Copy) else len(payload)
-        offset = -(-self.size // DATA_ALIGN) * DATA_ALIGN
-        self.items.append((offset, payload))
-        self.size = offset + length
-        info = _external_info(t)
-        info.update(location=self.name, offset=str(offset), length=str(length))
-        t.ClearField("raw_data")
-        t.ClearField("external_data")
-        t.data_location = _EXTERNAL
-        for key in ("location", "offset", "length"):  # then any other keys, e.g. checksum
-            entry = t.external_data.add()
-            entry.key, entry.value = key, info.pop(key)
-        for key, val in info.items():
-            entry = t.external_data.add()
-            entry.key, entry.value = key, val
-
-
-def _model_without_graph(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of the model without its graph, without copying the graph when possible."""
-    out = onnx.ModelProto()
-    try:
-        if len(unknown_fields.UnknownFieldSet(model)):
-            raise TypeError("unknown fields")  # only a full copy keeps them
-        for fd, value in model.ListFields():
-            if fd.name == "graph":
-                continue
-            if fd.is_repeated:
-                getattr(out, fd.name).extend(value)
-            elif fd.message_type is not None:
-                getattr(out, fd.name).CopyFrom(value)
-            else:
-                setattr(out, fd.name, value)  # TypeError for strings that are not UTF-8
-    except (TypeError, ValueError):
-        out.CopyFrom(model)
-        out.ClearField("graph")
-    return out
-
-
-def save_with_weights(model: onnx.ModelProto, skeleton: Skeleton, out_path: str | os.PathLike,
-                      *, layout: str = "same", fsync: bool = True) -> Saved:
-    """Write `model` (an edited copy of skeleton.model) with the weights streamed from files.
-
-    layout:
-      "same"     each tensor keeps the layout it had in the input: payloads stubbed from the
-                 input .onnx are embedded as raw_data; tensors that were external data in the
-                 input go to one `<out name>.data` file beside the output.
-      "embedded" every top-level initializer is embedded (external ones too); tensors external
-                 elsewhere (subgraphs, attributes) still go to the .data file.
-      "external" every payload (and every in-memory raw_data above skeleton.inline_limit) goes
-                 to the .data file, at offsets aligned to DATA_ALIGN.
-    "same" and "embedded" switch to "external" when the single file would exceed EMBED_LIMIT.
-    The output (and its .data file) appear atomically; `out_path` may be the input file.
-    Returns what was written. Raises ModelError for bad references, UsageError when the
-    output cannot be written (nothing is left behind).
-    """
-    if layout not in LAYOUTS:
-        raise UsageError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
-    out = Path(os.path.abspath(out_path))
-    _check_writable(out)
-    origin = str(skeleton.path)
-    data_name = out.name + ".data"
-
-    # External tensors below the top level (rare: subgraph initializers, attributes,
-    # functions) always go to the .data file; they are rewritten in copies.
-    m0 = _model_without_graph(model)
-    graph = model.graph
-    if any(t.data_location == _EXTERNAL
-           for t, _ in _graph_tensors(graph, "graph", initializers=False)):
-        graph = onnx.GraphProto()
-        graph.CopyFrom(model.graph)
-    nested = _DataFile(data_name)
-    for t, where in [*_graph_tensors(graph, "graph", initializers=False), *_all_tensors(m0)]:
-        if t.data_location == _EXTERNAL:
-            fd, offset, length, _ = skeleton._resolve(t, f"{origin} ({where})")
-            nested.add(t, _Copy(fd, offset, length))
-
-    # Top-level initializers: payload source of each one.
-    plan: list[tuple[onnx.TensorProto, _Copy | None, bool]] = []  # (tensor, file payload, stub)
-    for t in graph.initializer:
-        if t.data_location == _EXTERNAL:
-            fd, offset, length, is_stub = skeleton._resolve(t, f"{origin} (initializer)")
-            plan.append((t, _Copy(fd, offset, length), is_stub))
-        else:
-            plan.append((t, None, False))
-
-    m0_bytes = m0.SerializeToString()
-    # The graph as protobuf writes it (unknown fields and all); its initializer records, in
-    # order, are swapped for the planned ones, everything else is kept byte for byte.
-    g_bytes = memoryview(graph.SerializeToString())
-    g_fields = [(number == _GRAPH_INITIALIZER and wire == 2, start, end)
-                for number, wire, start, _, end in _fields(g_bytes, 0, len(g_bytes))]
-    if sum(1 for is_init, _, _ in g_fields if is_init) != len(plan):
-        raise ModelError(f"{out}: cannot line up the serialized initializers")  # not reached
-
-    def build(mode: str):
-        data = _DataFile(data_name)
-        data.items, data.size = list(nested.items), nested.size
-        replaced: list[list] = []
-        for t, payload, is_stub in plan:
-            if payload is None:
-                if (mode == "external" and t.HasField("raw_data")
-                        and len(t.raw_data) > skeleton.inline_limit):
-                    moved = onnx.TensorProto()
-                    moved.CopyFrom(t)
-                    data.add(moved, moved.raw_data)
-                    body = moved.SerializeToString()
-                    replaced.append([_TAG_INITIALIZER + _varint(len(body)) + body])
-                else:
-                    replaced.append([])  # kept as serialized
-            elif mode == "embedded" or (mode == "same" and is_stub):
-                head = onnx.TensorProto()
-                head.CopyFrom(t)
-                head.ClearField("external_data")
-                head.ClearField("data_location")
-                hb = head.SerializeToString()
-                inner = len(hb) + _len_field(_TAG_RAW_DATA, payload.length)
-                replaced.append([_TAG_INITIALIZER + _varint(inner) + hb + _TAG_RAW_DATA
-                                 + _varint(payload.length), payload])
-            else:
-                ref = onnx.TensorProto()
-                ref.CopyFrom(t)
-                data.add(ref, payload)
-                body = ref.SerializeToString()
-                replaced.append([_TAG_INITIALIZER + _varint(len(body)) + body])
-        pieces: list[bytes | memoryview | _Copy] = []
-        items = iter(replaced)
-        run = 0  # start of the current run of records kept byte for byte
-        for is_init, start, end in g_fields:
-            swap = next(items) if is_init else []
-            if not swap:
-                continue
-            pieces.append(g_bytes[run:start])
-            run = end
-            for piece in swap:
-                pieces.append(piece)
-        pieces.append(g_bytes[run:])
-        size = sum(p.length if isinstance(p, _Copy) else len(p) for p in pieces)
-        total = len(m0_bytes) + _len_field(_TAG_GRAPH, size)
-        return [m0_bytes, _TAG_GRAPH + _varint(size), *pieces], total, data
-
-    pieces, total, data = build(layout)
-    if layout != "external" and total > EMBED_LIMIT:
-        layout = "external"
-        pieces, total, data = build(layout)
-        if total > EMBED_LIMIT:
-            raise ModelError(f"{out}: the model without its weights still exceeds protobuf's "
-                             f"{EMBED_LIMIT} byte limit")
-    used = "external" if data.items else "embedded"
-    data_path = out.parent / data_name if data.items else None
-    _write_outputs(out, pieces, data if data.items else None, fsync)
-    return Saved(path=out, layout=used, data_path=data_path, model_bytes=total,
-                 data_bytes=data.size if data.items else 0)
-
-
-def _check_writable(out: Path) -> None:
-    folder = out.parent
-    if not folder.is_dir():
-        raise UsageError(f"output {out}: folder {folder} does not exist")
-    if out.is_dir():
-        raise UsageError(f"output {out}: is a folder; give a file name")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"output {out}: folder {folder} is not writable")
-
-
-def _target_mode(out: Path) -> int:
-    try:
-        return out.stat().st_mode & 0o7777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def _write_outputs(out: Path, pieces: list, data: _DataFile | None, fsync: bool) -> None:
-    temps: list[str] = []
-    try:
-        try:
-            targets = []
-            if data is not None:
-                dest = out.parent / data.name
-                fd, tmp = tempfile.mkstemp(prefix=f".{data.name}.", suffix=".tmp",
-                                           dir=out.parent)
-                temps.append(tmp)
-                with os.fdopen(fd, "wb", buffering=0) as f:
-                    _write_data(f.fileno(), data)
-                    if fsync:
-                        os.fsync(f.fileno())
-                targets.append((tmp, dest))
-            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-            temps.append(tmp)
-            with os.fdopen(fd, "wb", buffering=0) as f:
-                _write_pieces(f.fileno(), pieces)
-                if fsync:
-                    os.fsync(f.fileno())
-            targets.append((tmp, out))
-            for tmp, dest in targets:
-                os.chmod(tmp, _target_mode(dest))
-            for tmp, dest in targets:  # the model last: it is what makes the output visible
-                os.replace(tmp, dest)
-                temps.remove(tmp)
-        except OSError as e:
-            raise UsageError(f"{out}: cannot write: {e.strerror or e}") from None
-    finally:
-        for tmp in temps:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-
-def _write_pieces(dst: int, pieces: list) -> None:
-    pending: list[bytes] = []
-    for piece in pieces:
-        if isinstance(piece, _Copy):
-            _write_all(dst, b"".join(pending))
-            pending.clear()
-            _copy_range(piece.fd, dst, piece.offset, piece.length)
-        else:
-            pending.append(piece)
-    _write_all(dst, b"".join(pending))
-
-
-def _write_data(dst: int, data: _DataFile) -> None:
-    pos = 0
-    for offset, payload in data.items:
-        if offset > pos:
-            _write_all(dst, bytes(offset - pos))
-        if isinstance(payload, _Copy):
-            _copy_range(payload.fd, dst, payload.offset, payload.length)
-            pos = offset + payload.length
-        else:
-            _write_all(dst, payload)
-            pos = offset + len(payload)
-
-
-def _write_all(dst: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(dst, view)
-        view = view[n:]
-
-
-_UNSUPPORTED = {errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP,
-                errno.EBADF, errno.EPERM, errno.ETXTBSY}
-
-
-def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
-    """Append `length` bytes at `offset` of `src` to `dst`, in the kernel when possible."""
-    done = 0
-    for method in COPY_METHODS:
-        try:
-            done += _COPIERS[method](src, dst, offset + done, length - done)
-        except _Unsupported:
-            continue
-        if done == length:
-            return
-    raise ModelError(f"a weights file ended early: {done} of {length} bytes at offset {offset} "
-                     "could be read (was it changed while being written?)")
-
-
-class _Unsupported(Exception):
-    pass
-
-
-def _by_copy_file_range(src: int, dst: int, offset: int, length: int) -> int:
-    if not hasattr(os, "copy_file_range"):
-        raise _Unsupported
-    done = 0
-    while done < length:
-        try:
-            n = os.copy_file_range(src, dst, min(length - done, 1 << 30), offset + done)
-        except OSError as e:
-            if done == 0 and e.errno in _UNSUPPORTED:
-                raise _Unsupported from None
-            raise
-        if n == 0:
-            break
-        done += n
-    return done
-
-
-def _by_sendfile(src: int, dst: int, offset: int, length: int) -> int:
-    if not hasattr(os, "sendfile"):
-        raise _Unsupported
-    done = 0
-    while done < length:
-        try:
-            n = os.sendfile(dst, src, offset + done, min(length - done, 1 << 30))
-        except OSError as e:
-            if done == 0 and e.errno in _UNSUPPORTED:
-                raise _Unsupported from None
-            raise
-        if n == 0:
-            break
-        done += n
-    return done
-
-
-def _by_readwrite(src: int, dst: int, offset: int, length: int) -> int:
-    done = 0
-    while done < length:
-        chunk = os.pread(src, min(length - done, COPY_CHUNK), offset + done)
-        if not chunk:
-            break
-        _write_all(dst, chunk)
-        done += len(chunk)
-    return done
-
-
-_COPIERS = {"copy_file_range": _by_copy_file_range, "sendfile": _by_sendfile,
-            "readwrite": _by_readwrite}

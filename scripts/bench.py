@@ -41,7 +41,8 @@ import sys
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from onnxfix.wire import load_skeleton, save_with_weights
+from onnxfix.wire import load_skeleton
+from onnxfix.wire_write import save_with_weights
 with load_skeleton(sys.argv[1]) as sk:
     m = onnx.ModelProto()
     m.CopyFrom(sk.model)
@@ -55,7 +56,8 @@ with load_skeleton(sys.argv[1]) as sk:
 WIRE_REWRITE = """
 import sys
 from onnxfix.rewrite import rewrite_model
-from onnxfix.wire import load_skeleton, save_with_weights
+from onnxfix.wire import load_skeleton
+from onnxfix.wire_write import save_with_weights
 with load_skeleton(sys.argv[1]) as sk:
     new, records = rewrite_model(sk.model, "input-noise")
     assert records, "no random node rewritten"

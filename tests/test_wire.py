@@ -19,9 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxfix import wire
+from onnxfix import wire, wire_write
 from onnxfix.errors import ModelError, UsageError
-from onnxfix.wire import load_skeleton, save_with_weights
+from onnxfix.wire import load_skeleton
+from onnxfix.wire_write import save_with_weights
 
 BIG = 1024  # 1024 x 1024 float32 = 4 MiB per weight
 
@@ -189,7 +190,7 @@ def test_renamed_and_removed_stubs(big, tmp_path):
 
 
 def test_external_output_above_the_limit(big, tmp_path, monkeypatch):
-    monkeypatch.setattr(wire, "EMBED_LIMIT", 1_000_000)
+    monkeypatch.setattr(wire_write, "EMBED_LIMIT", 1_000_000)
     out = tmp_path / "out.onnx"
     with load_skeleton(big) as sk:
         saved = save_with_weights(_modify(sk.model), sk, out)
@@ -210,8 +211,8 @@ def test_external_output_above_the_limit(big, tmp_path, monkeypatch):
 def test_copy_fallbacks_write_the_same_bytes(big, tmp_path, monkeypatch, methods):
     with load_skeleton(big) as sk:
         save_with_weights(sk.model, sk, tmp_path / "fast.onnx")
-        monkeypatch.setattr(wire, "COPY_METHODS", methods)
-        monkeypatch.setattr(wire, "COPY_CHUNK", 1 << 20)
+        monkeypatch.setattr(wire_write, "COPY_METHODS", methods)
+        monkeypatch.setattr(wire_write, "COPY_CHUNK", 1 << 20)
         save_with_weights(sk.model, sk, tmp_path / "slow.onnx")
     assert (tmp_path / "fast.onnx").read_bytes() == (tmp_path / "slow.onnx").read_bytes()
 
@@ -244,7 +245,7 @@ def test_a_failed_write_leaves_nothing(big, tmp_path, monkeypatch):
         os.write(dst, b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(wire, "_copy_range", broken)
+    monkeypatch.setattr(wire_write, "_copy_range", broken)
     with load_skeleton(big) as sk, pytest.raises(UsageError, match="No space left"):
         save_with_weights(sk.model, sk, out)
     assert _names(tmp_path) == ["out.onnx"] and out.read_bytes() == b"previous"
