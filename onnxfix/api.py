@@ -12,7 +12,13 @@ from .errors import ParityError, UsageError
 from .feeds import make_noise_feeds
 from .find import make_selector
 from .inspection import InspectReport, inspect_model
-from .model_io import check_writable, materialize, open_model, save_model_atomic
+from .model_io import (
+    check_writable,
+    materialize,
+    open_model,
+    save_model_atomic,
+    validate_model,
+)
 from .report import Parity, RewriteReport, op_counts
 from .rewrite import DEFAULT_MAX_DRAW_BYTES, MODES, rewrite_model
 from .wire import Skeleton
@@ -24,6 +30,7 @@ ModelLike = onnx.ModelProto | str | os.PathLike
 def _open(model_or_path: ModelLike) -> tuple[onnx.ModelProto, str | None, Skeleton | None]:
     """A model to work on: for a file, its skeleton (weights stay in the file, unread)."""
     if isinstance(model_or_path, onnx.ModelProto):
+        validate_model(model_or_path, "model")
         return model_or_path, None, None
     if isinstance(model_or_path, (str, os.PathLike)):
         skeleton = open_model(model_or_path)

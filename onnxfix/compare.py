@@ -10,6 +10,9 @@ import onnxruntime as ort
 
 from .report import OutputCheck
 
+# The check refuses to synthesize inputs larger than this (it would not fit a CI machine).
+CHECK_INPUT_BYTES = 2**30
+
 
 class CheckSkipped(Exception):
     """The check cannot be run as asked (an input it cannot make, a draw it cannot use)."""
@@ -50,7 +53,7 @@ def make_session(model: onnx.ModelProto,
                                       weights_folder)
     # Parity is about graph semantics: no fusions that could reorder float arithmetic.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: its error log must not reach our stderr
     opts.intra_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
@@ -82,6 +85,16 @@ ORT_TYPES = {
 
 def synthetic_feeds(inputs, n: int, rng: np.random.Generator, probabilities=frozenset()) -> dict:
     """Seeded inputs; those read directly as Bernoulli probabilities are drawn in [0, 1)."""
+    total = 0
+    for i in inputs:
+        if i.type in ORT_TYPES and i.shape is not None:
+            count = 1
+            for d in i.shape:
+                count *= d if isinstance(d, int) and d >= 0 else n
+            total += count * np.dtype(ORT_TYPES[i.type]).itemsize
+    if total > CHECK_INPUT_BYTES:
+        raise CheckSkipped(f"the check's synthetic inputs would take {total:,} bytes (over "
+                           f"{CHECK_INPUT_BYTES:,}); lower --check-size or fix dims with --dim")
     feeds = {}
     for i in inputs:
         if i.type not in ORT_TYPES:

@@ -61,10 +61,58 @@ def _parse(data: bytes, origin: str) -> onnx.ModelProto:
 def validate_model(model: onnx.ModelProto, origin: str) -> None:
     if not model.HasField("graph") or not model.opset_import:
         raise ModelError(f"{origin}: not an ONNX model (no graph or no opset_import)")
+    _check_opsets(model, origin)
+    _check_names(model, origin)
     try:
         onnx.checker.check_model(model)
     except Exception as e:  # noqa: BLE001 - the checker raises several types
         raise ModelError(f"{origin}: invalid ONNX model: {_one_line(e)}") from None
+    _check_declared_dims(model, origin)
+
+
+def _known_opsets() -> dict[str, int]:
+    latest_ml = max((row[3] for row in onnx.helper.VERSION_TABLE if row[3]), default=1)
+    latest = onnx.defs.onnx_opset_version()
+    return {"": latest, "ai.onnx": latest, "ai.onnx.ml": latest_ml}
+
+
+def _check_opsets(model: onnx.ModelProto, origin: str) -> None:
+    """An opset newer than this onnx release defines cannot be checked or rewritten safely."""
+    known = _known_opsets()
+    for imp in model.opset_import:
+        latest = known.get(imp.domain)
+        if latest is not None and not 1 <= imp.version <= latest:
+            name = imp.domain or "ai.onnx (default)"
+            raise ModelError(f"{origin}: opset {imp.version} of domain {name} is unknown "
+                             f"(this onnx release knows versions 1 to {latest})")
+
+
+def _check_names(model: onnx.ModelProto, origin: str) -> None:
+    """protobuf hands names that are not valid UTF-8 back as bytes: refuse them up front."""
+    from .find import iter_graphs
+
+    for container, where in iter_graphs(model):
+        for node in container.node:
+            for name in (node.name, node.op_type, node.domain, *node.input, *node.output):
+                if not isinstance(name, str):
+                    raise ModelError(f"{origin}: a node name or tensor name in {where} is not "
+                                     f"valid UTF-8")
+        if isinstance(container, onnx.GraphProto):
+            for vi in (*container.input, *container.output, *container.value_info,
+                       *container.initializer):
+                if not isinstance(vi.name, str):
+                    raise ModelError(f"{origin}: a tensor name in {where} is not valid UTF-8")
+
+
+def _check_declared_dims(model: onnx.ModelProto, origin: str) -> None:
+    for vi in (*model.graph.input, *model.graph.output):
+        t = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+        if t is None or not t.HasField("shape"):
+            continue
+        for d in t.shape.dim:
+            if d.HasField("dim_value") and d.dim_value < 0:
+                raise ModelError(f"{origin}: '{vi.name}' declares a negative dimension "
+                                 f"({d.dim_value})")
 
 
 def _external_tensors(model: onnx.ModelProto):

@@ -12,6 +12,7 @@ Each entry answers, for one random node:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,9 @@ from onnx import TensorProto, helper
 
 from .builder import NodeBuilder
 from .errors import ModelError
+
+# No tensor has more elements than this; a shape beyond it is refused as absurd.
+MAX_ELEMENTS = 2**48
 
 FLOAT_TYPES = (TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 INDEX_TYPES = (TensorProto.INT32, TensorProto.INT64)
@@ -77,6 +81,13 @@ class RandomOp:
 
     def applies(self, node: onnx.NodeProto, opset: int, constant_of) -> bool:
         return True
+
+    def check_attributes(self, node: onnx.NodeProto) -> None:
+        """Raise ModelError for attribute values no distribution has."""
+
+    def ort_can_draw(self, node: onnx.NodeProto) -> str:
+        """Why onnxruntime would abort drawing from this node ('' if it would not)."""
+        return ""
 
     def dtypes(self, node: onnx.NodeProto, input_type) -> Dtypes:
         raise NotImplementedError
@@ -140,6 +151,31 @@ class AffineOp(RandomOp):
         low, high = float(attrs.get("low", 0.0)), float(attrs.get("high", 1.0))
         return low, high - low
 
+    def check_attributes(self, node: onnx.NodeProto) -> None:
+        """Parameters no distribution has: NaN or infinite, or low above high."""
+        attrs = attrs_of(node)
+        names = ("mean", "scale") if self.family == NORMAL else ("low", "high")
+        for name in names:
+            if name in attrs and not math.isfinite(float(attrs[name])):
+                raise ModelError(f"{_label(node)}: attribute {name}={attrs[name]} is not a "
+                                 f"finite number")
+        if self.family == UNIFORM and float(attrs.get("low", 0.0)) > float(attrs.get("high", 1.0)):
+            raise ModelError(f"{_label(node)}: low={attrs.get('low', 0.0)} is above "
+                             f"high={attrs.get('high', 1.0)}")
+
+    def ort_can_draw(self, node: onnx.NodeProto) -> str:
+        """Why onnxruntime would abort drawing from this node ('' if it would not).
+
+        Its kernels hand the parameters to std::normal_distribution /
+        std::uniform_real_distribution, which assert (and abort the process) on scale <= 0
+        or low >= high.
+        """
+        offset, factor = self.offset_factor(attrs_of(node))
+        if factor <= 0:
+            what = "scale" if self.family == NORMAL else "high - low"
+            return f"{_label(node)} has {what} = {factor:g}"
+        return ""
+
     def distribution(self, attrs: dict) -> dict:
         if self.family == NORMAL:
             mean, scale = self.offset_factor(attrs)
@@ -179,6 +215,8 @@ class AffineOp(RandomOp):
         shape = [int(d) for d in attrs["shape"]]
         if any(d < 0 for d in shape):
             raise ModelError(f"{_label(node)}: negative dimension in shape {shape}")
+        if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+            raise ModelError(f"{_label(node)}: absurd shape {shape} (more than 2**48 elements)")
         return shape
 
     def noise_shape(self, node: onnx.NodeProto, shape_of) -> list | None:

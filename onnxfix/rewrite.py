@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -248,6 +249,7 @@ def _plan(model: onnx.ModelProto, chosen: list[tuple[Site, str]], trip_names: di
             raise ModelError(f"{site.describe()}: the op needs an input")
         if not isinstance(spec, AffineOp) and not (site.node.input and site.node.input[0]):
             raise ModelError(f"{site.describe()}: the op needs an input")
+        spec.check_attributes(site.node)
         dtypes = spec.dtypes(site.node, elem_type)
         shape = spec.noise_shape(site.node, shape_of)
         if shape is None and site.node.output:
@@ -317,11 +319,13 @@ def _check_constant_budget(plans: list[Plan], max_bytes: int) -> None:
                 f"{_shape_text(shape)} cannot be determined; fix the model's symbolic dims "
                 f"with --dim NAME=N"
             )
-        count = 1
-        for d in shape:
-            count *= d
         dtype = p.dtypes.draw if p.freezes_draw else p.dtypes.noise
-        total += count * np_dtype(dtype).itemsize
+        itemsize = np_dtype(dtype).itemsize
+        if 0 in shape and math.prod(d for d in shape if d) * itemsize > max_bytes:
+            # empty, yet numpy refuses to make an array with such dims
+            raise ModelError(f"{p.site.describe()}: absurd shape {_shape_text(shape)} for a "
+                             f"constant draw")
+        total += math.prod(shape) * itemsize
         if total > max_bytes:
             raise ModelError(
                 f"{p.site.describe()}: constant draws would take {total:,} bytes, over the "

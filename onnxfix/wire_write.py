@@ -114,6 +114,22 @@ def _model_without_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _free_data_name(out: Path, skeleton: Skeleton) -> str:
+    """`<out>.data`, unless that is a file the input still reads (in-place runs, or an input
+    whose own data file has that name): then `<out>.1.data`, ... Replacing a file the input
+    reads would change the input's weights, or break them if a later step failed."""
+    protected = {os.path.realpath(skeleton.path)}
+    for t, _ in _all_tensors(skeleton.model):
+        if t.data_location == _EXTERNAL:
+            location = _external_info(t).get("location", "")
+            protected.add(os.path.realpath(skeleton.folder / location))
+    name, k = out.name + ".data", 0
+    while os.path.realpath(out.parent / name) in protected:
+        k += 1
+        name = f"{out.name}.{k}.data"
+    return name
+
+
 def save_with_weights(model: onnx.ModelProto, skeleton: Skeleton, out_path: str | os.PathLike,
                       *, layout: str = "same", fsync: bool = True) -> Saved:
     """Write `model` (an edited copy of skeleton.model) with the weights streamed from files.
@@ -136,7 +152,7 @@ def save_with_weights(model: onnx.ModelProto, skeleton: Skeleton, out_path: str 
     out = Path(os.path.abspath(out_path))
     check_writable(out)
     origin = str(skeleton.path)
-    data_name = out.name + ".data"
+    data_name = _free_data_name(out, skeleton)
 
     # External tensors below the top level (rare: subgraph initializers, attributes,
     # functions) always go to the .data file; they are rewritten in copies.

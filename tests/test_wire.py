@@ -319,13 +319,19 @@ def test_external_input_stays_external_beside_the_output(tmp_path):
 
 
 def test_external_input_rewritten_in_place_over_its_own_data_file(tmp_path):
-    """The output's data file has the input's data file name: the old one is still read."""
+    """The output's data file would have the input's data file name: the input still reads it,
+    so the new weights go to `m.onnx.1.data` and the old file is left, never half-replaced."""
     path = tmp_path / "m.onnx"
     model = _chain(3, 128)
     _save_external(model, path, "m.onnx.data")
+    old_data = (tmp_path / "m.onnx.data").read_bytes()
     with load_skeleton(path) as sk:
         save_with_weights(_modify(sk.model), sk, path)
-    assert _names(tmp_path) == ["m.onnx", "m.onnx.data"]
+    assert _names(tmp_path) == ["m.onnx", "m.onnx.1.data", "m.onnx.data"]
+    assert (tmp_path / "m.onnx.data").read_bytes() == old_data
+    _assert_same(onnx.load(str(path)), _modify(model))
+    with load_skeleton(path) as sk:  # a second run in place takes the free name again
+        save_with_weights(sk.model, sk, path)
     _assert_same(onnx.load(str(path)), _modify(model))
 
 
