@@ -25,6 +25,8 @@ from .wire import Skeleton
 from .wire_write import LAYOUTS, save_with_weights
 
 ModelLike = onnx.ModelProto | str | os.PathLike
+# Sizes the check gives symbolic dims: beyond this, synthetic inputs stop being a test.
+MAX_CHECK_SIZE = 2**16
 
 
 def _open(model_or_path: ModelLike) -> tuple[onnx.ModelProto, str | None, Skeleton | None]:
@@ -74,8 +76,9 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
     """
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
-    if check_size < 1:
-        raise UsageError(f"--check-size {check_size}: must be a positive integer")
+    if not 1 <= check_size <= MAX_CHECK_SIZE:
+        raise UsageError(f"--check-size {check_size}: must be an integer from 1 to "
+                         f"{MAX_CHECK_SIZE}")
     for flag, value in (("--atol", atol), ("--rtol", rtol)):
         if value is not None and not value >= 0:
             raise UsageError(f"{flag} {value}: a tolerance must be a non-negative number")

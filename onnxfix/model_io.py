@@ -12,6 +12,9 @@ from google.protobuf.message import DecodeError
 
 from .errors import ModelError, UsageError
 
+# A declared dimension above this is refused as absurd (no real tensor has one).
+MAX_DIM = 2**32
+
 # protobuf refuses to serialize a single message above 2 GiB.
 PROTOBUF_LIMIT = 2**31 - 1
 
@@ -113,6 +116,9 @@ def _check_declared_dims(model: onnx.ModelProto, origin: str) -> None:
             if d.HasField("dim_value") and d.dim_value < 0:
                 raise ModelError(f"{origin}: '{vi.name}' declares a negative dimension "
                                  f"({d.dim_value})")
+            if d.HasField("dim_value") and d.dim_value > MAX_DIM:
+                raise ModelError(f"{origin}: '{vi.name}' declares an absurd dimension "
+                                 f"({d.dim_value}): too large (over 2**32)")
 
 
 def _external_tensors(model: onnx.ModelProto):

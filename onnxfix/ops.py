@@ -159,6 +159,9 @@ class AffineOp(RandomOp):
             if name in attrs and not math.isfinite(float(attrs[name])):
                 raise ModelError(f"{_label(node)}: attribute {name}={attrs[name]} is not a "
                                  f"finite number")
+        if self.family == NORMAL and float(attrs.get("scale", 1.0)) < 0:
+            raise ModelError(f"{_label(node)}: scale={attrs['scale']} is negative (a standard "
+                             f"deviation)")
         if self.family == UNIFORM and float(attrs.get("low", 0.0)) > float(attrs.get("high", 1.0)):
             raise ModelError(f"{_label(node)}: low={attrs.get('low', 0.0)} is above "
                              f"high={attrs.get('high', 1.0)}")
@@ -216,7 +219,8 @@ class AffineOp(RandomOp):
         if any(d < 0 for d in shape):
             raise ModelError(f"{_label(node)}: negative dimension in shape {shape}")
         if math.prod(d for d in shape if d) > MAX_ELEMENTS:
-            raise ModelError(f"{_label(node)}: absurd shape {shape} (more than 2**48 elements)")
+            raise ModelError(f"{_label(node)}: absurd shape {shape}: too large (more than 2**48 "
+                             f"elements)")
         return shape
 
     def noise_shape(self, node: onnx.NodeProto, shape_of) -> list | None:

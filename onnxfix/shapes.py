@@ -177,6 +177,8 @@ def parse_dim_flags(values: list[str]) -> dict[str, int]:
             raise UsageError(f"--dim {item!r}: {value!r} is not an integer") from None
         if size < 1:
             raise UsageError(f"--dim {item!r}: a dim must be a positive integer")
+        if size > 2**32:
+            raise UsageError(f"--dim {item!r}: too large (at most 2**32)")
         dims[name] = size
     return dims
 

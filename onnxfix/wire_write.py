@@ -270,15 +270,45 @@ def _write_outputs(out: Path, pieces: list, data: _DataFile | None, fsync: bool)
             targets.append((tmp, out))
             for tmp, dest in targets:
                 os.chmod(tmp, target_mode(dest))
-            for tmp, dest in targets:  # the model last: it is what makes the output visible
-                os.replace(tmp, dest)
-                temps.remove(tmp)
+            _install(targets, temps)
         except OSError as e:
             raise UsageError(f"{out}: cannot write: {e.strerror or e}") from None
     finally:
         for tmp in temps:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _install(targets: list[tuple[str, Path]], temps: list[str]) -> None:
+    """Rename the temp files into place, the model last (it makes the output visible).
+
+    A data file already at its destination (an older output's) is set aside first and put
+    back if a later rename fails, so a failure leaves every file as it was.
+    """
+    placed: list[tuple[Path, str | None]] = []
+    try:
+        for tmp, dest in targets:
+            backup = None
+            if dest != targets[-1][1] and dest.exists():
+                fd, backup = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".old",
+                                              dir=dest.parent)
+                os.close(fd)
+                os.replace(dest, backup)
+            placed.append((dest, backup))
+            os.replace(tmp, dest)
+            temps.remove(tmp)
+    except BaseException:
+        for dest, backup in reversed(placed):
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, dest)
+                elif dest != targets[-1][1]:
+                    os.unlink(dest)
+        raise
+    for _, backup in placed:
+        if backup is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(backup)
 
 
 def _write_pieces(dst: int, pieces: list) -> None:
