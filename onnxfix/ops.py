@@ -563,7 +563,8 @@ def _refine(noise: np.ndarray, target: np.ndarray, forward, rounds: int = 4) -> 
 
 def _distance(got: np.ndarray, target: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", over="ignore"):
-        d = np.abs(got.astype(np.float64) - target.astype(np.float64))
+        # np.array, not the numpy scalar np.abs returns for 0-d input: it is assigned below
+        d = np.array(np.abs(got.astype(np.float64) - target.astype(np.float64)))
     both_nan = np.isnan(got) & np.isnan(target)
     d[both_nan] = 0.0
     d[np.isnan(d)] = np.inf

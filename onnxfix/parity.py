@@ -162,7 +162,9 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
         noise = {}
         for c in captures:
             fed = input_dtype(new_sess, c.record.replacement.name)
-            noise[c.record.replacement.name] = _standard_noise(c, got, new_sess, n).astype(fed)
+            # np.asarray: numpy arithmetic turns 0-d arrays into scalars ORT does not take
+            noise[c.record.replacement.name] = np.asarray(
+                _standard_noise(c, got, new_sess, n), dtype=fed)
         for name in noise_inputs:
             if name not in noise:  # e.g. its node was in an If branch not taken
                 noise[name] = filler(new_sess, name, n)
@@ -404,11 +406,16 @@ def _twin_check(parity, opener, model, records, noise_model, noise_records, mode
                 fam = rec.distribution["family"]
                 noise[target] = filler(noise_sess, target, n, 0.0 if fam == "normal" else 0.5)
                 continue
+            if rec.replacement.name not in frozen:
+                # nothing read this draw once the rewrite was done (it only fed another
+                # random node's shape), so it was dropped: its noise input reads anything
+                noise[target] = filler(noise_sess, target, n)
+                continue
             value = frozen[rec.replacement.name]
             if rec.replacement.name == rec.output:  # the frozen draw itself: standardize it
                 spec, attrs = _affine_of(rec)
                 value = spec.standardize({0: value}, attrs)
-            noise[target] = value
+            noise[target] = np.asarray(value)
         try:
             want = run_all(noise_sess, {**feeds, **noise})
         except Exception as e:  # noqa: BLE001
