@@ -133,17 +133,18 @@ STRICT = os.environ.get("ONNXFIX_FUZZ_STRICT") == "1"
 SCALE = float(os.environ.get("ONNXFIX_FUZZ_SCALE", "1"))
 
 
+# CI replays the same examples on every run (a fixed budget must not turn red at random);
+# a longer hunt (ONNXFIX_FUZZ_SCALE above 1) explores fresh ones.
+DERANDOMIZE = SCALE <= 1
+
+
 def examples(n: int) -> int:
     return max(1, int(n * SCALE))
 
 
 # (outcome type, regex over "module.type: message | where | worker stderr", the xfail test in
 # test_hostile.py that pins the bug). A crash has type "CRASH".
-KNOWN_BUGS = [
-    ("KeyError", r"\|.*parity\.py:_twin_check", "test_chained_draws_rewrite[constant]"),
-    ("TypeError", r"does not support item assignment.*\|.*ops\.py:_distance",
-     "test_scalar_draw_rewrites"),
-]
+KNOWN_BUGS: list[tuple[str, str, str]] = []
 
 
 def event(text: str) -> None:
@@ -318,7 +319,7 @@ def mutate_bytes(data: bytes, edits) -> bytes:
     return bytes(b)
 
 
-@settings(max_examples=examples(2500), deadline=None, database=None,
+@settings(max_examples=examples(2500), deadline=None, database=None, derandomize=DERANDOMIZE,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(FUZZ_FIXTURES), edits=byte_edits, mode=st.sampled_from(MODES),
@@ -437,7 +438,7 @@ def mutated_models(draw) -> bytes:
     return model.SerializeToString()
 
 
-@settings(max_examples=examples(3500), deadline=None, database=None,
+@settings(max_examples=examples(3500), deadline=None, database=None, derandomize=DERANDOMIZE,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(data=mutated_models(), mode=st.sampled_from(MODES), with_dims=st.booleans())
@@ -451,7 +452,7 @@ def test_fuzz_structured(worker, scratch, data: bytes, mode: str, with_dims: boo
 _WARNING = re.compile(r"^\S+\.py:\d+: \w*Warning: .*\n(?:[ \t]+.*\n)?", re.M)
 
 
-@settings(max_examples=examples(200), deadline=None, database=None,
+@settings(max_examples=examples(200), deadline=None, database=None, derandomize=DERANDOMIZE,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(data=st.one_of(mutated_models(),
@@ -509,14 +510,12 @@ def test_worker_turns_crashes_and_hangs_into_outcomes(worker, monkeypatch: pytes
 
 
 def test_known_bug_patterns_match_only_the_pinned_failures():
-    """Each tolerance matches what its xfail test shows, nothing broader."""
+    """Each tolerance matches what its xfail test shows, nothing broader (and with no bug
+    pinned right now, nothing at all is tolerated)."""
     if STRICT:
         pytest.skip("ONNXFIX_FUZZ_STRICT=1 tolerates nothing")
-    assert _known_bug({"type": "KeyError", "module": "builtins", "message": "'a'",
-                       "where": "api.py:rewrite > parity.py:_twin_check"})
-    assert _known_bug({"type": "TypeError", "module": "builtins",
-                       "message": "'numpy.float64' object does not support item assignment",
-                       "where": "api.py:rewrite > ops.py:standardize > ops.py:_distance"})
+    assert not _known_bug({"type": "KeyError", "module": "builtins", "message": "'a'",
+                           "where": "api.py:rewrite > parity.py:_twin_check"})
     assert not _known_bug({"type": "KeyError", "module": "builtins", "message": "'x'",
                            "where": "api.py:rewrite > rewrite.py:_plan"})
     assert not _known_bug({"type": "TypeError", "module": "builtins",

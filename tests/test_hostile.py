@@ -713,11 +713,7 @@ CHAINED_DRAWS = H17 + """g (float[2, 3] x) => (float[2, 3] y) {
 
 @pytest.mark.parametrize("mode", [
     "input-noise",
-    pytest.param("constant", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: constant mode on a draw whose only reader is another *Like "
-        "random node crashes in the parity check with an uncaught KeyError: 'a' "
-        "(parity._twin_check: frozen[rec.replacement.name], the frozen draw 'a' was dropped "
-        "as dead)")),
+    "constant",
     "deterministic",
 ])
 def test_chained_draws_rewrite(mode: str, ws: Workspace):
@@ -733,13 +729,8 @@ SCALAR_DRAW = H17 + """g (float x) => (float y) {
 
 
 @pytest.mark.parametrize("mode", [
-    pytest.param("input-noise", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: a 0-d (scalar) draw crashes the parity check with an uncaught "
-        "TypeError: 'numpy.float64' object does not support item assignment (ops._distance, "
-        "d[both_nan] = 0.0, reached from ops.standardize / parity._standardized)")),
-    pytest.param("constant", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: same TypeError as input-noise (constant mode runs the "
-        "input-noise twin check)")),
+    "input-noise",
+    "constant",
     "deterministic",
 ])
 def test_scalar_draw_rewrites(mode: str, ws: Workspace):
