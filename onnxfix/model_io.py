@@ -91,24 +91,32 @@ def _check_opsets(model: onnx.ModelProto, origin: str) -> None:
 
 
 def _check_names(model: onnx.ModelProto, origin: str) -> None:
-    """protobuf hands names that are not valid UTF-8 back as bytes: refuse them up front."""
-    from .find import iter_graphs
+    """protobuf hands string fields that are not valid UTF-8 back as bytes (names, dim
+    params, doc strings...), which breaks everything downstream: refuse them up front."""
+    from google.protobuf.descriptor import FieldDescriptor
 
-    for container, where in iter_graphs(model):
-        for node in container.node:
-            for name in (node.name, node.op_type, node.domain, *node.input, *node.output):
-                if not isinstance(name, str):
-                    raise ModelError(f"{origin}: a node name or tensor name in {where} is not "
-                                     f"valid UTF-8")
-        if isinstance(container, onnx.GraphProto):
-            for vi in (*container.input, *container.output, *container.value_info,
-                       *container.initializer):
-                if not isinstance(vi.name, str):
-                    raise ModelError(f"{origin}: a tensor name in {where} is not valid UTF-8")
+    stack: list = [model]
+    while stack:
+        msg = stack.pop()
+        for fd, value in msg.ListFields():
+            if fd.type == FieldDescriptor.TYPE_STRING:
+                values = value if fd.is_repeated else [value]
+                if any(not isinstance(v, str) for v in values):
+                    raise ModelError(f"{origin}: a text field ({fd.full_name}) is not valid "
+                                     f"UTF-8")
+            elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+                if fd.is_repeated:
+                    stack.extend(value)
+                else:
+                    stack.append(value)
 
 
 def _check_declared_dims(model: onnx.ModelProto, origin: str) -> None:
-    for vi in (*model.graph.input, *model.graph.output):
+    from .find import iter_graphs
+
+    declared = [vi for g, _ in iter_graphs(model) if isinstance(g, onnx.GraphProto)
+                for vi in (*g.input, *g.output, *g.value_info)]
+    for vi in declared:
         t = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
         if t is None or not t.HasField("shape"):
             continue

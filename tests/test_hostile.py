@@ -305,6 +305,21 @@ def test_negative_input_dim_refused(mode: str, ws: Workspace):
     assert_refused(ws.rewrite(inp, "--mode", mode), ws, 3, "negative", "-3")
 
 
+def _negative_value_info() -> onnx.ModelProto:
+    """Inputs are fine; the tensor the *Like node reads is declared float[-1, 3]."""
+    model = parser.parse_model(H17 + "g (float[N, 3] x) => (float[N, 3] y) {\n"
+                               "  h = Relu(x)\n  n = RandomNormalLike(h)\n  y = Add(h, n)\n}")
+    model.graph.value_info.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, [-1, 3]))
+    return model
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_negative_value_info_dim_refused(mode: str, ws: Workspace):
+    inp = ws.save(_negative_value_info())
+    run = ws.rewrite(inp, "--mode", mode, "--dim", "N=2")
+    assert_refused(run, ws, 3, "negative", "-1")
+
+
 def test_huge_input_dim_refused(ws: Workspace):
     inp = ws.save(_one_node("n = RandomNormalLike (x)", "float[1099511627776, 10]",
                             "float[1099511627776, 10]"))
@@ -758,6 +773,18 @@ def _bad_utf8(where: str) -> bytes:
 @pytest.mark.parametrize("where", ["node-name", "tensor-name"])
 def test_invalid_utf8_names_refused(where: str, mode: str, ws: Workspace):
     inp = ws.save(_bad_utf8(where))
+    assert_refused(ws.rewrite(inp, "--mode", mode), ws, 3, ("utf-8", "utf8", "encoding"))
+
+
+def _bad_utf8_dim_param() -> bytes:
+    model = parser.parse_model(_one_node("n = RandomNormalLike (x)", "float[batch, 3]",
+                                         "float[batch, 3]"))
+    return model.SerializeToString().replace(b"batch", b"\x80atch")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_invalid_utf8_dim_param_refused(mode: str, ws: Workspace):
+    inp = ws.save(_bad_utf8_dim_param())
     assert_refused(ws.rewrite(inp, "--mode", mode), ws, 3, ("utf-8", "utf8", "encoding"))
 
 
