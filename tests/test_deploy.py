@@ -222,3 +222,22 @@ def test_noise_dtype_same_is_the_default_and_adds_no_cast():
 def test_unknown_noise_dtype_is_a_usage_error(tmp_path):
     result = invoke("rewrite", MIXED, tmp_path / "o.onnx", "--noise-dtype", "int8")
     assert result.exit_code == 2 and "onnxfix: error:" in result.stderr
+
+
+def test_progress_is_silent_off_a_terminal_and_shown_on_one(monkeypatch):
+    import contextlib
+
+    from onnxfix.cli import _Printer
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    assert isinstance(_Printer(quiet=False, verbose=False).step("x"), contextlib.nullcontext)
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    assert not isinstance(_Printer(quiet=False, verbose=False).step("x"),
+                          contextlib.nullcontext)
+    assert isinstance(_Printer(quiet=True, verbose=False).step("x"), contextlib.nullcontext)
+
+
+def test_verbose_prints_each_distribution(tmp_path):
+    result = invoke("rewrite", FIXTURES / "ref1_static_ts.onnx", tmp_path / "o.onnx", "-v")
+    assert result.exit_code == 0
+    assert "distribution: {'family': 'normal', 'mean': 0.0, 'scale': 1.0" in result.output
