@@ -365,13 +365,12 @@ class _Unsupported(Exception):
     pass
 
 
-def _by_copy_file_range(src: int, dst: int, offset: int, length: int) -> int:
-    if not hasattr(os, "copy_file_range"):
-        raise _Unsupported
+def _kernel_copy(call, src: int, dst: int, offset: int, length: int) -> int:
+    """Loop a kernel copy call(src, dst, offset, count) until `length` bytes have moved."""
     done = 0
     while done < length:
         try:
-            n = os.copy_file_range(src, dst, min(length - done, 1 << 30), offset + done)
+            n = call(src, dst, offset + done, min(length - done, 1 << 30))
         except OSError as e:
             if done == 0 and e.errno in _UNSUPPORTED:
                 raise _Unsupported from None
@@ -380,23 +379,19 @@ def _by_copy_file_range(src: int, dst: int, offset: int, length: int) -> int:
             break
         done += n
     return done
+
+
+def _by_copy_file_range(src: int, dst: int, offset: int, length: int) -> int:
+    if not hasattr(os, "copy_file_range"):
+        raise _Unsupported
+    return _kernel_copy(lambda s, d, off, n: os.copy_file_range(s, d, n, off),
+                        src, dst, offset, length)
 
 
 def _by_sendfile(src: int, dst: int, offset: int, length: int) -> int:
     if not hasattr(os, "sendfile"):
         raise _Unsupported
-    done = 0
-    while done < length:
-        try:
-            n = os.sendfile(dst, src, offset + done, min(length - done, 1 << 30))
-        except OSError as e:
-            if done == 0 and e.errno in _UNSUPPORTED:
-                raise _Unsupported from None
-            raise
-        if n == 0:
-            break
-        done += n
-    return done
+    return _kernel_copy(lambda s, d, off, n: os.sendfile(d, s, off, n), src, dst, offset, length)
 
 
 def _by_readwrite(src: int, dst: int, offset: int, length: int) -> int:
