@@ -218,19 +218,34 @@ def _lossy_compare(parity, new_sess, cut_sess, feeds, noise, expected, out_names
 
 
 def _cut_model(base: onnx.ModelProto, draws: list[str]) -> onnx.ModelProto:
-    """The original with its main-graph random nodes cut out and their draws fed as inputs."""
-    m = onnx.ModelProto()
-    m.CopyFrom(base)
-    facts = infer_facts(m)
+    """The original with its main-graph random nodes cut out and their draws fed as inputs.
+
+    Graph surgery of the textbook kind, so onnx-graphsurgeon does it: each draw tensor becomes
+    a graph input, its producer loses it, and cleanup drops what only fed the cut nodes.
+    Weights are not touched: graphsurgeon reads initializer values only on demand and exports
+    the original tensors (external-data references included) as they were.
+    """
+    import onnx_graphsurgeon as gs
+
+    facts = infer_facts(base)
+    graph = gs.import_onnx(base)
+    tensors = graph.tensors()
     cut = set(draws)
-    keep = [n for n in m.graph.node if not (n.output and n.output[0] in cut)]
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
+    for node in graph.nodes:
+        if node.outputs and node.outputs[0].name in cut:
+            node.outputs.clear()
     for d in draws:
         f = facts.get(d)
         elem = f.elem_type if f and f.elem_type else onnx.TensorProto.FLOAT
-        m.graph.input.append(onnx.helper.make_tensor_value_info(d, elem, None))
-    return m
+        feed = tensors[d]
+        feed.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        graph.inputs.append(feed)
+    graph.cleanup(remove_unused_graph_inputs=False)
+    cut_model = gs.export_onnx(graph, do_type_check=False)
+    cut_model.ir_version = base.ir_version
+    del cut_model.opset_import[:]
+    cut_model.opset_import.extend(base.opset_import)
+    return cut_model
 
 
 def _main_names(model: onnx.ModelProto) -> set[str]:

@@ -152,3 +152,19 @@ def test_every_real_model_rewrites_passes_parity_and_runs(name, mode):
     first, second = run(new, data), run(new, data)
     for k in first:
         np.testing.assert_array_equal(first[k], second[k])
+
+
+@pytest.mark.parametrize("name", ["mlagents_BigWallJump.onnx",
+                                  "mlagents_hybrid0vis8vec_2c_2_3d_v2_0.onnx"])
+def test_float16_noise_on_real_models_checks_the_graph_fed_its_own_draws(name, tmp_path):
+    # The check cuts the random nodes out of the original (onnx-graphsurgeon) while the
+    # weights stay external references into the input file.
+    out = tmp_path / "fp16.onnx"
+    _, report = onnxfix.rewrite(real_model_path(name), noise_dtype="float16", output=out,
+                                load_weights=False)
+    assert report.parity.status == "passed"
+    narrowed = [c for c in report.parity.outputs if c.name.endswith("(narrowed noise)")]
+    assert narrowed and all(c.passed for c in narrowed)
+    model = onnx.load(out)
+    assert {i.type.tensor_type.elem_type for i in model.graph.input
+            if i.name in report.new_inputs} == {onnx.TensorProto.FLOAT16}
