@@ -22,6 +22,7 @@ import onnx
 
 from .capture import Exposer
 from .compare import (
+    CHECK_INPUT_BYTES,
     CheckSkipped,
     compare_arrays,
     dims_text,
@@ -328,6 +329,10 @@ def _fit(noise: np.ndarray, sess, name: str) -> np.ndarray:
         return noise
     pad = [(0, d - have) if isinstance(d, int) and d > have else (0, 0)
            for d, have in zip(declared, noise.shape, strict=True)]
+    padded = math.prod(have + after for have, (_, after) in zip(noise.shape, pad, strict=True))
+    if padded * noise.dtype.itemsize > CHECK_INPUT_BYTES:
+        raise CheckSkipped(f"noise input '{name}' declares {declared}: padding the captured "
+                           f"draws to it would take over {CHECK_INPUT_BYTES:,} bytes")
     if any(after for _, after in pad):
         noise = np.pad(noise, pad, constant_values=0.5)
     return noise
