@@ -241,3 +241,25 @@ def test_verbose_prints_each_distribution(tmp_path):
     result = invoke("rewrite", FIXTURES / "ref1_static_ts.onnx", tmp_path / "o.onnx", "-v")
     assert result.exit_code == 0
     assert "distribution: {'family': 'normal', 'mean': 0.0, 'scale': 1.0" in result.output
+
+
+def test_folder_rewrite_carries_external_data_along(tmp_path):
+    src = tmp_path / "in" / "sub"
+    src.mkdir(parents=True)
+    model = onnx.load(FIXTURES / "ref2_dynamic_ts.onnx")
+    onnx.save(model, src / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.weights", size_threshold=0)
+    dst = tmp_path / "out"
+    result = invoke("rewrite", tmp_path / "in", dst)
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (dst / "sub").iterdir())
+    assert written == ["m.onnx", "m.onnx.data"]  # same layout: weights beside the model
+    out = onnx.load(dst / "sub" / "m.onnx")
+    assert random_nodes(out) == []
+    original = onnx.load(FIXTURES / "ref2_dynamic_ts.onnx")  # onnx.save moved `model`'s data
+    ref = {t.name: onnx.numpy_helper.to_array(t) for t in original.graph.initializer}
+    got = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    for name, value in ref.items():
+        if name in got:
+            np.testing.assert_array_equal(got[name], value)
+    assert sorted(p.name for p in src.iterdir()) == ["m.onnx", "m.weights"]  # input untouched
