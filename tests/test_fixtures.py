@@ -67,6 +67,9 @@ def test_input_noise_reproduces_the_original_given_its_draws(name, rng):
     assert report.parity.status == "passed"
     draws = random_nodes(model)
     noise_of = {r.output: r.replacement.name for r in report.nodes}
+    if _is_dynamic(model):  # the batch dim of every noise input is proven to be the input's
+        for r in report.nodes:
+            assert r.replacement.shape[0] == "batch", (r.output, r.replacement.shape)
     assert sorted(noise_of) == sorted(n.output[0] for n in draws)
     if not _affine_only(model):
         return  # discrete draws: checked by the tool's parity above and in test_ops.py
