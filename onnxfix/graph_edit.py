@@ -30,11 +30,9 @@ class GraphEdits:
     def prepend(self, graph: onnx.GraphProto, node: onnx.NodeProto, depth: int) -> None:
         self._entry(graph, depth)[3].append(node)
 
-    def apply(self, model: onnx.ModelProto) -> None:
-        for depth, graph, replaced, front in sorted(self.by_graph.values(),
-                                                    key=lambda e: -e[0]):
-            freed = splice(graph, replaced, front)
-            remove_dead_producers(graph, freed, is_main=depth == 0)
+    def apply(self) -> None:
+        for _, graph, replaced, front in sorted(self.by_graph.values(), key=lambda e: -e[0]):
+            remove_dead_producers(graph, splice(graph, replaced, front))
 
 
 def splice(graph, replaced: dict[str, list], front: list) -> list[str]:
@@ -71,7 +69,7 @@ def names_read(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def remove_dead_producers(graph: onnx.GraphProto, freed: list[str], is_main: bool) -> None:
+def remove_dead_producers(graph: onnx.GraphProto, freed: list[str]) -> None:
     """Drop the chains (Shape -> ConstantOfShape ...) that only fed the removed random nodes.
 
     Only what the rewrite made dead goes: nodes and initializers that were dead before stay.

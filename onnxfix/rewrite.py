@@ -155,7 +155,7 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
             op_type=site.op_type, node=site.node.name, output=site.output, graph=where,
             distribution=plan.spec.distribution(plan.attrs), replacement=repl,
         ))
-    edits.apply(out)
+    edits.apply()
     # one record per random node, in graph order
     done = iter(records)
     records = [kept[k] if k in kept else next(done) for k in range(len(sites))]
