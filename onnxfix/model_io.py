@@ -20,28 +20,16 @@ PROTOBUF_LIMIT = 2**31 - 1
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load and validate an ONNX file; any problem becomes a one-line ModelError."""
-    p = Path(path)
-    if not p.exists():
-        raise ModelError(f"{p}: no such file")
-    if p.is_dir():
-        raise ModelError(f"{p}: is a folder, not an .onnx file")
-    size = p.stat().st_size
-    if size == 0:
-        raise ModelError(f"{p}: empty file, not an ONNX model")
+    """Load and validate an ONNX file with its weights; any problem is a one-line ModelError.
+
+    The same reader as the rewrite (the skeleton: location, link and bounds checks included),
+    with the weights then read into memory.
+    """
+    skeleton = open_model(path)
     try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ModelError(f"{p}: cannot read: {e.strerror or e}") from None
-    model = _parse(data, str(p))
-    if _uses_external_data(model):
-        check_external_locations(model, p.parent, str(p))
-        try:
-            onnx.load_external_data_for_model(model, str(p.parent))
-        except Exception as e:  # noqa: BLE001 - any failure is the file's fault
-            raise ModelError(f"{p}: cannot load external data: {_one_line(e)}") from None
-    validate_model(model, str(p))
-    return model
+        return materialize(skeleton.model, skeleton)
+    finally:
+        skeleton.close()
 
 
 def parse_model_bytes(data: bytes, origin: str = "<bytes>") -> onnx.ModelProto:
@@ -127,54 +115,6 @@ def _check_declared_dims(model: onnx.ModelProto, origin: str) -> None:
             if d.HasField("dim_value") and d.dim_value > MAX_DIM:
                 raise ModelError(f"{origin}: '{vi.name}' declares an absurd dimension "
                                  f"({d.dim_value}): too large (over 2**32)")
-
-
-def _external_tensors(model: onnx.ModelProto):
-    from .find import iter_graphs
-
-    for container, _ in iter_graphs(model):
-        if isinstance(container, onnx.GraphProto):
-            for t in container.initializer:
-                if t.data_location == onnx.TensorProto.EXTERNAL:
-                    yield t
-
-
-def _uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(True for _ in _external_tensors(model))
-
-
-def check_external_locations(model: onnx.ModelProto, folder: Path, origin: str) -> None:
-    """Refuse external data that is absolute, escapes the model folder, passes through a
-    symlink, is missing, or whose offset/length run past the end of its file."""
-    base = folder.resolve()
-    for t in _external_tensors(model):
-        info = {e.key: e.value for e in t.external_data}
-        loc = info.get("location", "")
-        what = f"{origin}: external data of '{t.name}'"
-        if not loc:
-            raise ModelError(f"{what} has no location")
-        if os.path.isabs(loc) or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[1] == ":"):
-            raise ModelError(f"{what}: absolute location {loc!r} refused")
-        parts = Path(loc).parts
-        if ".." in parts:
-            raise ModelError(f"{what}: location {loc!r} escapes the model folder")
-        current = base
-        for part in parts:
-            current = current / part
-            if current.is_symlink():
-                raise ModelError(f"{what}: location {loc!r} passes through a symlink")
-        if not current.is_file():
-            raise ModelError(f"{what}: file {loc!r} not found beside the model")
-        try:
-            offset = int(info.get("offset", 0) or 0)
-            length = int(info["length"]) if info.get("length") else None
-        except ValueError:
-            raise ModelError(f"{what}: offset/length are not integers") from None
-        size = current.stat().st_size
-        if offset < 0 or offset > size or (length is not None and
-                                           (length < 0 or offset + length > size)):
-            raise ModelError(f"{what}: offset {offset} / length {length} lie outside "
-                             f"{loc!r} ({size} bytes)")
 
 
 def check_writable(path: str | os.PathLike, what: str = "output") -> None:

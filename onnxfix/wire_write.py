@@ -253,21 +253,10 @@ def _write_outputs(out: Path, pieces: list, data: _DataFile | None, fsync: bool)
             targets = []
             if data is not None:
                 dest = out.parent / data.name
-                fd, tmp = tempfile.mkstemp(prefix=f".{data.name}.", suffix=".tmp",
-                                           dir=out.parent)
-                temps.append(tmp)
-                with os.fdopen(fd, "wb", buffering=0) as f:
-                    _write_data(f.fileno(), data)
-                    if fsync:
-                        os.fsync(f.fileno())
-                targets.append((tmp, dest))
-            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-            temps.append(tmp)
-            with os.fdopen(fd, "wb", buffering=0) as f:
-                _write_pieces(f.fileno(), pieces)
-                if fsync:
-                    os.fsync(f.fileno())
-            targets.append((tmp, out))
+                targets.append((_write_temp(dest, lambda fd: _write_data(fd, data), fsync,
+                                            temps), dest))
+            targets.append((_write_temp(out, lambda fd: _write_pieces(fd, pieces), fsync,
+                                        temps), out))
             for tmp, dest in targets:
                 os.chmod(tmp, target_mode(dest))
             _install(targets, temps)
@@ -277,6 +266,17 @@ def _write_outputs(out: Path, pieces: list, data: _DataFile | None, fsync: bool)
         for tmp in temps:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _write_temp(dest: Path, write, fsync: bool, temps: list[str]) -> str:
+    """A temp file beside `dest`, filled by write(fd); recorded in `temps` for cleanup."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    temps.append(tmp)
+    with os.fdopen(fd, "wb", buffering=0) as f:
+        write(f.fileno())
+        if fsync:
+            os.fsync(f.fileno())
+    return tmp
 
 
 def _install(targets: list[tuple[str, Path]], temps: list[str]) -> None:

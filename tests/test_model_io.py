@@ -131,10 +131,14 @@ def test_load_read_error_is_a_model_error(tmp_path: Path, monkeypatch: pytest.Mo
     path = tmp_path / "m.onnx"
     path.write_bytes(FIXTURE.read_bytes())
 
-    def denied(self):
-        raise PermissionError(13, "Permission denied")
+    real_open = os.open
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    def denied(name, *args, **kwargs):
+        if Path(name) == path:
+            raise PermissionError(13, "Permission denied")
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)  # the file is opened once, by the skeleton reader
     with pytest.raises(ModelError, match="cannot read: Permission denied") as info:
         load_model(path)
     assert info.value.exit_code == 3
