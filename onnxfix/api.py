@@ -8,6 +8,9 @@ from pathlib import Path
 
 import onnx
 
+from .check_guard import make_limits
+from .check_inputs import load_check_inputs
+from .check_run import CheckOptions, run_check
 from .errors import ParityError, UsageError
 from .feeds import make_noise_feeds
 from .find import make_selector
@@ -51,6 +54,9 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
             dims: dict[str, int] | None = None, only: list[str] | None = None,
             exclude: list[str] | None = None, noise_dtype: str = "same", check: bool = True,
             atol: float | None = None, rtol: float | None = None, check_size: int = 2,
+            check_inputs: str | os.PathLike | dict | None = None,
+            check_memory_mb: float | None = None, check_timeout: float | None = None,
+            fail_on_skip: bool = False,
             max_draw_bytes: int = DEFAULT_MAX_DRAW_BYTES,
             output: str | os.PathLike | None = None, weights: str = "same",
             load_weights: bool = True,
@@ -66,6 +72,14 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
     only / exclude: glob patterns over node names and output names selecting the nodes to
         rewrite; unselected random nodes stay as they are (the report says so).
     check: run the conditional parity check in onnxruntime; raises ParityError on failure.
+    check_size: the size symbolic dims take in the check (synthetic inputs); a dynamic model
+        runs again at check_size + 1 when the first size was cheap.
+    check_inputs: real inputs for the check instead of synthetic ones: a path to an .npz
+        file or a dict input name -> array; the check then runs once, on them.
+    check_memory_mb / check_timeout: the check's memory cap (default min(8 GiB, half the
+        RAM)) and time limit (default 300 s); a check that exceeds them is skipped.
+    fail_on_skip: a skipped check raises ParityError (and nothing is written) instead of
+        writing the output unverified.
     output: if given, the model is written there atomically (only after the check passed).
     weights: how the written file stores the weights: "same" layout as the input (embedded
         stays embedded, external data goes to one `<output>.data` beside it), "embedded", or
@@ -84,14 +98,22 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
             raise UsageError(f"{flag} {value}: a tolerance must be a non-negative number")
     if weights not in LAYOUTS:
         raise UsageError(f"--weights {weights!r}: choose one of {', '.join(LAYOUTS)}")
+    if fail_on_skip and not check:
+        raise UsageError("--fail-on-skip with --no-check: a check that is not run would "
+                         "always fail")
+    limits = make_limits(check_memory_mb, check_timeout)
     if output is not None:
         check_writable(output)
     original, source, skeleton = _open(model_or_path)
     try:
+        given = (load_check_inputs(check_inputs, original, dims or {})
+                 if check_inputs is not None else None)
+        options = CheckOptions(size=check_size, atol=atol, rtol=rtol, seed=seed, given=given,
+                               limits=limits, fail_on_skip=fail_on_skip)
         new_model, report = _rewrite(original, source, skeleton, mode, seed=seed, dims=dims,
                                      select=make_selector(only, exclude),
-                                     noise_dtype=noise_dtype, check=check, atol=atol, rtol=rtol,
-                                     check_size=check_size, max_draw_bytes=max_draw_bytes,
+                                     noise_dtype=noise_dtype, check=check,
+                                     check_options=options, max_draw_bytes=max_draw_bytes,
                                      output=output, on_line=on_line)
         if output is not None:
             if skeleton is not None:
@@ -106,8 +128,8 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
             skeleton.close()
 
 
-def _rewrite(original, source, skeleton, mode, *, seed, dims, select, noise_dtype, check, atol,
-             rtol, check_size, max_draw_bytes, output, on_line):
+def _rewrite(original, source, skeleton, mode, *, seed, dims, select, noise_dtype, check,
+             check_options, max_draw_bytes, output, on_line):
     new_model, records = rewrite_model(original, mode, seed=seed, dims=dims,
                                        max_draw_bytes=max_draw_bytes, select=select,
                                        noise_dtype=noise_dtype)
@@ -123,14 +145,15 @@ def _rewrite(original, source, skeleton, mode, *, seed, dims, select, noise_dtyp
     elif not any(r.status == "rewritten" for r in records):
         report.parity = Parity(status="skipped", reason="no random node was selected")
     elif check:
-        from .parity import check_parity  # onnxruntime is imported only when it is needed
-
-        report.parity = check_parity(
-            original, new_model, records, mode, size=check_size, atol=atol, rtol=rtol,
-            seed=seed, dims=dims, select=select, on_line=on_line,
+        report.parity = run_check(
+            original, new_model, records, mode, check_options, dims=dims, select=select,
+            on_line=on_line,
             weights_folder=str(skeleton.folder) if skeleton is not None else None)
         if report.parity.status == "failed":
             raise ParityError(f"parity check failed: {report.parity.reason}", report)
+        if report.parity.status == "skipped" and check_options.fail_on_skip:
+            raise ParityError(f"parity check skipped and fail_on_skip is set: "
+                              f"{report.parity.reason}", report)
     else:
         report.parity = Parity(status="skipped", reason="--no-check")
     return new_model, report

@@ -152,7 +152,21 @@ def rewrite_cmd(
     rtol: float | None = typer.Option(None, "--rtol", help="Relative tolerance (default by "
                                                             "dtype: 1e-5 for float32)."),
     check_size: int = typer.Option(2, "--check-size", help="Size given to symbolic dims in the "
-                                                           "check; it also runs at size+1."),
+                                                           "check; it runs again at size+1 when "
+                                                           "the first size was cheap."),
+    check_inputs: Path | None = typer.Option(None, "--check-inputs", metavar="FILE.npz",
+                                             help="Real inputs for the check (one array per "
+                                                  "input name); the check runs once, on them."),
+    check_memory_mb: float | None = typer.Option(None, "--check-memory-mb",
+                                                 help="Memory cap of the check in MiB (default "
+                                                      "min(8192, half the RAM)); over it, the "
+                                                      "check is skipped."),
+    check_timeout: float | None = typer.Option(None, "--check-timeout",
+                                               help="Time limit of the check in seconds "
+                                                    "(default 300); over it, it is skipped."),
+    fail_on_skip: bool = typer.Option(False, "--fail-on-skip",
+                                      help="A skipped check fails (exit 1, nothing written) "
+                                           "instead of writing the output unverified."),
     max_draw_mb: float = typer.Option(256.0, "--max-draw-mb",
                                       help="Cap on constant-mode draws, in MiB."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print errors only."),
@@ -170,6 +184,8 @@ def rewrite_cmd(
         options = dict(mode=mode.value, seed=seed, dims=dims, only=only, exclude=exclude,
                        noise_dtype=noise_dtype.value, weights=weights.value,
                        check=not no_check, atol=atol, rtol=rtol, check_size=check_size,
+                       check_inputs=check_inputs, check_memory_mb=check_memory_mb,
+                       check_timeout=check_timeout, fail_on_skip=fail_on_skip,
                        max_draw_bytes=int(max_draw_mb * 2**20))
         if input.is_dir():
             code = _rewrite_folder(input, output, options, report, say)
@@ -204,7 +220,16 @@ def _rewrite_one(src: Path, dst: Path, options: dict, say: _Printer,
     else:
         for line in _summary(rep, say.verbose):
             say(line)
+        if _check_skipped(rep):
+            typer.echo("onnxfix: warning: parity check skipped: the output was written but not "
+                       "verified (--fail-on-skip makes a skip fail)", err=True)
     return 0, rep
+
+
+def _check_skipped(rep: RewriteReport | None) -> bool:
+    """The check was asked for and ran without a verdict (not --no-check, not 'no nodes')."""
+    return rep is not None and rep.parity is not None and rep.parity.status == "skipped" \
+        and bool(rep.parity.note)
 
 
 def _rewrite_folder(src: Path, dst: Path, options: dict, report: Path | None,
@@ -214,7 +239,8 @@ def _rewrite_folder(src: Path, dst: Path, options: dict, report: Path | None,
     models = sorted(p for p in src.rglob("*.onnx") if p.is_file())
     if not models:
         raise ModelError(f"{src}: no .onnx files below this folder")
-    worst, reports, tally = 0, [], {"ok": 0, "failed": 0}
+    worst, reports = 0, []
+    tally = {"ok": 0, "failed": 0, "checked": 0, "skipped": 0, "not checked": 0}
     for path in models:
         target = dst / path.relative_to(src)
         try:
@@ -227,16 +253,28 @@ def _rewrite_folder(src: Path, dst: Path, options: dict, report: Path | None,
             say(f"ERROR   {path}: cannot create {target.parent}: {e.strerror or e}")
             code, rep = 3, None
         tally["failed" if code else "ok"] += 1
+        if not code:
+            tally[_check_word(rep)] += 1
         worst = max(worst, code)
         entry = rep.to_dict() if rep is not None else {"input": str(path), "error": True}
         entry["exit_code"] = code
         reports.append(entry)
-    say(f"{len(models)} model(s): {tally['ok']} rewritten, {tally['failed']} failed")
+    say(f"{len(models)} model(s): {tally['ok']} rewritten, {tally['failed']} failed "
+        f"(checks: {tally['checked']} passed, {tally['skipped']} skipped, "
+        f"{tally['not checked']} not run)")
     if report is not None:
         import json
 
         write_text_atomic(report, json.dumps({"models": reports}, indent=2, default=str))
     return worst
+
+
+def _check_word(rep: RewriteReport | None) -> str:
+    if _check_skipped(rep):
+        return "skipped"
+    if rep is not None and rep.parity is not None and rep.parity.status == "passed":
+        return "checked"
+    return "not checked"
 
 
 def _status_word(rep: RewriteReport) -> str:

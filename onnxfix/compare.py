@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .input_roles import plain_sample
 from .report import OutputCheck
 
 # The check refuses to synthesize inputs larger than this (it would not fit a CI machine).
@@ -16,6 +17,22 @@ CHECK_INPUT_BYTES = 2**30
 
 class CheckSkipped(Exception):
     """The check cannot be run as asked (an input it cannot make, a draw it cannot use)."""
+
+
+class CheckLimit(BaseException):  # noqa: N818 - not an error of the model: a limit of the check
+    """onnxruntime ran out of memory (under the check's cap).
+
+    A BaseException on purpose: the check's `except Exception` handlers turn a failing run
+    into a verdict on the model ("the rewritten model fails"), which this must never become.
+    """
+
+
+_ALLOCATION_FAILURES = ("Failed to allocate memory", "bad_alloc", "bad allocation",
+                        "std::length_error")
+
+
+def _allocation_failure(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or any(t in str(e) for t in _ALLOCATION_FAILURES)
 
 # Tolerances when the user gives none, by the output's dtype (atol, rtol). The standardized
 # noise reproduces each draw bit for bit, so these only absorb kernel-level reordering.
@@ -36,7 +53,7 @@ def input_dtype(sess, name: str) -> np.dtype:
 
 def filler(sess, name: str, n: int, value: float = 0.5) -> np.ndarray:
     meta = input_meta(sess, name)
-    shape = [d if isinstance(d, int) and d >= 0 else n for d in (meta.shape or [])]
+    shape = [size_of(d, n) for d in (meta.shape or [])]
     return np.full(shape, value, dtype=np.dtype(ORT_TYPES[meta.type]))
 
 
@@ -55,13 +72,23 @@ def make_session(model: onnx.ModelProto,
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 4  # fatal only: its error log must not reach our stderr
     opts.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:
+        if _allocation_failure(e):
+            raise CheckLimit(" ".join(str(e).split())) from None
+        raise
 
 
 def run_all(sess, feeds: dict) -> dict:
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds), strict=True))
+    try:
+        return dict(zip(names, sess.run(names, feeds), strict=True))
+    except Exception as e:
+        if _allocation_failure(e):
+            raise CheckLimit(" ".join(str(e).split())) from None
+        raise
 
 
 def symbolic_dims(inputs) -> list[str]:
@@ -83,14 +110,15 @@ ORT_TYPES = {
 }
 
 
-def synthetic_feeds(inputs, n: int, rng: np.random.Generator, probabilities=frozenset()) -> dict:
-    """Seeded inputs; those read directly as Bernoulli probabilities are drawn in [0, 1)."""
+def synthetic_feeds(inputs, n: int, rng: np.random.Generator, probabilities=frozenset(),
+                    roles: dict | None = None) -> dict:
+    """Seeded inputs, each by its role (input_roles); Bernoulli probabilities in [0, 1)."""
     total = 0
     for i in inputs:
         if i.type in ORT_TYPES and i.shape is not None:
             count = 1
             for d in i.shape:
-                count *= d if isinstance(d, int) and d >= 0 else n
+                count *= size_of(d, n)
             total += count * np.dtype(ORT_TYPES[i.type]).itemsize
     if total > CHECK_INPUT_BYTES:
         raise CheckSkipped(f"the check's synthetic inputs would take {total:,} bytes (over "
@@ -101,21 +129,36 @@ def synthetic_feeds(inputs, n: int, rng: np.random.Generator, probabilities=froz
             raise CheckSkipped(f"input '{i.name}' has type {i.type}, which the check cannot make")
         if i.shape is None:
             raise CheckSkipped(f"input '{i.name}' has no declared shape")
-        feeds[i.name] = _synthetic_input(i, n, rng)
-        if i.name in probabilities and np.issubdtype(feeds[i.name].dtype, np.floating):
-            feeds[i.name] = np.asarray(rng.random(feeds[i.name].shape), feeds[i.name].dtype)
+        shape = [size_of(d, n) for d in i.shape]
+        dt = np.dtype(ORT_TYPES[i.type])
+        role = (roles or {}).get(i.name)
+        if role is not None:
+            feeds[i.name] = role.sample(shape, dt, n, rng)
+        else:
+            feeds[i.name] = plain_sample(shape, dt, n, rng)
+        if i.name in probabilities and np.issubdtype(dt, np.floating):
+            feeds[i.name] = np.asarray(rng.random(shape), dt)
     return feeds
 
 
-def _synthetic_input(inp, n: int, rng: np.random.Generator) -> np.ndarray:
-    """A seeded input: symbolic dims take size n; floats N(0,1), integers in [0, n]."""
-    shape = [d if isinstance(d, int) and d >= 0 else n for d in inp.shape]
-    dt = np.dtype(ORT_TYPES[inp.type])
-    if dt == np.bool_:
-        return np.asarray(rng.random(shape) < 0.5)
-    if np.issubdtype(dt, np.integer):
-        return np.asarray(rng.integers(0, n + 1, size=shape), dtype=dt)
-    return np.asarray(rng.standard_normal(shape), dtype=dt)
+def size_of(dim, n) -> int:
+    """A declared dim's size in the check: its own value, else the size the check gives it
+    (a CheckSize knows the sizes of named dims when the user gave the inputs)."""
+    if isinstance(dim, int) and dim >= 0:
+        return dim
+    named = getattr(n, "dims", None) or {}
+    return int(named.get(dim, n))
+
+
+class CheckSize(int):
+    """The size of one pass of the check, with the sizes the given inputs fix per dim name."""
+
+    dims: dict
+
+    def __new__(cls, value: int, dims: dict):
+        self = super().__new__(cls, value)
+        self.dims = dict(dims)
+        return self
 
 
 def _is_float(a: np.ndarray) -> bool:

@@ -21,8 +21,11 @@ import numpy as np
 import onnx
 
 from .capture import Exposer
+from .check_blame import capture_does_not_load, capture_fails, original_loads, twin_fails
+from .check_setup import CheckSetup, active, check_dims, check_feeds, check_sizes, prepare
 from .compare import (
     CHECK_INPUT_BYTES,
+    CheckLimit,
     CheckSkipped,
     compare_arrays,
     dims_text,
@@ -33,7 +36,6 @@ from .compare import (
     one_line,
     run_all,
     symbolic_dims,
-    synthetic_feeds,
 )
 from .find import Site, find_sites
 from .ops import AffineOp, Inconsistent, attrs_of, np_dtype, spec_for
@@ -58,8 +60,9 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
                  atol: float | None = None, rtol: float | None = None, seed: int = 0,
                  dims: dict | None = None, select: Callable[[Site], bool] | None = None,
                  on_line: Callable[[str], None] | None = None,
-                 weights_folder: str | None = None) -> Parity:
-    """weights_folder: where external-data weights live (a skeleton's source folder)."""
+                 weights_folder: str | None = None, setup: CheckSetup | None = None) -> Parity:
+    """weights_folder: where external-data weights live (a skeleton's source folder).
+    setup: the check's inputs (given or synthetic by role) and limits (check_setup)."""
     def opener(model: onnx.ModelProto):
         _refuse_aborting_draws(model)
         return make_session(model, weights_folder)
@@ -70,15 +73,21 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
     if not done:
         parity.status, parity.reason = "skipped", "no random node was rewritten"
         return parity
+    setup = prepare(setup, original, emit)
     try:
         # numpy's warnings on odd values (inf - inf, ...) must not reach the user's stderr
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
+        with warnings.catch_warnings(), np.errstate(all="ignore"), active(setup):
             warnings.simplefilter("ignore")
             _run_checks(parity, opener, original, rewritten, records, done, mode, size, seed,
                         dims, select, emit)
     except CheckSkipped as e:
         parity.status, parity.reason = "skipped", str(e)
         emit(f"SKIPPED | {e}")
+    except (CheckLimit, MemoryError) as e:  # the check's own limit, not a verdict
+        parity.status, parity.reason = "skipped", setup.out_of_memory(e)
+        emit(f"SKIPPED | {parity.reason}")
+    finally:
+        parity.inputs = dict(setup.described)
     if parity.status == "failed" and not parity.reason:
         bad = [c for c in parity.outputs if not c.passed]
         parity.reason = f"{len(bad)} comparison(s) out of tolerance"
@@ -92,6 +101,8 @@ def _run_checks(parity, opener, original, rewritten, records, done, mode, size, 
         return
     from .rewrite import rewrite_model
 
+    if mode == "deterministic":  # it is not run below: whether it runs decides skip or verdict
+        original_loads(opener, original)
     noise_model, noise_records = rewrite_model(original, "input-noise", dims=dims, select=select)
     if mode == "constant":
         _conditional(parity, opener, original, noise_model, noise_records, size, seed, emit)
@@ -121,9 +132,10 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
     captures, capture_model = _capture_model(base, records)
     try:
         orig_sess = opener(capture_model)
+    except CheckSkipped:
+        raise
     except Exception as e:  # noqa: BLE001 - ORT raises several types
-        raise CheckSkipped(f"the original model does not load in onnxruntime: "
-                           f"{one_line(e)}") from None
+        raise capture_does_not_load(opener, base, e) from None
     out_set = {o.name for o in original.graph.output}
     lossy = _narrowed(records)
     draws = [c.record.output for c in captures if c.lead == 0
@@ -151,15 +163,14 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
     if tainted:
         emit(f"NOTE | outputs downstream of unselected random nodes are not compared: "
              f"{', '.join(sorted(tainted))}")
-    for k, n in enumerate([size, size + 1] if symbols else [size]):
-        dims = {s: n for s in symbols}
+    for k, n in enumerate(check_sizes(size, symbols)):
+        dims = check_dims(data_inputs, n)
         parity.sizes.append(dims)
-        feeds = synthetic_feeds(data_inputs, n, np.random.default_rng([seed, k]), probabilities)
+        feeds = check_feeds(data_inputs, n, np.random.default_rng([seed, k]), probabilities)
         try:
             got = run_all(orig_sess, feeds)
         except Exception as e:  # noqa: BLE001
-            raise CheckSkipped(f"the original model fails on synthetic inputs ({dims_text(dims)}): "
-                        f"{one_line(e)}") from None
+            raise capture_fails(opener, base, feeds, dims, e) from None
         noise = {}
         for c in captures:
             fed = input_dtype(new_sess, c.record.replacement.name)
@@ -384,10 +395,13 @@ def _twin_check(parity, opener, model, records, noise_model, noise_records, mode
     """
     try:
         sess = opener(model)
-        noise_sess = opener(noise_model)
     except Exception as e:  # noqa: BLE001
         _fail(parity, f"the rewritten model does not load in onnxruntime: {one_line(e)}", emit)
         return
+    try:
+        noise_sess = opener(noise_model)
+    except Exception as e:  # noqa: BLE001
+        raise twin_fails(e, "does not load in onnxruntime") from None
     noise_name = {r.output: r.replacement.name for r in noise_records if r.replacement}
     wanted = {r.replacement.name for r in records}
     frozen = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer
@@ -401,11 +415,11 @@ def _twin_check(parity, opener, model, records, noise_model, noise_records, mode
             emit(f"NOTE | outputs reached by a Dropout are not compared with the noise twin "
                  f"(no noise means 'no mask'): {', '.join(sorted(skip))}")
     out_names = [o.name for o in model.graph.output]
-    for k, n in enumerate([size, size + 1] if symbols else [size]):
-        dims = {s: n for s in symbols}
+    for k, n in enumerate(check_sizes(size, symbols)):
+        dims = check_dims(data_inputs, n)
         if mode == "deterministic":
             parity.sizes.append(dims)
-        feeds = synthetic_feeds(data_inputs, n, np.random.default_rng([seed, 100 + k]))
+        feeds = check_feeds(data_inputs, n, np.random.default_rng([seed, 100 + k]))
         try:
             first = run_all(sess, feeds)
             second = run_all(sess, feeds)
@@ -439,8 +453,7 @@ def _twin_check(parity, opener, model, records, noise_model, noise_records, mode
         try:
             want = run_all(noise_sess, {**feeds, **noise})
         except Exception as e:  # noqa: BLE001
-            _fail(parity, f"the input-noise twin rejects the {mode} noise: {one_line(e)}", emit)
-            return
+            raise twin_fails(e, f"rejects the {mode} model's noise") from None
         for name in out_names:
             if name in skip:
                 continue

@@ -51,6 +51,8 @@ class Parity:
     rtol: float | None = None
     sizes: list[dict] = field(default_factory=list)
     outputs: list[OutputCheck] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)  # what each check input held
+    note: str = ""  # for a skipped check: what the skip means
 
 
 @dataclass
