@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from .check_guard import make_limits
+from .check_guard import make_limits, model_bytes
 from .check_inputs import load_check_inputs
 from .check_run import CheckOptions, run_check
 from .errors import ParityError, UsageError
@@ -101,11 +101,12 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
     if fail_on_skip and not check:
         raise UsageError("--fail-on-skip with --no-check: a check that is not run would "
                          "always fail")
-    limits = make_limits(check_memory_mb, check_timeout)
+    make_limits(check_memory_mb, check_timeout)  # a bad value is refused before any work
     if output is not None:
         check_writable(output)
     original, source, skeleton = _open(model_or_path)
     try:
+        limits = make_limits(check_memory_mb, check_timeout, model_bytes(original, source))
         given = (load_check_inputs(check_inputs, original, dims or {})
                  if check_inputs is not None else None)
         options = CheckOptions(size=check_size, atol=atol, rtol=rtol, seed=seed, given=given,

@@ -13,14 +13,16 @@ Lines the check prints travel through the same pipe, in order, as they are made.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import multiprocessing
 import os
 import re
 import resource
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 from .compare import CheckLimit
 from .report import Parity
@@ -40,24 +42,40 @@ class CheckLimits:
         return self.memory_bytes // MiB
 
 
-def default_memory_bytes() -> int:
-    """min(8 GiB, half of the machine's RAM): room for a check, never the whole machine."""
+def default_memory_bytes(model_bytes: int = 0) -> int:
+    """min(8 GiB, half the RAM): room for a check, never the whole machine. A big model gets
+    more (its sessions hold the weights about twice over): up to 3/4 of the RAM."""
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
         ram = 16 * 2**30
-    return min(8 * 2**30, ram // 2)
+    base = min(8 * 2**30, ram // 2)
+    return max(base, min(3 * model_bytes + 2**30, ram * 3 // 4))
 
 
-def make_limits(memory_mb: float | None, timeout_s: float | None) -> CheckLimits:
+def make_limits(memory_mb: float | None, timeout_s: float | None,
+                model_bytes: int = 0) -> CheckLimits:
     from .errors import UsageError
 
     if memory_mb is not None and not (math.isfinite(memory_mb) and memory_mb >= 64):
         raise UsageError(f"--check-memory-mb {memory_mb}: must be a number of MiB, at least 64")
     if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
         raise UsageError(f"--check-timeout {timeout_s}: must be a positive number of seconds")
-    memory = default_memory_bytes() if memory_mb is None else int(memory_mb * MiB)
+    memory = default_memory_bytes(model_bytes) if memory_mb is None else int(memory_mb * MiB)
     return CheckLimits(memory, DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s))
+
+
+def model_bytes(model, source: str | None) -> int:
+    """The size of a model's file and its external-data files (what its sessions load)."""
+    if source is None:
+        return model.ByteSize()
+    folder = os.path.dirname(os.path.abspath(source))
+    files = {os.path.abspath(source)}
+    for init in model.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                files.add(os.path.abspath(os.path.join(folder, entry.value)))
+    return sum(os.path.getsize(f) for f in files if os.path.isfile(f))
 
 
 def limit_reason(why: str, hint: str = INPUTS_HINT) -> str:
@@ -82,36 +100,60 @@ def out_of_memory_reason(e: BaseException, limits: CheckLimits | None, hint: str
 
 def run_guarded(check: Callable[[Callable[[str], None]], Parity], limits: CheckLimits,
                 on_line: Callable[[str], None], hint: str = INPUTS_HINT) -> Parity:
-    """check(emit) -> Parity, run in a child process under `limits`."""
-    if "fork" not in multiprocessing.get_all_start_methods():  # pragma: no cover - Windows
+    """check(emit) -> Parity, run in a forked child process under `limits`."""
+    if not hasattr(os, "fork"):  # pragma: no cover - Windows: no fork, no cap
         return _in_process(check, on_line, hint)
-    ctx = multiprocessing.get_context("fork")
-    receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(check, sender, limits, hint), daemon=True)
-    child.start()
-    sender.close()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()  # os.fork, not multiprocessing: it also works inside a daemonic worker
+    if pid == 0:  # the child: never returns, never runs the parent's exit handlers
+        try:
+            os.close(read_fd)
+            _child(check, Connection(write_fd, readable=False), limits, hint)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    receiver = Connection(read_fd, writable=False)
+    child = _Child(pid)
     try:
         return _collect(receiver, child, limits, on_line, hint)
     finally:
         receiver.close()
-        if child.is_alive():
-            child.kill()
-        child.join()
+        child.end()
 
 
-def _collect(receiver, child, limits: CheckLimits, on_line, hint: str) -> Parity:
+class _Child:
+    """The forked check: killed if still running, always reaped (no zombie is left)."""
+
+    def __init__(self, pid: int):
+        self.pid, self.status = pid, None
+
+    def end(self, kill: bool = True) -> None:
+        if self.status is not None:
+            return
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        _, self.status = os.waitpid(self.pid, 0)
+
+    def how(self) -> str:
+        self.end(kill=False)
+        if os.WIFSIGNALED(self.status):
+            return f"signal {os.WTERMSIG(self.status)}"
+        return f"exit code {os.waitstatus_to_exitcode(self.status)}"
+
+
+def _collect(receiver, child: _Child, limits: CheckLimits, on_line, hint: str) -> Parity:
     deadline = time.monotonic() + limits.timeout_s
     while True:
         left = deadline - time.monotonic()
         if left <= 0 or not receiver.poll(left):  # poll is true at end of file too
-            child.kill()
+            child.end()
             return _skipped(f"the check took longer than its time limit of "
                             f"{limits.timeout_s:g} s (--check-timeout)", on_line, hint)
         try:
             kind, payload = receiver.recv()
         except (EOFError, OSError):
-            child.join()
-            return _skipped(f"the check's process ended abnormally ({_how(child.exitcode)}; "
+            return _skipped(f"the check's process ended abnormally ({child.how()}; "
                             f"memory cap {limits.memory_mb} MiB, --check-memory-mb)",
                             on_line, hint)
         if kind == "line":
@@ -120,12 +162,6 @@ def _collect(receiver, child, limits: CheckLimits, on_line, hint: str) -> Parity
             return payload
         else:  # "error": an exception the caller must see (a usage error, a bug)
             raise payload
-
-
-def _how(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        return f"signal {-exitcode}"
-    return f"exit code {exitcode}"
 
 
 def _skipped(why: str, on_line, hint: str) -> Parity:
@@ -141,12 +177,14 @@ def _child(check, sender, limits: CheckLimits, hint: str) -> None:
         parity = _in_process(check, emit, hint, limits)
         sender.send(("parity", parity))
     except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
-        try:
-            sender.send(("error", e))
-        except Exception:  # noqa: BLE001 - an exception that does not pickle
-            sender.send(("error", RuntimeError(f"{type(e).__name__}: {e}")))
+        with contextlib.suppress(BaseException):
+            try:
+                sender.send(("error", e))
+            except Exception:  # noqa: BLE001 - an exception that does not pickle
+                sender.send(("error", RuntimeError(f"{type(e).__name__}: {e}")))
     finally:
-        sender.close()
+        with contextlib.suppress(BaseException):
+            sender.close()
 
 
 class _Emitter:
