@@ -177,8 +177,22 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
         else:
             ok = _run_and_compare(parity, new_sess, {**feeds, **noise}, expected,
                                   out_names + draws, dims, emit)
+        if k == 0 and not _distributions(parity, captures, got, base, seed, emit):
+            ok = False
         if not ok:
             parity.status = "failed"
+
+
+def _distributions(parity, captures, got, base, seed, emit) -> bool:
+    """The distribution test of each draw whose transform is not the identity on its noise."""
+    from .distribution_check import check_distributions
+    from .find import default_opset
+
+    ran = [c for c in captures
+           if all(bool(np.asarray(got[cond]).reshape(-1)[0]) == want for cond, want in c.branches)]
+    draws = [(c.node, c.lead, {i: got[name] for i, name in c.inputs.items()},
+              c.record.replacement) for c in ran]
+    return check_distributions(parity, draws, default_opset(base), base.ir_version, seed, emit)
 
 
 def _narrowed(records) -> bool:

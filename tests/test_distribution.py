@@ -55,7 +55,7 @@ def _binned_tv(picks: np.ndarray, probs: np.ndarray, bins: int = 20) -> tuple[fl
     before = np.cumsum(probs[order]) - probs[order]
     which = np.minimum((before * bins).astype(int), bins - 1)
     q = np.bincount(which, weights=probs[order], minlength=bins)
-    seen = np.bincount(np.argsort(order)[picks], minlength=probs.size)
+    seen = np.bincount(picks, minlength=probs.size)
     got = np.bincount(which, weights=seen[order], minlength=bins) / picks.size
     n = picks.size
     bound = 0.5 * np.sqrt(q * (1 - q) / n).sum() + math.sqrt(math.log(1e3) / (2 * n))
@@ -125,9 +125,137 @@ def test_constant_mode_bernoulli_with_p_1_is_always_1():
 def test_constant_mode_float16_uniform_draw_stays_below_high():
     node = helper.make_node("RandomUniform", [], ["u"], shape=[1000, 1000],
                             dtype=TensorProto.FLOAT16)
-    graph = helper.make_graph([node], "g", [],
-                              [helper.make_tensor_value_info("u", TensorProto.FLOAT16, None)])
+    out = helper.make_tensor_value_info("u", TensorProto.FLOAT16, [1000, 1000])
+    graph = helper.make_graph([node], "g", [], [out])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     new, _ = onnxfix.rewrite(model, "constant", check=False, seed=3)
     u = onnx.numpy_helper.to_array(new.graph.initializer[0])
     assert u.dtype == np.float16 and u.min() >= 0 and u.max() < 1
+
+
+# -- the distribution test inside the parity check ---------------------------------------
+
+def _vi(name, elem, shape):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def stochastic_head(with_multinomial: bool = True) -> onnx.ModelProto:
+    """Bernoulli(p), Multinomial(logits), Dropout(x, 0.3, True) and RandomNormalLike(x)."""
+    consts = [
+        helper.make_node("Constant", [], ["ratio"],
+                         value=helper.make_tensor("r", TensorProto.FLOAT, [], [0.3])),
+        helper.make_node("Constant", [], ["training"],
+                         value=helper.make_tensor("t", TensorProto.BOOL, [], [True])),
+    ]
+    nodes = [*consts,
+             helper.make_node("Bernoulli", ["p"], ["coin"], name="coin_flip"),
+             helper.make_node("Dropout", ["x", "ratio", "training"], ["dropped"]),
+             helper.make_node("RandomNormalLike", ["x"], ["eps"], mean=1.0, scale=2.0)]
+    inputs = [_vi("p", TensorProto.FLOAT, ["batch", 6]), _vi("x", TensorProto.FLOAT, ["batch", 6])]
+    outputs = [_vi("coin", TensorProto.FLOAT, ["batch", 6]),
+               _vi("dropped", TensorProto.FLOAT, ["batch", 6]),
+               _vi("eps", TensorProto.FLOAT, ["batch", 6])]
+    if with_multinomial:
+        nodes.append(helper.make_node("Multinomial", ["logits"], ["token"], sample_size=2))
+        inputs.append(_vi("logits", TensorProto.FLOAT, ["batch", 300]))
+        outputs.append(_vi("token", TensorProto.INT32, ["batch", 2]))
+    graph = helper.make_graph(nodes, "head", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _tested(report) -> list[tuple[str, str, bool]]:
+    return [(d.op_type, d.against, d.passed) for d in report.parity.distributions]
+
+
+def test_the_check_tests_the_distribution_of_every_discrete_draw():
+    lines = []
+    _, report = onnxfix.rewrite(stochastic_head(), on_line=lines.append)
+    assert report.parity.status == "passed"
+    # the normal draw's transform is the identity on its noise (up to mean and scale): no test;
+    # onnxruntime's Bernoulli is 1 with probability 1 - p: compared with the ideal only
+    assert _tested(report) == [("Bernoulli", "ideal", True), ("Dropout", "ideal", True),
+                               ("Dropout", "original", True), ("Multinomial", "ideal", True),
+                               ("Multinomial", "original", True)]
+    assert all(d.statistic <= d.threshold and d.samples >= 8000
+               for d in report.parity.distributions)
+    assert any(line.startswith("NOTE | distribution | Bernoulli 'coin': not compared with "
+                               "onnxruntime's own draws: they are 1 with probability 1 - p")
+               for line in lines)
+
+
+def test_narrowed_noise_is_tested_for_continuous_draws_too():
+    _, report = onnxfix.rewrite(stochastic_head(with_multinomial=False), noise_dtype="float16")
+    assert report.parity.status == "passed"
+    assert _tested(report) == [("Bernoulli", "ideal", True), ("Dropout", "ideal", True),
+                               ("Dropout", "original", True),
+                               ("RandomNormalLike", "ideal", True),
+                               ("RandomNormalLike", "original", True)]
+
+
+def test_constant_mode_checks_the_distribution_of_its_input_noise_twin():
+    _, report = onnxfix.rewrite(stochastic_head(), "constant", dims={"batch": 2})
+    assert report.parity.status == "passed"
+    assert [d.op_type for d in report.parity.distributions] == [
+        "Bernoulli", "Dropout", "Dropout", "Multinomial", "Multinomial"]
+
+
+def _inverted_bernoulli(self, b, noise, node, attrs, dt):
+    """1 with probability 1 - p: the function body's reading, what onnxruntime does."""
+    hit = b.op("Greater", [noise, node.input[0]], "greater")
+    b.op("Cast", [hit], "cast", output=node.output[0], to=dt.draw)
+
+
+def test_a_biased_bernoulli_fails_the_check_naming_statistic_threshold_and_node(
+        monkeypatch, tmp_path):
+    from test_cli import invoke
+
+    from onnxfix.ops import BernoulliOp
+
+    monkeypatch.setattr(BernoulliOp, "transform", _inverted_bernoulli)
+    src = tmp_path / "head.onnx"
+    onnx.save(stochastic_head(with_multinomial=False), src)
+    result = invoke("rewrite", src, tmp_path / "out.onnx")
+    assert result.exit_code == 1
+    assert not (tmp_path / "out.onnx").exists()
+    failed = [line for line in result.stdout.splitlines() + result.stderr.splitlines()
+              if line.startswith("FAILED | distribution | Bernoulli 'coin' vs ideal | chi2 ")]
+    assert failed, result.stdout + result.stderr
+    stat, threshold = failed[0].split("| chi2 ")[1].split(" (df")[0].split(" > ")
+    assert float(stat) > 100 * float(threshold)
+    assert "parity check failed: distribution test failed: Bernoulli 'coin' vs ideal" in \
+        result.stderr
+
+
+def _float16_gumbel(transform):
+    """Multinomial on noise rounded to float16, as the rewrite once did for float16 logits."""
+    def biased(self, b, noise, node, attrs, dt):
+        narrow = b.op("Cast", [noise], "narrow", to=TensorProto.FLOAT16)
+        transform(self, b, b.op("Cast", [narrow], "wide", to=dt.noise), node, attrs, dt)
+    return biased
+
+
+def test_float16_gumbel_noise_fails_the_distribution_test(monkeypatch):
+    from onnxfix.errors import ParityError
+    from onnxfix.ops import MultinomialOp
+
+    monkeypatch.setattr(MultinomialOp, "transform", _float16_gumbel(MultinomialOp.transform))
+    with pytest.raises(ParityError) as e:
+        onnxfix.rewrite(multinomial(8000, TensorProto.FLOAT, 4))
+    checks = e.value.report.parity.distributions
+    assert [(d.against, d.passed) for d in checks] == [("ideal", False), ("original", False)]
+
+
+def test_the_50k_vocabulary_check_runs_the_distribution_test_in_one_run():
+    _, report = onnxfix.rewrite(multinomial(50257, TensorProto.FLOAT16, 4))
+    assert report.parity.status == "passed"
+    assert _tested(report) == [("Multinomial", "ideal", True), ("Multinomial", "original", True)]
+
+
+def test_chi2_threshold_is_at_least_the_exact_quantile():
+    from onnxfix.stats import chi2_quantile
+
+    # exact 1 - 1e-6 quantiles of chi-square (scipy.stats.chi2.isf(1e-6, df))
+    exact = {1: 23.928127, 2: 27.631021, 3: 30.664850, 5: 35.888187, 20: 65.420681,
+             100: 182.126777}
+    for df, quantile in exact.items():
+        assert quantile - 1e-4 <= chi2_quantile(df) <= quantile * 1.07
