@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 
 from .builder import NodeBuilder
 from .errors import ModelError
-from .sampler import NORMAL, UNIFORM, standard_noise
+from .sampler import NORMAL, UNIFORM, below_one, standard_noise
 
 # No tensor has more elements than this; a shape beyond it is refused as absurd.
 MAX_ELEMENTS = 2**48
@@ -333,6 +333,17 @@ class BernoulliOp(RandomOp):
     def distribution(self, attrs: dict) -> dict:
         return {"family": UNIFORM, "noise": "standard uniform U[0, 1)",
                 "transform": "u < p (1 with probability p)"}
+
+    def noise_dtype_problem(self, node, fed: int) -> str:
+        """p is data and may lie anywhere in [0, 1]: a grid of float16 uniforms rounds it."""
+        if fed not in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
+            return ""
+        name = dtype_name(fed)
+        step = 1 - float(below_one(np_dtype(fed)))
+        return (f"{_label(node)}: noise_dtype=\"{name}\" cannot represent its noise "
+                f"faithfully: {name} uniforms step by up to {step:.2g} below 1, so every p "
+                f"is rounded to that grid (p above {1 - step:.5g} always draws 1); use "
+                f"noise_dtype=\"float32\" or \"same\"")
 
     def transform_text(self, attrs: dict) -> str:
         return "Cast(noise < p)"
