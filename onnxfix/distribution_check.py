@@ -200,11 +200,16 @@ def _with_mask(node: onnx.NodeProto) -> onnx.NodeProto:
 
 def _multinomial(ctx: _Context):
     logits = ctx.draw.inputs[0]
-    rows = logits[:MULTINOMIAL_ROWS]
-    rows = rows[~np.isnan(rows).any(axis=1) & ~np.isposinf(rows).any(axis=1)]
+    classes = logits.shape[-1]
+    # a huge vocabulary tests fewer rows: at least 50 samples per row within the budget
+    rows = logits[:int(np.clip(MULTINOMIAL_NOISE // (50 * max(classes, 1)), 1,
+                               MULTINOMIAL_ROWS))]
+    with np.errstate(invalid="ignore"):
+        usable = ~np.isnan(rows).any(axis=1) & ~np.isposinf(rows).any(axis=1) & \
+            np.isfinite(rows.max(axis=1, initial=-np.inf))
+    rows = rows[usable]
     if not rows.size:
         return [], ["no row of finite logits to test"]
-    classes = rows.shape[1]
     samples = int(np.clip(MULTINOMIAL_NOISE // rows.size, 50, 4000))
     chunk = max(1, CHUNK_NOISE // rows.size)
     name, out = ctx.node.input[0], ctx.node.output[0]

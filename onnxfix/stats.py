@@ -52,17 +52,23 @@ def chi2_quantile(df: int, alpha: float = ALPHA) -> float:
 def merge_cells(probs: np.ndarray, n: int) -> np.ndarray:
     """Cell index per category, merging neighbours until each expects MIN_EXPECTED samples.
 
-    Categories must already be ordered (by probability, or along the value axis).
+    Categories must already be ordered (by probability, or along the value axis). Those of
+    probability 0 share one cell of their own: any sample there is impossible.
     """
     cells = np.zeros(probs.size, dtype=np.int64)
     k, mass = 0, 0.0
     for i, q in enumerate(probs):
+        if q == 0:
+            continue
         if mass * n >= MIN_EXPECTED:
             k, mass = k + 1, 0.0
         cells[i] = k
         mass += q
+    live = probs > 0
     if mass * n < MIN_EXPECTED and k > 0:  # the tail joins its neighbour
-        cells[cells == k] = k - 1
+        cells[live & (cells == k)] = k - 1
+        k -= 1
+    cells[~live] = k + 1
     return cells
 
 

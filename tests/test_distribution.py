@@ -272,3 +272,62 @@ def test_chi2_threshold_is_at_least_the_exact_quantile():
              100: 182.126777}
     for df, quantile in exact.items():
         assert quantile - 1e-4 <= chi2_quantile(df) <= quantile * 1.07
+
+
+def test_float16_noise_for_a_dropout_whose_mask_is_an_output_passes_the_check():
+    # The narrowed-noise check cuts the draws out of the original and feeds it the rewritten
+    # model's draws: the mask is one of them (before: onnxruntime refused the cut model,
+    # "Graph output (mask) does not exist", as a traceback).
+    nodes = [helper.make_node("Constant", [], ["ratio"],
+                              value=helper.make_tensor("r", TensorProto.FLOAT, [], [0.25])),
+             helper.make_node("Constant", [], ["training"],
+                              value=helper.make_tensor("t", TensorProto.BOOL, [], [True])),
+             helper.make_node("Dropout", ["x", "ratio", "training"], ["y", "mask"])]
+    graph = helper.make_graph(nodes, "g", [_vi("x", TensorProto.FLOAT, ["batch", 8])],
+                              [_vi("y", TensorProto.FLOAT, ["batch", 8]),
+                               _vi("mask", TensorProto.BOOL, ["batch", 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    _, report = onnxfix.rewrite(model, noise_dtype="float16")
+    assert report.parity.status == "passed"
+    compared = {c.name for c in report.parity.outputs}
+    assert {"y", "mask", "y (narrowed noise)", "mask (narrowed noise)"} <= compared
+
+
+def test_a_sample_of_probability_zero_fails_the_fit_whatever_its_count():
+    from onnxfix.stats import bernoulli_fit, goodness_of_fit, merge_cells
+
+    probs = np.array([0.5, 0.5, 0.0])
+    cells = merge_cells(probs, 1000)
+    assert cells.tolist() == [0, 1, 2]  # the impossible class keeps a cell of its own
+    assert not goodness_of_fit(np.array([500, 499, 1]), probs).passed
+    assert goodness_of_fit(np.array([510, 490, 0]), probs).passed
+    assert not bernoulli_fit(np.array([1, 500]), np.array([0.0, 0.5]), trials=1000).passed
+    assert not bernoulli_fit(np.array([999, 500]), np.array([1.0, 0.5]), trials=1000).passed
+
+
+def test_noise_feeds_and_metadata_follow_the_float32_noise_of_a_float16_bernoulli():
+    import json
+
+    new, _ = onnxfix.rewrite(bernoulli(TensorProto.FLOAT16, [2, 3]), check=False)
+    meta = next(json.loads(p.value) for p in new.metadata_props
+                if p.key == "onnxfix.noise_inputs")
+    assert [(e["name"], e["dtype"], e["family"]) for e in meta] == [("noise_y", "float",
+                                                                      "uniform")]
+    feeds = onnxfix.noise_feeds(new, seed=0)
+    assert feeds["noise_y"].dtype == np.float32 and feeds["noise_y"].shape == (2, 3)
+    y = run(new, {"p": np.full((2, 3), 0.5, np.float16), **feeds})["y"]
+    np.testing.assert_array_equal(y, (feeds["noise_y"] < 0.5).astype(np.float16))
+
+
+def test_the_shared_sampler_clamps_below_one_in_the_target_dtype():
+    from onnxfix.sampler import UNIFORM, standard_noise
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float16, np.float32):
+        u = standard_noise(rng, UNIFORM, [1_000_000], dtype)
+        assert u.dtype == dtype and u.min() >= 0 and u.max() < 1
+    # float16 rounding alone reaches 1.0 (about 270 per million): the clamp is what holds
+    raw = np.random.default_rng(0).random(1_000_000).astype(np.float16)
+    assert int((raw == 1).sum()) > 100
+    scalar = standard_noise(rng, UNIFORM, [], np.float32)
+    assert isinstance(scalar, np.ndarray) and scalar.shape == ()
