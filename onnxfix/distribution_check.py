@@ -310,10 +310,9 @@ def check_distributions(parity, draws, opset: int, ir_version: int, seed: int, e
     """
     ok = True
     for node, lead, inputs, repl in draws:
-        fed = onnx.TensorProto.DataType.Value(repl.dtype.upper())
-        natural = onnx.TensorProto.DataType.Value((repl.cast_to or repl.dtype).upper())
-        if not needs_test(node.op_type, fed, natural):
+        if not wants_test(node.op_type, repl):
             continue
+        fed, natural = _noise_types(repl)
         label = f"{node.op_type} '{node.output[0]}'"
         if lead and any(a.shape[:lead] and 0 in a.shape[:lead] for a in inputs.values()):
             emit(f"NOTE | distribution | {label}: not tested, its loop never ran")
@@ -340,6 +339,17 @@ def check_distributions(parity, draws, opset: int, ir_version: int, seed: int, e
                 if not parity.reason:
                     parity.reason = f"distribution test failed: {line}"
     return ok
+
+
+def wants_test(op_type: str, repl) -> bool:
+    """Whether a rewritten draw (its Replacement) gets the distribution test."""
+    return needs_test(op_type, *_noise_types(repl))
+
+
+def _noise_types(repl) -> tuple[int, int]:
+    """(fed, natural) elem types of a noise input's Replacement."""
+    fed = onnx.TensorProto.DataType.Value(repl.dtype.upper())
+    return fed, onnx.TensorProto.DataType.Value((repl.cast_to or repl.dtype).upper())
 
 
 def _failed(parity, reason: str, emit) -> None:

@@ -184,11 +184,16 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
 
 def _distributions(parity, captures, got, base, seed, emit) -> bool:
     """The distribution test of each draw whose transform is not the identity on its noise."""
-    from .distribution_check import check_distributions
+    from .distribution_check import check_distributions, wants_test
     from .find import default_opset
 
-    ran = [c for c in captures
-           if all(bool(np.asarray(got[cond]).reshape(-1)[0]) == want for cond, want in c.branches)]
+    ran = []
+    for c in captures:
+        if all(bool(np.asarray(got[cond]).reshape(-1)[0]) == want for cond, want in c.branches):
+            ran.append(c)
+        elif wants_test(c.node.op_type, c.record.replacement):
+            emit(f"NOTE | distribution | {c.node.op_type} '{c.record.output}': not tested, "
+                 f"its If branch did not run on the check's inputs")
     draws = [(c.node, c.lead, {i: got[name] for i, name in c.inputs.items()},
               c.record.replacement) for c in ran]
     return check_distributions(parity, draws, default_opset(base), base.ir_version, seed, emit)

@@ -331,3 +331,21 @@ def test_the_shared_sampler_clamps_below_one_in_the_target_dtype():
     assert int((raw == 1).sum()) > 100
     scalar = standard_noise(rng, UNIFORM, [], np.float32)
     assert isinstance(scalar, np.ndarray) and scalar.shape == ()
+
+
+def test_a_draw_in_an_if_branch_that_did_not_run_is_noted_not_tested():
+    then = helper.make_graph([helper.make_node("Bernoulli", ["p"], ["coin"])], "then", [],
+                             [_vi("coin", TensorProto.FLOAT, [3])])
+    other = helper.make_graph([helper.make_node("Identity", ["p"], ["same"])], "else", [],
+                              [_vi("same", TensorProto.FLOAT, [3])])
+    nodes = [helper.make_node("Constant", [], ["cond"],
+                              value=helper.make_tensor("c", TensorProto.BOOL, [], [False])),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]
+    graph = helper.make_graph(nodes, "g", [_vi("p", TensorProto.FLOAT, [3])],
+                              [_vi("y", TensorProto.FLOAT, [3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    lines = []
+    _, report = onnxfix.rewrite(model, on_line=lines.append)
+    assert report.parity.status == "passed" and report.parity.distributions == []
+    assert "NOTE | distribution | Bernoulli 'coin': not tested, its If branch did not run on " \
+           "the check's inputs" in lines
