@@ -35,7 +35,7 @@ from .stats import ChiSquare, bernoulli_fit, goodness_of_fit, homogeneity, merge
 DISCRETE = ("Bernoulli", "Multinomial", "Dropout")
 TRIALS = 200_000  # Bernoulli / Dropout: element draws per test
 MAX_ELEMENTS = 65_536  # of p or of the dropout data, the first ones are tested
-MULTINOMIAL_NOISE = 8_000_000  # noise values per Multinomial test, over all runs
+MULTINOMIAL_NOISE = 16_000_000  # noise values per Multinomial test, over all runs
 CHUNK_NOISE = 2_000_000  # noise values per run (memory)
 MULTINOMIAL_ROWS = 4
 AFFINE_SAMPLES = 20_000

@@ -17,6 +17,7 @@ import numpy as np
 
 ALPHA = 1e-6
 MIN_EXPECTED = 5.0  # cells expecting fewer samples are merged (Pearson's approximation)
+MAX_CELLS = 50  # fewer, fuller cells: a bias spread over many classes adds up in each
 
 
 @dataclass(frozen=True)
@@ -50,22 +51,24 @@ def chi2_quantile(df: int, alpha: float = ALPHA) -> float:
 
 
 def merge_cells(probs: np.ndarray, n: int) -> np.ndarray:
-    """Cell index per category, merging neighbours until each expects MIN_EXPECTED samples.
+    """Cell index per category, merging neighbours until each expects MIN_EXPECTED samples
+    and 1 / MAX_CELLS of the mass.
 
     Categories must already be ordered (by probability, or along the value axis). Those of
     probability 0 share one cell of their own: any sample there is impossible.
     """
     cells = np.zeros(probs.size, dtype=np.int64)
     k, mass = 0, 0.0
+    least = max(MIN_EXPECTED / n, 1 / MAX_CELLS) if n else 1.0
     for i, q in enumerate(probs):
         if q == 0:
             continue
-        if mass * n >= MIN_EXPECTED:
+        if mass >= least:
             k, mass = k + 1, 0.0
         cells[i] = k
         mass += q
     live = probs > 0
-    if mass * n < MIN_EXPECTED and k > 0:  # the tail joins its neighbour
+    if mass * n < MIN_EXPECTED and k > 0:  # a tail expecting too few joins its neighbour
         cells[live & (cells == k)] = k - 1
         k -= 1
     cells[~live] = k + 1
