@@ -296,7 +296,11 @@ def _parity_summary(rep: RewriteReport | None) -> str:
     bad = sum(1 for c in p.outputs if not c.passed)
     word = "PASSED" if p.status == "passed" else "FAILED"
     at = f" at {sizes}" if sizes else ""
-    return f"Parity: {word} ({len(p.outputs) - bad}/{len(p.outputs)} comparisons{at})"
+    dist = ""
+    if p.distributions:
+        good = sum(1 for d in p.distributions if d.passed)
+        dist = f"; {good}/{len(p.distributions)} distribution tests"
+    return f"Parity: {word} ({len(p.outputs) - bad}/{len(p.outputs)} comparisons{at}{dist})"
 
 
 @app.command("inspect")

@@ -349,3 +349,15 @@ def test_a_draw_in_an_if_branch_that_did_not_run_is_noted_not_tested():
     assert report.parity.status == "passed" and report.parity.distributions == []
     assert "NOTE | distribution | Bernoulli 'coin': not tested, its If branch did not run on " \
            "the check's inputs" in lines
+
+
+def test_the_cli_summary_counts_the_distribution_tests(tmp_path):
+    from test_cli import invoke
+
+    src = tmp_path / "head.onnx"
+    onnx.save(stochastic_head(), src)
+    result = invoke("rewrite", src, tmp_path / "out.onnx")
+    assert result.exit_code == 0, result.stderr
+    summary = [ln for ln in result.stdout.splitlines() if ln.startswith("Parity: ")]
+    assert summary == ["Parity: PASSED (8/8 comparisons at batch=2; batch=3; "
+                       "5/5 distribution tests)"]
