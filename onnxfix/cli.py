@@ -141,7 +141,9 @@ def rewrite_cmd(
                                            "(repeatable)."),
     noise_dtype: NoiseDtype = typer.Option(NoiseDtype.same, "--noise-dtype",
                                            help="dtype of the noise inputs (cast in-graph): "
-                                                "same as the draw, float32 or float16."),
+                                                "same as the transform computes in, float32 "
+                                                "or float16 (refused for Bernoulli and "
+                                                "Multinomial: it would bias them)."),
     weights: Weights = typer.Option(Weights.same, "--weights",
                                     help="How OUT stores the weights: same layout as IN, "
                                          "embedded, or external (OUT.data beside it)."),
