@@ -7,8 +7,9 @@ N(0, 1) is refused. So an input gets values by its role:
 - mask: named *mask*, bool, or an integer multiplier / Where condition: 0/1, mostly 1, so the
   lengths it encodes are real (the first row full, the others at least half full);
 - count: an integer that sizes something (Range, Tile, Expand, ConstantOfShape, a Reshape
-  target, a Loop trip count, TopK's k...): small, in [1, size];
+  target, a Loop trip count, TopK's k...) or is named *length*: small, in [1, size];
 - probability: a Dropout ratio or a Bernoulli probability: [0, 1);
+- scale: a float named *scale* or *temperature* (Piper's noise and length scales): [0.5, 1.5);
 - switch: Dropout's training_mode: true, so the draw happens;
 - plain: floats N(0, 1), integers in [0, size], bools half true.
 Value-preserving ops between the input and its use (Cast, Reshape, Unsqueeze...) are looked
@@ -31,6 +32,7 @@ class Role(Enum):
     MASK = "mask"
     COUNT = "count"
     PROBABILITY = "probability"
+    SCALE = "scale"
     SWITCH = "switch"
     PLAIN = "plain"
 
@@ -55,7 +57,8 @@ class InputRole:
         if self.role is Role.IDS:
             return f"ids in [0, {self.rows or n + 1})"
         return {Role.MASK: "0/1 mask, mostly 1", Role.COUNT: f"count in [1, {max(n, 1)}]",
-                Role.PROBABILITY: "probability in [0, 1)", Role.SWITCH: "true",
+                Role.PROBABILITY: "probability in [0, 1)", Role.SCALE: "scale in [0.5, 1.5)",
+                Role.SWITCH: "true",
                 Role.PLAIN: "plain"}[self.role]
 
     def sample(self, shape: list[int], dtype: np.dtype, n: int,
@@ -68,6 +71,8 @@ class InputRole:
             values = rng.integers(1, max(n, 1) + 1, size=shape)
         elif self.role is Role.PROBABILITY:
             values = rng.random(shape)
+        elif self.role is Role.SCALE:
+            values = 0.5 + rng.random(shape)
         elif self.role is Role.SWITCH:
             values = np.ones(shape, dtype=bool)
         else:
@@ -117,9 +122,12 @@ def _role(name: str, elem: int, reached, rows_of) -> InputRole:
         return InputRole(Role.SWITCH)
     if any((node.op_type, k) in (("Dropout", 1), ("Bernoulli", 0)) for node, k in reached):
         return InputRole(Role.PROBABILITY)
-    if "mask" in name.lower() or elem == onnx.TensorProto.BOOL:
+    lower = name.lower()
+    if "mask" in lower or elem == onnx.TensorProto.BOOL:
         return InputRole(Role.MASK)
-    if integer and any((node.op_type, k) in _SIZES for node, k in reached):
+    if elem in _FLOAT_TYPES and ("scale" in lower or "temperature" in lower):
+        return InputRole(Role.SCALE)
+    if integer and ("length" in lower or any((node.op_type, k) in _SIZES for node, k in reached)):
         return InputRole(Role.COUNT)
     if integer and any(node.op_type == "Mul" or (node.op_type == "Where" and k == 0)
                        for node, k in reached):

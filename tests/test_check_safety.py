@@ -263,6 +263,26 @@ def test_a_capture_model_that_does_not_load_is_onnxfix_s_problem(monkeypatch):
         "not load in onnxruntime, though the original does: ")
 
 
+def test_an_input_noise_twin_that_does_not_load_is_onnxfix_s_problem(monkeypatch):
+    import importlib
+
+    rewrite_module = importlib.import_module("onnxfix.rewrite")  # onnxfix.rewrite: the API
+    real = rewrite_module.rewrite_model
+
+    def broken_twin(model, mode, **kwargs):
+        twin, records = real(model, mode, **kwargs)
+        if mode == "input-noise":
+            twin.graph.node.append(onnx.helper.make_node("Twice", ["x"], ["bad"],
+                                                         domain="custom.example"))
+        return twin, records
+
+    monkeypatch.setattr(rewrite_module, "rewrite_model", broken_twin)
+    _, report = onnxfix.rewrite(parse(DYNAMIC), "deterministic")
+    assert report.parity.status == "skipped"
+    assert report.parity.reason.startswith(
+        "internal: the input-noise twin the check compares with does not load in onnxruntime: ")
+
+
 # -- real inputs (--check-inputs) ------------------------------------------------------------
 
 def test_given_inputs_run_once_at_their_own_sizes():
@@ -362,8 +382,8 @@ def test_a_cheap_first_size_runs_the_second_size_too():
 ROLES = """
 <ir_version: 8, opset_import: ["" : 17]>
 g (int64[b,s] input_ids, int64[b,s] attention_mask, int64 steps, float ratio, bool train,
-   float[b,s] p, int32[b,s] keep, float[b,s] h) => (float[b,s,4] y, float[b,s] z, int64[L] q,
-   float[b,s] k) {
+   float[b,s] p, int32[b,s] keep, float[b,s] h, float[3] scales, int64[b] input_lengths)
+   => (float[b,s,4] y, float[b,s] z, int64[L] q, float[b,s] k, float[3] w, int64[b] n) {
   table = Constant<value=float[3,4] {1,2,3,4,5,6,7,8,9,10,11,12}>()
   ids = Cast<to=7>(input_ids)
   e = Gather(table, ids)
@@ -374,6 +394,8 @@ g (int64[b,s] input_ids, int64[b,s] attention_mask, int64 steps, float ratio, bo
   q = Range(zero, steps, one)
   kf = Cast<to=1>(keep)
   k = Mul(h, kf)
+  w = Identity(scales)
+  n = Identity(input_lengths)
 }"""
 
 
@@ -382,7 +404,7 @@ def test_input_roles_are_read_from_how_the_graph_uses_each_input():
     assert {n: r.role for n, r in roles.items()} == {
         "input_ids": Role.IDS, "attention_mask": Role.MASK, "steps": Role.COUNT,
         "ratio": Role.PROBABILITY, "train": Role.SWITCH, "p": Role.PROBABILITY,
-        "keep": Role.MASK, "h": Role.PLAIN}
+        "keep": Role.MASK, "h": Role.PLAIN, "scales": Role.SCALE, "input_lengths": Role.COUNT}
     assert roles["input_ids"].rows == 3
 
 
@@ -399,6 +421,8 @@ def test_synthetic_inputs_follow_their_roles():
     assert 0 <= float(feeds["ratio"]) < 1 and bool(feeds["train"]) is True
     assert ((feeds["p"] >= 0) & (feeds["p"] < 1)).all()
     assert set(np.unique(feeds["keep"])) <= {0, 1}
+    assert ((feeds["scales"] >= 0.5) & (feeds["scales"] < 1.5)).all()
+    assert ((feeds["input_lengths"] >= 1) & (feeds["input_lengths"] <= 8)).all()
 
 
 def test_a_dropout_ratio_graph_input_is_checked_not_skipped():
