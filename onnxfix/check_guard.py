@@ -14,6 +14,7 @@ Lines the check prints travel through the same pipe, in order, as they are made.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import math
 import os
 import re
@@ -172,6 +173,7 @@ def _skipped(why: str, on_line, hint: str) -> Parity:
 
 def _child(check, sender, limits: CheckLimits, hint: str) -> None:
     try:
+        _silence()
         _cap_address_space(limits.memory_bytes)
         emit = _Emitter(sender)
         parity = _in_process(check, emit, hint, limits)
@@ -185,6 +187,16 @@ def _child(check, sender, limits: CheckLimits, hint: str) -> None:
     finally:
         with contextlib.suppress(BaseException):
             sender.close()
+
+
+def _silence() -> None:
+    """The child speaks only through the pipe: what onnxruntime (or an abort) would print on
+    stdout/stderr must not reach the user's terminal, where errors are one line."""
+    faulthandler.disable()  # it may write to its own copy of stderr
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 class _Emitter:

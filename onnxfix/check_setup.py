@@ -57,7 +57,9 @@ def prepare(setup: CheckSetup | None, original, emit: Callable[[str], None]) -> 
 def active(setup: CheckSetup) -> Iterator[CheckSetup]:
     """Make `setup` the running check's setup (the passes read it through current())."""
     setup.started = time.monotonic()
-    setup.base_rss = _peak_rss(reset=True)
+    # with limits, this is the check's own forked child: its peak starts anew (a caller's
+    # process, checked in-process without limits, keeps its peak)
+    setup.base_rss = _peak_rss(reset=setup.limits is not None)
     token = _ACTIVE.set(setup)
     try:
         yield setup

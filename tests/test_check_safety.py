@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import onnxfix
 import onnxfix.parity
 from onnxfix import ParityError
-from onnxfix.check_guard import CheckLimits
+from onnxfix.check_guard import CheckLimits, run_guarded
 from onnxfix.check_setup import CheckSetup
 from onnxfix.cli import app
 from onnxfix.compare import synthetic_feeds
@@ -147,6 +147,30 @@ def test_an_endless_loop_is_skipped_at_the_time_limit(tmp_path):
     assert out.exists()
     assert (f"Parity: SKIPPED (the check took longer than its time limit of 1.5 s "
             f"(--check-timeout); {HINT})") in result.stdout
+    _no_child_left()
+
+
+def test_a_check_process_that_dies_is_a_skip_with_how_it_ended():
+    limits = CheckLimits(memory_bytes=2**30, timeout_s=60)
+    lines = []
+    p = run_guarded(lambda emit: os.abort(), limits, lines.append)
+    assert p.status == "skipped"
+    assert p.reason == ("the check's process ended abnormally (signal 6; memory cap 1024 MiB, "
+                        f"--check-memory-mb); {HINT}")
+    assert lines == [f"SKIPPED | {p.reason}"]
+    _no_child_left()
+
+
+def test_an_error_in_the_check_process_reaches_the_caller_and_lines_arrive_in_order():
+    def check(emit):
+        emit("first")
+        emit("second")
+        raise onnxfix.ModelError("a model error raised in the check")
+
+    lines = []
+    with pytest.raises(onnxfix.ModelError, match="a model error raised in the check"):
+        run_guarded(check, CheckLimits(memory_bytes=2**30, timeout_s=60), lines.append)
+    assert lines == ["first", "second"]
     _no_child_left()
 
 
