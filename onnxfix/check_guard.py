@@ -157,6 +157,8 @@ def _collect(receiver, child: _Child, limits: CheckLimits, on_line, hint: str) -
             return _skipped(f"the check's process ended abnormally ({child.how()}; "
                             f"memory cap {limits.memory_mb} MiB, --check-memory-mb)",
                             on_line, hint)
+        except Exception as e:  # noqa: BLE001 - a payload that does not unpickle
+            raise RuntimeError(f"the check's answer could not be read: {e}") from None
         if kind == "line":
             on_line(payload)
         elif kind == "parity":
@@ -174,6 +176,7 @@ def _skipped(why: str, on_line, hint: str) -> Parity:
 def _child(check, sender, limits: CheckLimits, hint: str) -> None:
     try:
         _silence()
+        _outlive_nobody(limits.timeout_s)
         _cap_address_space(limits.memory_bytes)
         emit = _Emitter(sender)
         parity = _in_process(check, emit, hint, limits)
@@ -187,6 +190,18 @@ def _child(check, sender, limits: CheckLimits, hint: str) -> None:
     finally:
         with contextlib.suppress(BaseException):
             sender.close()
+
+
+def _outlive_nobody(timeout_s: float) -> None:
+    """The child ends by itself shortly after the deadline, and with its parent (Linux), even
+    inside a long onnxruntime call: if the parent is killed, no check runs on for hours."""
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # default action: terminate
+    signal.alarm(max(1, math.ceil(timeout_s)) + 5)
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _silence() -> None:

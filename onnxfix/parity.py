@@ -7,7 +7,8 @@ check conditions on the draws: onnxruntime runs the original with every random n
   fed to the rewritten model; every output, and every draw, must match.
 - constant: the model is also rewritten in input-noise mode and checked as above; then the
   constant model must equal that model fed with the frozen noise, and two runs must agree.
-Symbolic dims take `size`, and the check runs again at size + 1 when the model is dynamic.
+The inputs and sizes of the passes come from check_setup: real inputs, or synthetic ones by
+role at `size` (and size + 1 when the model is dynamic and the first size was cheap).
 """
 
 from __future__ import annotations
