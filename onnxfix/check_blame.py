@@ -8,7 +8,7 @@ reason); if it runs, the failure is onnxfix's own and is said to be ("internal: 
 
 from __future__ import annotations
 
-from .check_setup import current
+from .check_setup import inputs_word
 from .compare import CheckSkipped, dims_text, one_line, run_all
 
 CAPTURE = "the capture model (the original with its draws exposed as outputs)"
@@ -33,7 +33,7 @@ def capture_does_not_load(opener, original, error: Exception) -> CheckSkipped:
 
 
 def capture_fails(opener, original, feeds: dict, dims: dict, error: Exception) -> CheckSkipped:
-    what = "the given inputs" if current().given is not None else "synthetic inputs"
+    what = inputs_word()
     try:
         run_all(original_loads(opener, original), feeds)
     except CheckSkipped:

@@ -71,6 +71,11 @@ def current() -> CheckSetup:
     return _ACTIVE.get() or CheckSetup()
 
 
+def inputs_word() -> str:
+    """How the running check's inputs were made, for messages."""
+    return "the given inputs" if current().given is not None else "synthetic inputs"
+
+
 def check_sizes(size: int, symbols: list[str]) -> Iterator[int]:
     """The sizes of the passes: see the module's docstring."""
     setup = current()
@@ -164,4 +169,5 @@ def _peak_rss(reset: bool = False) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-__all__ = ["CheckSetup", "active", "prepare", "check_dims", "check_feeds", "check_sizes", "current"]
+__all__ = ["CheckSetup", "active", "check_dims", "check_feeds", "check_sizes", "current",
+           "inputs_word", "prepare"]

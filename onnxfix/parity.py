@@ -23,7 +23,15 @@ import onnx
 
 from .capture import Exposer
 from .check_blame import capture_does_not_load, capture_fails, original_loads, twin_fails
-from .check_setup import CheckSetup, active, check_dims, check_feeds, check_sizes, prepare
+from .check_setup import (
+    CheckSetup,
+    active,
+    check_dims,
+    check_feeds,
+    check_sizes,
+    inputs_word,
+    prepare,
+)
 from .compare import (
     CHECK_INPUT_BYTES,
     CheckLimit,
@@ -455,7 +463,7 @@ def _twin_check(parity, opener, model, records, noise_model, noise_records, mode
             first = run_all(sess, feeds)
             second = run_all(sess, feeds)
         except Exception as e:  # noqa: BLE001 - the model's own limits (a fixed Reshape...)
-            raise CheckSkipped(f"the {mode} model fails on synthetic inputs "
+            raise CheckSkipped(f"the {mode} model fails on {inputs_word()} "
                                f"({dims_text(dims)}): {one_line(e)}") from None
         for name in out_names:
             if not np.array_equal(first[name], second[name],
