@@ -64,9 +64,11 @@ def make_noise_feeds(model: onnx.ModelProto, dims: dict[str, int] | None = None,
         shape = [d if isinstance(d, int) else dims[d] for d in entry["shape"]]
         dtype = np_dtype(entry["elem_type"])
         if entry["family"] == NORMAL:
-            feeds[entry["name"]] = rng.standard_normal(shape).astype(dtype)
+            value = rng.standard_normal(shape).astype(dtype)
         else:
             u = rng.random(shape).astype(dtype)
             # rounding to a narrow dtype can reach 1.0; the noise is U[0, 1)
-            feeds[entry["name"]] = np.minimum(u, np.nextafter(dtype.type(1), dtype.type(0)))
+            value = np.minimum(u, np.nextafter(dtype.type(1), dtype.type(0)))
+        # np.asarray: for shape [] numpy gives scalars, which onnxruntime refuses as feeds
+        feeds[entry["name"]] = np.asarray(value, dtype=dtype)
     return feeds

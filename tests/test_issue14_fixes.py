@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from conftest import parse
 
@@ -33,3 +34,34 @@ def test_sqrt_of_negative_synthetic_inputs_passes_parity(mode):
     _, report = onnxfix.rewrite(parse(SQRT_OF_DATA), mode, dims={"batch": 2})
     assert report.parity.status == "passed"
     assert all(c.max_rel_err == 0.0 for c in report.parity.outputs)
+
+
+SCALAR_UNIFORM = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch,3] x) => (float[batch,3] y, float[batch,3] z) {
+  u = RandomUniform<shape: ints = [], low=-1.0, high=1.0>()
+  e = RandomNormal<shape: ints = []>()
+  y = Mul(x, u)
+  z = Add(x, e)
+}
+"""
+
+
+def test_noise_feeds_gives_0d_arrays_that_onnxruntime_takes(tmp_path):
+    # paddle2onnx exports paddle.uniform(shape=[]) as a RandomUniform with shape=[]
+    path = tmp_path / "scalar_noise.onnx"
+    onnxfix.rewrite(parse(SCALAR_UNIFORM), "input-noise", output=path)
+    noise = onnxfix.noise_feeds(path, dims={"batch": 4}, seed=123)
+    assert {k: (type(v), v.shape) for k, v in noise.items()} == {
+        "noise_u": (np.ndarray, ()), "noise_e": (np.ndarray, ())}
+    # the README's feeding example, verbatim in substance
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    y, z = sess.run(None, {"x": x, **noise})
+    u = np.float32(-1.0) + np.float32(2.0) * noise["noise_u"]
+    np.testing.assert_array_equal(y, x * u)
+    np.testing.assert_array_equal(z, x + noise["noise_e"])
+    zeros = {k: np.zeros_like(v) for k, v in noise.items()}
+    y_low, z_mean = sess.run(None, {"x": x, **zeros})
+    np.testing.assert_array_equal(y_low, -x)
+    np.testing.assert_array_equal(z_mean, x)
