@@ -349,10 +349,18 @@ def _standardized(c: _Captured, spec, attrs, outs, ins, noise_dtype) -> np.ndarr
             return u.reshape(*lead_shape, batch, *u.shape[1:])
         if isinstance(spec, AffineOp):
             return spec.standardize(outs, attrs)
+        if c.lead:
+            ins = _per_iteration(ins, c.lead, max(v.ndim for v in outs.values()))
         return spec.standardize(outs, attrs, ins, noise_dtype)
     except Inconsistent as e:
         raise CheckSkipped(f"cannot condition on the draw of {c.record.op_type} "
                     f"'{c.record.output}': {e}") from None
+
+
+def _per_iteration(ins: dict, lead: int, rank: int) -> dict:
+    """Inputs captured once per iteration (a Dropout ratio: [trips]) broadcast per element."""
+    return {i: v.reshape(v.shape + (1,) * (rank - v.ndim)) if lead <= v.ndim < rank else v
+            for i, v in ins.items()}
 
 
 def _tainted_outputs(model: onnx.ModelProto, sources: list[str]) -> set[str]:

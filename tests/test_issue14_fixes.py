@@ -65,3 +65,30 @@ def test_noise_feeds_gives_0d_arrays_that_onnxruntime_takes(tmp_path):
     y_low, z_mean = sess.run(None, {"x": x, **zeros})
     np.testing.assert_array_equal(y_low, -x)
     np.testing.assert_array_equal(z_mean, x)
+
+
+DROPOUT_IN_LOOP = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2,4] x) => (float[2,4] acc) {
+  trips = Constant<value=int64 {3}>()
+  cond = Constant<value=bool {1}>()
+  acc = Loop (trips, cond, x) <
+    body = b (int64 i, bool c_in, float[2,4] a_in) => (bool c_out, float[2,4] a_out) {
+      c_out = Identity(c_in)
+      ratio = Constant<value=float {0.25}>()
+      train = Constant<value=bool {1}>()
+      d = Dropout(a_in, ratio, train)
+      a_out = Add(d, a_in)
+    }
+  >
+}
+"""
+
+
+@pytest.mark.parametrize("mode", ["input-noise", "constant"])
+def test_training_dropout_inside_a_loop_is_checked(mode):
+    # the ratio is captured once per iteration ([3]) and the mask per iteration ([3, 2, 4])
+    _, report = onnxfix.rewrite(parse(DROPOUT_IN_LOOP), mode)
+    assert report.parity.status == "passed"
+    assert [(c.name, c.shape, c.passed) for c in report.parity.outputs][0] == (
+        "acc", [2, 4], True)
