@@ -482,12 +482,14 @@ class DropoutOp(RandomOp):
         mask_name = node.output[1] if len(node.output) > 1 and node.output[1] else None
         # training_mode fed at run time: keep the data (and an all-true mask) when it is false.
         gated = len(node.input) > 2 and node.input[2] and b.constant_of(node.input[2]) is None
+        # the mask is bool from Dropout-10 on; Dropout-1/6 (is_test=0) give it the data's type
+        bool_mask = b.opset >= 10
         if b.opset >= 12:
             keep = b.op("GreaterOrEqual", [noise, ratio], "keep",
                         output=None if gated else mask_name)
         else:
             below = b.op("Less", [noise, ratio], "below")
-            keep = b.op("Not", [below], "keep", output=None if gated else mask_name)
+            keep = b.op("Not", [below], "keep", output=mask_name if bool_mask else None)
         if gated and mask_name:
             idle = b.op("Not", [node.input[2]], "not_training")
             b.op("Or", [keep, idle], "mask", output=mask_name)
@@ -497,7 +499,8 @@ class DropoutOp(RandomOp):
         if dt.noise != dt.draw:
             scale = b.op("Cast", [scale], "scale_cast", to=dt.draw)
         scaled = b.op("Mul", [node.input[0], scale], "scaled")
-        keep_f = b.op("Cast", [keep], "keep_cast", to=dt.draw)
+        keep_f = b.op("Cast", [keep], "keep_cast", to=dt.draw,
+                      output=None if bool_mask else mask_name)
         dropped = b.op("Mul", [scaled, keep_f], "dropped",
                        output=None if gated else node.output[0])
         if gated:

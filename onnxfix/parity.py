@@ -35,7 +35,7 @@ from .compare import (
     symbolic_dims,
     synthetic_feeds,
 )
-from .find import Site, find_sites
+from .find import Site, default_opset, find_sites
 from .ops import AffineOp, Inconsistent, attrs_of, np_dtype, spec_for
 from .report import NodeRecord, OutputCheck, Parity
 from .shapes import infer_facts
@@ -263,6 +263,7 @@ def _capture_model(base: onnx.ModelProto, records) -> tuple[list[_Captured], onn
     model.CopyFrom(base)
     facts = infer_facts(model)
     sites = {s.output: s for s in find_sites(model)}
+    opset = default_opset(model)
     exposer = Exposer(model)
     captures = []
     for rec in records:
@@ -286,8 +287,10 @@ def _capture_model(base: onnx.ModelProto, records) -> tuple[list[_Captured], onn
                 cap.branches.append((cond, scope.attr == "then_branch"))
         for i, out in enumerate(node.output):
             if out:
-                elem = onnx.TensorProto.BOOL if (node.op_type == "Dropout" and i == 1) else \
-                    _elem(facts, out, rec)
+                elem = _elem(facts, out, rec)
+                if node.op_type == "Dropout" and i == 1:  # float before Dropout-10
+                    elem = onnx.TensorProto.BOOL if opset >= 10 else _elem(facts, node.output[0],
+                                                                           rec)
                 cap.outputs[i] = exposer.expose(out, elem, site.scopes)
         wanted = set(spec.capture_inputs(node))
         for i, inp in enumerate(node.input):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from conftest import parse
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
 
 import onnxfix
 from onnxfix.compare import compare_arrays
@@ -92,3 +95,37 @@ def test_training_dropout_inside_a_loop_is_checked(mode):
     assert report.parity.status == "passed"
     assert [(c.name, c.shape, c.passed) for c in report.parity.outputs][0] == (
         "acc", [2, 4], True)
+
+
+def _opset6_dropout(with_mask: bool) -> onnx.ModelProto:
+    """Dropout-6 with is_test=0 (training); its mask has the data's type, float."""
+    outs = ["y", "m"] if with_mask else ["y"]
+    node = helper.make_node("Dropout", ["x"], outs, is_test=0, ratio=0.25, name="drop")
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [2, 5]) for o in outs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=3)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_opset6_training_dropout_writes_a_float_mask(with_mask, rng):
+    out, report = onnxfix.rewrite(_opset6_dropout(with_mask), "input-noise")
+    onnx.checker.check_model(out, full_check=True)
+    # onnxruntime has no Dropout-6 kernel: the check says so instead of passing
+    assert report.parity.status == "skipped"
+    assert "Could not find an implementation for Dropout(6)" in report.parity.reason
+    assert [n.op_type for n in out.graph.node] == [
+        "Constant", "Less", "Not", "Constant", "Sub", "Reciprocal", "Mul", "Cast", "Mul"]
+    if with_mask:
+        assert out.graph.output[1].type.tensor_type.elem_type == TensorProto.FLOAT
+    # onnxruntime cannot run opset-6 arithmetic either; onnx's reference evaluator can
+    x = rng.standard_normal((2, 5)).astype(np.float32)
+    u = rng.random((2, 5)).astype(np.float32)
+    got = ReferenceEvaluator(out).run(None, {"x": x, "noise_y": u})
+    keep = (u >= np.float32(0.25)).astype(np.float32)
+    np.testing.assert_allclose(got[0], x * keep / np.float32(0.75), rtol=1e-6)
+    if with_mask:
+        assert got[1].dtype == np.float32
+        np.testing.assert_array_equal(got[1], keep)
