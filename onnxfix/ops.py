@@ -274,11 +274,8 @@ class AffineOp(RandomOp):
             low, high = float(attrs.get("low", 0.0)), float(attrs.get("high", 1.0))
             value, text = (low + high) / 2, "the midpoint (low + high) / 2"
         static = self.static_shape(node)
-        if static is not None:
-            shape = b.constant(np.array(static, dtype=np.int64), "shape")
-        else:
-            shape = b.op("Shape", [node.input[0]], "shape")
-        b.fill(shape, np.array([value], dtype=np_dtype(dt.draw)), node.output[0])
+        b.fill(np.array([value], dtype=np_dtype(dt.draw)), node.output[0],
+               like=None if static is not None else node.input[0], static=static)
         return f"{text}, {value:g}"
 
     def sample_draw(self, rng: np.random.Generator, shape: list[int], attrs: dict,
@@ -509,9 +506,9 @@ class DropoutOp(RandomOp):
 
     def deterministic(self, b, node, attrs, dt) -> str:
         b.op("Identity", [node.input[0]], "identity", output=node.output[0])
-        if len(node.output) > 1 and node.output[1]:
-            shape = b.op("Shape", [node.input[0]], "shape")
-            b.fill(shape, np.array([True]), node.output[1])
+        if len(node.output) > 1 and node.output[1]:  # all kept: True, or 1 before Dropout-10
+            keep = np.array([True]) if b.opset >= 10 else np.array([1], np_dtype(dt.draw))
+            b.fill(keep, node.output[1], like=node.input[0])
         return "no mask: the data unchanged"
 
     def forward(self, noise, attrs, inputs) -> dict:

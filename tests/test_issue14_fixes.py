@@ -129,3 +129,47 @@ def test_opset6_training_dropout_writes_a_float_mask(with_mask, rng):
     if with_mask:
         assert got[1].dtype == np.float32
         np.testing.assert_array_equal(got[1], keep)
+
+
+def _old_opset_draws(opset: int) -> onnx.ModelProto:
+    return parse(f"""
+    <ir_version: 3, opset_import: ["" : {opset}]>
+    g (float[batch,3] x) => (float[batch,3] y, float[2,3] z) {{
+      r = RandomNormalLike<mean=2.0, scale=3.0>(x)
+      y = Add(x, r)
+      z = RandomUniform<shape=[2, 3], low=1.0, high=3.0, dtype=1>()
+    }}""")
+
+
+@pytest.mark.parametrize("opset", [7, 8])
+def test_deterministic_mode_works_below_opset_9(opset, rng):
+    out, report = onnxfix.rewrite(_old_opset_draws(opset), "deterministic")
+    onnx.checker.check_model(out, full_check=True)
+    assert report.parity.status == "passed"
+    assert "ConstantOfShape" not in {n.op_type for n in out.graph.node}
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    x[0, 0], x[1, 1] = np.nan, np.inf  # the fill must not inherit them
+    y, z = ort.InferenceSession(out.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_array_equal(y, x + np.float32(2.0))
+    np.testing.assert_array_equal(z, np.full((2, 3), 2.0, np.float32))
+
+
+def test_deterministic_opset6_dropout_keeps_the_data_and_a_float_all_ones_mask(rng):
+    out, _ = onnxfix.rewrite(_opset6_dropout(True), "deterministic", check=False)
+    onnx.checker.check_model(out, full_check=True)
+    x = rng.standard_normal((2, 5)).astype(np.float32)
+    x[0, 0] = np.nan
+    y, m = ReferenceEvaluator(out).run(None, {"x": x})
+    np.testing.assert_array_equal(y, x)
+    assert m.dtype == np.float32
+    np.testing.assert_array_equal(m, np.ones((2, 5), np.float32))
+
+
+def test_deterministic_mode_below_opset_6_is_refused_with_the_reason():
+    model = _old_opset_draws(7)
+    model.opset_import[0].version = 5
+    with pytest.raises(onnxfix.ModelError, match=r"^deterministic mode needs opset 6 or later "
+                       r"\(Cast and Tile take their current form there\); the model uses "
+                       r"opset 5$"):
+        onnxfix.rewrite(model, "deterministic", check=False)
