@@ -38,7 +38,22 @@ class Inconsistent(Exception):
 
 
 def attrs_of(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    """Attribute values; inside a function body, a reference to the caller's attribute `s`
+    (set per call) reads "@s"."""
+    return {a.name: f"@{a.ref_attr_name}" if a.ref_attr_name else helper.get_attribute_value(a)
+            for a in node.attribute}
+
+
+def attribute_refs(attrs: dict) -> dict:
+    """The attributes a function body leaves to each call ("@name" values)."""
+    return {k: v for k, v in attrs.items() if isinstance(v, str) and v.startswith("@")}
+
+
+def distribution_of(spec: RandomOp, attrs: dict) -> dict:
+    """The node's distribution; parameters a function leaves to each call read "@name"."""
+    refs = attribute_refs(attrs)
+    plain = {k: v for k, v in attrs.items() if k not in refs}
+    return {**spec.distribution(plain), **refs}
 
 
 def np_dtype(elem_type: int) -> np.dtype:
@@ -441,8 +456,9 @@ class DropoutOp(RandomOp):
     op_type = "Dropout"
 
     def applies(self, node, opset, constant_of) -> bool:
-        if opset < 7:  # Dropout-1/6: is_test=0 means training
-            return int(attrs_of(node).get("is_test", 0)) == 0
+        if opset < 7:  # Dropout-1/6: is_test=0 means training (a function's "@ref": maybe)
+            is_test = attrs_of(node).get("is_test", 0)
+            return isinstance(is_test, str) or int(is_test) == 0
         if opset < 12:  # Dropout-7/10 have no training mode
             return False
         if len(node.input) < 3 or not node.input[2]:

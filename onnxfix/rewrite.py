@@ -33,7 +33,16 @@ from .find import (
 from .functions import inline_random_functions, take_origin
 from .graph_edit import GraphEdits
 from .naming import NameAllocator, sanitize
-from .ops import AffineOp, Dtypes, RandomOp, attrs_of, dtype_name, np_dtype, spec_for
+from .ops import (
+    AffineOp,
+    Dtypes,
+    RandomOp,
+    attrs_of,
+    distribution_of,
+    dtype_name,
+    np_dtype,
+    spec_for,
+)
 from .report import NodeRecord, Replacement
 from .shapes import (
     Shape,
@@ -196,7 +205,7 @@ def validate_output(original: onnx.ModelProto, new: onnx.ModelProto) -> None:
 def _kept(site: Site, why: str) -> NodeRecord:
     spec = spec_for(site.node)
     return NodeRecord(op_type=site.op_type, node=site.node.name, output=site.output,
-                      graph=site.location, distribution=spec.distribution(attrs_of(site.node)),
+                      graph=site.location, distribution=distribution_of(spec, attrs_of(site.node)),
                       replacement=None, status="kept", note=why)
 
 

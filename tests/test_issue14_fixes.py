@@ -173,3 +173,46 @@ def test_deterministic_mode_below_opset_6_is_refused_with_the_reason():
                        r"\(Cast and Tile take their current form there\); the model uses "
                        r"opset 5$"):
         onnxfix.rewrite(model, "deterministic", check=False)
+
+
+FUNCTION_DRAWS = """
+<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+g (float[N] x) => (float[N] y) {
+  a = local.noisy<s=2.0>(x)
+  y = local.fixed(a)
+}
+<domain: "local", opset_import: ["" : 17]>
+noisy <s> (x) => (y) {
+  r = RandomNormalLike<scale: float = @s>(x)
+  y = Add(x, r)
+}
+<domain: "local", opset_import: ["" : 17]>
+fixed (x) => (y) {
+  r = RandomUniformLike<dtype=1>(x)
+  b = Bernoulli(r)
+  y = Add(x, b)
+}
+"""
+
+
+def test_inspect_reads_draws_inside_local_functions_without_calling_them_invalid():
+    rep = onnxfix.inspect(parse(FUNCTION_DRAWS))
+    got = [(n.graph, n.op_type, n.dtype, n.attributes) for n in rep.nodes]
+    assert got == [
+        ("function local::noisy", "RandomNormalLike", "per call (the type of input 'x')",
+         {"scale": "@s"}),
+        ("function local::fixed", "RandomUniformLike", "float", {"dtype": 1}),
+        ("function local::fixed", "Bernoulli", "per call (the type of input 'r')", {}),
+    ]
+
+
+def test_never_called_functions_with_per_call_parameters_are_kept_and_reported():
+    model = parse(FUNCTION_DRAWS.replace("  a = local.noisy<s=2.0>(x)\n  y = local.fixed(a)\n",
+                                         "  y = Relu(x)\n"))
+    out, report = onnxfix.rewrite(model, "input-noise")
+    kept = [(n.op_type, n.status, n.note, n.distribution.get("scale")) for n in report.nodes]
+    never = "in a model-local function that is never called"
+    assert kept == [("RandomNormalLike", "kept", never, "@s"),
+                    ("RandomUniformLike", "kept", never, None),
+                    ("Bernoulli", "kept", never, None)]
+    assert out.SerializeToString() == model.SerializeToString()
