@@ -249,13 +249,14 @@ def _summary(rep: RewriteReport, verbose: bool) -> list[str]:
     if not rep.nodes:
         return [f"no random nodes in {rep.input}; wrote an unchanged copy to {rep.output}"]
     done = [n for n in rep.nodes if n.status == "rewritten"]
+    aside = [f"{sum(n.status == word for n in rep.nodes)} {word}" for word in ("kept", "removed")
+             if any(n.status == word for n in rep.nodes)]
     lines = [f"{len(done)} random node(s) rewritten ({rep.mode})"
-             + (f", {len(rep.nodes) - len(done)} kept" if len(done) < len(rep.nodes) else "")
-             + ":"]
+             + "".join(f", {a}" for a in aside) + ":"]
     for n in rep.nodes:
         r = n.replacement
         if r is None:
-            lines.append(f"  {n.op_type} -> '{n.output}'  kept ({n.note})")
+            lines.append(f"  {n.op_type} -> '{n.output}'  {n.status} ({n.note})")
             continue
         shape = "[" + ", ".join(str(d) for d in r.shape) + "]" if r.shape is not None else "[?]"
         where = f" in {n.graph}" if n.graph != "main" else ""

@@ -69,6 +69,14 @@ def names_read(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def is_dead(node: onnx.NodeProto, graph) -> bool:
+    """No node of `graph` (or of its subgraphs) reads any output, and none is a graph output."""
+    outs = {o for o in node.output if o}
+    if outs & {o.name for o in graph.output}:
+        return False
+    return not any(outs & names_read(n) for n in graph.node if list(n.output) != list(node.output))
+
+
 def remove_dead_producers(graph: onnx.GraphProto, freed: list[str]) -> None:
     """Drop the chains (Shape -> ConstantOfShape ...) that only fed the removed random nodes.
 

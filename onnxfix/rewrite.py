@@ -31,7 +31,7 @@ from .find import (
     find_sites,
 )
 from .functions import inline_random_functions, take_origin
-from .graph_edit import GraphEdits
+from .graph_edit import GraphEdits, is_dead
 from .naming import NameAllocator, sanitize
 from .ops import (
     AffineOp,
@@ -112,17 +112,12 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
     trip_names = _iteration_dim_names(out)
     fixed_trips = fix_dims(out, dims or {}, extra=set(trip_names.values()))
     sites = find_sites(out)
-    kept: dict[int, NodeRecord] = {}
-    chosen = []
-    for k, site in enumerate(sites):
-        origin = take_origin(site.node)
-        if site.in_function:
-            kept[k] = _kept(site, "in a model-local function that is never called")
-        elif select is not None and not select(site):
-            kept[k] = _kept(site, "not selected by --only/--exclude")
-        else:
-            chosen.append((site, origin))
+    if select is not None and hasattr(select, "check_matches"):
+        select.check_matches(sites)
+    edits = GraphEdits()
+    kept, chosen = _sort_sites(sites, select, edits)
     if not chosen:
+        edits.apply()
         return out, list(kept.values())
     plans = _plan(out, chosen, trip_names, fixed_trips)
     if mode == "constant":
@@ -134,7 +129,6 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
     anchors = set(input_dim_names(out)) | set(trip_names.values())
     noise_meta = []
     records: list[NodeRecord] = []
-    edits = GraphEdits()
     for plan in plans:
         site = plan.site
         prefix = "onnxfix_" + sanitize(site.node.name or site.output)
@@ -200,6 +194,25 @@ def validate_output(original: onnx.ModelProto, new: onnx.ModelProto) -> None:
         first = " ".join(str(e).split())[:300]
         raise ModelError(f"internal error: the rewritten model fails the onnx checker "
                          f"({'full' if strict else 'basic'} check): {first}") from None
+
+
+def _sort_sites(sites: list[Site], select, edits: GraphEdits):
+    """Split the sites: kept as they are, removed as dead, or chosen for the rewrite."""
+    aside: dict[int, NodeRecord] = {}
+    chosen = []
+    for k, site in enumerate(sites):
+        origin = take_origin(site.node)
+        if site.in_function:
+            aside[k] = _kept(site, "in a model-local function that is never called")
+        elif select is not None and not select(site):
+            aside[k] = _kept(site, "not selected by --only/--exclude")
+        elif is_dead(site.node, site.container):
+            edits.replace(site, [])  # a draw nothing reads needs no noise: the node goes
+            aside[k] = _kept(site, "its draw is read by nothing, so the node was removed")
+            aside[k].status = "removed"
+        else:
+            chosen.append((site, origin))
+    return aside, chosen
 
 
 def _kept(site: Site, why: str) -> NodeRecord:

@@ -9,8 +9,10 @@ import pytest
 from conftest import parse
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
+from typer.testing import CliRunner
 
 import onnxfix
+from onnxfix.cli import app
 from onnxfix.compare import compare_arrays
 
 SQRT_OF_DATA = """
@@ -216,3 +218,49 @@ def test_never_called_functions_with_per_call_parameters_are_kept_and_reported()
                     ("RandomUniformLike", "kept", never, None),
                     ("Bernoulli", "kept", never, None)]
     assert out.SerializeToString() == model.SerializeToString()
+
+
+DEAD_DRAW = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch,4] x) => (float[batch,4] y) {
+  s = Shape(x)
+  c = ConstantOfShape(s)
+  unused = RandomNormalLike(c)
+  r = RandomUniformLike(x)
+  y = Add(x, r)
+}
+"""
+
+
+def test_a_dead_draw_is_removed_not_given_a_noise_input(tmp_path):
+    out, report = onnxfix.rewrite(parse(DEAD_DRAW), "input-noise")
+    # the dead draw and the Shape -> ConstantOfShape chain that only fed it are gone
+    assert [n.op_type for n in out.graph.node] == ["Identity", "Add"]
+    assert [i.name for i in out.graph.input] == ["x", "noise_r"]
+    assert [(n.output, n.status, n.note) for n in report.nodes] == [
+        ("unused", "removed", "its draw is read by nothing, so the node was removed"),
+        ("r", "rewritten", "")]
+    assert report.new_inputs == ["noise_r"] and report.parity.status == "passed"
+    result = CliRunner().invoke(app, ["rewrite", str(_saved(tmp_path, DEAD_DRAW)),
+                                      str(tmp_path / "o.onnx")])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    at = lines.index("1 random node(s) rewritten (input-noise), 1 removed:")
+    assert lines[at + 1] == ("  RandomNormalLike -> 'unused'  removed (its draw is read by "
+                             "nothing, so the node was removed)")
+
+
+def test_a_model_whose_only_draw_is_dead_loses_it_in_every_mode():
+    only_dead = DEAD_DRAW.replace("  r = RandomUniformLike(x)\n  y = Add(x, r)\n",
+                                  "  y = Relu(x)\n")
+    for mode in ("input-noise", "constant", "deterministic"):
+        out, report = onnxfix.rewrite(parse(only_dead), mode)
+        assert [n.op_type for n in out.graph.node] == ["Relu"]
+        assert [i.name for i in out.graph.input] == ["x"]
+        assert report.parity.reason == "no random node was rewritten (1 removed as dead)"
+
+
+def _saved(folder, text: str):
+    path = folder / "model.onnx"
+    onnx.save(parse(text), path)
+    return path

@@ -1,0 +1,44 @@
+"""The numbered small fixes of issue 8, each pinned by the model that showed it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES
+from typer.testing import CliRunner
+
+import onnxfix
+from onnxfix.cli import app
+
+MIXED = FIXTURES / "mixed_dynamic_ts.onnx"
+MIXED_NODES = ("the random nodes are: '/RandomNormalLike' -> '/RandomNormalLike_output_0', "
+               "'/RandomUniformLike' -> '/RandomUniformLike_output_0', '/Bernoulli' -> "
+               "'/Bernoulli_output_0', '/Multinomial' -> 'idx'")
+
+
+@pytest.mark.parametrize("flags, missed", [
+    (["--only", "/Bernouli*"], "--only '/Bernouli*'"),
+    (["--exclude", "idx_typo"], "--exclude 'idx_typo'"),
+    (["--only", "idx", "--only", "nope", "--exclude", "zz"], "--only 'nope', --exclude 'zz'"),
+])
+def test_a_glob_matching_no_random_node_is_a_usage_error_listing_them(flags, missed,
+                                                                       tmp_path: Path):
+    out = tmp_path / "o.onnx"
+    result = CliRunner().invoke(app, ["rewrite", str(MIXED), str(out), *flags])
+    assert result.exit_code == 2
+    assert result.stderr == (f"onnxfix: error: {missed} matches no random node (globs match "
+                             f"node or output names); {MIXED_NODES}\n")
+    assert not out.exists()
+
+
+def test_the_api_raises_the_same_usage_error():
+    with pytest.raises(onnxfix.UsageError, match=r"^--only 'x' matches no random node"):
+        onnxfix.rewrite(MIXED, only=["x"], check=False)
+
+
+def test_globs_on_a_model_without_random_nodes_still_copy_it(tmp_path: Path):
+    clean = tmp_path / "clean.onnx"
+    onnxfix.rewrite(MIXED, output=clean, check=False)
+    _, report = onnxfix.rewrite(clean, only=["anything"])
+    assert report.nodes == [] and report.parity.reason == "the model has no random nodes"
