@@ -54,6 +54,7 @@ from .shapes import (
     ort_symbolic_facts,
     tied_score,
 )
+from .tidy import drop_unused_opset_imports
 
 MODES = ("input-noise", "constant", "deterministic")
 NOISE_DTYPES = {"same": None, "float32": onnx.TensorProto.FLOAT,
@@ -118,6 +119,7 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
     kept, chosen = _sort_sites(sites, select, edits)
     if not chosen:
         edits.apply()
+        drop_unused_opset_imports(model, out)
         return out, list(kept.values())
     plans = _plan(out, chosen, trip_names, fixed_trips)
     if mode == "constant":
@@ -164,6 +166,7 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
     records = [kept[k] if k in kept else next(done) for k in range(len(sites))]
     if noise_meta:
         _record_noise_metadata(out, noise_meta)
+    drop_unused_opset_imports(model, out)
     validate_output(model, out)
     return out, records
 

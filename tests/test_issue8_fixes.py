@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, parse
 from typer.testing import CliRunner
 
 import onnxfix
@@ -42,3 +42,35 @@ def test_globs_on_a_model_without_random_nodes_still_copy_it(tmp_path: Path):
     onnxfix.rewrite(MIXED, output=clean, check=False)
     _, report = onnxfix.rewrite(clean, only=["anything"])
     assert report.nodes == [] and report.parity.reason == "the model has no random nodes"
+
+
+INLINED_ONLY_FUNCTION = """
+<ir_version: 8, opset_import: ["" : 17, "local" : 1, "com.unused": 1]>
+g (float[N] x) => (float[N] y) {
+  y = local.noisy<s=2.0>(x)
+}
+<domain: "local", opset_import: ["" : 17]>
+noisy <s> (x) => (y) {
+  r = RandomNormalLike<scale: float = @s>(x)
+  y = Add(x, r)
+}
+"""
+
+
+@pytest.mark.parametrize("mode", ["input-noise", "constant", "deterministic"])
+def test_an_inlined_functions_domain_is_no_longer_imported(mode):
+    model = parse(INLINED_ONLY_FUNCTION)
+    out, report = onnxfix.rewrite(model, mode, dims={"N": 3})
+    # OpenVINO refuses a model importing a domain it does not know, even an unused one
+    assert [(i.domain, i.version) for i in out.opset_import] == [("", 17), ("com.unused", 1)]
+    assert out.ir_version == 8 and len(out.functions) == 0
+    assert report.parity.status == "passed"
+
+
+def test_a_function_still_called_keeps_its_domain():
+    model = parse(INLINED_ONLY_FUNCTION.replace(
+        "  y = local.noisy<s=2.0>(x)\n", "  a = local.noisy<s=2.0>(x)\n  y = local.plain(a)\n")
+        + '<domain: "local", opset_import: ["" : 17]>\nplain (x) => (y) {\n  y = Relu(x)\n}\n')
+    out, _ = onnxfix.rewrite(model, "input-noise")
+    assert [i.domain for i in out.opset_import] == ["", "local", "com.unused"]
+    assert [f.name for f in out.functions] == ["plain"]
