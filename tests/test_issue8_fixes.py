@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,36 @@ def test_a_function_still_called_keeps_its_domain():
     out, _ = onnxfix.rewrite(model, "input-noise")
     assert [i.domain for i in out.opset_import] == ["", "local", "com.unused"]
     assert [f.name for f in out.functions] == ["plain"]
+
+
+def _zip_checkpoint(path: Path) -> None:
+    """What torch.save writes since PyTorch 1.6: a zip holding <name>/data.pkl."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("model/data.pkl", pickle.dumps({"weight": [1.0, 2.0]}, protocol=2))
+        z.writestr("model/version", "3\n")
+
+
+def _legacy_checkpoint(path: Path) -> None:
+    """Before PyTorch 1.6: a bare pickle (0x80, then the protocol number)."""
+    path.write_bytes(pickle.dumps({"state_dict": {"w": [0.5]}}, protocol=2))
+
+
+@pytest.mark.parametrize("command", ["rewrite", "inspect"])
+@pytest.mark.parametrize("make", [_zip_checkpoint, _legacy_checkpoint])
+def test_a_pytorch_checkpoint_named_onnx_gets_one_clear_line(make, command, tmp_path: Path):
+    src = tmp_path / "model.onnx"
+    make(src)
+    args = [command, str(src)] + ([str(tmp_path / "out.onnx")] if command == "rewrite" else [])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 3
+    assert result.stderr == (f"onnxfix: error: {src} is a PyTorch checkpoint, not an ONNX "
+                             f"model; export it with torch.onnx.export\n")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_other_zips_are_still_just_not_onnx(tmp_path: Path):
+    src = tmp_path / "model.onnx"
+    with zipfile.ZipFile(src, "w") as z:
+        z.writestr("readme.txt", "hello")
+    with pytest.raises(onnxfix.ModelError, match=r"not a valid ONNX protobuf"):
+        onnxfix.inspect(src)
