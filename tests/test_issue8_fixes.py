@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 
+import onnx
 import pytest
 from conftest import FIXTURES, parse
 from typer.testing import CliRunner
@@ -109,3 +111,27 @@ def test_other_zips_are_still_just_not_onnx(tmp_path: Path):
         z.writestr("readme.txt", "hello")
     with pytest.raises(onnxfix.ModelError, match=r"not a valid ONNX protobuf"):
         onnxfix.inspect(src)
+
+
+def test_the_folder_tally_counts_passed_skipped_and_failed_apart(tmp_path: Path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(FIXTURES / "ref1_static_ts.onnx", src / "a_checked.onnx")
+    onnx.save(parse(NO_CHECK_POSSIBLE), src / "b_skipped.onnx")
+    (src / "c_broken.onnx").write_bytes(b"\x00garbage")
+    result = CliRunner().invoke(app, ["rewrite", str(src), str(tmp_path / "out")])
+    assert result.exit_code == 3
+    assert result.output.splitlines()[-1] == (
+        "3 model(s): 2 rewritten (1 checked and passed, 1 check skipped), 1 failed")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_checked.onnx",
+                                                                    "b_skipped.onnx"]
+
+
+# onnxruntime aborts on scale = 0, so the check is skipped (and says why)
+NO_CHECK_POSSIBLE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2] x) => (float[2] y) {
+  r = RandomNormalLike<scale=0.0>(x)
+  y = Add(x, r)
+}
+"""
