@@ -10,10 +10,12 @@ from pathlib import Path
 import onnx
 import pytest
 from conftest import FIXTURES, parse
+from onnx import TensorProto
 from typer.testing import CliRunner
 
 import onnxfix
 from onnxfix.cli import app
+from onnxfix.tolerance import narrowest_float_on_paths, path_tolerances
 
 MIXED = FIXTURES / "mixed_dynamic_ts.onnx"
 MIXED_NODES = ("the random nodes are: '/RandomNormalLike' -> '/RandomNormalLike_output_0', "
@@ -135,3 +137,45 @@ g (float[2] x) => (float[2] y) {
   y = Add(x, r)
 }
 """
+
+
+# (mu.half() + randn_like(mu.half()) * s).float(), plus an output no draw reaches
+HALF_DRAW_FLOAT_OUTPUT = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch,64] mu, float[batch,64] s) => (float[batch,64] y, float[batch,64] w) {
+  mu16 = Cast<to=10>(mu)
+  s16 = Cast<to=10>(s)
+  eps = RandomNormalLike(mu16)
+  t = Mul(eps, s16)
+  z = Add(mu16, t)
+  y = Cast<to=1>(z)
+  w = Cast<to=1>(mu16)
+}
+"""
+
+
+def test_the_narrowest_float_on_the_path_from_a_draw_is_found():
+    narrow = narrowest_float_on_paths(parse(HALF_DRAW_FLOAT_OUTPUT), ["eps"])
+    assert narrow == {
+        "eps": TensorProto.FLOAT16, "t": TensorProto.FLOAT16, "z": TensorProto.FLOAT16,
+        "y": TensorProto.FLOAT16}
+    assert path_tolerances(parse(HALF_DRAW_FLOAT_OUTPUT), ["eps"], ["y", "w"]) == {
+        "y": (1e-3, 1e-3, "float16")}
+
+
+@pytest.mark.parametrize("mode", ["input-noise", "constant"])
+def test_a_float16_draw_in_a_float32_output_is_compared_at_float16_tolerance(mode):
+    # onnxruntime drops the Cast pairs around its float32-only kernels, so the original runs
+    # the float16 chain in float32: ~5e-4-1e-3 off a float32 tolerance of 1e-5
+    _, report = onnxfix.rewrite(parse(HALF_DRAW_FLOAT_OUTPUT), mode, dims={"batch": 3})
+    assert report.parity.status == "passed"
+    y = next(c for c in report.parity.outputs if c.name == "y")
+    assert y.note == "float16 tolerance: a float16 tensor lies between a draw and it"
+    assert 1e-5 < y.max_abs_err < 5e-3  # what the float32 tolerance refused before
+    w = next(c for c in report.parity.outputs if c.name == "w")
+    assert w.note == "" and w.max_abs_err == 0.0
+
+
+def test_user_tolerances_still_win_over_the_path_default():
+    with pytest.raises(onnxfix.ParityError):
+        onnxfix.rewrite(parse(HALF_DRAW_FLOAT_OUTPUT), "input-noise", atol=1e-6, rtol=1e-6)
