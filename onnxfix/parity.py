@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from .capture import Exposer
+from .capture_threaded import RAN
 from .compare import (
     CHECK_INPUT_BYTES,
     CheckSkipped,
@@ -119,7 +120,7 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
     base = onnx.ModelProto()
     base.CopyFrom(original)
     base = inline_random_functions(base)
-    captures, capture_model = _capture_model(base, records)
+    captures, capture_model, exposer = _capture_model(base, records)
     try:
         orig_sess = opener(capture_model)
     except Exception as e:  # noqa: BLE001 - ORT raises several types
@@ -159,6 +160,7 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
         feeds = synthetic_feeds(data_inputs, n, np.random.default_rng([seed, k]), probabilities)
         try:
             got = run_all(orig_sess, feeds)
+            exposer.decode(got)
         except Exception as e:  # noqa: BLE001
             raise CheckSkipped(f"the original model fails on synthetic inputs ({dims_text(dims)}): "
                         f"{one_line(e)}") from None
@@ -260,7 +262,8 @@ def _draw_capture(captures: list[_Captured], output: str) -> str:
     return next(c.outputs[0] for c in captures if c.record.output == output)
 
 
-def _capture_model(base: onnx.ModelProto, records) -> tuple[list[_Captured], onnx.ModelProto]:
+def _capture_model(base: onnx.ModelProto, records) -> tuple[list[_Captured], onnx.ModelProto,
+                                                             Exposer]:
     model = onnx.ModelProto()
     model.CopyFrom(base)
     facts = infer_facts(model)
@@ -299,7 +302,7 @@ def _capture_model(base: onnx.ModelProto, records) -> tuple[list[_Captured], onn
             if inp and inp in wanted:
                 cap.inputs[i] = exposer.expose(inp, _elem(facts, inp, rec), site.scopes)
         captures.append(cap)
-    return captures, model
+    return captures, model, exposer
 
 
 def _elem(facts, name: str, rec: NodeRecord) -> int:
@@ -321,10 +324,15 @@ def _standard_noise(c: _Captured, got: dict, sess, n: int) -> np.ndarray:
         natural = np_dtype(onnx.TensorProto.DataType.Value(repl.cast_to.upper()))
         # discrete draws: build the noise within the narrower dtype, so it survives the cast
         noise_dtype = fed if fed.itemsize < natural.itemsize else natural
-    if any(bool(np.asarray(got[cond]).reshape(-1)[0]) != want for cond, want in c.branches):
+    if any(bool(np.asarray(got[cond]).reshape(-1)[0]) != want for cond, want in c.branches) \
+            or any(v is None for v in (*outs.values(), *ins.values())):
         return filler(sess, c.record.replacement.name, n)  # its If branch did not run
-    return _fit(_standardized(c, spec, attrs, outs, ins, noise_dtype), sess,
-                c.record.replacement.name)
+    noise = _standardized(c, spec, attrs, outs, ins, noise_dtype)
+    ran = got.get(RAN + c.outputs[0])
+    if ran is not None:  # under an If in a Loop: iterations without the draw read filler
+        ran = ran.reshape(ran.shape + (1,) * (noise.ndim - ran.ndim))
+        noise = np.where(ran, noise, np.asarray(0.5, noise.dtype))
+    return _fit(noise, sess, c.record.replacement.name)
 
 
 def _fit(noise: np.ndarray, sess, name: str) -> np.ndarray:

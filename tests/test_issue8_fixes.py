@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import onnxfix
 from onnxfix.cli import app
+from onnxfix.ops import OP_TABLE
 from onnxfix.tolerance import narrowest_float_on_paths, path_tolerances
 
 MIXED = FIXTURES / "mixed_dynamic_ts.onnx"
@@ -179,3 +180,106 @@ def test_a_float16_draw_in_a_float32_output_is_compared_at_float16_tolerance(mod
 def test_user_tolerances_still_win_over_the_path_default():
     with pytest.raises(onnxfix.ParityError):
         onnxfix.rewrite(parse(HALF_DRAW_FLOAT_OUTPUT), "input-noise", atol=1e-6, rtol=1e-6)
+
+
+def _if_in_loop(go: str, trips: str = "trips = Constant<value=int64 {4}>()",
+                inputs: str = "float[batch,3] x") -> onnx.ModelProto:
+    """A Loop whose body draws only in one branch of an If (decided by `go`)."""
+    return parse(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g ({inputs}) => (float[batch,3] acc) {{
+      {trips}
+      cond = Constant<value=bool {{1}}>()
+      acc = Loop (trips, cond, x) <
+        body = b (int64 i, bool c_in, float[batch,3] a_in) => (bool c_out,
+                                                               float[batch,3] a_out) {{
+          c_out = Identity(c_in)
+          two = Constant<value=int64 {{2}}>()
+          m = Mod(i, two)
+          zero = Constant<value=int64 {{0}}>()
+          {go}
+          a_out = If (go) <
+            then_branch = t () => (float[batch,3] ty) {{
+              r = RandomNormalLike<mean=1.0, scale=0.5>(a_in)
+              ty = Add(a_in, r)
+            }},
+            else_branch = e () => (float[batch,3] ey) {{
+              ey = Sin(a_in)
+            }}
+          >
+        }}
+      >
+    }}""")
+
+
+@pytest.mark.parametrize("go", ["go = Equal(m, zero)",             # every other iteration
+                                "go = Constant<value=bool {0}>()",  # never (was: rank 2 != 3)
+                                "go = Constant<value=bool {1}>()"])  # always
+@pytest.mark.parametrize("mode", ["input-noise", "constant"])
+def test_a_draw_under_an_if_inside_a_loop_is_checked_exactly(go, mode):
+    _, report = onnxfix.rewrite(_if_in_loop(go), mode, dims={"batch": 2})
+    assert report.parity.status == "passed", report.parity.reason
+    assert [(c.name, c.passed, c.max_abs_err) for c in report.parity.outputs][0] == (
+        "acc", True, 0.0)
+
+
+def test_a_dynamic_trip_count_under_an_if_is_checked_at_two_sizes():
+    model = _if_in_loop("go = Equal(m, zero)", trips="", inputs="int64 trips, float[batch,3] x")
+    _, report = onnxfix.rewrite(model, "input-noise")
+    assert report.parity.status == "passed", report.parity.reason
+    assert [c.name for c in report.parity.outputs] == ["acc", "acc"]
+
+
+def test_a_wrong_transform_under_an_if_in_a_loop_fails(monkeypatch):
+    spec = OP_TABLE["RandomNormalLike"]
+    real = type(spec).transform
+
+    def off_by_one(self, b, noise, output, attrs, dtype):
+        real(self, b, noise, output, {**attrs, "mean": attrs.get("mean", 0.0) + 1.0}, dtype)
+
+    monkeypatch.setattr(type(spec), "transform", off_by_one)
+    with pytest.raises(onnxfix.ParityError, match="parity check failed"):
+        onnxfix.rewrite(_if_in_loop("go = Equal(m, zero)"), "input-noise")
+
+
+NESTED_LOOPS_IF_BERNOULLI = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2,3] x) => (float[2,3] acc) {
+  n = Constant<value=int64 {3}>()
+  cond = Constant<value=bool {1}>()
+  acc = Loop (n, cond, x) <
+    body = ob (int64 i, bool c_in, float[2,3] a_in) => (bool c_out, float[2,3] a_out) {
+      c_out = Identity(c_in)
+      k = Constant<value=int64 {2}>()
+      a_out = Loop (k, c_in, a_in) <
+        body = ib (int64 j, bool d_in, float[2,3] b_in) => (bool d_out, float[2,3] b_out) {
+          d_out = Identity(d_in)
+          ij = Add(i, j)
+          two = Constant<value=int64 {2}>()
+          odd = Mod(ij, two)
+          one = Constant<value=int64 {1}>()
+          go = Equal(odd, one)
+          b_out = If (go) <
+            then_branch = t () => (float[2,3] ty) {
+              p = Sigmoid(b_in)
+              r = Bernoulli(p)
+              ty = Add(b_in, r)
+            },
+            else_branch = e () => (float[2,3] ey) {
+              ey = Neg(b_in)
+            }
+          >
+        }
+      >
+    }
+  >
+}
+"""
+
+
+@pytest.mark.parametrize("mode", ["input-noise", "constant"])
+def test_a_bernoulli_under_an_if_in_nested_loops_is_checked(mode):
+    # its probability is captured the same way, only in the iterations that drew
+    _, report = onnxfix.rewrite(parse(NESTED_LOOPS_IF_BERNOULLI), mode)
+    assert report.parity.status == "passed", report.parity.reason
+    assert report.parity.outputs[0].name == "acc" and report.parity.outputs[0].max_abs_err == 0
