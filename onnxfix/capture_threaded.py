@@ -56,7 +56,7 @@ class Threader:
                                f"capture only from opset 11 (the model uses {self.opset})")
         if any(s.owner.op_type == "Scan" for s in scopes):
             raise CheckSkipped(f"'{name}' lies under an If inside a Scan body, which the check "
-                               f"cannot capture (Scan state cannot change shape)")
+                               f"does not capture (only If inside Loop)")
         loops = [s for s in scopes if s.owner.op_type == "Loop"]
         counters = [s.body.input[0].name if s.body.input else "" for s in loops]
         if not all(counters):

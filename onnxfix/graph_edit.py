@@ -69,12 +69,12 @@ def names_read(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def is_dead(node: onnx.NodeProto, graph) -> bool:
-    """No node of `graph` (or of its subgraphs) reads any output, and none is a graph output."""
-    outs = {o for o in node.output if o}
-    if outs & {o.name for o in graph.output}:
-        return False
-    return not any(outs & names_read(n) for n in graph.node if list(n.output) != list(node.output))
+def names_used(graph: onnx.GraphProto) -> set[str]:
+    """Every name a node of `graph` (or of its subgraphs) reads, and the graph's outputs."""
+    used = {o.name for o in graph.output}
+    for node in graph.node:
+        used |= names_read(node)
+    return used
 
 
 def remove_dead_producers(graph: onnx.GraphProto, freed: list[str]) -> None:

@@ -160,10 +160,10 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
         feeds = synthetic_feeds(data_inputs, n, np.random.default_rng([seed, k]), probabilities)
         try:
             got = run_all(orig_sess, feeds)
-            exposer.decode(got)
         except Exception as e:  # noqa: BLE001
             raise CheckSkipped(f"the original model fails on synthetic inputs ({dims_text(dims)}): "
                         f"{one_line(e)}") from None
+        exposer.decode(got)
         noise = {}
         for c in captures:
             fed = input_dtype(new_sess, c.record.replacement.name)

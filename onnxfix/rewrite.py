@@ -31,7 +31,7 @@ from .find import (
     find_sites,
 )
 from .functions import inline_random_functions, take_origin
-from .graph_edit import GraphEdits, is_dead
+from .graph_edit import GraphEdits, names_used
 from .naming import NameAllocator, sanitize
 from .ops import (
     AffineOp,
@@ -203,19 +203,28 @@ def _sort_sites(sites: list[Site], select, edits: GraphEdits):
     """Split the sites: kept as they are, removed as dead, or chosen for the rewrite."""
     aside: dict[int, NodeRecord] = {}
     chosen = []
+    used: dict[int, set[str]] = {}  # per graph, computed once
     for k, site in enumerate(sites):
         origin = take_origin(site.node)
         if site.in_function:
             aside[k] = _kept(site, "in a model-local function that is never called")
         elif select is not None and not select(site):
             aside[k] = _kept(site, "not selected by --only/--exclude")
-        elif is_dead(site.node, site.container):
+        elif _is_dead(site, used):
             edits.replace(site, [])  # a draw nothing reads needs no noise: the node goes
             aside[k] = _kept(site, "its draw is read by nothing, so the node was removed")
             aside[k].status = "removed"
         else:
             chosen.append((site, origin))
     return aside, chosen
+
+
+def _is_dead(site: Site, used: dict[int, set[str]]) -> bool:
+    """Nothing in the site's graph reads any of its outputs, and none is a graph output."""
+    key = id(site.container)
+    if key not in used:
+        used[key] = names_used(site.container)
+    return not {o for o in site.node.output if o} & used[key]
 
 
 def _kept(site: Site, why: str) -> NodeRecord:
