@@ -264,3 +264,15 @@ def _saved(folder, text: str):
     path = folder / "model.onnx"
     onnx.save(parse(text), path)
     return path
+
+
+def test_the_cli_refuses_deterministic_mode_below_opset_6_with_exit_3(tmp_path):
+    model = _old_opset_draws(7)
+    model.opset_import[0].version = 5
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(model, src)
+    result = CliRunner().invoke(app, ["rewrite", str(src), str(out), "--mode", "deterministic"])
+    assert result.exit_code == 3
+    assert result.stderr == ("onnxfix: error: deterministic mode needs opset 6 or later (Cast "
+                             "and Tile take their current form there); the model uses opset 5\n")
+    assert not out.exists()

@@ -283,3 +283,13 @@ def test_a_bernoulli_under_an_if_in_nested_loops_is_checked(mode):
     _, report = onnxfix.rewrite(parse(NESTED_LOOPS_IF_BERNOULLI), mode)
     assert report.parity.status == "passed", report.parity.reason
     assert report.parity.outputs[0].name == "acc" and report.parity.outputs[0].max_abs_err == 0
+
+
+def test_the_cli_writes_an_if_in_loop_model_that_never_takes_the_branch(tmp_path: Path):
+    # the report: "Invalid rank for input: noise_r Got: 2 Expected: 3", exit 1
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(_if_in_loop("go = Constant<value=bool {0}>()"), src)
+    result = CliRunner().invoke(app, ["rewrite", str(src), str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Parity: PASSED (2/2 comparisons at batch=2; batch=3)" in result.output
+    assert out.exists()
