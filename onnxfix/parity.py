@@ -113,13 +113,22 @@ def _run_checks(parity, opener, original, rewritten, records, done, mode, size, 
     from .rewrite import rewrite_model
 
     if mode == "deterministic":  # it is not run below: whether it runs decides skip or verdict
-        original_loads(opener, original)
+        original_loads(opener, _inlined(original))
     noise_model, noise_records = rewrite_model(original, "input-noise", dims=dims, select=select)
     if mode == "constant":
         _conditional(parity, opener, original, noise_model, noise_records, size, seed, emit)
     if parity.status != "failed":
         _twin_check(parity, opener, rewritten, done, noise_model, noise_records, mode, size,
                     seed, emit)
+
+
+def _inlined(original: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with local functions holding random nodes inlined (their draws become visible)."""
+    from .functions import inline_random_functions
+
+    base = onnx.ModelProto()
+    base.CopyFrom(original)
+    return inline_random_functions(base)
 
 
 def _refuse_aborting_draws(model: onnx.ModelProto) -> None:
@@ -135,11 +144,8 @@ def _refuse_aborting_draws(model: onnx.ModelProto) -> None:
 
 def _conditional(parity: Parity, opener, original, noise_model, records, size, seed,
                  emit) -> None:
-    from .functions import inline_random_functions
 
-    base = onnx.ModelProto()
-    base.CopyFrom(original)
-    base = inline_random_functions(base)
+    base = _inlined(original)
     captures, capture_model, exposer = _capture_model(base, records)
     try:
         orig_sess = opener(capture_model)
