@@ -125,6 +125,26 @@ class DdpmLoop(nn.Module):
         return x
 
 
+class DdimLoop(nn.Module):
+    """DDIM (eta = 0.5) as a real Loop (scripted) over `alpha_bars`, a draw per iteration."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, cond: torch.Tensor, alpha_bars: torch.Tensor) -> torch.Tensor:
+        x = torch.randn_like(cond)
+        for i in range(alpha_bars.size(0) - 1):
+            a = torch.sigmoid(alpha_bars[i])  # keep every alpha in (0, 1) whatever is fed
+            a_next = torch.sigmoid(alpha_bars[i + 1])
+            e = torch.tanh(self.conv(x + cond))
+            x0 = (x - torch.sqrt(1 - a) * e) / torch.sqrt(a)
+            sigma = 0.5 * torch.sqrt(torch.abs((1 - a_next) / (1 - a) * (1 - a / a_next)))
+            direction = torch.sqrt(torch.clamp(1 - a_next - sigma * sigma, min=0.0)) * e
+            x = torch.sqrt(a_next) * x0 + direction + sigma * torch.randn_like(x)
+        return x
+
+
 class TopK(nn.Module):
     """LLM top-k sampling head over a 32k vocabulary: logits [batch, 32000] -> token ids."""
 

@@ -74,7 +74,7 @@ def _inference_dropout(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
 
 KINDS = {  # issue 14's model kinds, each at least one committed fixture
     "vits_scales_ts", "vits_scales_dynamo", "ddpm_unrolled_ts", "ddpm_unrolled_dynamo",
-    "ddim_unrolled_ts", "ddpm_loop_script", "topk_32k_ts", "topp_32k_ts",
+    "ddim_unrolled_ts", "ddpm_loop_script", "ddim_loop_script", "topk_32k_ts", "topp_32k_ts",
     "multinomial_50k_fp16_ts", "multinomial_50k_fp32_ts", "autoregressive_loop_script",
     "gan_ts", "gan_dynamo", "stylegan_noise_ts", "stylegan_noise_dynamo", "bayesian_linear_ts",
     "bayesian_linear_dynamo", "mc_dropout_loop_script", "loop_varying_draw", "if_in_scan",
@@ -133,6 +133,8 @@ EXPECTED: dict[str, dict[str, Expect]] = {
         "input-noise": Expect(lane=NAN),
         "constant": Expect(lane="datadep: name the Loop trip dim after timesteps' dim 'steps'"),
         "deterministic": Expect(lane=NAN)},
+    # trip count Shape(alpha_bars)[0] - 1: a function of an input dim, not the dim itself
+    "ddim_loop_script": {"constant": Expect(refusal=TRIP_FROM_VALUE.refusal)},
     "loop_trip_from_timesteps": {
         "constant": Expect(lane="datadep: name the Loop trip dim after timesteps' dim 'steps'")},
     "dropout_in_loop": {"input-noise": Expect(lane=DROPOUT_LOOP),
