@@ -314,10 +314,8 @@ def _sampled_ids(new: onnx.ModelProto, dtype) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("name", "noise_dtype"), [
-    pytest.param("multinomial_50k_fp16_ts", "same", marks=pytest.mark.xfail(
-        strict=True, reason="needs dist: float16 uniform noise ties and biases the sample")),
-    pytest.param("multinomial_50k_fp32_ts", "float16", marks=pytest.mark.xfail(
-        strict=True, reason="needs dist: --noise-dtype float16 biases a 50k-class sample")),
+    ("multinomial_50k_fp16_ts", "same"),
+    ("multinomial_50k_fp32_ts", "float16"),
     ("multinomial_50k_fp32_ts", "same"),
 ])
 def test_multinomial_over_50257_classes_samples_within_sampling_error(name, noise_dtype):
@@ -340,8 +338,6 @@ def test_multinomial_over_50257_classes_samples_within_sampling_error(name, nois
 
 # -- NaN, 0-d noise, opset-6 Dropout, Loop trip dims, dead draws, local functions --------------
 
-@pytest.mark.xfail(strict=True, reason="needs small: noise_feeds returns a numpy scalar for 0-d "
-                                       "noise, which onnxruntime refuses")
 def test_noise_feeds_on_0d_uniform_noise_returns_arrays_onnxruntime_accepts():
     new, report = onnxfix.rewrite(_load("uniform_0d_paddle"), "input-noise")
     assert report.parity.status == "passed"
