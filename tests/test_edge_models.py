@@ -140,9 +140,6 @@ EXPECTED: dict[str, dict[str, Expect]] = {
                                 "deterministic": NO_KERNEL},
     "old_dropout_op6_mask": {"input-noise": ORIGINAL_NO_KERNEL, "constant": ORIGINAL_NO_KERNEL,
                              "deterministic": NO_KERNEL},
-    "dropout_ratio_input": {
-        "input-noise": Expect(lane="check: a Dropout ratio input gets N(0, 1) synthetic values"),
-        "constant": Expect(lane="check: a Dropout ratio input gets N(0, 1) synthetic values")},
     "if_in_scan": {"input-noise": Expect(skip=r"^(?!.*the original model fails)"),
                    "constant": Expect(skip=r"^(?!.*the original model fails)")},
     "loop_varying_draw": {
@@ -154,10 +151,15 @@ EXPECTED: dict[str, dict[str, Expect]] = {
                                                      "draw shapes")},
     "old_random_normal_op6": {mode: NO_KERNEL for mode in MODES},
     "uniform_0d_paddle": {"constant": Expect(lane="small: 0-d draws are numpy scalars")},
+    # deterministic: with realistic scales (positive) the frames are real, and the twin's noise,
+    # sized at the check size, does not fit them: onnxfix's own problem, said so (until datadep
+    # sizes the twin's noise from the real draw shapes, when this passes)
     **{vits: {"input-noise": Expect(passes=False, refusal=r"noise[-_]bound",
                                     lane="datadep: frames are data-dependent, need a bound"),
               "constant": Expect(passes=False, refusal=r"data-dependent",
-                                 lane="datadep: say the frames dim is data-dependent")}
+                                 lane="datadep: say the frames dim is data-dependent"),
+              "deterministic": Expect(skip=r"^internal: the input-noise twin the check compares "
+                                           r"with rejects the deterministic model's noise")}
        for vits in ("vits_scales_ts", "vits_scales_dynamo")},
 }
 
