@@ -319,7 +319,7 @@ def build_cases() -> list[Case]:
              constant_dims={"batch": 2}),
         Case("diffusers_ddpm_step", DdpmStep,
              (Input("sample", (2, 2, 4, 4), dynamic=_B),), ("prev_sample",),
-             (("ts", 16), ("dynamo", 18), ("dynamo-static", 18)),
+             (("ts", 12), ("ts", 16), ("dynamo", 18), ("dynamo-static", 18)),
              "DDPMScheduler.step(eps, t=10, x_t): variance noise randn_tensor(...)",
              constant_dims={"batch": 2}),
         Case("transformers_vits", VitsSpeech,
