@@ -62,7 +62,9 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
         "deterministic" (the mean / most probable outcome, no mask).
     dims: sizes for symbolic dims, fixed model-wide (constant mode needs concrete shapes).
     noise_dtype: "same", "float32" or "float16": the dtype noise inputs are fed in (cast
-        in-graph to what the draw needs).
+        in-graph to what the transform computes in: float32 or wider for Bernoulli,
+        Multinomial and Dropout). float16 is refused (UsageError) for Bernoulli and
+        Multinomial, whose samples it would bias.
     only / exclude: glob patterns over node names and output names selecting the nodes to
         rewrite; unselected random nodes stay as they are (the report says so).
     check: run the conditional parity check in onnxruntime; raises ParityError on failure.
@@ -121,7 +123,10 @@ def _rewrite(original, source, skeleton, mode, *, seed, dims, select, noise_dtyp
     if not records:
         report.parity = Parity(status="skipped", reason="the model has no random nodes")
     elif not any(r.status == "rewritten" for r in records):
-        report.parity = Parity(status="skipped", reason="no random node was selected")
+        removed = sum(r.status == "removed" for r in records)
+        why = (f"no random node was rewritten ({removed} removed as dead)" if removed
+               else "no random node was selected")
+        report.parity = Parity(status="skipped", reason=why)
     elif check:
         from .parity import check_parity  # onnxruntime is imported only when it is needed
 

@@ -74,7 +74,8 @@ def test_folder_rewrite_keeps_relative_paths_and_tallies(tmp_path):
     assert result.exit_code == 3  # the broken model; the others were still done
     assert (dst / "top.onnx").exists() and (dst / "a" / "b" / "deep.onnx").exists()
     assert not (dst / "a" / "broken.onnx").exists() and not (dst / "a" / "notes.txt").exists()
-    assert "3 model(s): 2 rewritten, 1 failed" in result.output
+    assert ("3 model(s): 2 rewritten (2 checked and passed, 0 check skipped), 1 failed"
+            in result.output)
     assert random_nodes(onnx.load(dst / "a" / "b" / "deep.onnx")) == []
     report = json.loads((tmp_path / "r.json").read_text())
     assert sorted(m["exit_code"] for m in report["models"]) == [0, 0, 3]
@@ -87,7 +88,8 @@ def test_folder_rewrite_all_good_exits_0(tmp_path):
         shutil.copy(FIXTURES / name, src / name)
     result = invoke("rewrite", src, tmp_path / "out", "--mode", "deterministic")
     assert result.exit_code == 0, result.output
-    assert "2 model(s): 2 rewritten, 0 failed" in result.output
+    assert ("2 model(s): 2 rewritten (2 checked and passed, 0 check skipped), 0 failed"
+            in result.output)
 
 
 def test_only_and_exclude_select_nodes_by_glob():
@@ -193,7 +195,7 @@ def test_python_m_onnxfix_inspect(tmp_path):
 @pytest.mark.parametrize("fixture,noise_dtype,fed,draw", [
     ("randn_f64_dynamic_dynamo.onnx", "float32", np.float32, "double"),
     ("ref3_dynamic_ts.onnx", "float16", np.float16, "float"),
-    ("mixed_dynamic_ts.onnx", "float16", np.float16, "float"),
+    ("dropout_train_dynamic_ts.onnx", "float16", np.float16, "float"),
 ])
 def test_noise_dtype_feeds_the_target_dtype_and_casts_in_graph(fixture, noise_dtype, fed, draw,
                                                                tmp_path):
@@ -212,6 +214,15 @@ def test_noise_dtype_feeds_the_target_dtype_and_casts_in_graph(fixture, noise_dt
     assert all(v.dtype == fed for v in feeds.values())
     x = np.zeros((4, 10), np.float32)
     assert all(np.isfinite(v).all() for v in run(model, {"x": x, **feeds}).values())
+
+
+def test_float16_noise_is_refused_for_a_bernoulli_or_multinomial(tmp_path):
+    # their float16 uniforms would round p to a coarse grid / tie in Gumbel-max
+    result = invoke("rewrite", MIXED, tmp_path / "o.onnx", "--noise-dtype", "float16")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("onnxfix: error: Bernoulli '/Bernoulli': noise_dtype="
+                                    "\"float16\" cannot represent its noise faithfully")
+    assert not (tmp_path / "o.onnx").exists()
 
 
 def test_noise_dtype_same_is_the_default_and_adds_no_cast():
