@@ -44,10 +44,6 @@ NEEDS_BOUND = "needs datadep: --noise-bound, noise inputs sized from the input d
 NEEDS = {
     **{(name, "deterministic"): "needs datadep: deterministic-mode comparison sizing (the check "
        "feeds the input-noise twin a flow noise of the wrong length)" for name in VITS},
-    ("torch_script_loop_if_ts16.onnx", "input-noise"):
-        "needs small (issue 8 item 3): a Loop body's If with a random node fails the check",
-    ("torch_script_loop_if_ts16.onnx", "constant"):
-        "needs small (issue 8 item 3): the same If-in-Loop check failure, here in constant mode",
     ("torch_script_loop_if_ts16.onnx", "feeds"):
         "needs datadep: a per-iteration noise axis sized from the inputs alone",
 }
