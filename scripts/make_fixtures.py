@@ -6,6 +6,8 @@ exporter), onnx and onnxruntime.
 Run:
     python scripts/make_fixtures.py [--out fixtures]
 
+A full run (no --only) also runs scripts/make_edge_fixtures.py into <out>/edge.
+
 Every model is built right after ``torch.manual_seed(<fixed seed>)`` so the
 weights are identical from run to run.  Each model is exported with the
 TorchScript exporter (``dynamo=False``, opset 17) and, where requested, with
@@ -641,13 +643,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
-    status = 0
+    arch_status = 0
     if args.set in ("arch", "all"):
         from fixtures_arch import run_arch  # needs transformers, diffusers, stable-baselines3
 
-        status = run_arch(out_dir / "arch", args.only)
+        arch_status = run_arch(out_dir / "arch", args.only)
         if args.set == "arch":
-            return status
+            return arch_status
 
     specs = build_specs()
     if args.only:
@@ -684,8 +686,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.only is None:
         write_manifest(records, out_dir)
         print(f"wrote {out_dir / 'MANIFEST.md'}")
+        # The issue-14 edge fixtures live in their own folder with their own manifest.
+        import make_edge_fixtures
+
+        failed |= make_edge_fixtures.main(["--out", str(out_dir / "edge")]) != 0
     print(f"total {time.perf_counter() - started:.1f}s")
-    return 1 if failed or status else 0
+    return 1 if failed or arch_status else 0
 
 
 if __name__ == "__main__":

@@ -36,12 +36,13 @@ def test_readme_starts_with_exactly_two_setup_commands():
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     work = tmp_path_factory.mktemp("readme")
-    # The examples use the top-level fixtures. Subfolders (fixtures/arch: real architectures,
-    # VITS among them, whose check must run under a memory cap) have their own test modules.
+    # The top-level fixtures only: subfolders (fixtures/edge/) are adversarial test corpora in
+    # which some models are refused by design, which the README's folder example is not about;
+    # fixtures/arch/ holds VITS, whose check must run under a memory cap (test_architectures).
     (work / "fixtures").mkdir()
-    for f in FIXTURES.iterdir():
-        if f.is_file():
-            (work / "fixtures" / f.name).symlink_to(f)
+    for path in FIXTURES.iterdir():
+        if path.is_file():
+            (work / "fixtures" / path.name).symlink_to(path)
     return work
 
 
