@@ -172,6 +172,8 @@ def run_once(row: Row, work: Path) -> None:
 def measure(rows: list[Row], runs: int, work: Path, warm_up: bool = True) -> None:
     """A warm-up round (page cache, .pyc files), then runs interleaved rounds."""
     for round_ in range(runs + warm_up):
+        print(f"  round {round_ + 1}/{runs + warm_up}{' (warm-up)' * (warm_up and not round_)}",
+              file=sys.stderr, flush=True)
         for row in rows:
             if row.failed:
                 continue
@@ -359,17 +361,20 @@ def targets_table(scenarios: list[Scenario], markdown: bool) -> str:
             body.append([sc.name, t.candidate.label, t.baseline.label, t.metric, ratio,
                          f"<= {t.limit}x", "MISSED" if t.missed() else "ok"])
     return render(["scenario", "candidate", "baseline", "metric", "ratio", "target", "result"],
-                  body, markdown, numeric=2)
+                  body, markdown, numeric=3)
 
 
 def warnings(scenarios: list[Scenario], load_start, load_end) -> list[str]:
     out = []
-    for sc in scenarios:
-        for r in sc.rows:
-            if r.spread() > SPREAD_WARNING:
-                out.append(f"WARNING: '{r.label}' ranged {min(r.times):.3f}-{max(r.times):.3f} s, "
-                           f"{100 * r.spread():.0f}% of its median: the machine is busy, a ratio "
-                           "that moves with load is not a result")
+    rows = [r for sc in scenarios for r in sc.rows if len(r.times) > 1]
+    noisy = sorted((r for r in rows if r.spread() > SPREAD_WARNING), key=Row.spread)
+    if noisy:
+        worst = noisy[-1]
+        out.append(f"WARNING: {len(noisy)} of {len(rows)} commands ranged over more than "
+                   f"{100 * SPREAD_WARNING:.0f}% of their median (worst: '{worst.label}', "
+                   f"{min(worst.times):.3f}-{max(worst.times):.3f} s, "
+                   f"{100 * worst.spread():.0f}%): the machine is busy, and a ratio that moves "
+                   "with load is not a result")
     cores = os.cpu_count() or 1
     # at the end, about 1.0 of the load is this benchmark's own (one process at a time)
     if load_start[0] > 0.25 * cores or load_end[0] > 1 + 0.25 * cores:
