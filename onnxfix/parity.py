@@ -426,10 +426,13 @@ def _twin_check(parity, opener, model, records, noise_model, noise_records, mode
     symbols = symbolic_dims(data_inputs)
     skip = set()
     if mode == "deterministic":
-        skip = _tainted_outputs(model, [r.output for r in records if r.op_type == "Dropout"])
+        # no noise means 'no mask'; the inverse CDF has no u that is ArgMax for all logits
+        skip = _tainted_outputs(model, [r.output for r in records
+                                        if r.op_type in ("Dropout", "Multinomial")])
         if skip:
-            emit(f"NOTE | outputs reached by a Dropout are not compared with the noise twin "
-                 f"(no noise means 'no mask'): {', '.join(sorted(skip))}")
+            emit(f"NOTE | outputs reached by a Dropout or Multinomial are not compared with "
+                 f"the noise twin (no noise stands for 'no mask' or 'the most probable "
+                 f"class'): {', '.join(sorted(skip))}")
     out_names = [o.name for o in model.graph.output]
     for k, n in enumerate([size, size + 1] if symbols else [size]):
         dims = {s: n for s in symbols}

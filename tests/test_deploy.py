@@ -161,7 +161,7 @@ def test_noise_feeds_reads_names_shapes_and_kinds_from_the_graph(tmp_path):
     noise_names = [i.name for i in model.graph.input if i.name != "x"]
     assert sorted(feeds) == sorted(noise_names)
     shapes = {k: v.shape for k, v in feeds.items()}
-    assert shapes["noise_idx"] == (5, 1, 10)  # Multinomial: [batch, samples, classes]
+    assert shapes["noise_idx"] == (5, 1)  # Multinomial: [batch, samples], one u per sample
     assert all(s[0] == 5 for s in shapes.values())
     u = feeds["noise_RandomUniformLike_output_0"]
     assert u.min() >= 0 and u.max() < 1
