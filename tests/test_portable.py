@@ -193,3 +193,86 @@ def test_every_fixture_rewrite_adds_only_portable_ops(path):
     new, _ = onnxfix.rewrite(model, check=False)
     added = {n.op_type for n in new.graph.node} - before
     assert added <= PORTABLE, added - PORTABLE
+
+
+# -- Multinomial by inverse CDF ------------------------------------------------------------
+
+def _multinomial(opset: int, classes: int | str, samples: int) -> onnx.ModelProto:
+    node = helper.make_node("Multinomial", ["logits"], ["y"], sample_size=samples,
+                            dtype=TensorProto.INT64)
+    graph = helper.make_graph(
+        [node], "head", [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                       ["batch", classes])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, ["batch", samples])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                             ir_version=7)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 7, 10, 101])
+def test_multinomial_before_opset_11_equals_the_cumsum_form(classes):
+    # opset 10 has no CumSum: a two-level MatMul prefix sum stands in (memory O(classes))
+    old, _ = onnxfix.rewrite(_multinomial(10, classes, 64), check=False)
+    new, _ = onnxfix.rewrite(_multinomial(11, classes, 64), check=False)
+    full_check(old)
+    assert "CumSum" not in [n.op_type for n in old.graph.node]
+    largest = max(onnx.numpy_helper.to_array(n.attribute[0].t).size
+                  for n in old.graph.node if n.op_type == "Constant")
+    assert largest <= 2 * classes + 4 * int(np.sqrt(classes)) + 4  # no classes x classes
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((3, classes)) * 2).astype(np.float32)
+    u = rng.random((3, 64)).astype(np.float32)
+    a = run(old, {"logits": logits, "noise_y": u})["y"]
+    b = run(new, {"logits": logits, "noise_y": u})["y"]
+    np.testing.assert_array_equal(a, b)  # the sums may round apart; not on these logits
+    assert a.max() < classes and a.min() >= 0
+
+
+def test_multinomial_before_opset_11_with_dynamic_classes_is_refused_naming_the_fix():
+    from onnxfix.errors import ModelError
+
+    with pytest.raises(ModelError) as e:
+        onnxfix.rewrite(_multinomial(10, "vocab", 4), check=False)
+    assert str(e.value) == (
+        "Multinomial 'y': opset 10 has no CumSum and the class count of input 'logits' is "
+        "not static: fix it (dims=... / --dim) or convert the model to opset 11")
+    new, _ = onnxfix.rewrite(_multinomial(10, "vocab", 4), check=False, dims={"vocab": 5})
+    assert "MatMul" in [n.op_type for n in new.graph.node]
+
+
+def test_multinomial_noise_is_one_uniform_per_sample_for_a_50k_vocabulary():
+    new, report = onnxfix.rewrite(_multinomial(17, 50257, 8), check=False)
+    shape = [d.dim_param or d.dim_value
+             for d in new.graph.input[1].type.tensor_type.shape.dim]
+    assert shape == ["batch", 8]
+    assert report.nodes[0].distribution["noise"] == \
+        "standard uniform U[0, 1) [batch, sample_size]"
+
+
+def test_multinomial_standardize_gives_noise_that_reproduces_every_captured_sample():
+    from onnxfix.ops import OP_TABLE, Inconsistent
+
+    spec = OP_TABLE["Multinomial"]
+    rng = np.random.default_rng(4)
+    logits = (rng.standard_normal((4, 1000)) * 3).astype(np.float32)
+    logits[0, 5] = -np.inf  # probability 0: never reproduced, never drawn
+    model, _ = onnxfix.rewrite(_multinomial(17, 1000, 500), check=False)
+    picks = run(model, {"logits": logits,
+                        "noise_y": rng.random((4, 500)).astype(np.float32)})["y"]
+    u = spec.standardize({0: picks}, {}, {0: logits}, np.float32)
+    assert u.dtype == np.float32 and u.min() >= 0 and u.max() < 1
+    np.testing.assert_array_equal(run(model, {"logits": logits, "noise_y": u})["y"], picks)
+    impossible = picks.copy()
+    impossible[0, 0] = 5
+    with pytest.raises(Inconsistent):
+        spec.standardize({0: impossible}, {}, {0: logits}, np.float32)
+
+
+def test_multinomial_never_draws_past_the_last_class_or_a_zero_probability_class():
+    model, _ = onnxfix.rewrite(_multinomial(17, 4, 6), check=False)
+    logits = np.array([[-np.inf, 0.0, -np.inf, -np.inf],
+                       [0.0, 0.0, 0.0, -np.inf]], np.float32)
+    u = np.array([[0.0, 0.5, 0.99999994, 0.25, 1e-30, 0.75],
+                  [0.0, 0.3333333, 0.33333334, 0.6666666, 0.6666667, 0.99999994]], np.float32)
+    y = run(model, {"logits": logits, "noise_y": u})["y"]
+    assert (y[0] == 1).all()
+    assert y[1].max() == 2 and y[1, 0] == 0
