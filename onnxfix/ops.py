@@ -398,10 +398,10 @@ class BernoulliOp(RandomOp):
 class MultinomialOp(RandomOp):
     """Inverse CDF: one uniform u per sample, noise [batch, sample_size].
 
-    sample = #{k : cdf_k <= u}, cdf = cumsum(w) / total, w = exp(logits - max(logits)) in
-    float32 (double for double logits). total is the largest cumulative value, so the class
-    holding it never counts: the sample is at most classes - 1 whatever the rounding, and a
-    class of probability 0 is never drawn (its interval [cdf_k-1, cdf_k) is empty).
+    sample = the first k with cdf_k > u (= #{k : cdf_k <= u}), cdf = cumsum(softmax(logits))
+    / total in float32 (double for double logits). total is the largest cumulative value, so
+    some class always lies above u: the sample is at most classes - 1 whatever the rounding,
+    and a class of probability 0 is never drawn (its interval [cdf_k-1, cdf_k) is empty).
     """
 
     op_type = "Multinomial"
@@ -458,20 +458,21 @@ class MultinomialOp(RandomOp):
 
     def transform(self, b, noise, node, attrs, dt) -> None:
         logits = _widened(b, node.input[0], dt, "logits_wide")
-        top = b.reduce("ReduceMax", logits, 1, "max")
-        shifted = b.op("Sub", [logits, top], "shifted")  # <= 0: Exp cannot overflow
-        weights = b.op("Exp", [shifted], "weights")
-        cdf = _cumulative(b, weights, node, attrs, dt)
-        total = b.reduce("ReduceMax", cdf, 1, "total")
+        # Softmax, not ReduceMax + Exp: onnx2torch has no ReduceMax with axes as an input
+        probs = b.op("Softmax", [logits], "probs", axis=1)  # 2-D: one meaning at every opset
+        cdf, total = _cumulative(b, probs, node, attrs, dt)
         cdf = b.op("Div", [cdf, total], "cdf")  # in [0, 1]; the largest is exactly 1
         # [batch, 1, classes] - [batch, samples, 1]: Ceil is 1 where cdf > u, else 0
         diff = b.op("Sub", [b.unsqueeze(cdf, 1, "cdf_3d"), b.unsqueeze(noise, 2, "u_3d")],
                     "cdf_minus_u")
         above = b.op("Ceil", [diff], "above")
-        one = b.constant(np.array(1.0, dtype=np_dtype(dt.noise)), "one")
-        at_or_below = b.op("Sub", [one, above], "at_or_below")
-        count = b.reduce("ReduceSum", at_or_below, 2, "count", keepdims=0)
-        b.op("Cast", [count], "cast", output=node.output[0], to=dt.draw)
+        # the first class whose cdf is above u (the last always is): ArgMax gives int64
+        # itself (tract types a Cast to int64 as a shape value it cannot return)
+        last = dt.draw == TensorProto.INT64
+        pick = b.op("ArgMax", [above], "first_above", axis=2, keepdims=0,
+                    output=node.output[0] if last else None)
+        if not last:
+            b.op("Cast", [pick], "cast", output=node.output[0], to=dt.draw)
 
     def deterministic(self, b, node, attrs, dt) -> str:
         samples = self._samples(node)
@@ -492,7 +493,8 @@ class MultinomialOp(RandomOp):
         dtype = np.dtype(dtype)
         wide = logits.astype(np.float64)
         weights = np.exp(wide - wide.max(axis=1, keepdims=True)).astype(dtype)
-        cum = np.cumsum(weights, axis=1, dtype=dtype)
+        probs = weights / weights.sum(axis=1, keepdims=True, dtype=dtype)
+        cum = np.cumsum(probs, axis=1, dtype=dtype)
         return cum / cum.max(axis=1, keepdims=True)
 
     def forward(self, noise, attrs, inputs) -> dict:
@@ -524,16 +526,22 @@ class MultinomialOp(RandomOp):
 CLASSES = "onnxfix_classes"  # shape_facts key: the static class count of a Multinomial
 
 
-def _cumulative(b: NodeBuilder, weights: str, node, attrs: dict, dt: Dtypes) -> str:
-    """Cumulative sums of [batch, classes] weights along the classes (CumSum from opset 11).
+def _cumulative(b: NodeBuilder, probs: str, node, attrs: dict, dt: Dtypes) -> tuple[str, str]:
+    """Cumulative sums of [batch, classes] probabilities along the classes, and their total.
 
-    Before opset 11, a two-level prefix sum by MatMul with triangular ones matrices of
-    ceil(sqrt(C)) and C / ceil(sqrt(C)) sides: memory O(C), not the C x C of one triangle.
-    The padding (weight 0) repeats the total, which never counts as at or below u.
+    From opset 11: CumSum (reverse=0 spelled out: onnx2torch defaults it to 1), sequential in
+    every runtime seen, so its last value is the largest. Before opset 11, a two-level prefix
+    sum by MatMul with triangular ones matrices of ceil(sqrt(C)) and C / ceil(sqrt(C)) sides:
+    memory O(C), not the C x C of one triangle; its sums may round out of order, so the total
+    is their ReduceMax (no class then lies above it). The padding (weight 0) repeats the total,
+    which never counts as at or below u.
     """
     if b.opset >= 11:
         axis = b.constant(np.array(1, dtype=np.int64), "axis")
-        return b.op("CumSum", [weights, axis], "cumsum")
+        cum = b.op("CumSum", [probs, axis], "cumsum", exclusive=0, reverse=0)
+        ends = [b.constant(np.array([v], dtype=np.int64), hint)
+                for v, hint in ((-1, "last"), (2**62, "end"), (1, "class_axis"))]
+        return cum, b.op("Slice", [cum, *ends], "total")
     classes = attrs.get(CLASSES)
     if classes is None:
         raise ModelError(f"{_label(node)}: opset {b.opset} has no CumSum and the class count "
@@ -542,9 +550,9 @@ def _cumulative(b: NodeBuilder, weights: str, node, attrs: dict, dt: Dtypes) -> 
     side = max(1, math.isqrt(classes - 1) + 1) if classes > 1 else 1
     blocks = -(-classes // side)
     npt = np_dtype(dt.noise)
-    padded = weights
+    padded = probs
     if blocks * side > classes:
-        padded = b.op("Pad", [weights], "pad", pads=[0, 0, 0, blocks * side - classes])
+        padded = b.op("Pad", [probs], "pad", pads=[0, 0, 0, blocks * side - classes])
     grid = b.op("Reshape", [padded, b.constant(np.array([-1, blocks, side], np.int64),
                                                "grid_shape")], "grid")
     inclusive = b.constant(np.triu(np.ones((side, side), npt)), "upper")
@@ -553,8 +561,9 @@ def _cumulative(b: NodeBuilder, weights: str, node, attrs: dict, dt: Dtypes) -> 
     strict = b.constant(np.triu(np.ones((blocks, blocks), npt), 1), "strict_upper")
     before = b.unsqueeze(b.op("MatMul", [totals, strict], "before"), 2, "before_3d")
     cum = b.op("Add", [within, before], "cum_grid")
-    return b.op("Reshape", [cum, b.constant(np.array([-1, blocks * side], np.int64),
-                                            "cum_shape")], "cumsum")
+    cum = b.op("Reshape", [cum, b.constant(np.array([-1, blocks * side], np.int64),
+                                           "cum_shape")], "cumsum")
+    return cum, b.reduce("ReduceMax", cum, 1, "total")
 
 
 class DropoutOp(RandomOp):

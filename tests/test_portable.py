@@ -21,9 +21,8 @@ import onnxfix
 # whose training flag is fed at run time).
 PORTABLE = {"Constant", "Identity", "Clip", "Sub", "Neg", "Ceil", "Abs", "Mul", "Add", "Div",
             "Reciprocal", "Exp", "ReduceMax", "ReduceSum", "CumSum", "Unsqueeze", "MatMul",
-            "Reshape", "Pad", "Cast", "Shape", "ConstantOfShape"}
-NOT_PORTABLE = {"Less", "Greater", "GreaterOrEqual", "LessOrEqual", "Equal", "Not", "Log",
-                "ArgMax"}
+            "Reshape", "Pad", "Cast", "Shape", "ConstantOfShape", "Softmax", "Slice", "ArgMax"}
+NOT_PORTABLE = {"Less", "Greater", "GreaterOrEqual", "LessOrEqual", "Equal", "Not", "Log"}
 
 
 def _edges(p_values, dtype) -> tuple[np.ndarray, np.ndarray]:
