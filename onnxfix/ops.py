@@ -76,7 +76,7 @@ class Dtypes:
 def wide_noise(param_type: int) -> int:
     """The noise dtype of a discrete op: float32, or double when its parameter is double.
 
-    Its comparison (Bernoulli, Dropout) or Gumbel-max (Multinomial) then runs in at least
+    Its comparison (Bernoulli, Dropout) or inverse CDF (Multinomial) then runs in at least
     float32: float16 parameters are cast up in-graph, never the noise down. float16 uniforms
     have only 15,360 distinct values in [0, 1) and would tie and bias the sample.
     """

@@ -215,7 +215,7 @@ def test_noise_dtype_feeds_the_target_dtype_and_casts_in_graph(fixture, noise_dt
 
 
 def test_float16_noise_is_refused_for_a_bernoulli_or_multinomial(tmp_path):
-    # their float16 uniforms would round p to a coarse grid / tie in Gumbel-max
+    # their float16 uniforms would round p to a coarse grid / blur the classes of an inverse CDF
     result = invoke("rewrite", MIXED, tmp_path / "o.onnx", "--noise-dtype", "float16")
     assert result.exit_code == 2
     assert result.stderr.startswith("onnxfix: error: Bernoulli '/Bernoulli': noise_dtype="
