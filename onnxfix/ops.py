@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from .builder import NodeBuilder
 from .errors import ModelError
@@ -38,7 +38,22 @@ class Inconsistent(Exception):
 
 
 def attrs_of(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    """Attribute values; inside a function body, a reference to the caller's attribute `s`
+    (set per call) reads "@s"."""
+    return {a.name: f"@{a.ref_attr_name}" if a.ref_attr_name else helper.get_attribute_value(a)
+            for a in node.attribute}
+
+
+def attribute_refs(attrs: dict) -> dict:
+    """The attributes a function body leaves to each call ("@name" values)."""
+    return {k: v for k, v in attrs.items() if isinstance(v, str) and v.startswith("@")}
+
+
+def distribution_of(spec: RandomOp, attrs: dict) -> dict:
+    """The node's distribution; parameters a function leaves to each call read "@name"."""
+    refs = attribute_refs(attrs)
+    plain = {k: v for k, v in attrs.items() if k not in refs}
+    return {**spec.distribution(plain), **refs}
 
 
 def np_dtype(elem_type: int) -> np.dtype:
@@ -300,11 +315,8 @@ class AffineOp(RandomOp):
             low, high = float(attrs.get("low", 0.0)), float(attrs.get("high", 1.0))
             value, text = (low + high) / 2, "the midpoint (low + high) / 2"
         static = self.static_shape(node)
-        if static is not None:
-            shape = b.constant(np.array(static, dtype=np.int64), "shape")
-        else:
-            shape = b.op("Shape", [node.input[0]], "shape")
-        b.fill(shape, np.array([value], dtype=np_dtype(dt.draw)), node.output[0])
+        b.fill(np.array([value], dtype=np_dtype(dt.draw)), node.output[0],
+               like=None if static is not None else node.input[0], static=static)
         return f"{text}, {value:g}"
 
     def sample_draw(self, rng: np.random.Generator, shape: list[int], attrs: dict,
@@ -398,10 +410,11 @@ class BernoulliOp(RandomOp):
 class MultinomialOp(RandomOp):
     """Inverse CDF: one uniform u per sample, noise [batch, sample_size].
 
-    sample = the first k with cdf_k > u (= #{k : cdf_k <= u}), cdf = cumsum(softmax(logits))
-    / total in float32 (double for double logits). total is the largest cumulative value, so
-    some class always lies above u: the sample is at most classes - 1 whatever the rounding,
-    and a class of probability 0 is never drawn (its interval [cdf_k-1, cdf_k) is empty).
+    sample = the first k with cdf_k > u (= #{k : cdf_k <= u}), cdf = cumsum(exp(logits -
+    max(logits))) / total in float32 (double for double logits). total is the largest
+    cumulative value, so some class always lies above u: the sample is at most classes - 1
+    whatever the rounding, and a class of probability 0 is never drawn (its interval
+    [cdf_k-1, cdf_k) is empty).
     """
 
     op_type = "Multinomial"
@@ -458,9 +471,12 @@ class MultinomialOp(RandomOp):
 
     def transform(self, b, noise, node, attrs, dt) -> None:
         logits = _widened(b, node.input[0], dt, "logits_wide")
-        # Softmax, not ReduceMax + Exp: onnx2torch has no ReduceMax with axes as an input
-        probs = b.op("Softmax", [logits], "probs", axis=1)  # 2-D: one meaning at every opset
-        cdf, total = _cumulative(b, probs, node, attrs, dt)
+        # exp(logits - max), not Softmax: an elementwise Exp rounds each weight the same way
+        # in every session, a Softmax's shared sum does not, and a cumulative sum over 50k
+        # classes carries every ulp on (~1e-5 apart: half a class of a 50k vocabulary)
+        top = b.reduce("ReduceMax", logits, 1, "max")
+        weights = b.op("Exp", [b.op("Sub", [logits, top], "shifted")], "weights")
+        cdf, total = _cumulative(b, weights, node, attrs, dt)
         cdf = b.op("Div", [cdf, total], "cdf")  # in [0, 1]; the largest is exactly 1
         # [batch, 1, classes] - [batch, samples, 1]: Ceil is 1 where cdf > u, else 0
         diff = b.op("Sub", [b.unsqueeze(cdf, 1, "cdf_3d"), b.unsqueeze(noise, 2, "u_3d")],
@@ -489,24 +505,61 @@ class MultinomialOp(RandomOp):
 
     @staticmethod
     def cdf(logits: np.ndarray, dtype) -> np.ndarray:
-        """The normalized cumulative probabilities, as the transform computes them."""
-        dtype = np.dtype(dtype)
-        wide = logits.astype(np.float64)
-        weights = np.exp(wide - wide.max(axis=1, keepdims=True)).astype(dtype)
-        probs = weights / weights.sum(axis=1, keepdims=True, dtype=dtype)
-        cum = np.cumsum(probs, axis=1, dtype=dtype)
-        return cum / cum.max(axis=1, keepdims=True)
+        """The normalized cumulative probabilities, computed by onnxruntime's own kernels.
+
+        numpy cannot stand in: its Exp differs from onnxruntime's by an ulp here and there,
+        and a sequential sum over 50k classes carries each difference on, so the cumulative
+        values drift apart by ~1e-5 - half a class of a 50k vocabulary.
+        """
+        from .compare import make_session
+
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        ints = {n: numpy_helper.from_array(np.array(v, np.int64), n)
+                for n, v in (("axis", 1), ("last", [-1]), ("end", [2**62]), ("axes", [1]))}
+        graph = helper.make_graph([
+            helper.make_node("ReduceMax", ["x"], ["m"], axes=[1], keepdims=1),
+            helper.make_node("Sub", ["x", "m"], ["s"]),
+            helper.make_node("Exp", ["s"], ["p"]),
+            helper.make_node("CumSum", ["p", "axis"], ["c"]),
+            helper.make_node("Slice", ["c", "last", "end", "axes"], ["t"]),
+            helper.make_node("Div", ["c", "t"], ["cdf"])], "cdf",
+            [helper.make_tensor_value_info("x", elem, [None, None])],
+            [helper.make_tensor_value_info("cdf", elem, [None, None])],
+            initializer=list(ints.values()))
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                  ir_version=8)
+        sess = make_session(model)  # configured as the check's sessions: rounding matches
+        return sess.run(None, {"x": np.ascontiguousarray(logits, dtype=dtype)})[0]
 
     def forward(self, noise, attrs, inputs) -> dict:
-        cdf = self.cdf(inputs[0], noise.dtype)
-        return {0: (cdf[:, None, :] <= noise[:, :, None]).sum(axis=2)}
+        return {0: _first_above(self.cdf(inputs[0], noise.dtype), noise)}
 
     def standardize(self, outputs, attrs, inputs, noise_dtype) -> np.ndarray:
+        return self.noise_for(outputs[0], self.cdf(inputs[0], noise_dtype), noise_dtype)
+
+    @staticmethod
+    def cdf_tensor(nodes, noise: str) -> str | None:
+        """The normalized-cdf tensor the transform reading `noise` compares it with."""
+        made = {o: n for n in nodes for o in n.output}
+        for n in nodes:
+            if n.op_type == "Sub" and len(n.input) == 2 and n.input[1] in made:
+                u3 = made[n.input[1]]
+                cdf3 = made.get(n.input[0])
+                reads_noise = u3.op_type == "Unsqueeze" and (
+                    u3.input[0] == noise or (u3.input[0] in made and
+                                             made[u3.input[0]].input[:1] == [noise]))
+                if reads_noise and cdf3 is not None and cdf3.op_type == "Unsqueeze":
+                    return cdf3.input[0]
+        return None
+
+    def noise_for(self, picks: np.ndarray, cdf: np.ndarray, noise_dtype,
+                  safe_ulps: int | None = None) -> np.ndarray:
         """The middle of each sample's interval [cdf_k-1, cdf_k), kept only where it lies
-        clearly inside (onnxruntime's Exp may differ from numpy's by an ulp)."""
+        clearly inside (safe_ulps: margin for kernels that may round differently; 0 for the
+        cdf of the very session that then runs the model)."""
         dt = np.dtype(noise_dtype)
-        picks = outputs[0].astype(np.int64)
-        cdf = self.cdf(inputs[0], dt).astype(np.float64)
+        picks = picks.astype(np.int64)
+        cdf = cdf.astype(np.float64)
         classes = cdf.shape[1]
         if picks.size and (picks.min() < 0 or picks.max() >= classes):
             raise Inconsistent("a Multinomial sample lies outside its class range")
@@ -514,13 +567,23 @@ class MultinomialOp(RandomOp):
         hi = cdf[rows, picks]
         lo = np.where(picks > 0, cdf[rows, np.maximum(picks - 1, 0)], 0.0)
         u = ((lo + hi) / 2).astype(dt)
-        margin = self.SAFE_ULPS * float(np.finfo(dt).eps) * hi
+        ulps = self.SAFE_ULPS if safe_ulps is None else safe_ulps
+        margin = ulps * float(np.finfo(dt).eps) * hi
         wide = u.astype(np.float64)
+        chosen = _first_above(cdf, wide)
         if ((wide - lo < margin) | (hi - wide < margin)).any() or \
-                not np.array_equal(self.forward(u, attrs, {0: inputs[0]})[0], picks):
+                not np.array_equal(chosen, picks):
             raise Inconsistent("a Multinomial sample is too improbable to reproduce in "
                                f"{dt.name} inverse-CDF noise")
         return u
+
+
+def _first_above(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Per row, the first class whose cdf exceeds u (ArgMax of Ceil(cdf - u)), row by row:
+    a [batch, samples, classes] table could take gigabytes."""
+    rows = np.maximum.accumulate(cdf, axis=1)  # the first exceedance is the envelope's
+    return np.stack([np.searchsorted(r, w, side="right") for r, w in
+                     zip(rows, u, strict=True)]).reshape(u.shape)
 
 
 CLASSES = "onnxfix_classes"  # shape_facts key: the static class count of a Multinomial
@@ -572,8 +635,9 @@ class DropoutOp(RandomOp):
     op_type = "Dropout"
 
     def applies(self, node, opset, constant_of) -> bool:
-        if opset < 7:  # Dropout-1/6: is_test=0 means training
-            return int(attrs_of(node).get("is_test", 0)) == 0
+        if opset < 7:  # Dropout-1/6: is_test=0 means training (a function's "@ref": maybe)
+            is_test = attrs_of(node).get("is_test", 0)
+            return isinstance(is_test, str) or int(is_test) == 0
         if opset < 12:  # Dropout-7/10 have no training mode
             return False
         if len(node.input) < 3 or not node.input[2]:
@@ -653,9 +717,9 @@ class DropoutOp(RandomOp):
 
     def deterministic(self, b, node, attrs, dt) -> str:
         b.op("Identity", [node.input[0]], "identity", output=node.output[0])
-        if len(node.output) > 1 and node.output[1]:
-            shape = b.op("Shape", [node.input[0]], "shape")
-            b.fill(shape, np.array([True]), node.output[1])
+        if len(node.output) > 1 and node.output[1]:  # all kept: True, or 1 before Dropout-10
+            keep = np.array([True]) if b.opset >= 10 else np.array([1], np_dtype(dt.draw))
+            b.fill(keep, node.output[1], like=node.input[0])
         return "no mask: the data unchanged"
 
     def forward(self, noise, attrs, inputs) -> dict:
