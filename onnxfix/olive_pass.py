@@ -5,12 +5,15 @@ module), so the route is: write a package config that is Olive's own plus `Onnxf
 then name the pass in the workflow:
 
     python -m onnxfix.olive_pass > olive_packages.json
-    OLIVE_DISABLE_TELEMETRY=1 olive run --config workflow.json --package-config olive_packages.json
+    CI=1 OLIVE_DISABLE_TELEMETRY=1 olive run --config workflow.json \
+        --package-config olive_packages.json
 
-or, from Python, `olive.workflows.run(workflow, package_config=onnxfix.olive_pass.package_config())`.
-The pass calls `onnxfix.rewrite` on the model file (the CLI's code path) and writes
-`model.onnx` plus the JSON report `onnxfix_report.json` into the pass's output folder. A failed
-parity check raises `onnxfix.ParityError`, which fails the Olive step.
+or, from Python, `olive.workflows.run(workflow, package_config=package_config())`.
+(olive-ai 0.13.0 records a telemetry heartbeat before it reads OLIVE_DISABLE_TELEMETRY; with CI
+set it records nothing.) The pass calls `onnxfix.rewrite` on the model file (the CLI's code
+path) and writes `model.onnx` plus the JSON report `onnxfix_report.json` into the pass's output
+folder. A failed parity check raises `onnxfix.ParityError`: Olive logs it and the workflow ends
+without an output model.
 """
 
 from __future__ import annotations
