@@ -122,6 +122,14 @@ def test_a_bad_option_value_is_the_core_usage_error():
         RewritePass("noisy")(ir.load(str(REF3)))
 
 
+def test_a_model_error_of_the_core_surfaces_unchanged():
+    model = ir.load(str(REF3))
+    with pytest.raises(onnxfix.ModelError, match=r"constant mode needs a concrete shape, but dim "
+                                                 r"batch is symbolic"):
+        RewritePass("constant")(model)
+    assert _ops(model).count("RandomNormalLike") == 3
+
+
 def test_model_without_random_nodes_is_not_modified():
     proto = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
         g (float[2] x) => (float[2] y) { y = Relu(x) }""")
