@@ -119,7 +119,9 @@ def test_a_parity_failure_fails_the_step(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(onnxfix.parity, "_standard_noise", off_by_one)
     from olive.workflows import run
 
-    workflow = {**_readme_workflow(), "output_dir": str(tmp_path / "out")}
+    monkeypatch.chdir(tmp_path)  # Olive's default cache is .olive-cache in the working folder
+    workflow = {**_readme_workflow(), "output_dir": str(tmp_path / "out"),
+                "cache_dir": str(tmp_path / "cache")}
     workflow["input_model"] = {**workflow["input_model"],
                                "model_path": str(FIXTURES / "ref3_dynamic_ts.onnx")}
     output = run(workflow, package_config=olive_pass.package_config(), tempdir=str(tmp_path))
