@@ -8,6 +8,8 @@ reason); if it runs, the failure is onnxfix's own and is said to be ("internal: 
 
 from __future__ import annotations
 
+import re
+
 from .check_setup import inputs_word
 from .compare import CheckSkipped, dims_text, one_line, run_all
 
@@ -47,7 +49,27 @@ def capture_fails(opener, original, feeds: dict, dims: dict, error: Exception) -
 
 def twin_fails(error: Exception, how: str) -> CheckSkipped:
     """how: "does not load", "rejects the deterministic model's noise"..."""
-    return CheckSkipped(f"internal: {TWIN} {how}: {one_line(error)}")
+    return no_kernel(error) or CheckSkipped(f"internal: {TWIN} {how}: {one_line(error)}")
 
 
-__all__ = ["capture_does_not_load", "capture_fails", "original_loads", "twin_fails"]
+_NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\) node with name "
+                        r"'([^']*)'")
+
+
+def no_kernel(error: Exception) -> CheckSkipped | None:
+    """A rewritten model onnxruntime cannot load for want of a kernel: a skip, not a failure.
+
+    Called only once the original has loaded, so the missing kernel belongs to a node the
+    rewrite added at the model's own (old) opset, e.g. Mul-6: the model is valid ONNX (the
+    checker passed it), onnxruntime just does not implement that op version.
+    """
+    found = _NO_KERNEL.search(str(error))
+    if found is None:
+        return None
+    op, version, node = found.groups()
+    return CheckSkipped(f"onnxruntime has no kernel for {op}-{version} (node '{node}', valid at "
+                        f"the model's opset), so the rewritten model cannot run in it; check "
+                        f"it on the target runtime")
+
+
+__all__ = ["capture_does_not_load", "capture_fails", "no_kernel", "original_loads", "twin_fails"]

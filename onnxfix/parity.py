@@ -23,7 +23,13 @@ import onnx
 
 from .capture import Exposer
 from .capture_threaded import RAN
-from .check_blame import capture_does_not_load, capture_fails, original_loads, twin_fails
+from .check_blame import (
+    capture_does_not_load,
+    capture_fails,
+    no_kernel,
+    original_loads,
+    twin_fails,
+)
 from .check_setup import (
     CheckSetup,
     active,
@@ -168,6 +174,8 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
     try:
         new_sess = opener(probe)
     except Exception as e:  # noqa: BLE001
+        if no_kernel(e):
+            raise no_kernel(e) from None
         _fail(parity, f"the rewritten model does not load in onnxruntime: {one_line(e)}", emit)
         return
     noise_inputs = {r.replacement.name: r for r in records if r.replacement
@@ -508,6 +516,8 @@ def _twin_check(parity, opener, model, records, noise_model, noise_records, mode
     try:
         sess = opener(model)
     except Exception as e:  # noqa: BLE001
+        if no_kernel(e):
+            raise no_kernel(e) from None
         _fail(parity, f"the rewritten model does not load in onnxruntime: {one_line(e)}", emit)
         return
     try:
