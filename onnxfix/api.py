@@ -49,7 +49,8 @@ def _load(model_or_path: ModelLike) -> tuple[onnx.ModelProto, str | None]:
 
 def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 0,
             dims: dict[str, int] | None = None, only: list[str] | None = None,
-            exclude: list[str] | None = None, noise_dtype: str = "same", check: bool = True,
+            exclude: list[str] | None = None, noise_dtype: str = "same",
+            noise_bounds: dict[str, int] | None = None, check: bool = True,
             atol: float | None = None, rtol: float | None = None, check_size: int = 2,
             max_draw_bytes: int = DEFAULT_MAX_DRAW_BYTES,
             output: str | os.PathLike | None = None, weights: str = "same",
@@ -63,6 +64,9 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
     dims: sizes for symbolic dims, fixed model-wide (constant mode needs concrete shapes).
     noise_dtype: "same", "float32" or "float16": the dtype noise inputs are fed in (cast
         in-graph to what the draw needs).
+    noise_bounds: upper bounds of data-dependent noise dims, by the name the error and the
+        report give (`<noise input>:<axis>`), e.g. {"noise_z:2": 400}: that axis is declared
+        with the bound and the graph slices what each run needs.
     only / exclude: glob patterns over node names and output names selecting the nodes to
         rewrite; unselected random nodes stay as they are (the report says so).
     check: run the conditional parity check in onnxruntime; raises ParityError on failure.
@@ -90,7 +94,8 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
     try:
         new_model, report = _rewrite(original, source, skeleton, mode, seed=seed, dims=dims,
                                      select=make_selector(only, exclude),
-                                     noise_dtype=noise_dtype, check=check, atol=atol, rtol=rtol,
+                                     noise_dtype=noise_dtype, noise_bounds=noise_bounds,
+                                     check=check, atol=atol, rtol=rtol,
                                      check_size=check_size, max_draw_bytes=max_draw_bytes,
                                      output=output, on_line=on_line)
         if output is not None:
@@ -106,11 +111,11 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
             skeleton.close()
 
 
-def _rewrite(original, source, skeleton, mode, *, seed, dims, select, noise_dtype, check, atol,
-             rtol, check_size, max_draw_bytes, output, on_line):
+def _rewrite(original, source, skeleton, mode, *, seed, dims, select, noise_dtype, noise_bounds,
+             check, atol, rtol, check_size, max_draw_bytes, output, on_line):
     new_model, records = rewrite_model(original, mode, seed=seed, dims=dims,
                                        max_draw_bytes=max_draw_bytes, select=select,
-                                       noise_dtype=noise_dtype)
+                                       noise_dtype=noise_dtype, noise_bounds=noise_bounds)
     report = RewriteReport(
         mode=mode, input=source, output=str(output) if output is not None else None,
         nodes=records, ops_before=op_counts(original), ops_after=op_counts(new_model),
@@ -127,7 +132,7 @@ def _rewrite(original, source, skeleton, mode, *, seed, dims, select, noise_dtyp
 
         report.parity = check_parity(
             original, new_model, records, mode, size=check_size, atol=atol, rtol=rtol,
-            seed=seed, dims=dims, select=select, on_line=on_line,
+            seed=seed, dims=dims, select=select, noise_bounds=noise_bounds, on_line=on_line,
             weights_folder=str(skeleton.folder) if skeleton is not None else None)
         if report.parity.status == "failed":
             raise ParityError(f"parity check failed: {report.parity.reason}", report)

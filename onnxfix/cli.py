@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
 from . import api
 from .errors import ModelError, OnnxfixError, ParityError, UsageError
 from .model_io import check_writable, write_text_atomic
+from .noisedims import parse_bound_flags
 from .report import RewriteReport
 from .shapes import parse_dim_flags
 
@@ -133,6 +134,10 @@ def rewrite_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed for constant-mode draws and check inputs."),
     dim: list[str] = typer.Option(None, "--dim", metavar="NAME=VALUE",
                                   help="Fix a symbolic dim model-wide (repeatable)."),
+    noise_bound: list[str] = typer.Option(None, "--noise-bound", metavar="NAME=N",
+                                          help="Upper bound of a data-dependent noise dim, "
+                                               "named as the error or report gives it, e.g. "
+                                               "noise_z:2=400 (repeatable)."),
     only: list[str] = typer.Option(None, "--only", metavar="GLOB",
                                    help="Rewrite only random nodes whose node name or output "
                                         "name matches (repeatable)."),
@@ -168,6 +173,7 @@ def rewrite_cmd(
         if report is not None:
             check_writable(report, "--report")
         options = dict(mode=mode.value, seed=seed, dims=dims, only=only, exclude=exclude,
+                       noise_bounds=parse_bound_flags(noise_bound),
                        noise_dtype=noise_dtype.value, weights=weights.value,
                        check=not no_check, atol=atol, rtol=rtol, check_size=check_size,
                        max_draw_bytes=int(max_draw_mb * 2**20))

@@ -57,7 +57,7 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
                  records: list[NodeRecord], mode: str, *, size: int = 2,
                  atol: float | None = None, rtol: float | None = None, seed: int = 0,
                  dims: dict | None = None, select: Callable[[Site], bool] | None = None,
-                 on_line: Callable[[str], None] | None = None,
+                 noise_bounds: dict | None = None, on_line: Callable[[str], None] | None = None,
                  weights_folder: str | None = None) -> Parity:
     """weights_folder: where external-data weights live (a skeleton's source folder)."""
     def opener(model: onnx.ModelProto):
@@ -75,7 +75,7 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             _run_checks(parity, opener, original, rewritten, records, done, mode, size, seed,
-                        dims, select, emit)
+                        dims, select, noise_bounds, emit)
     except CheckSkipped as e:
         parity.status, parity.reason = "skipped", str(e)
         emit(f"SKIPPED | {e}")
@@ -86,13 +86,14 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
 
 
 def _run_checks(parity, opener, original, rewritten, records, done, mode, size, seed, dims,
-                select, emit) -> None:
+                select, noise_bounds, emit) -> None:
     if mode == "input-noise":
         _conditional(parity, opener, original, rewritten, records, size, seed, emit)
         return
     from .rewrite import rewrite_model
 
-    noise_model, noise_records = rewrite_model(original, "input-noise", dims=dims, select=select)
+    noise_model, noise_records = rewrite_model(original, "input-noise", dims=dims, select=select,
+                                               noise_bounds=noise_bounds)
     if mode == "constant":
         _conditional(parity, opener, original, noise_model, noise_records, size, seed, emit)
     if parity.status != "failed":

@@ -1,0 +1,206 @@
+"""Data-dependent noise dims: traced, bounded (--noise-bound), sliced in-graph, fed, checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from conftest import input_dims, op_types, parse, run
+
+import onnxfix
+from onnxfix import ModelError, UsageError
+from onnxfix.rewrite import NOISE_METADATA_KEY, rewrite_model
+
+# A VITS-like flow: durations come from a first draw, frames = their sum, and the flow noise
+# is drawn over [batch, 2, frames] (ConstantOfShape -> RandomNormalLike).
+VITS = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 2, frames] y) {
+  zero1 = Constant<value=int64[1] {0}>()
+  one1 = Constant<value=int64[1] {1}>()
+  one = Constant<value=float {1.0}>()
+  two = Constant<value=int64[1] {2}>()
+  e = RandomNormalLike(x)
+  a = Abs(e)
+  c = Ceil(a)
+  d = Add(c, one)
+  di = Cast<to=7>(d)
+  tot = ReduceSum<keepdims=0>(di)
+  total = Reshape(tot, one1)
+  xs = Shape(x)
+  b = Slice(xs, zero1, one1)
+  zs = Concat<axis=0>(b, two, total)
+  base = ConstantOfShape(zs)
+  z = RandomNormalLike<scale=0.5>(base)
+  y = Add(z, one)
+}
+"""
+
+# A length read from an input's values (Range over it), drawn with a uniform.
+RANGE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (int64 n, float[batch] x) => (float[L] y) {
+  zero = Constant<value=int64 {0}>()
+  step = Constant<value=int64 {1}>()
+  idx = Range(zero, n, step)
+  f = Cast<to=1>(idx)
+  u = RandomUniformLike<low=-1.0, high=1.0>(f)
+  y = Add(f, u)
+}
+"""
+
+# The noise size follows from the input dims, but inference leaves it unnamed.
+DERIVED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[M, 4] y) {
+  xx = Concat<axis=0>(x, x)
+  r = RandomNormalLike(xx)
+  y = Add(xx, r)
+}
+"""
+
+BOUND = {"noise_z:2": 64}
+
+
+def _frames(noise_e: np.ndarray) -> int:
+    return int((np.ceil(np.abs(noise_e)) + 1).astype(np.int64).sum())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnxfix", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_without_a_bound_the_rewrite_stops_naming_input_dim_origin_and_flag():
+    with pytest.raises(ModelError) as err:
+        rewrite_model(parse(VITS), "input-noise")
+    assert str(err.value) == (
+        "RandomNormalLike -> 'z' (main): axis 2 of its noise 'noise_z' is data-dependent (the "
+        "size of 'base' axis 2 comes from the values of 'zs' (the draw RandomNormalLike -> "
+        "'e')), so it cannot be sized from the model's inputs; set an upper bound with "
+        "--noise-bound noise_z:2=N (API: noise_bounds={'noise_z:2': N}) or use --mode "
+        "deterministic")
+
+
+def test_cli_without_a_bound_exits_3_with_one_line_and_writes_nothing(tmp_path):
+    src = tmp_path / "vits.onnx"
+    onnx.save(parse(VITS), src)
+    out = tmp_path / "out.onnx"
+    res = _cli("rewrite", str(src), str(out))
+    assert res.returncode == 3
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--noise-bound noise_z:2=N" in lines[0]
+    assert not out.exists()
+    res = _cli("rewrite", str(src), str(out), "--noise-bound", "noise_z:2=64", "--report",
+               str(tmp_path / "r.json"))
+    assert res.returncode == 0, res.stderr
+    dims = json.loads((tmp_path / "r.json").read_text())["nodes"][1]["replacement"]["dims"]
+    assert dims[2] == {"axis": 2, "kind": "bounded", "size": 64, "name": "noise_z:2",
+                       "source": "base", "source_axis": 2,
+                       "origin": "the values of 'zs' (the draw RandomNormalLike -> 'e')"}
+
+
+def test_bounded_noise_is_declared_at_the_bound_and_the_check_covers_it():
+    lines = []
+    new, report = onnxfix.rewrite(parse(VITS), "input-noise", noise_bounds=BOUND,
+                                  on_line=lines.append)
+    assert input_dims(new, "noise_z") == ["batch", 2, 64]
+    assert input_dims(new, "noise_e") == ["batch", 4]
+    # the original's draw fills the first frames, filler the rest: outputs equal exactly
+    assert report.parity.status == "passed"
+    assert [c.max_abs_err for c in report.parity.outputs] == [0.0] * 6
+    shapes = [p.shape for p in report.parity.outputs if p.name == "z"]
+    # onnxruntime draws the durations afresh: frames vary, at least one per duration
+    assert [s[:2] for s in shapes] == [[2, 2], [3, 2]]
+    assert 8 <= shapes[0][2] <= 64 and 12 <= shapes[1][2] <= 64
+    # Shape of the node's input -> the frames it needs -> Slice -> Reshape (the guard)
+    assert op_types(new)[-11:] == ["ConstantOfShape", "Shape", "Constant", "Gather", "Constant",
+                                   "Constant", "Slice", "Reshape", "Constant", "Mul", "Add"]
+    meta = json.loads({p.key: p.value for p in new.metadata_props}[NOISE_METADATA_KEY])
+    kinds = {e["name"]: [(d["kind"], d.get("size") or d.get("name")) for d in e["dims"]]
+             for e in meta}
+    assert kinds == {"noise_e": [("input", "batch"), ("constant", 4)],
+                     "noise_z": [("input", "batch"), ("constant", 2), ("bounded", 64)]}
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_noise_feeds_from_the_input_dims_alone_run_the_bounded_model(batch):
+    new, _ = onnxfix.rewrite(parse(VITS), "input-noise", noise_bounds=BOUND, check=False)
+    feeds = onnxfix.noise_feeds(new, dims={"batch": batch}, seed=batch)
+    assert {k: v.shape for k, v in feeds.items()} == {"noise_e": (batch, 4),
+                                                      "noise_z": (batch, 2, 64)}
+    y = run(new, {"x": np.zeros((batch, 4), np.float32), **feeds})["y"]
+    frames = _frames(feeds["noise_e"])
+    prefix = feeds["noise_z"][:, :, :frames]
+    np.testing.assert_array_equal(y, prefix * np.float32(0.5) + np.float32(1.0))
+
+
+def test_a_run_needing_more_than_the_bound_fails_in_onnxruntime():
+    new, _ = onnxfix.rewrite(parse(VITS), "input-noise", noise_bounds={"noise_z:2": 10},
+                             check=False)
+    feeds = onnxfix.noise_feeds(new, dims={"batch": 2}, seed=0)
+    feeds["noise_e"] = np.full((2, 4), 2.5, np.float32)  # 8 durations of 4 frames: 32 > 10
+    with pytest.raises(Exception, match=r"cannot be reshaped to the requested shape\. Input "
+                                        r"shape:\{2,2,10\}, requested shape:\{2,2,32\}"):
+        run(new, {"x": np.zeros((2, 4), np.float32), **feeds})
+
+
+def test_a_bound_for_a_dim_that_is_not_data_dependent_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match=r"^--noise-bound: no data-dependent noise dim "
+                                         r"'noise_e:1' \(data-dependent dims: noise_z:2\)$"):
+        rewrite_model(parse(VITS), "input-noise", noise_bounds={"noise_e:1": 4, **BOUND})
+    src = tmp_path / "vits.onnx"
+    onnx.save(parse(VITS), src)
+    res = _cli("rewrite", str(src), str(tmp_path / "o.onnx"), "--noise-bound", "noise_z:2")
+    assert res.returncode == 2
+    assert res.stderr.strip().endswith("expected NAME=N, e.g. --noise-bound noise_z:2=400")
+
+
+def test_constant_mode_names_the_data_dependent_dim_not_a_dim_flag():
+    with pytest.raises(ModelError) as err:
+        rewrite_model(parse(VITS), "constant", dims={"batch": 1})
+    text = str(err.value)
+    assert "is data-dependent" in text and "--noise-bound noise_z:2=N" in text
+    assert "--dim" not in text and "unk__" not in text
+    new, report = onnxfix.rewrite(parse(VITS), "constant", dims={"batch": 1},
+                                  noise_bounds=BOUND)
+    assert report.parity.status == "passed"
+    frozen = {t.name: onnx.numpy_helper.to_array(t) for t in new.graph.initializer}
+    assert frozen["noise_z"].shape == (1, 2, 64)
+    y = run(new, {"x": np.zeros((1, 4), np.float32)})["y"]
+    frames = _frames(frozen["e"])  # the first draw is frozen itself
+    np.testing.assert_array_equal(y, frozen["noise_z"][:, :, :frames] * np.float32(0.5) + 1)
+
+
+def test_range_over_an_input_value_is_data_dependent_and_bounded():
+    with pytest.raises(ModelError, match=r"the size of 'f' axis 0 comes from the values of "
+                                         r"'n' \(the values of input 'n'\)"):
+        rewrite_model(parse(RANGE), "input-noise")
+    new, report = onnxfix.rewrite(parse(RANGE), "input-noise", noise_bounds={"noise_u:0": 8})
+    assert input_dims(new, "noise_u") == [8]
+    assert report.parity.status == "passed"
+    u = np.linspace(0, 0.875, 8, dtype=np.float32)
+    y = run(new, {"n": np.array(5), "x": np.zeros(2, np.float32), "noise_u": u})["y"]
+    f = np.arange(5, dtype=np.float32)
+    np.testing.assert_array_equal(y, f + (u[:5] * np.float32(2.0) + np.float32(-1.0)))
+
+
+def test_a_derived_dim_is_sized_by_noise_feeds_and_checked_in_graph():
+    new, report = onnxfix.rewrite(parse(DERIVED), "input-noise")
+    assert report.parity.status == "passed"
+    assert input_dims(new, "noise_r") == ["noise_r_d0", 4]
+    assert report.nodes[0].replacement.dims[0] == {
+        "axis": 0, "kind": "derived", "name": "noise_r_d0", "source": "xx", "source_axis": 0}
+    feeds = onnxfix.noise_feeds(new, dims={"batch": 3}, seed=0)
+    assert feeds["noise_r"].shape == (6, 4)
+    x = np.ones((3, 4), np.float32)
+    y = run(new, {"x": x, **feeds})["y"]
+    np.testing.assert_array_equal(y, np.concatenate([x, x]) + feeds["noise_r"])
+    # a guessed size fails loudly instead of broadcasting one row over all
+    with pytest.raises(Exception, match=r"cannot be reshaped.*Input shape:\{1,4\}, requested "
+                                        r"shape:\{6,4\}"):
+        run(new, {"x": x, "noise_r": np.zeros((1, 4), np.float32)})
