@@ -39,6 +39,7 @@ from .find import Site, find_sites
 from .ops import AffineOp, Inconsistent, attrs_of, np_dtype, spec_for
 from .report import NodeRecord, OutputCheck, Parity
 from .shapes import infer_facts
+from .twin_noise import TwinSizes, measured_sizes, shape_probe, sized_fill
 
 
 @dataclass
@@ -92,13 +93,15 @@ def _run_checks(parity, opener, original, rewritten, records, done, mode, size, 
         return
     from .rewrite import rewrite_model
 
-    noise_model, noise_records = rewrite_model(original, "input-noise", dims=dims, select=select,
-                                               noise_bounds=noise_bounds)
+    def make_twin(measured: dict[str, int]):
+        return rewrite_model(original, "input-noise", dims=dims, select=select,
+                             noise_bounds={**(noise_bounds or {}), **measured})
+
+    twin = make_twin({}) if mode == "constant" else None
     if mode == "constant":
-        _conditional(parity, opener, original, noise_model, noise_records, size, seed, emit)
+        _conditional(parity, opener, original, *twin, size, seed, emit)
     if parity.status != "failed":
-        _twin_check(parity, opener, rewritten, done, noise_model, noise_records, mode, size,
-                    seed, emit)
+        _twin_check(parity, opener, rewritten, done, twin, make_twin, mode, size, seed, emit)
 
 
 def _refuse_aborting_draws(model: onnx.ModelProto) -> None:
@@ -375,21 +378,22 @@ def _tainted_outputs(model: onnx.ModelProto, sources: list[str]) -> set[str]:
 
 # -- constant / deterministic: compare with the input-noise twin ------------------------------
 
-def _twin_check(parity, opener, model, records, noise_model, noise_records, mode, size,
-                seed, emit) -> None:
+def _twin_check(parity, opener, model, records, twin, make_twin, mode, size, seed,
+                emit) -> None:
     """The model must equal its input-noise twin fed the noise it stands for; two runs agree.
 
     constant: the frozen noise (a frozen draw is standardized back to noise).
     deterministic: the noise whose transform gives the representative value (0 for normal
     draws, 0.5 for uniform ones); Dropout has none, so outputs it reaches are not compared.
+    Its twin's noise is sized from the shapes the deterministic model really draws.
     """
     try:
         sess = opener(model)
-        noise_sess = opener(noise_model)
+        probe = _deterministic_probe(opener, model, records) if mode == "deterministic" else None
+        noise_sess = opener(twin[0]) if twin is not None else None
     except Exception as e:  # noqa: BLE001
         _fail(parity, f"the rewritten model does not load in onnxruntime: {one_line(e)}", emit)
         return
-    noise_name = {r.output: r.replacement.name for r in noise_records if r.replacement}
     wanted = {r.replacement.name for r in records}
     frozen = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer
               if t.name in wanted}  # the new, in-memory ones: model weights stay unread
@@ -420,12 +424,24 @@ def _twin_check(parity, opener, model, records, noise_model, noise_records, mode
                                             math.inf, False, f"two runs of the {mode} model "
                                                              f"differ"), emit)
                 parity.status = "failed"
+        sizes = TwinSizes()
+        if probe is not None:
+            sizes = _measure(probe, feeds)
+            try:
+                twin = make_twin(sizes.bounds)
+                noise_sess = opener(twin[0])
+            except Exception as e:  # noqa: BLE001
+                _fail(parity, f"the input-noise twin cannot be built: {one_line(e)}", emit)
+                return
+        noise_name = {r.output: r.replacement.name for r in twin[1] if r.replacement}
         noise = {}
         for rec in records:
             target = noise_name[rec.output]
             if mode == "deterministic":
                 fam = rec.distribution["family"]
-                noise[target] = filler(noise_sess, target, n, 0.0 if fam == "normal" else 0.5)
+                noise[target] = sized_fill(input_meta(noise_sess, target), sizes, n,
+                                           0.0 if fam == "normal" else 0.5,
+                                           input_dtype(noise_sess, target))
                 continue
             if rec.replacement.name not in frozen:
                 # nothing read this draw once the rewrite was done (it only fed another
@@ -450,6 +466,25 @@ def _twin_check(parity, opener, model, records, noise_model, noise_records, mode
             _record(parity, check, emit)
             if not check.passed:
                 parity.status = "failed"
+
+
+def _deterministic_probe(opener, model, records):
+    """A session exposing the shape of each deterministic draw, or None where it cannot."""
+    probe, exposed = shape_probe(model, records)
+    try:
+        return opener(probe), exposed, records
+    except Exception:  # noqa: BLE001 - sizing then falls back to the check size
+        return None
+
+
+def _measure(probe, feeds) -> TwinSizes:
+    sess, exposed, records = probe
+    try:
+        got = dict(zip(list(exposed.values()), sess.run(list(exposed.values()), feeds),
+                       strict=True))
+    except Exception:  # noqa: BLE001 - e.g. an If inside a loop: sizes fall back
+        return TwinSizes()
+    return measured_sizes(records, exposed, got)
 
 
 def _affine_of(rec: NodeRecord):

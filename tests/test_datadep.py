@@ -204,3 +204,37 @@ def test_a_derived_dim_is_sized_by_noise_feeds_and_checked_in_graph():
     with pytest.raises(Exception, match=r"cannot be reshaped.*Input shape:\{1,4\}, requested "
                                         r"shape:\{6,4\}"):
         run(new, {"x": x, "noise_r": np.zeros((1, 4), np.float32)})
+
+
+# A while-loop: the iteration count comes from the condition, not from any input dim.
+WHILE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch] x) => (float[batch] acc) {
+  cond = Constant<value=bool {1}>()
+  acc = Loop ("", cond, x) <
+    body = b (int64 i, bool c_in, float[batch] a_in) => (bool c_out, float[batch] a_out) {
+      four = Constant<value=int64 {4}>()
+      c_out = Less(i, four)
+      r = RandomNormalLike<mean=0.25>(a_in)
+      a_out = Add(a_in, r)
+    }
+  >
+}
+"""
+
+
+def test_deterministic_check_sizes_its_twin_noise_from_the_real_shapes():
+    # no bound needed: deterministic mode has no noise input; its check's twin is sized from
+    # the shapes the deterministic model really computes (frames from the mean durations)
+    new, report = onnxfix.rewrite(parse(VITS), "deterministic")
+    assert report.parity.status == "passed"
+    assert not [i.name for i in new.graph.input if i.name.startswith("noise_")]
+    y = run(new, {"x": np.zeros((2, 4), np.float32)})["y"]
+    np.testing.assert_array_equal(y, np.ones((2, 2, 8), np.float32))  # 8 durations of 1
+
+
+def test_deterministic_check_of_a_while_loop_sizes_the_iteration_axis():
+    new, report = onnxfix.rewrite(parse(WHILE), "deterministic")
+    assert report.parity.status == "passed"
+    acc = run(new, {"x": np.zeros(3, np.float32)})["acc"]
+    np.testing.assert_allclose(acc, np.full(3, 1.25, np.float32))  # 5 iterations of the mean
