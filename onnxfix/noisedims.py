@@ -170,3 +170,27 @@ def slice_to_need(b: NodeBuilder, noise: str, dims: list[NoiseDim], n_lead: int,
         target = b.op("Concat", pieces, "need_noise_shape", axis=0)
     # Slice clamps ends silently; Reshape refuses a prefix shorter than the run needs.
     return b.op("Reshape", [prefix, target], "need")
+
+
+def pad_to_bounds(b: NodeBuilder, tensor: str, rank: int, axes: dict[int, int]) -> str:
+    """`tensor` padded at the end of each axis in `axes` (axis -> bound) by repeating its edge.
+
+    The parity check stacks a per-iteration draw over loop iterations; a draw whose shape
+    varies between iterations can only be stacked once padded to its bound (the padding is
+    never read: the rewritten model slices the prefix each iteration needs).
+    """
+    if b.opset < 11:
+        raise ModelError("checking a bounded per-iteration draw needs opset 11 or later (Pad "
+                         "with runtime pads)")
+    shape = b.op("Shape", [tensor], "pad_shape")
+    pieces = [b.constant(np.zeros(rank, dtype=np.int64), "pad_begin")]
+    for a in range(rank):
+        if a in axes:
+            have = b.op("Gather", [shape, b.constant(np.array([a], dtype=np.int64), "ax")],
+                        "have", axis=0)
+            bound = b.constant(np.array([axes[a]], dtype=np.int64), "bound")
+            pieces.append(b.op("Sub", [bound, have], "pad_end"))
+        else:
+            pieces.append(b.constant(np.zeros(1, dtype=np.int64), "no_pad"))
+    pads = b.op("Concat", pieces, "pads", axis=0)
+    return b.op("Pad", [tensor, pads], "padded", mode="edge")

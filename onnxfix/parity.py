@@ -288,17 +288,50 @@ def _capture_model(base: onnx.ModelProto, records) -> tuple[list[_Captured], onn
                 cond = exposer.expose(scope.owner.input[0], onnx.TensorProto.BOOL,
                                       site.scopes[:k])
                 cap.branches.append((cond, scope.attr == "then_branch"))
+        pad = _bounds_padder(model, site, rec, lead, facts, exposer.names)
         for i, out in enumerate(node.output):
             if out:
                 elem = onnx.TensorProto.BOOL if (node.op_type == "Dropout" and i == 1) else \
                     _elem(facts, out, rec)
-                cap.outputs[i] = exposer.expose(out, elem, site.scopes)
+                cap.outputs[i] = exposer.expose(pad(out, "draw"), elem, site.scopes)
         wanted = set(spec.capture_inputs(node))
         for i, inp in enumerate(node.input):
             if inp and inp in wanted:
-                cap.inputs[i] = exposer.expose(inp, _elem(facts, inp, rec), site.scopes)
+                cap.inputs[i] = exposer.expose(pad(inp, "source" if i == 0 else ""),
+                                               _elem(facts, inp, rec), site.scopes)
         captures.append(cap)
     return captures, model
+
+
+def _bounds_padder(model, site, rec, lead: int, facts, names):
+    """name, role -> name padded to the bounds of a per-iteration draw (see pad_to_bounds)."""
+    from .builder import NodeBuilder
+    from .find import default_opset
+    from .noisedims import BOUNDED, pad_to_bounds
+    from .twin_noise import draw_axis
+
+    bounded = [d for d in rec.replacement.dims if d["kind"] == BOUNDED and d["axis"] >= lead]
+    if not lead or not bounded:
+        return lambda name, role: name
+
+    def pad(name: str, role: str) -> str:
+        f = facts.get(name)
+        if not role or f is None or f.shape is None:
+            return name
+        axes = {}
+        for d in bounded:
+            a = (draw_axis(rec.op_type, d["axis"] - lead) if role == "draw"
+                 else d.get("source_axis"))
+            if a is not None and a < len(f.shape):
+                axes[a] = d["size"]
+        if not axes:
+            return name
+        b = NodeBuilder(names, default_opset(model), f"onnxfix_check_{name}")
+        padded = pad_to_bounds(b, name, len(f.shape), axes)
+        site.container.node.extend(b.nodes)
+        return padded
+
+    return pad
 
 
 def _elem(facts, name: str, rec: NodeRecord) -> int:

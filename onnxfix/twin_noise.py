@@ -47,7 +47,7 @@ def shape_probe(model: onnx.ModelProto, records: list[NodeRecord]
     return probe, exposed
 
 
-def _draw_axis(op_type: str, k: int) -> int | None:
+def draw_axis(op_type: str, k: int) -> int | None:
     """The draw's axis that noise axis k (within one invocation) has the size of."""
     if op_type == "Multinomial":  # noise [batch, samples, classes], draw [batch, samples]
         return k if k < 2 else None
@@ -73,10 +73,10 @@ def measured_sizes(records: list[NodeRecord], exposed: dict[str, str],
                 if d["kind"] == ITERATIONS:
                     sizes.dims[d["name"]] = int(lead[axis])
                 continue
-            draw_axis = _draw_axis(rec.op_type, axis - n_lead)
-            if rows is None or draw_axis is None or draw_axis >= rows.shape[1]:
+            k = draw_axis(rec.op_type, axis - n_lead)
+            if rows is None or k is None or k >= rows.shape[1]:
                 continue
-            seen = int(rows[:, draw_axis].max()) if len(rows) else 0
+            seen = int(rows[:, k].max()) if len(rows) else 0
             if d["kind"] in (DATA, BOUNDED):
                 sizes.bounds[d["name"]] = max(seen, 1)
             elif d["kind"] in (INPUT, DERIVED):

@@ -238,3 +238,84 @@ def test_deterministic_check_of_a_while_loop_sizes_the_iteration_axis():
     assert report.parity.status == "passed"
     acc = run(new, {"x": np.zeros(3, np.float32)})["acc"]
     np.testing.assert_allclose(acc, np.full(3, 1.25, np.float32))  # 5 iterations of the mean
+
+
+# Per-iteration draws whose shape changes between iterations: over [i + 1], and over a loop
+# state that doubles each iteration.
+LOOP_BY_ITERATION = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1] x) => (float acc_out) {
+  trips = Constant<value=int64 {3}>()
+  cond = Constant<value=bool {1}>()
+  z = Constant<value=float {0.0}>()
+  acc_out = Loop (trips, cond, z) <
+    body = b (int64 i, bool c_in, float a_in) => (bool c_out, float a_out) {
+      c_out = Identity(c_in)
+      one = Constant<value=int64 {1}>()
+      n = Add(i, one)
+      ax = Constant<value=int64[1] {0}>()
+      nn = Unsqueeze(n, ax)
+      base = ConstantOfShape(nn)
+      r = RandomNormalLike<dtype=1>(base)
+      s = ReduceSum<keepdims=0>(r)
+      a_out = Add(a_in, s)
+    }
+  >
+}
+"""
+
+LOOP_GROWING_STATE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1] x) => (float acc_out) {
+  trips = Constant<value=int64 {3}>()
+  cond = Constant<value=bool {1}>()
+  z = Constant<value=float {0.0}>()
+  acc_out, grown = Loop (trips, cond, z, x) <
+    body = b (int64 i, bool c_in, float a_in, float[L0] g_in) => (bool c_out, float a_out,
+                                                                  float[L1] g_out) {
+      c_out = Identity(c_in)
+      r = RandomUniformLike(g_in)
+      s = ReduceSum<keepdims=0>(r)
+      a_out = Add(a_in, s)
+      g_out = Concat<axis=0>(g_in, g_in)
+    }
+  >
+}
+"""
+
+
+def test_a_loop_draw_whose_shape_changes_per_iteration_is_refused_without_a_bound():
+    with pytest.raises(ModelError, match=r"axis 1 of its noise 'noise_r' is data-dependent "
+                                         r"\(the size of 'base' axis 0 comes from the values "
+                                         r"of 'nn' \(the iteration number of Loop -> "
+                                         r"'acc_out'\)\).*--noise-bound noise_r:1=N"):
+        rewrite_model(parse(LOOP_BY_ITERATION), "input-noise")
+    with pytest.raises(ModelError, match=r"comes from loop state 'g_in' of Loop -> 'acc_out', "
+                                         r"whose shape can change between iterations"):
+        rewrite_model(parse(LOOP_GROWING_STATE), "input-noise")
+
+
+def test_a_bounded_per_iteration_draw_reads_its_own_prefix_each_iteration():
+    new, report = onnxfix.rewrite(parse(LOOP_BY_ITERATION), "input-noise",
+                                  noise_bounds={"noise_r:1": 5})
+    assert input_dims(new, "noise_r") == [3, 5]
+    assert report.parity.status == "passed"  # the capture pads each iteration's draw
+    eps = np.arange(15, dtype=np.float32).reshape(3, 5)
+    acc = run(new, {"x": np.zeros(1, np.float32), "noise_r": eps})["acc_out"]
+    # iteration i draws i + 1 values: row i's prefix, never one draw broadcast over all
+    assert acc == eps[0, :1].sum() + eps[1, :2].sum() + eps[2, :3].sum()
+
+
+def test_a_bounded_growing_loop_state_draw_is_checked_and_fails_loudly_past_its_bound():
+    new, report = onnxfix.rewrite(parse(LOOP_GROWING_STATE), "input-noise",
+                                  noise_bounds={"noise_r:1": 4})
+    assert report.parity.status == "passed"
+    u = np.linspace(0, 0.9, 12, dtype=np.float32).reshape(3, 4)
+    acc = run(new, {"x": np.zeros(1, np.float32), "noise_r": u})["acc_out"]
+    np.testing.assert_allclose(acc, u[0, :1].sum() + u[1, :2].sum() + u[2, :4].sum(),
+                               rtol=1e-6)
+    small, _ = onnxfix.rewrite(parse(LOOP_GROWING_STATE), "input-noise",
+                               noise_bounds={"noise_r:1": 3}, check=False)
+    with pytest.raises(Exception, match=r"cannot be reshaped to the requested shape\. Input "
+                                        r"shape:\{3\}, requested shape:\{4\}"):
+        run(small, {"x": np.zeros(1, np.float32), "noise_r": u[:, :3]})
