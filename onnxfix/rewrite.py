@@ -48,6 +48,7 @@ from .report import NodeRecord, Replacement
 from .shapes import (
     Shape,
     TensorFacts,
+    collect_facts,
     fix_dims,
     infer_facts,
     input_dim_names,
@@ -246,9 +247,15 @@ def _kept(site: Site, why: str) -> NodeRecord:
 # -- planning ----------------------------------------------------------------------------
 
 def _iteration_dim_names(model: onnx.ModelProto) -> dict[str, str]:
-    """A readable, stable dim name for the iteration axis of each Loop/Scan holding a draw."""
+    """A readable, stable dim name for the iteration axis of each Loop/Scan holding a draw.
+
+    A Loop whose trip count is one of the graph inputs' dims (`Shape(timesteps)[0]`) takes
+    that dim's name, so its noise is tied to the input.
+    """
     names: dict[str, str] = {}
     used: set[str] = set()
+    inputs = set(input_dim_names(model))
+    declared = None
     for site in find_sites(model):
         for scope in site.scopes:
             if scope.owner.op_type not in ("Loop", "Scan"):
@@ -256,6 +263,12 @@ def _iteration_dim_names(model: onnx.ModelProto) -> dict[str, str]:
             key = _scope_key(scope)
             if key in names:
                 continue
+            if scope.owner.op_type == "Loop" and scope.owner.input and scope.owner.input[0]:
+                declared = declared if declared is not None else collect_facts(model)
+                dim = trip_dim(scope.parent, scope.owner.input[0], declared, model)
+                if isinstance(dim, str) and dim in inputs:
+                    names[key] = dim
+                    continue
             base = sanitize(scope.owner.name or scope.owner.op_type.lower()) + "_iterations"
             name, k = base, 1
             while name in used:
@@ -264,6 +277,32 @@ def _iteration_dim_names(model: onnx.ModelProto) -> dict[str, str]:
             used.add(name)
             names[key] = name
     return names
+
+
+def trip_dim(graph, name: str, facts: dict[str, TensorFacts], model: onnx.ModelProto):
+    """The input dim a trip count reads (`Gather(Shape(x), k)`, `Shape<start=k,end=k+1>(x)`,
+    `Slice(Shape(x), k, k+1)`, through Cast/Squeeze/Reshape...), or None."""
+    producers = {o: n for n in graph.node for o in n.output}
+    lookup = constant_lookup(model)
+    for _ in range(16):  # a short chain of single-value ops
+        node = producers.get(name)
+        if node is None:
+            return None
+        if node.op_type in ("Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten"):
+            name = node.input[0]
+            continue
+        shape_node, k = node, 0
+        if node.op_type in ("Gather", "Slice") and len(node.input) > 1:
+            k = as_int(lookup(node.input[1]))
+            shape_node = producers.get(node.input[0])
+        if shape_node is None or shape_node.op_type != "Shape" or k is None:
+            return None
+        start = int(attrs_of(shape_node).get("start", 0))
+        shape = (facts.get(shape_node.input[0]) or TensorFacts(None, None)).shape
+        if shape is None or start < 0 or not 0 <= start + k < len(shape):
+            return None
+        return shape[start + k]
+    return None
 
 
 def _scope_key(scope: Scope) -> str:

@@ -319,3 +319,37 @@ def test_a_bounded_growing_loop_state_draw_is_checked_and_fails_loudly_past_its_
     with pytest.raises(Exception, match=r"cannot be reshaped to the requested shape\. Input "
                                         r"shape:\{3\}, requested shape:\{4\}"):
         run(small, {"x": np.zeros(1, np.float32), "noise_r": u[:, :3]})
+
+
+# A DDPM-style sampler: the Loop runs once per entry of `timesteps` (trip = Shape(t)[0]).
+TIMESTEP_LOOP = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[T] timesteps, float[batch, 4] x) => (float[batch, 4] y) {
+  sh = Shape(timesteps)
+  zero = Constant<value=int64 {0}>()
+  n = Gather<axis=0>(sh, zero)
+  cond = Constant<value=bool {1}>()
+  y = Loop (n, cond, x) <
+    body = b (int64 i, bool c_in, float[batch, 4] a_in) => (bool c_out, float[batch, 4] a_out) {
+      c_out = Identity(c_in)
+      r = RandomNormalLike(a_in)
+      a_out = Add(a_in, r)
+    }
+  >
+}
+"""
+
+
+def test_a_loop_over_shape_of_timesteps_takes_the_timesteps_dim_as_iteration_axis():
+    new, report = onnxfix.rewrite(parse(TIMESTEP_LOOP), "input-noise")
+    assert input_dims(new, "noise_r") == ["T", "batch", 4]
+    assert report.nodes[0].replacement.dims[0] == {"axis": 0, "kind": "iterations", "name": "T"}
+    assert report.parity.status == "passed"
+    feeds = onnxfix.noise_feeds(new, dims={"T": 5, "batch": 2}, seed=0)
+    assert feeds["noise_r"].shape == (5, 2, 4)
+    x = np.ones((2, 4), np.float32)
+    y = run(new, {"timesteps": np.zeros(5, np.float32), "x": x, **feeds})["y"]
+    expected = x.copy()
+    for eps in feeds["noise_r"]:
+        expected = expected + eps
+    np.testing.assert_array_equal(y, expected)
