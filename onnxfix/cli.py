@@ -322,13 +322,14 @@ def inspect_cmd(
     elif not rep.nodes:
         typer.echo(f"{model}: no random nodes")
     else:
-        rows = [("graph", "op", "node", "output", "dtype", "shape", "attributes", "consumers")]
+        rows = [("graph", "op", "node", "output", "dtype", "shape", "attributes", "consumers",
+                 "noise input")]
         for n in rep.nodes:
             shape = "?" if n.shape is None else "[" + ", ".join(
                 "?" if d is None else str(d) for d in n.shape) + "]"
             attrs = ", ".join(f"{k}={v}" for k, v in n.attributes.items())
             rows.append((n.graph, n.op_type, n.name or "-", n.output, n.dtype, shape,
-                         attrs or "-", "; ".join(n.consumers) or "-"))
+                         attrs or "-", "; ".join(n.consumers) or "-", _noise_text(n.noise)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         typer.echo(f"{model}: {len(rep.nodes)} random node(s)")
         for r in rows:
@@ -336,6 +337,15 @@ def inspect_cmd(
     if fail_if_random and rep.nodes:
         typer.echo(f"onnxfix: {len(rep.nodes)} random node(s) remain in {model}", err=True)
         raise typer.Exit(1)
+
+
+def _noise_text(noise: dict | None) -> str:
+    """`noise_z [batch, 2, noise_z:2 (data-dependent)]`; '-' when no rewrite is possible."""
+    if not noise:
+        return "-"
+    dims = [f"{d['name']} (data-dependent)" if d["kind"] == "data-dependent" else
+            str(d.get("size", d.get("name", "?"))) for d in noise["dims"]]
+    return f"{noise['input']} [{', '.join(dims)}]"
 
 
 def main() -> None:

@@ -353,3 +353,17 @@ def test_a_loop_over_shape_of_timesteps_takes_the_timesteps_dim_as_iteration_axi
     for eps in feeds["noise_r"]:
         expected = expected + eps
     np.testing.assert_array_equal(y, expected)
+
+
+def test_inspect_names_dims_like_the_rewrite_and_marks_data_dependent_ones(tmp_path):
+    info = onnxfix.inspect(parse(VITS))
+    z = info.nodes[1]
+    assert z.shape == ["batch", 2, "noise_z:2"]
+    assert z.noise["input"] == "noise_z"
+    assert [(d["kind"], d.get("name", d.get("size"))) for d in z.noise["dims"]] == [
+        ("input", "batch"), ("constant", 2), ("data-dependent", "noise_z:2")]
+    src = tmp_path / "vits.onnx"
+    onnx.save(parse(VITS), src)
+    res = _cli("inspect", str(src))
+    assert res.returncode == 0
+    assert res.stdout.splitlines()[3].endswith("noise_z [batch, 2, noise_z:2 (data-dependent)]")
