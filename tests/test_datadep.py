@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
 from conftest import input_dims, op_types, parse, run
+from typer.testing import CliRunner
 
 import onnxfix
 from onnxfix import ModelError, UsageError
+from onnxfix.cli import app
 from onnxfix.rewrite import NOISE_METADATA_KEY, rewrite_model
 
 # A VITS-like flow: durations come from a first draw, frames = their sum, and the flow noise
@@ -70,9 +70,10 @@ def _frames(noise_e: np.ndarray) -> int:
     return int((np.ceil(np.abs(noise_e)) + 1).astype(np.int64).sum())
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnxfix", *args], capture_output=True,
-                          text=True, timeout=120)
+def _cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    result.returncode = result.exit_code
+    return result
 
 
 def test_without_a_bound_the_rewrite_stops_naming_input_dim_origin_and_flag():
