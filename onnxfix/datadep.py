@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .find import constant_values
-from .shapes import TensorFacts
+from .find import constant_values, iter_graphs
+from .shapes import TensorFacts, infer_facts
 
 # Output shape follows the input *shapes* (and attributes) only, never input values.
 SHAPE_FROM_SHAPES = frozenset({
@@ -77,8 +77,9 @@ class Provenance:
         return self.shape[name]
 
 
-def trace(model: onnx.ModelProto, facts: dict[str, TensorFacts]) -> Provenance:
+def trace(model: onnx.ModelProto) -> Provenance:
     """Trace every tensor of the main graph and its bodies (model-local functions excluded)."""
+    facts = (infer_facts(model), _body_facts(model))
     prov = Provenance()
     fixed = constant_values(model)
     overridable = {i.name for i in model.graph.input}
@@ -91,6 +92,22 @@ def trace(model: onnx.ModelProto, facts: dict[str, TensorFacts]) -> Provenance:
             prov.shape[init.name] = None
     _walk(model.graph, prov, facts, fixed)
     return prov
+
+
+def _body_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
+    """Shapes inferred afresh inside bodies: whether a loop state keeps its shape is judged
+    also from what the body computes, not only from the output shapes an exporter declared
+    (TorchScript names them `Looph_dim_0`, which hides that the state keeps `batch`)."""
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    for graph, where in iter_graphs(stripped):
+        if where == "main" or not isinstance(graph, onnx.GraphProto):
+            continue
+        for vi in graph.output:
+            if vi.type.HasField("tensor_type"):
+                vi.type.tensor_type.ClearField("shape")
+        del graph.value_info[:]
+    return infer_facts(stripped)
 
 
 def _first(*texts: str | None) -> str | None:
@@ -158,10 +175,13 @@ def _plain_node(node: onnx.NodeProto, prov: Provenance) -> None:
 
 
 def _same_shape(facts, a: str, b: str) -> bool:
-    fa, fb = facts.get(a), facts.get(b)
-    if fa is None or fb is None or fa.shape is None or fb.shape is None:
-        return False
-    return fa.shape == fb.shape and None not in fa.shape
+    """Inference says `a` and `b` have one shape (declared, or recomputed in the bodies)."""
+    for known in facts:
+        fa, fb = known.get(a), known.get(b)
+        if (fa is not None and fb is not None and fa.shape is not None
+                and fa.shape == fb.shape and None not in fa.shape):
+            return True
+    return False
 
 
 def _with_bodies(node: onnx.NodeProto, prov: Provenance, facts, fixed) -> None:

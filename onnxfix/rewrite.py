@@ -171,7 +171,8 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
         b = NodeBuilder(names, opset, prefix, constant_of=lookup)
         if mode == "deterministic":
             how = plan.spec.deterministic(b, site.node, plan.attrs, plan.dtypes)
-            repl = Replacement("deterministic", site.output, plan.spec.draw_shape(plan.shape),
+            local = plan.declared[len(plan.lead):] if plan.declared is not None else None
+            repl = Replacement("deterministic", site.output, plan.spec.draw_shape(local),
                                dtype_name(plan.dtypes.draw), how,
                                dims=[d.to_dict() for d in plan.dims])
             edits.replace(site, b.nodes)
@@ -359,7 +360,7 @@ def _plan_noise_dims(model: onnx.ModelProto, plans: list[Plan], names: NameAlloc
     """Name each plan's noise and say what each of its axes is (see noisedims)."""
     from .datadep import trace
 
-    prov = trace(model, infer_facts(model))
+    prov = trace(model)
     anchors = set(input_dim_names(model)) | set(trip_names.values())
     known: set[str] = set()
     for p in plans:

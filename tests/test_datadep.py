@@ -368,3 +368,58 @@ def test_inspect_names_dims_like_the_rewrite_and_marks_data_dependent_ones(tmp_p
     res = _cli("inspect", str(src))
     assert res.returncode == 0
     assert res.stdout.splitlines()[3].endswith("noise_z [batch, 2, noise_z:2 (data-dependent)]")
+
+
+# TorchScript declares a Loop body's outputs with fresh names; the state still keeps its shape.
+LOOP_FRESH_DECLARED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x, int64 steps) => (float[batch, 4] h) {
+  cond = Constant<value=bool {1}>()
+  h = Loop (steps, cond, x) <
+    body = b (int64 i, bool c_in, float[batch, 4] h_in) => (bool c_out, float[Lh0, Lh1] h_out) {
+      c_out = Identity(c_in)
+      t = Tanh(h_in)
+      r = RandomNormalLike(t)
+      h_out = Add(t, r)
+    }
+  >
+}
+"""
+
+
+def test_a_loop_state_that_keeps_its_shape_needs_no_bound_whatever_the_body_declares():
+    new, report = onnxfix.rewrite(parse(LOOP_FRESH_DECLARED), "input-noise")
+    assert input_dims(new, "noise_r") == ["loop_iterations", "batch", 4]
+    assert report.parity.status == "passed"
+
+
+@pytest.mark.parametrize(("name", "bound"), [
+    ("arch/transformers_vits_ts17.onnx", "noise_vits_RandomNormalLike_output_0:2"),
+    ("edge/vits_scales_ts.onnx", "noise_RandomNormalLike_1_output_0:2"),
+])
+def test_exported_vits_rewrites_with_a_bound_and_runs_on_feeds_from_input_dims(name, bound):
+    from conftest import FIXTURES, session
+
+    path = FIXTURES / name
+    if not path.exists():
+        pytest.skip(f"{name} is not in this checkout")
+    with pytest.raises(ModelError, match=f"--noise-bound {bound}=N"):
+        onnxfix.rewrite(path, "input-noise", check=False)
+    new, report = onnxfix.rewrite(path, "input-noise", noise_bounds={bound: 2048})
+    assert report.parity.status == "passed"
+    sess = session(new)
+    data = [i for i in sess.get_inputs() if not i.name.startswith("noise_")]
+    for n in (1, 3):
+        dims = {d: n + 4 if k else n for i in data for k, d in enumerate(i.shape)
+                if isinstance(d, str)}
+        feeds = onnxfix.noise_feeds(new, dims=dims, seed=n)
+        rng = np.random.default_rng(n)
+        for i in data:
+            shape = [dims[d] if isinstance(d, str) else d for d in i.shape]
+            feeds[i.name] = (np.ones(shape, np.int64) if "mask" in i.name else
+                             rng.integers(0, 10, shape).astype(np.int64) if "int" in i.type
+                             else np.abs(rng.standard_normal(shape)).astype(np.float32))
+        first = sess.run(None, feeds)
+        assert all(np.isfinite(o).all() for o in first)
+        assert all(np.array_equal(a, b) for a, b in zip(first, sess.run(None, feeds),
+                                                         strict=True))
