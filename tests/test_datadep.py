@@ -423,3 +423,25 @@ def test_exported_vits_rewrites_with_a_bound_and_runs_on_feeds_from_input_dims(n
         assert all(np.isfinite(o).all() for o in first)
         assert all(np.array_equal(a, b) for a, b in zip(first, sess.run(None, feeds),
                                                          strict=True))
+
+
+def test_readme_tts_recipe_runs(tmp_path, monkeypatch):
+    """The README's TTS recipe (its `sh` and `py` blocks, which test_readme does not run because
+    they need the exported VITS fixture) runs whenever that fixture is present."""
+    import re
+    import shlex
+
+    from conftest import FIXTURES, ROOT
+
+    if not (FIXTURES / "arch" / "transformers_vits_ts17.onnx").exists():
+        pytest.skip("fixtures/arch/transformers_vits_ts17.onnx is not in this checkout")
+    text = (ROOT / "README.md").read_text()
+    blocks = dict((lang, body) for lang, body in re.findall(r"```(\w*)\n(.*?)```", text, re.S)
+                  if lang in ("sh", "py"))
+    (tmp_path / "fixtures").symlink_to(FIXTURES, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    res = _cli(*shlex.split(blocks["sh"].strip())[1:])
+    assert res.returncode == 0, res.stderr
+    scope: dict = {}
+    exec(compile(blocks["py"], "README.md", "exec"), scope)
+    assert scope["waveform"].shape[0] == 1 and np.isfinite(scope["waveform"]).all()
