@@ -445,3 +445,15 @@ def test_readme_tts_recipe_runs(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(blocks["py"], "README.md", "exec"), scope)
     assert scope["waveform"].shape[0] == 1 and np.isfinite(scope["waveform"]).all()
+
+
+def test_constant_mode_with_a_derived_dim_asks_for_the_input_dims_only():
+    with pytest.raises(ModelError, match=r"^RandomNormalLike -> 'r' \(main\): constant mode "
+                                         r"needs a concrete shape, but its shape "
+                                         r"\[noise_r_d0, 4\] has a dim that shape inference "
+                                         r"cannot compute from the input dims; fix the model's "
+                                         r"input dims with --dim NAME=N \(its dims: batch\)$"):
+        rewrite_model(parse(DERIVED), "constant")
+    new, report = onnxfix.rewrite(parse(DERIVED), "constant", dims={"batch": 2})
+    assert report.nodes[0].replacement.shape == [4, 4]
+    assert report.parity.status == "passed"
