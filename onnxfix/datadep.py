@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from .find import constant_values, iter_graphs
-from .shapes import TensorFacts, infer_facts
+from .shapes import TensorFacts, infer_facts, ort_symbolic_facts
 
 # Output shape follows the input *shapes* (and attributes) only, never input values.
 SHAPE_FROM_SHAPES = frozenset({
@@ -79,7 +79,7 @@ class Provenance:
 
 def trace(model: onnx.ModelProto) -> Provenance:
     """Trace every tensor of the main graph and its bodies (model-local functions excluded)."""
-    facts = (infer_facts(model), _body_facts(model))
+    facts = _Inferences(model)
     prov = Provenance()
     fixed = constant_values(model)
     overridable = {i.name for i in model.graph.input}
@@ -94,10 +94,27 @@ def trace(model: onnx.ModelProto) -> Provenance:
     return prov
 
 
+class _Inferences:
+    """Shape facts from three inferences, each run only when an earlier one cannot decide."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.done: list[dict[str, TensorFacts]] = []
+        self.makers = [infer_facts, _body_facts, ort_symbolic_facts]
+
+    def __iter__(self):
+        for k, make in enumerate(self.makers):
+            if k == len(self.done):
+                self.done.append(make(self.model))
+            yield self.done[k]
+
+
 def _body_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
     """Shapes inferred afresh inside bodies: whether a loop state keeps its shape is judged
     also from what the body computes, not only from the output shapes an exporter declared
-    (TorchScript names them `Looph_dim_0`, which hides that the state keeps `batch`)."""
+    (TorchScript names them `Looph_dim_0`, which hides that the state keeps `batch`).
+    onnxruntime's symbolic inference, the last resort, follows a state through the iterations
+    (`2*L` for a doubling one)."""
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
     for graph, where in iter_graphs(stripped):
