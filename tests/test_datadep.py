@@ -457,3 +457,34 @@ def test_constant_mode_with_a_derived_dim_asks_for_the_input_dims_only():
     new, report = onnxfix.rewrite(parse(DERIVED), "constant", dims={"batch": 2})
     assert report.nodes[0].replacement.shape == [4, 4]
     assert report.parity.status == "passed"
+
+
+def test_an_autoregressive_loop_whose_state_keeps_its_shape_needs_no_bound():
+    # the body's logits lose `batch` under onnx inference; onnxruntime's follows the state
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[batch, 1] start, int64 steps) => (float[batch, 1] last) {
+      cond = Constant<value=bool {1}>()
+      w = Constant<value=float[1, 5] {0.1, 0.2, 0.3, 0.2, 0.2}>()
+      last = Loop (steps, cond, start) <
+        body = b (int64 i, bool c_in, float[batch, 1] tok) => (bool c_out, float[Lt0, Lt1] nxt) {
+          c_out = Identity(c_in)
+          logits = MatMul(tok, w)
+          flat = Flatten<axis=1>(logits)
+          idx = Multinomial<sample_size=1, dtype=7>(flat)
+          nxt = Cast<to=1>(idx)
+        }
+      >
+    }""")
+    new, report = onnxfix.rewrite(model, "input-noise")
+    assert input_dims(new, "noise_idx") == ["loop_iterations", "batch", 1, 5]
+    assert report.parity.status == "passed"
+
+
+def test_bounds_need_opset_10_for_a_slice_with_runtime_ends():
+    model = parse(VITS.replace('"" : 17', '"" : 9').replace(
+        "Slice(xs, zero1, one1)", "Slice<starts=[0], ends=[1], axes=[0]>(xs)"))
+    with pytest.raises(ModelError, match=r"^bounded noise dims need opset 10 or later \(a Slice "
+                                         r"with runtime ends\); the model uses opset 9$"):
+        # at opset 9 inference ties nothing: every axis of the flow noise needs a bound
+        rewrite_model(model, "input-noise", noise_bounds={f"noise_z:{k}": 64 for k in range(3)})
