@@ -63,7 +63,9 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
         "deterministic" (the mean / most probable outcome, no mask).
     dims: sizes for symbolic dims, fixed model-wide (constant mode needs concrete shapes).
     noise_dtype: "same", "float32" or "float16": the dtype noise inputs are fed in (cast
-        in-graph to what the draw needs).
+        in-graph to what the transform computes in: float32 or wider for Bernoulli,
+        Multinomial and Dropout). float16 is refused (UsageError) for Bernoulli and
+        Multinomial, whose samples it would bias.
     noise_bounds: upper bounds of data-dependent noise dims, by the name the error and the
         report give (`<noise input>:<axis>`), e.g. {"noise_z:2": 400}: that axis is declared
         with the bound and the graph slices what each run needs.

@@ -146,7 +146,9 @@ def rewrite_cmd(
                                            "(repeatable)."),
     noise_dtype: NoiseDtype = typer.Option(NoiseDtype.same, "--noise-dtype",
                                            help="dtype of the noise inputs (cast in-graph): "
-                                                "same as the draw, float32 or float16."),
+                                                "same as the transform computes in, float32 "
+                                                "or float16 (refused for Bernoulli and "
+                                                "Multinomial: it would bias them)."),
     weights: Weights = typer.Option(Weights.same, "--weights",
                                     help="How OUT stores the weights: same layout as IN, "
                                          "embedded, or external (OUT.data beside it)."),
@@ -302,7 +304,11 @@ def _parity_summary(rep: RewriteReport | None) -> str:
     bad = sum(1 for c in p.outputs if not c.passed)
     word = "PASSED" if p.status == "passed" else "FAILED"
     at = f" at {sizes}" if sizes else ""
-    return f"Parity: {word} ({len(p.outputs) - bad}/{len(p.outputs)} comparisons{at})"
+    dist = ""
+    if p.distributions:
+        good = sum(1 for d in p.distributions if d.passed)
+        dist = f"; {good}/{len(p.distributions)} distribution tests"
+    return f"Parity: {word} ({len(p.outputs) - bad}/{len(p.outputs)} comparisons{at}{dist})"
 
 
 @app.command("inspect")

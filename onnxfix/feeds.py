@@ -14,6 +14,7 @@ import onnx
 from .errors import ModelError, UsageError
 from .ops import NORMAL, UNIFORM, np_dtype
 from .rewrite import NOISE_METADATA_KEY
+from .sampler import standard_noise
 
 
 def noise_inputs(model: onnx.ModelProto) -> list[dict]:
@@ -65,13 +66,8 @@ def make_noise_feeds(model: onnx.ModelProto, dims: dict[str, int] | None = None,
             raise UsageError(f"noise input '{entry['name']}' needs a size for {names}: "
                              f"pass dims={{...}}")
         shape = [d if isinstance(d, int) else dims[d] for d in entry["shape"]]
-        dtype = np_dtype(entry["elem_type"])
-        if entry["family"] == NORMAL:
-            feeds[entry["name"]] = rng.standard_normal(shape).astype(dtype)
-        else:
-            u = rng.random(shape).astype(dtype)
-            # rounding to a narrow dtype can reach 1.0; the noise is U[0, 1)
-            feeds[entry["name"]] = np.minimum(u, np.nextafter(dtype.type(1), dtype.type(0)))
+        feeds[entry["name"]] = standard_noise(rng, entry["family"], shape,
+                                              np_dtype(entry["elem_type"]))
     return feeds
 
 

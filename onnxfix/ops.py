@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 
 from .builder import NodeBuilder
 from .errors import ModelError
+from .sampler import NORMAL, UNIFORM, below_one, standard_noise
 
 # No tensor has more elements than this; a shape beyond it is refused as absurd.
 MAX_ELEMENTS = 2**48
@@ -28,9 +29,8 @@ MAX_ELEMENTS = 2**48
 FLOAT_TYPES = (TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 INDEX_TYPES = (TensorProto.INT32, TensorProto.INT64)
 
-# Standard noise families; the names are also written into the model's noise metadata.
-NORMAL = "normal"    # N(0, 1)
-UNIFORM = "uniform"  # U[0, 1)
+# Standard noise families (NORMAL, UNIFORM, from the sampler) are also written into the
+# model's noise metadata.
 
 
 class Inconsistent(Exception):
@@ -70,6 +70,24 @@ def _require_float(node: onnx.NodeProto, dt: int, what: str = "dtype") -> int:
 class Dtypes:
     draw: int   # the node's first output
     noise: int  # the standard noise input
+    param: int = 0  # the probabilities / logits / ratio as the model holds them (0: as noise)
+
+
+def wide_noise(param_type: int) -> int:
+    """The noise dtype of a discrete op: float32, or double when its parameter is double.
+
+    Its comparison (Bernoulli, Dropout) or Gumbel-max (Multinomial) then runs in at least
+    float32: float16 parameters are cast up in-graph, never the noise down. float16 uniforms
+    have only 15,360 distinct values in [0, 1) and would tie and bias the sample.
+    """
+    return TensorProto.DOUBLE if param_type == TensorProto.DOUBLE else TensorProto.FLOAT
+
+
+def _widened(b: NodeBuilder, name: str, dt: Dtypes, hint: str) -> str:
+    """`name` (a parameter in dt.param) cast to the noise dtype where they differ."""
+    if dt.param and dt.param != dt.noise:
+        return b.op("Cast", [name], hint, to=dt.noise)
+    return name
 
 
 class RandomOp:
@@ -122,9 +140,13 @@ class RandomOp:
                     noise_dtype: np.dtype) -> np.ndarray:
         raise NotImplementedError
 
+    def noise_dtype_problem(self, node: onnx.NodeProto, fed: int) -> str:
+        """Why noise fed as `fed` (narrower than its own dtype) would bias the draw ('' if
+        it would not)."""
+        return ""
+
     def sample(self, rng: np.random.Generator, shape: list[int], dtype: int) -> np.ndarray:
-        base = rng.standard_normal(shape) if self.family == NORMAL else rng.random(shape)
-        return base.astype(np_dtype(dtype))
+        return standard_noise(rng, self.family, shape, np_dtype(dtype))
 
     def deterministic(self, b: NodeBuilder, node: onnx.NodeProto, attrs: dict,
                       dt: Dtypes) -> str:
@@ -285,8 +307,11 @@ class AffineOp(RandomOp):
                     dtype: int) -> np.ndarray:
         """One seeded draw of the node's own distribution (constant mode, main graph)."""
         offset, factor = self.offset_factor(attrs)
-        base = rng.standard_normal(shape) if self.family == NORMAL else rng.random(shape)
-        return (offset + factor * base).astype(np_dtype(dtype))
+        base = standard_noise(rng, self.family, shape, np.float64)
+        draw = (offset + factor * base).astype(np_dtype(dtype))
+        if self.family == UNIFORM and factor > 0:  # rounding must not reach high: [low, high)
+            draw = np.minimum(draw, _below(offset + factor, draw.dtype))
+        return draw
 
 
 class BernoulliOp(RandomOp):
@@ -303,24 +328,36 @@ class BernoulliOp(RandomOp):
         draw = int(attrs.get("dtype", p_type))
         if draw in (TensorProto.STRING, TensorProto.UNDEFINED) or draw not in _CASTABLE:
             raise ModelError(f"{_label(node)}: dtype {dtype_name(draw)} is not allowed")
-        return Dtypes(draw, p_type)
+        return Dtypes(draw, wide_noise(p_type), p_type)
 
     def distribution(self, attrs: dict) -> dict:
         return {"family": UNIFORM, "noise": "standard uniform U[0, 1)",
                 "transform": "u < p (1 with probability p)"}
 
+    def noise_dtype_problem(self, node, fed: int) -> str:
+        """p is data and may lie anywhere in [0, 1]: a grid of float16 uniforms rounds it."""
+        if fed not in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
+            return ""
+        name = dtype_name(fed)
+        step = 1 - float(below_one(np_dtype(fed)))
+        return (f"{_label(node)}: noise_dtype=\"{name}\" cannot represent its noise "
+                f"faithfully: {name} uniforms step by up to {step:.2g} below 1, so every p "
+                f"is rounded to that grid (p above {1 - step:.5g} always draws 1); use "
+                f"noise_dtype=\"float32\" or \"same\"")
+
     def transform_text(self, attrs: dict) -> str:
         return "Cast(noise < p)"
 
     def transform(self, b, noise, node, attrs, dt) -> None:
-        hit = b.op("Less", [noise, node.input[0]], "less")
+        p = _widened(b, node.input[0], dt, "p_wide")
+        hit = b.op("Less", [noise, p], "less")
         b.op("Cast", [hit], "cast", output=node.output[0], to=dt.draw)
 
     def forward(self, noise, attrs, inputs) -> dict:
         return {0: noise < inputs[0]}
 
     def deterministic(self, b, node, attrs, dt) -> str:
-        half = b.constant(np.array(0.5, dtype=np_dtype(dt.noise)), "half")
+        half = b.constant(np.array(0.5, dtype=np_dtype(dt.param or dt.noise)), "half")
         likely = b.op("Greater", [node.input[0], half], "likely")
         b.op("Cast", [likely], "cast", output=node.output[0], to=dt.draw)
         return "the most probable outcome, p > 0.5"
@@ -351,7 +388,16 @@ class MultinomialOp(RandomOp):
         if draw not in INDEX_TYPES:
             raise ModelError(f"{_label(node)}: dtype {dtype_name(draw)} is not allowed "
                              f"(the op takes int32 or int64)")
-        return Dtypes(draw, in_type)
+        return Dtypes(draw, wide_noise(in_type), in_type)
+
+    def noise_dtype_problem(self, node, fed: int) -> str:
+        if fed not in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
+            return ""
+        name = dtype_name(fed)
+        return (f"{_label(node)}: noise_dtype=\"{name}\" cannot represent its noise "
+                f"faithfully: {name} has only {_units_below_one(fed):,} distinct values in "
+                f"[0, 1), so the Gumbel-max sample ties and favours low class ids; use "
+                f"noise_dtype=\"float32\" or \"same\"")
 
     def noise_shape(self, node, shape_of) -> list | None:
         logits = shape_of(node.input[0])
@@ -383,7 +429,7 @@ class MultinomialOp(RandomOp):
         neg = b.op("Neg", [log_u], "neg_log_u")
         log2 = b.op("Log", [neg], "log_neg_log_u")
         gumbel = b.op("Neg", [log2], "gumbel")
-        logits = b.unsqueeze(node.input[0], 1, "logits_3d")
+        logits = b.unsqueeze(_widened(b, node.input[0], dt, "logits_wide"), 1, "logits_3d")
         scores = b.op("Add", [logits, gumbel], "scores")
         if dt.draw == TensorProto.INT64:
             b.op("ArgMax", [scores], "argmax", output=node.output[0], axis=2, keepdims=0)
@@ -459,7 +505,7 @@ class DropoutOp(RandomOp):
             raise ModelError(f"{_label(node)}: cannot tell the element type of its input")
         _require_float(node, data, "input type")
         ratio = input_type(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-        return Dtypes(data, ratio or data)
+        return Dtypes(data, wide_noise(ratio or data), ratio or data)
 
     def capture_inputs(self, node) -> list[str]:
         return [i for i in node.input[:2] if i]
@@ -473,7 +519,7 @@ class DropoutOp(RandomOp):
 
     def _ratio(self, b: NodeBuilder, node, attrs, dt: Dtypes) -> str:
         if len(node.input) > 1 and node.input[1]:
-            return node.input[1]
+            return _widened(b, node.input[1], dt, "ratio_wide")
         default = float(attrs.get("ratio", 0.5))
         return b.constant(np.array(default, dtype=np_dtype(dt.noise)), "ratio")
 
@@ -530,6 +576,21 @@ _CASTABLE = {
     TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64,
     TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.BOOL,
 }
+
+
+def _below(value: float, dtype: np.dtype) -> np.ndarray:
+    """The largest value of `dtype` below `value`."""
+    top = np.asarray(value, dtype=dtype)
+    if float(top) >= value:
+        top = np.nextafter(top, np.asarray(-np.inf, dtype=dtype))
+    return top
+
+
+def _units_below_one(elem_type: int) -> int:
+    """How many distinct values a float type has in [0, 1) (zero, subnormals, normals)."""
+    bits, exp_bits = {TensorProto.FLOAT16: (10, 5), TensorProto.BFLOAT16: (7, 8)}[elem_type]
+    negative_exponents = 2 ** (exp_bits - 1) - 2  # binades [2^-k, 2^-k+1), k = 1 .. bias-1
+    return (negative_exponents + 1) * 2**bits
 
 
 def _refine(noise: np.ndarray, target: np.ndarray, forward, rounds: int = 4) -> np.ndarray:

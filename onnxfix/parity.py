@@ -130,9 +130,8 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
                            f"{one_line(e)}") from None
     out_set = {o.name for o in original.graph.output}
     lossy = _narrowed(records)
-    draws = [c.record.output for c in captures if c.lead == 0
-             and c.record.output in _main_names(noise_model)
-             and (lossy or c.record.output not in out_set)]
+    exposed = _main_draws(captures, _main_names(noise_model), out_set, lossy)
+    draws = list(exposed)
     cut_sess = None
     if lossy:
         if any(c.lead or c.branches or c.record.graph != "main" for c in captures):
@@ -174,15 +173,34 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
             if name not in noise:  # e.g. its node was in an If branch not taken
                 noise[name] = filler(new_sess, name, n)
         expected = {**{o: got[o] for o in out_names},
-                    **{d: got[_draw_capture(captures, d)] for d in draws}}
+                    **{d: got[exposed[d]] for d in draws}}
         if lossy:
             ok = _lossy_compare(parity, new_sess, cut_sess, feeds, noise, expected, out_names,
                                 draws, dims, emit)
         else:
             ok = _run_and_compare(parity, new_sess, {**feeds, **noise}, expected,
                                   out_names + draws, dims, emit)
+        if k == 0 and not _distributions(parity, captures, got, base, seed, emit):
+            ok = False
         if not ok:
             parity.status = "failed"
+
+
+def _distributions(parity, captures, got, base, seed, emit) -> bool:
+    """The distribution test of each draw whose transform is not the identity on its noise."""
+    from .distribution_check import check_distributions, wants_test
+    from .find import default_opset
+
+    ran = []
+    for c in captures:
+        if all(bool(np.asarray(got[cond]).reshape(-1)[0]) == want for cond, want in c.branches):
+            ran.append(c)
+        elif wants_test(c.node.op_type, c.record.replacement):
+            emit(f"NOTE | distribution | {c.node.op_type} '{c.record.output}': not tested, "
+                 f"its If branch did not run on the check's inputs")
+    draws = [(c.node, c.lead, {i: got[name] for i, name in c.inputs.items()},
+              c.record.replacement) for c in ran]
+    return check_distributions(parity, draws, default_opset(base), base.ir_version, seed, emit)
 
 
 def _narrowed(records) -> bool:
@@ -258,8 +276,20 @@ def _main_names(model: onnx.ModelProto) -> set[str]:
         t.name for t in model.graph.initializer}
 
 
-def _draw_capture(captures: list[_Captured], output: str) -> str:
-    return next(c.outputs[0] for c in captures if c.record.output == output)
+def _main_draws(captures: list[_Captured], main: set[str], out_set: set[str],
+                lossy: bool) -> dict[str, str]:
+    """Main-graph draw tensors of the rewritten model -> their captures from the original.
+
+    A Dropout's mask is a draw too: cutting the node out of the original must feed it.
+    """
+    exposed = {}
+    for c in captures:
+        if c.lead or c.record.output not in main:
+            continue
+        for i, out in enumerate(c.node.output):
+            if out in main and i in c.outputs and (lossy or out not in out_set):
+                exposed[out] = c.outputs[i]
+    return exposed
 
 
 def _capture_model(base: onnx.ModelProto, records) -> tuple[list[_Captured], onnx.ModelProto]:

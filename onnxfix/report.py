@@ -46,6 +46,20 @@ class OutputCheck:
 
 
 @dataclass
+class DistributionCheck:
+    """One distribution test: many runs of a draw's transform against a reference."""
+
+    output: str  # the draw (the random node's output name)
+    op_type: str
+    against: str  # "ideal" (the node's exact distribution) or "original" (onnxruntime's draws)
+    statistic: float  # Pearson chi-square
+    threshold: float  # its quantile at 1 - 1e-6
+    df: int
+    samples: int
+    passed: bool
+
+
+@dataclass
 class Parity:
     status: str  # "passed" | "failed" | "skipped"
     reason: str = ""
@@ -53,6 +67,7 @@ class Parity:
     rtol: float | None = None
     sizes: list[dict] = field(default_factory=list)
     outputs: list[OutputCheck] = field(default_factory=list)
+    distributions: list[DistributionCheck] = field(default_factory=list)
 
 
 @dataclass

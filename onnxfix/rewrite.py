@@ -476,6 +476,10 @@ def _add_noise_input(model: onnx.ModelProto, plan: Plan, names: NameAllocator,
     noise = plan.noise
     dims = plan.declared
     fed_type = fed_type or plan.dtypes.noise
+    if fed_type != plan.dtypes.noise:
+        problem = plan.spec.noise_dtype_problem(site.node, fed_type)
+        if problem:
+            raise UsageError(problem)
     vi = helper.make_tensor_value_info(noise, fed_type, dims)
     dist = plan.spec.distribution(plan.attrs)
     per_iteration = (f" Leading axes: one per enclosing loop ({len(plan.lead)}); iteration i "

@@ -194,7 +194,7 @@ def test_python_m_onnxfix_inspect(tmp_path):
 @pytest.mark.parametrize("fixture,noise_dtype,fed,draw", [
     ("randn_f64_dynamic_dynamo.onnx", "float32", np.float32, "double"),
     ("ref3_dynamic_ts.onnx", "float16", np.float16, "float"),
-    ("mixed_dynamic_ts.onnx", "float16", np.float16, "float"),
+    ("dropout_train_dynamic_ts.onnx", "float16", np.float16, "float"),
 ])
 def test_noise_dtype_feeds_the_target_dtype_and_casts_in_graph(fixture, noise_dtype, fed, draw,
                                                                tmp_path):
@@ -213,6 +213,15 @@ def test_noise_dtype_feeds_the_target_dtype_and_casts_in_graph(fixture, noise_dt
     assert all(v.dtype == fed for v in feeds.values())
     x = np.zeros((4, 10), np.float32)
     assert all(np.isfinite(v).all() for v in run(model, {"x": x, **feeds}).values())
+
+
+def test_float16_noise_is_refused_for_a_bernoulli_or_multinomial(tmp_path):
+    # their float16 uniforms would round p to a coarse grid / tie in Gumbel-max
+    result = invoke("rewrite", MIXED, tmp_path / "o.onnx", "--noise-dtype", "float16")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("onnxfix: error: Bernoulli '/Bernoulli': noise_dtype="
+                                    "\"float16\" cannot represent its noise faithfully")
+    assert not (tmp_path / "o.onnx").exists()
 
 
 def test_noise_dtype_same_is_the_default_and_adds_no_cast():
