@@ -169,6 +169,11 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
             # np.asarray: numpy arithmetic turns 0-d arrays into scalars ORT does not take
             noise[c.record.replacement.name] = np.asarray(
                 _standard_noise(c, got, new_sess, n), dtype=fed)
+            over = _over_bound(c.record, noise[c.record.replacement.name])
+            if over:
+                _fail(parity, f"at {dims_text(dims)} the check's inputs need {over}; raise the "
+                              f"bound or give the check smaller inputs", emit)
+                return
         for name in noise_inputs:
             if name not in noise:  # e.g. its node was in an If branch not taken
                 noise[name] = filler(new_sess, name, n)
@@ -201,6 +206,15 @@ def _distributions(parity, captures, got, base, seed, emit) -> bool:
     draws = [(c.node, c.lead, {i: got[name] for i, name in c.inputs.items()},
               c.record.replacement) for c in ran]
     return check_distributions(parity, draws, default_opset(base), base.ir_version, seed, emit)
+
+
+def _over_bound(record: NodeRecord, noise: np.ndarray) -> str:
+    """'N on <bound name>, over its bound B' when a captured draw outgrows a bounded dim."""
+    for d in record.replacement.dims:
+        if (d["kind"] == "bounded" and d["axis"] < noise.ndim
+                and noise.shape[d["axis"]] > d["size"]):
+            return f"{noise.shape[d['axis']]} on {d['name']}, over its bound {d['size']}"
+    return ""
 
 
 def _narrowed(records) -> bool:

@@ -488,3 +488,11 @@ def test_bounds_need_opset_10_for_a_slice_with_runtime_ends():
                                          r"with runtime ends\); the model uses opset 9$"):
         # at opset 9 inference ties nothing: every axis of the flow noise needs a bound
         rewrite_model(model, "input-noise", noise_bounds={f"noise_z:{k}": 64 for k in range(3)})
+
+
+def test_a_bound_too_small_for_the_check_inputs_fails_the_check_saying_so():
+    with pytest.raises(onnxfix.ParityError, match=r"parity check failed: at batch=2 the check's "
+                                                  r"inputs need \d+ on noise_z:2, over its "
+                                                  r"bound 4; raise the bound or give the check "
+                                                  r"smaller inputs$"):
+        onnxfix.rewrite(parse(VITS), "input-noise", noise_bounds={"noise_z:2": 4})
