@@ -265,7 +265,10 @@ def _summary(rep: RewriteReport, verbose: bool) -> list[str]:
         if r is None:
             lines.append(f"  {n.op_type} -> '{n.output}'  kept ({n.note})")
             continue
-        shape = "[" + ", ".join(str(d) for d in r.shape) + "]" if r.shape is not None else "[?]"
+        bounds = {d["axis"]: d["name"] for d in r.dims if d["kind"] == "bounded"}
+        shape = "[" + ", ".join(f"{d} (bound of {bounds[k]})" if k in bounds else str(d)
+                                for k, d in enumerate(r.shape)) + "]" \
+            if r.shape is not None else "[?]"
         where = f" in {n.graph}" if n.graph != "main" else ""
         lines.append(f"  {n.op_type} -> '{n.output}'{where}  =>  {r.kind} '{r.name}' "
                      f"{r.dtype}{shape}" + (f" ({r.value})" if r.value else ""))

@@ -99,6 +99,7 @@ def test_cli_without_a_bound_exits_3_with_one_line_and_writes_nothing(tmp_path):
     res = _cli("rewrite", str(src), str(out), "--noise-bound", "noise_z:2=64", "--report",
                str(tmp_path / "r.json"))
     assert res.returncode == 0, res.stderr
+    assert "=>  input 'noise_z' float[batch, 2, 64 (bound of noise_z:2)]" in res.stdout
     dims = json.loads((tmp_path / "r.json").read_text())["nodes"][1]["replacement"]["dims"]
     assert dims[2] == {"axis": 2, "kind": "bounded", "size": 64, "name": "noise_z:2",
                        "source": "base", "source_axis": 2,
