@@ -25,6 +25,7 @@ SHAPE_FROM_SHAPES = frozenset({
     "BitwiseNot", "BitwiseOr", "BitwiseXor", "Cast", "CastLike", "Ceil", "Celu", "Clip", "Concat",
     "Conv", "ConvInteger", "ConvTranspose", "Cos", "Cosh", "CumSum", "DepthToSpace",
     "DequantizeLinear", "Det", "Div", "Dropout", "DynamicQuantizeLinear", "Einsum", "Elu",
+    "EyeLike",
     "Equal", "Erf", "Exp", "Flatten", "Floor", "GRU", "Gather", "GatherElements", "GatherND",
     "Gelu", "Gemm", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "Greater",
     "GreaterOrEqual", "GridSample", "GroupNormalization", "HardSigmoid", "HardSwish", "Hardmax",
@@ -42,7 +43,7 @@ SHAPE_FROM_SHAPES = frozenset({
 # Output shape also follows the *values* of the inputs at these positions.
 SHAPE_FROM_VALUES = {
     "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,),
-    "Range": (0, 1, 2), "Slice": (1, 2, 3, 4), "Pad": (1, 3), "Resize": (2, 3),
+    "Range": (0, 1, 2), "Slice": (1, 2, 3, 4), "Pad": (1, 3), "Resize": (1, 2, 3),
     "Upsample": (1,), "TopK": (1,), "OneHot": (1,), "Split": (1,), "Squeeze": (1,),
     "Unsqueeze": (1,), "CenterCropPad": (1, 2), "Col2Im": (1, 2), "DFT": (1, 2),
     "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,),
@@ -53,7 +54,7 @@ SHAPE_FROM_VALUES = {
 # Ops whose output values depend only on an input's shape.
 SHAPE_READERS = frozenset({"Shape", "Size"})
 # Ops whose output values are fixed by attributes (and the shape of what they make).
-VALUE_FREE = frozenset({"Constant", "ConstantOfShape", "EyeLike"})
+VALUE_FREE = frozenset({"Constant", "ConstantOfShape"})
 RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                     "Bernoulli", "Multinomial", "Dropout"})
 

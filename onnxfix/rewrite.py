@@ -78,6 +78,10 @@ class Plan:
     noise: str = ""  # the name its noise input (or frozen noise) gets
     dims: list[NoiseDim] = field(default_factory=list)  # what each noise axis is
     source: str = ""  # the node input whose shape the draw takes ("" for a static shape)
+    # the shape onnx inference gave, when onnxruntime's symbolic inference tied more: its
+    # auto-merge equates dims that merely broadcast together, so a data-dependent source
+    # keeps only what onnx inference proved
+    onnx_shape: Shape = None
 
     @property
     def bounded(self) -> bool:
@@ -351,7 +355,7 @@ def _plan(model: onnx.ModelProto, chosen: list[tuple[Site, str]], trip_names: di
             for p in plans:
                 cand = p.spec.noise_shape(p.site.node, sym_shape)
                 if tied_score(cand, anchors) > tied_score(p.shape, anchors):
-                    p.shape = cand
+                    p.onnx_shape, p.shape = p.shape, cand
     return plans
 
 
@@ -371,6 +375,8 @@ def _plan_noise_dims(model: onnx.ModelProto, plans: list[Plan], names: NameAlloc
         if p.shape is None:
             continue
         origin = prov.shape_origin(p.source) if p.source else None
+        if origin and p.onnx_shape is not None and len(p.onnx_shape) == len(p.shape):
+            p.shape = p.onnx_shape
         per_iteration = bool(origin) and any(t in origin for t in prov.per_iteration)
         p.dims = classify(p.noise, p.lead, p.shape, p.site.op_type, p.source or None, origin,
                           per_iteration, anchors, bounds)
