@@ -367,6 +367,7 @@ def _plan_noise_dims(model: onnx.ModelProto, plans: list[Plan], names: NameAlloc
     prov = trace(model)
     anchors = set(input_dim_names(model)) | set(trip_names.values())
     known: set[str] = set()
+    strict = None
     for p in plans:
         p.noise = names.fresh("noise_" + p.site.output)
         node = p.site.node
@@ -375,8 +376,9 @@ def _plan_noise_dims(model: onnx.ModelProto, plans: list[Plan], names: NameAlloc
         if p.shape is None:
             continue
         origin = prov.shape_origin(p.source) if p.source else None
-        if origin and p.onnx_shape is not None and len(p.onnx_shape) == len(p.shape):
-            p.shape = p.onnx_shape
+        if origin and p.onnx_shape is not None:
+            strict = strict if strict is not None else ort_symbolic_facts(model, False)
+            p.shape = _strictly_tied(p, strict, anchors)
         per_iteration = bool(origin) and any(t in origin for t in prov.per_iteration)
         p.dims = classify(p.noise, p.lead, p.shape, p.site.op_type, p.source or None, origin,
                           per_iteration, anchors, bounds)
@@ -386,6 +388,21 @@ def _plan_noise_dims(model: onnx.ModelProto, plans: list[Plan], names: NameAlloc
             elif d.kind in (DATA, BOUNDED):
                 known.add(d.name)
     check_bound_names(bounds, known)
+
+
+def _strictly_tied(p: Plan, strict: dict[str, TensorFacts], anchors: set[str]) -> Shape:
+    """Per axis: what onnx inference proved, else what onnxruntime's inference propagates
+    without merging dims (`strict`), else the onnx dim (then traced as data-dependent)."""
+    def shape_of(name: str) -> Shape:
+        f = strict.get(name)
+        return f.shape if f else None
+
+    cand = p.spec.noise_shape(p.site.node, shape_of) if strict else None
+    base = p.onnx_shape
+    if cand is None or len(cand) != len(base):
+        return base
+    return [d if tied_score([d], anchors) or tied_score([c], anchors) == 0 else c
+            for d, c in zip(base, cand, strict=True)]
 
 
 def _output_based_shape(spec: RandomOp, node: onnx.NodeProto, shape_of) -> Shape:

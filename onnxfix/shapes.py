@@ -65,8 +65,13 @@ def infer_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
     return collect_facts(inferred)
 
 
-def ort_symbolic_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
-    """onnxruntime's symbolic shape inference, which ties more dims through Shape/Reshape."""
+def ort_symbolic_facts(model: onnx.ModelProto, auto_merge: bool = True
+                       ) -> dict[str, TensorFacts]:
+    """onnxruntime's symbolic shape inference, which ties more dims through Shape/Reshape.
+
+    auto_merge=False: only dims it propagates, never two dims merged because they broadcast
+    together (it then fails on models that need merging: {}).
+    """
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except Exception:  # noqa: BLE001 - optional fallback
@@ -78,7 +83,7 @@ def ort_symbolic_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
                 contextlib.chdir(scratch), \
                 contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
-            out = SymbolicShapeInference.infer_shapes(model, auto_merge=True,
+            out = SymbolicShapeInference.infer_shapes(model, auto_merge=auto_merge,
                                                       guess_output_rank=False, verbose=0)
     except Exception:  # noqa: BLE001
         return {}

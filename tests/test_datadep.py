@@ -497,3 +497,20 @@ def test_a_bound_too_small_for_the_check_inputs_fails_the_check_saying_so():
                                                   r"bound 4; raise the bound or give the check "
                                                   r"smaller inputs$"):
         onnxfix.rewrite(parse(VITS), "input-noise", noise_bounds={"noise_z:2": 4})
+
+
+def test_a_data_dependent_dim_that_only_broadcasts_with_an_input_dim_is_not_claimed():
+    # onnxruntime's auto-merge equates u's length with `batch` because they meet in an Add;
+    # n = 1 broadcasts one draw over the batch, so `batch` noise would change the distribution
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[batch] x, int64 n) => (float[batch] y) {
+      zero = Constant<value=int64 {0}>()
+      step = Constant<value=int64 {1}>()
+      idx = Range(zero, n, step)
+      f = Cast<to=1>(idx)
+      u = RandomNormalLike(f)
+      y = Add(x, u)
+    }""")
+    with pytest.raises(ModelError, match=r"axis 0 of its noise 'noise_u' is data-dependent"):
+        rewrite_model(model, "input-noise")
