@@ -140,14 +140,16 @@ def slice_to_need(b: NodeBuilder, noise: str, dims: list[NoiseDim], n_lead: int,
     if not bounded and not any(d.kind == DERIVED and d.source_axis is not None
                                for d in local_dims):
         return noise
-    if b.opset < 10 and bounded:
-        raise ModelError(f"bounded noise dims need opset 10 or later (a Slice with runtime "
-                         f"ends); the model uses opset {b.opset}")
+    if b.opset < 9 and bounded:
+        raise ModelError(f"bounded noise dims need opset 9 or later (a prefix of runtime "
+                         f"length); the model uses opset {b.opset}")
     if b.opset < 5:  # Reshape took its shape as an attribute: no check possible
         return noise
     need = b.op("Shape", [source], "need_shape")
     prefix = noise
-    if bounded:
+    if bounded and b.opset < 10:
+        prefix = _gather_prefix(b, noise, need, bounded, n_lead)
+    elif bounded:
         local = [d.axis - n_lead for d in bounded]
         ends = b.op("Gather", [need, b.constant(np.array([d.source_axis for d in bounded],
                                                          dtype=np.int64), "bounded_src")],
@@ -170,6 +172,25 @@ def slice_to_need(b: NodeBuilder, noise: str, dims: list[NoiseDim], n_lead: int,
         target = b.op("Concat", pieces, "need_noise_shape", axis=0)
     # Slice clamps ends silently; Reshape refuses a prefix shorter than the run needs.
     return b.op("Reshape", [prefix, target], "need")
+
+
+def _gather_prefix(b: NodeBuilder, noise: str, need: str, bounded: list[NoiseDim],
+                   n_lead: int) -> str:
+    """Before opset 10 Slice ends are attributes: gather indices 0..n-1 instead, made as
+    NonZero(ConstantOfShape([n])) (Gather fails loudly past the bound)."""
+    from onnx import numpy_helper
+
+    current = noise
+    for d in bounded:
+        src = b.constant(np.array([d.source_axis], dtype=np.int64), "bounded_src")
+        n = b.op("Gather", [need, src], "need_len", axis=0)
+        ones = b.op("ConstantOfShape", [n], "ones",
+                    value=numpy_helper.from_array(np.array([1], dtype=np.int64)))
+        rows = b.op("NonZero", [ones], "positions")
+        flat = b.op("Reshape", [rows, b.constant(np.array([-1], dtype=np.int64), "flat")],
+                    "indices")
+        current = b.op("Gather", [current, flat], "prefix", axis=d.axis - n_lead)
+    return current
 
 
 def pad_to_bounds(b: NodeBuilder, tensor: str, rank: int, axes: dict[int, int]) -> str:
