@@ -35,6 +35,7 @@ from .compare import (
     symbolic_dims,
     synthetic_feeds,
 )
+from .errors import ModelError
 from .find import Site, find_sites
 from .ops import AffineOp, Inconsistent, attrs_of, np_dtype, spec_for
 from .report import NodeRecord, OutputCheck, Parity
@@ -371,7 +372,10 @@ def _bounds_padder(model, site, rec, lead: int, facts, names):
         if not axes:
             return name
         b = NodeBuilder(names, default_opset(model), f"onnxfix_check_{name}")
-        padded = pad_to_bounds(b, name, len(f.shape), axes)
+        try:
+            padded = pad_to_bounds(b, name, len(f.shape), axes)
+        except ModelError as e:
+            raise CheckSkipped(str(e)) from None
         site.container.node.extend(b.nodes)
         return padded
 
