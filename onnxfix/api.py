@@ -128,7 +128,10 @@ def _rewrite(original, source, skeleton, mode, *, seed, dims, select, noise_dtyp
     if not records:
         report.parity = Parity(status="skipped", reason="the model has no random nodes")
     elif not any(r.status == "rewritten" for r in records):
-        report.parity = Parity(status="skipped", reason="no random node was selected")
+        removed = sum(r.status == "removed" for r in records)
+        why = (f"no random node was rewritten ({removed} removed as dead)" if removed
+               else "no random node was selected")
+        report.parity = Parity(status="skipped", reason=why)
     elif check:
         from .parity import check_parity  # onnxruntime is imported only when it is needed
 

@@ -23,21 +23,65 @@ class NodeBuilder:
         return self.names.fresh(f"{self.prefix}_{hint}")
 
     def constant(self, value: np.ndarray, hint: str) -> str:
+        value = np.asarray(value)
+        if self.opset < 9 and not np.issubdtype(value.dtype, np.floating):
+            return self._cast_constant(value, hint)
         out = self.tensor(hint)
-        tensor = numpy_helper.from_array(np.asarray(value), name=out)
+        tensor = numpy_helper.from_array(value, name=out)
         node_name = self.names.fresh(out + "_node")
         self.nodes.append(helper.make_node("Constant", [], [out], name=node_name, value=tensor))
         return out
 
-    def fill(self, shape: str, value: np.ndarray, output: str) -> str:
-        """A tensor of `shape` filled with the one-element `value` (ConstantOfShape)."""
-        if self.opset < 9:
+    def _cast_constant(self, value: np.ndarray, hint: str) -> str:
+        """Constant-1 holds floats only: integers and bools before opset 9 are cast from double."""
+        wide = value.astype(np.float64)
+        if not np.array_equal(wide.astype(value.dtype), value):
             from .errors import ModelError
 
-            raise ModelError(f"deterministic mode needs opset 9 or later (ConstantOfShape); "
-                             f"the model uses opset {self.opset}")
-        return self.op("ConstantOfShape", [shape], "fill", output=output,
-                       value=numpy_helper.from_array(value))
+            raise ModelError(f"a constant of {value.dtype} is not exact in double, which is all "
+                             f"a Constant holds before opset 9 (the model uses opset "
+                             f"{self.opset})")
+        elem = helper.np_dtype_to_tensor_dtype(value.dtype)
+        return self.op("Cast", [self.constant(wide, hint + "_double")], hint, to=elem)
+
+    def fill(self, value: np.ndarray, output: str, *, like: str | None = None,
+             static: list[int] | None = None) -> str:
+        """`value` (one element) in the shape of tensor `like`, or in the `static` shape.
+
+        ConstantOfShape from opset 9; before it, forms valid since opset 6 (Tile, and
+        "ones like x" as Not(Greater(x, x)), which holds for NaN and Inf too).
+        """
+        value = np.asarray(value).reshape(-1)[:1]
+        if self.opset >= 9:
+            if static is not None:
+                shape = self.constant(np.array(static, dtype=np.int64), "shape")
+            else:
+                shape = self.op("Shape", [like], "shape")
+            return self.op("ConstantOfShape", [shape], "fill", output=output,
+                           value=numpy_helper.from_array(value))
+        if self.opset < 6:
+            from .errors import ModelError
+
+            raise ModelError(f"deterministic mode needs opset 6 or later (Cast and Tile take "
+                             f"their current form there); the model uses opset {self.opset}")
+        if static is not None:
+            one = self.constant(value.reshape([1] * len(static)), "value")
+            if not static:
+                return self.op("Identity", [one], "fill", output=output)
+            reps = self.constant(np.array(static, dtype=np.int64), "shape")
+            return self.op("Tile", [one, reps], "fill", output=output)
+        as_float = self.op("Cast", [like], "as_float", to=onnx.TensorProto.FLOAT)
+        never = self.op("Greater", [as_float, as_float], "never")
+        ones = self.op("Not", [never], "ones", output=output if value.dtype == np.bool_ else None)
+        if value.dtype == np.bool_:
+            return ones  # no bool mask exists before opset 10: only the value True is asked
+        elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+        ones = self.op("Cast", [ones], "ones_cast", to=elem,
+                       output=output if value[0] == 1 else None)
+        if value[0] == 1:
+            return ones
+        return self.op("Mul", [ones, self.constant(value.reshape(()), "value")], "fill",
+                       output=output)
 
     def unsqueeze(self, name: str, axis: int, hint: str) -> str:
         if self.opset >= 13:  # axes became an input in opset 13

@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .find import Scope, iter_scoped
+from .capture_threaded import Threaded, Threader, decode, needs_threading
+from .find import Scope, default_opset, iter_scoped
 from .naming import NameAllocator
 
 
@@ -30,9 +31,18 @@ class Exposer:
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         self.names = NameAllocator(model)
+        self.threaded: dict[str, Threaded] = {}
 
     def expose(self, name: str, elem_type: int, scopes: list[Scope]) -> str:
-        """Make `name` (visible in the innermost scope) a main-graph output; return its name."""
+        """Make `name` (visible in the innermost scope) a main-graph output; return its name.
+
+        Under an If inside a Loop the name is a key that `decode` fills after a run.
+        """
+        if needs_threading(scopes):
+            key = self.names.fresh(f"capture_{name}")
+            threader = Threader(self.model, self.names, default_opset(self.model))
+            self.threaded[key] = threader.thread(name, elem_type, scopes)
+            return key
         container = scopes[-1].body if scopes else self.model.graph
         current = self.names.fresh(f"capture_{name}")
         container.node.append(helper.make_node("Identity", [name], [current],
@@ -58,3 +68,8 @@ class Exposer:
             current = outer
         self.model.graph.output.append(helper.make_tensor_value_info(current, elem_type, None))
         return current
+
+    def decode(self, got: dict) -> None:
+        """Add each threaded capture to a run's outputs, stacked per iteration (see decode)."""
+        for key, threaded in self.threaded.items():
+            decode(threaded, got, key)

@@ -222,7 +222,7 @@ def _rewrite_folder(src: Path, dst: Path, options: dict, report: Path | None,
     models = sorted(p for p in src.rglob("*.onnx") if p.is_file())
     if not models:
         raise ModelError(f"{src}: no .onnx files below this folder")
-    worst, reports, tally = 0, [], {"ok": 0, "failed": 0}
+    worst, reports, tally = 0, [], {"passed": 0, "skipped": 0, "failed": 0}
     for path in models:
         target = dst / path.relative_to(src)
         try:
@@ -234,17 +234,26 @@ def _rewrite_folder(src: Path, dst: Path, options: dict, report: Path | None,
         except OSError as e:
             say(f"ERROR   {path}: cannot create {target.parent}: {e.strerror or e}")
             code, rep = 3, None
-        tally["failed" if code else "ok"] += 1
+        tally[_tally_word(code, rep)] += 1
         worst = max(worst, code)
         entry = rep.to_dict() if rep is not None else {"input": str(path), "error": True}
         entry["exit_code"] = code
         reports.append(entry)
-    say(f"{len(models)} model(s): {tally['ok']} rewritten, {tally['failed']} failed")
+    say(f"{len(models)} model(s): {tally['passed'] + tally['skipped']} rewritten "
+        f"({tally['passed']} checked and passed, {tally['skipped']} check skipped), "
+        f"{tally['failed']} failed")
     if report is not None:
         import json
 
         write_text_atomic(report, json.dumps({"models": reports}, indent=2, default=str))
     return worst
+
+
+def _tally_word(code: int, rep: RewriteReport | None) -> str:
+    """failed: nothing written; passed: written after a passed check; skipped: written unchecked."""
+    if code or rep is None:
+        return "failed"
+    return "passed" if rep.parity is not None and rep.parity.status == "passed" else "skipped"
 
 
 def _status_word(rep: RewriteReport) -> str:
@@ -257,13 +266,14 @@ def _summary(rep: RewriteReport, verbose: bool) -> list[str]:
     if not rep.nodes:
         return [f"no random nodes in {rep.input}; wrote an unchanged copy to {rep.output}"]
     done = [n for n in rep.nodes if n.status == "rewritten"]
+    aside = [f"{sum(n.status == word for n in rep.nodes)} {word}" for word in ("kept", "removed")
+             if any(n.status == word for n in rep.nodes)]
     lines = [f"{len(done)} random node(s) rewritten ({rep.mode})"
-             + (f", {len(rep.nodes) - len(done)} kept" if len(done) < len(rep.nodes) else "")
-             + ":"]
+             + "".join(f", {a}" for a in aside) + ":"]
     for n in rep.nodes:
         r = n.replacement
         if r is None:
-            lines.append(f"  {n.op_type} -> '{n.output}'  kept ({n.note})")
+            lines.append(f"  {n.op_type} -> '{n.output}'  {n.status} ({n.note})")
             continue
         bounds = {d["axis"]: d["name"] for d in r.dims if d["kind"] == "bounded"}
         shape = "[" + ", ".join(f"{d} (bound of {bounds[k]})" if k in bounds else str(d)

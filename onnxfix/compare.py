@@ -146,9 +146,11 @@ def compare_arrays(name: str, got: np.ndarray, want: np.ndarray, atol, rtol, dim
     same_special = (np.isnan(g) == np.isnan(w)) & (np.isinf(g) == np.isinf(w))
     same_special &= ~np.isinf(g) | (g == w)
     finite = np.isfinite(g) & np.isfinite(w)
+    # NaN/Inf in the same places are equal; only finite pairs have an error to measure
     diff = np.where(finite, np.abs(g - w), 0.0)
-    rel = diff / np.maximum(np.abs(w), np.finfo(np.float64).tiny)
-    passed = bool(same_special.all() and (diff <= atol + rtol * np.abs(w)).all())
+    scale = np.where(finite, np.abs(w), 0.0)
+    rel = diff / np.maximum(scale, np.finfo(np.float64).tiny)
+    passed = bool(same_special.all() and (diff <= atol + rtol * scale).all())
     return OutputCheck(name, dims, list(got.shape), float(diff.max()), float(rel.max()), passed,
                        "" if same_special.all() else "NaN/Inf positions differ")
 

@@ -160,20 +160,44 @@ def as_int(value) -> int | None:
     return int(arr[0]) if arr.size == 1 else None
 
 
-def make_selector(only: list[str] | None, exclude: list[str] | None):
-    """A predicate over sites from --only / --exclude globs (node name or output name)."""
-    import fnmatch
+class Selector:
+    """--only / --exclude globs over node names and output names."""
 
+    def __init__(self, only: list[str], exclude: list[str]):
+        self.only, self.exclude = only, exclude
+
+    @staticmethod
+    def _hit(site: Site, glob: str) -> bool:
+        import fnmatch
+
+        return fnmatch.fnmatchcase(site.node.name, glob) or fnmatch.fnmatchcase(site.output, glob)
+
+    def __call__(self, site: Site) -> bool:
+        return ((not self.only or any(self._hit(site, g) for g in self.only))
+                and not any(self._hit(site, g) for g in self.exclude))
+
+    def check_matches(self, sites: list[Site]) -> None:
+        """A glob that matches no random node is a typo that would silently pass CI."""
+        if not sites:
+            return  # nothing random (e.g. already rewritten): an unchanged copy, as always
+        flags = [("--only", g) for g in self.only] + [("--exclude", g) for g in self.exclude]
+        missed = [f"{flag} {glob!r}" for flag, glob in flags
+                  if not any(self._hit(s, glob) for s in sites)]
+        if not missed:
+            return
+        shown = [f"{s.node.name!r} -> {s.output!r}" if s.node.name else repr(s.output)
+                 for s in sites[:20]]
+        more = f" and {len(sites) - 20} more" if len(sites) > 20 else ""
+        from .errors import UsageError
+
+        raise UsageError(f"{', '.join(missed)} matches no random node (globs match node or "
+                         f"output names); the random nodes are: {', '.join(shown)}{more}")
+
+
+def make_selector(only: list[str] | None, exclude: list[str] | None) -> Selector | None:
+    """A predicate over sites from --only / --exclude globs (node name or output name)."""
     only = [g for g in (only or []) if g]
     exclude = [g for g in (exclude or []) if g]
     if not only and not exclude:
         return None
-
-    def hit(site: Site, globs: list[str]) -> bool:
-        return any(fnmatch.fnmatchcase(site.node.name, g) or fnmatch.fnmatchcase(site.output, g)
-                   for g in globs)
-
-    def select(site: Site) -> bool:
-        return (not only or hit(site, only)) and not hit(site, exclude)
-
-    return select
+    return Selector(only, exclude)

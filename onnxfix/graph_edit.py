@@ -69,6 +69,14 @@ def names_read(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def names_used(graph: onnx.GraphProto) -> set[str]:
+    """Every name a node of `graph` (or of its subgraphs) reads, and the graph's outputs."""
+    used = {o.name for o in graph.output}
+    for node in graph.node:
+        used |= names_read(node)
+    return used
+
+
 def remove_dead_producers(graph: onnx.GraphProto, freed: list[str]) -> None:
     """Drop the chains (Shape -> ConstantOfShape ...) that only fed the removed random nodes.
 

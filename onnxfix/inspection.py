@@ -9,7 +9,7 @@ import onnx
 
 from .errors import OnnxfixError
 from .find import find_sites, iter_scoped
-from .ops import attrs_of, dtype_name, spec_for
+from .ops import attribute_refs, attrs_of, dtype_name, spec_for
 from .shapes import infer_facts
 
 
@@ -54,13 +54,17 @@ def inspect_model(model: onnx.ModelProto, origin: str | None = None) -> InspectR
             f = facts.get(name)
             return f.elem_type if f else None
 
-        try:
-            dtype = dtype_name(spec.dtypes(node, elem_type).draw)
-        except OnnxfixError as e:
-            dtype = f"invalid ({e})"
+        if site.in_function:
+            dtype = _per_call_dtype(spec, node)
+        else:
+            try:
+                dtype = dtype_name(spec.dtypes(node, elem_type).draw)
+            except OnnxfixError as e:
+                dtype = f"invalid ({e})"
         out = facts.get(node.output[0])
         shape = out.shape if out is not None else None
-        if shape is None and spec.op_type != "Multinomial":
+        if shape is None and spec.op_type != "Multinomial" and not attribute_refs(
+                attrs_of(node)):
             shape = spec.noise_shape(node, lambda n: facts[n].shape if n in facts else None)
         attrs = {k: _plain(v) for k, v in attrs_of(node).items()}
         noise = planned.get(node.output[0])
@@ -96,6 +100,21 @@ def _named_like_noise(shape: list, noise: dict, op_type: str) -> list:
         if d["kind"] in ("input", "derived", "data-dependent") and not isinstance(shape[k], int):
             named[k] = d["name"]
     return named
+
+
+def _per_call_dtype(spec, node: onnx.NodeProto) -> str:
+    """A function body's draw: its dtype may follow the types each call passes in."""
+    ref = attribute_refs(attrs_of(node)).get("dtype")
+    if ref:
+        return f"per call (attribute dtype={ref})"
+    try:
+        as_float, as_double = (spec.dtypes(node, lambda _name, t=t: t).draw
+                               for t in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE))
+    except OnnxfixError as e:
+        return f"invalid ({e})"
+    if as_float == as_double:
+        return dtype_name(as_float)
+    return f"per call (the type of input '{node.input[0]}')"
 
 
 def _plain(value):

@@ -38,7 +38,22 @@ class Inconsistent(Exception):
 
 
 def attrs_of(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    """Attribute values; inside a function body, a reference to the caller's attribute `s`
+    (set per call) reads "@s"."""
+    return {a.name: f"@{a.ref_attr_name}" if a.ref_attr_name else helper.get_attribute_value(a)
+            for a in node.attribute}
+
+
+def attribute_refs(attrs: dict) -> dict:
+    """The attributes a function body leaves to each call ("@name" values)."""
+    return {k: v for k, v in attrs.items() if isinstance(v, str) and v.startswith("@")}
+
+
+def distribution_of(spec: RandomOp, attrs: dict) -> dict:
+    """The node's distribution; parameters a function leaves to each call read "@name"."""
+    refs = attribute_refs(attrs)
+    plain = {k: v for k, v in attrs.items() if k not in refs}
+    return {**spec.distribution(plain), **refs}
 
 
 def np_dtype(elem_type: int) -> np.dtype:
@@ -296,11 +311,8 @@ class AffineOp(RandomOp):
             low, high = float(attrs.get("low", 0.0)), float(attrs.get("high", 1.0))
             value, text = (low + high) / 2, "the midpoint (low + high) / 2"
         static = self.static_shape(node)
-        if static is not None:
-            shape = b.constant(np.array(static, dtype=np.int64), "shape")
-        else:
-            shape = b.op("Shape", [node.input[0]], "shape")
-        b.fill(shape, np.array([value], dtype=np_dtype(dt.draw)), node.output[0])
+        b.fill(np.array([value], dtype=np_dtype(dt.draw)), node.output[0],
+               like=None if static is not None else node.input[0], static=static)
         return f"{text}, {value:g}"
 
     def sample_draw(self, rng: np.random.Generator, shape: list[int], attrs: dict,
@@ -490,8 +502,9 @@ class DropoutOp(RandomOp):
     op_type = "Dropout"
 
     def applies(self, node, opset, constant_of) -> bool:
-        if opset < 7:  # Dropout-1/6: is_test=0 means training
-            return int(attrs_of(node).get("is_test", 0)) == 0
+        if opset < 7:  # Dropout-1/6: is_test=0 means training (a function's "@ref": maybe)
+            is_test = attrs_of(node).get("is_test", 0)
+            return isinstance(is_test, str) or int(is_test) == 0
         if opset < 12:  # Dropout-7/10 have no training mode
             return False
         if len(node.input) < 3 or not node.input[2]:
@@ -528,12 +541,14 @@ class DropoutOp(RandomOp):
         mask_name = node.output[1] if len(node.output) > 1 and node.output[1] else None
         # training_mode fed at run time: keep the data (and an all-true mask) when it is false.
         gated = len(node.input) > 2 and node.input[2] and b.constant_of(node.input[2]) is None
+        # the mask is bool from Dropout-10 on; Dropout-1/6 (is_test=0) give it the data's type
+        bool_mask = b.opset >= 10
         if b.opset >= 12:
             keep = b.op("GreaterOrEqual", [noise, ratio], "keep",
                         output=None if gated else mask_name)
         else:
             below = b.op("Less", [noise, ratio], "below")
-            keep = b.op("Not", [below], "keep", output=None if gated else mask_name)
+            keep = b.op("Not", [below], "keep", output=mask_name if bool_mask else None)
         if gated and mask_name:
             idle = b.op("Not", [node.input[2]], "not_training")
             b.op("Or", [keep, idle], "mask", output=mask_name)
@@ -543,7 +558,8 @@ class DropoutOp(RandomOp):
         if dt.noise != dt.draw:
             scale = b.op("Cast", [scale], "scale_cast", to=dt.draw)
         scaled = b.op("Mul", [node.input[0], scale], "scaled")
-        keep_f = b.op("Cast", [keep], "keep_cast", to=dt.draw)
+        keep_f = b.op("Cast", [keep], "keep_cast", to=dt.draw,
+                      output=None if bool_mask else mask_name)
         dropped = b.op("Mul", [scaled, keep_f], "dropped",
                        output=None if gated else node.output[0])
         if gated:
@@ -552,9 +568,9 @@ class DropoutOp(RandomOp):
 
     def deterministic(self, b, node, attrs, dt) -> str:
         b.op("Identity", [node.input[0]], "identity", output=node.output[0])
-        if len(node.output) > 1 and node.output[1]:
-            shape = b.op("Shape", [node.input[0]], "shape")
-            b.fill(shape, np.array([True]), node.output[1])
+        if len(node.output) > 1 and node.output[1]:  # all kept: True, or 1 before Dropout-10
+            keep = np.array([True]) if b.opset >= 10 else np.array([1], np_dtype(dt.draw))
+            b.fill(keep, node.output[1], like=node.input[0])
         return "no mask: the data unchanged"
 
     def forward(self, noise, attrs, inputs) -> dict:

@@ -30,7 +30,7 @@ class NodeRecord:
     graph: str
     distribution: dict
     replacement: Replacement | None = None
-    status: str = "rewritten"  # or "kept"
+    status: str = "rewritten"  # or "kept" (note says why), or "removed" (a dead draw)
     note: str = ""
 
 

@@ -31,7 +31,7 @@ from .find import (
     find_sites,
 )
 from .functions import inline_random_functions, take_origin
-from .graph_edit import GraphEdits
+from .graph_edit import GraphEdits, names_used
 from .naming import NameAllocator, sanitize
 from .noisedims import (
     BOUNDED,
@@ -43,7 +43,16 @@ from .noisedims import (
     slice_to_need,
     unbounded_error,
 )
-from .ops import AffineOp, Dtypes, RandomOp, attrs_of, dtype_name, np_dtype, spec_for
+from .ops import (
+    AffineOp,
+    Dtypes,
+    RandomOp,
+    attrs_of,
+    distribution_of,
+    dtype_name,
+    np_dtype,
+    spec_for,
+)
 from .report import NodeRecord, Replacement
 from .shapes import (
     Shape,
@@ -56,6 +65,7 @@ from .shapes import (
     ort_symbolic_facts,
     tied_score,
 )
+from .tidy import drop_unused_opset_imports
 
 MODES = ("input-noise", "constant", "deterministic")
 NOISE_DTYPES = {"same": None, "float32": onnx.TensorProto.FLOAT,
@@ -143,17 +153,13 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
     trip_names = _iteration_dim_names(out)
     fixed_trips = fix_dims(out, dims or {}, extra=set(trip_names.values()))
     sites = find_sites(out)
-    kept: dict[int, NodeRecord] = {}
-    chosen = []
-    for k, site in enumerate(sites):
-        origin = take_origin(site.node)
-        if site.in_function:
-            kept[k] = _kept(site, "in a model-local function that is never called")
-        elif select is not None and not select(site):
-            kept[k] = _kept(site, "not selected by --only/--exclude")
-        else:
-            chosen.append((site, origin))
+    if select is not None and hasattr(select, "check_matches"):
+        select.check_matches(sites)
+    edits = GraphEdits()
+    kept, chosen = _sort_sites(sites, select, edits)
     if not chosen:
+        edits.apply()
+        drop_unused_opset_imports(model, out)
         return out, list(kept.values())
     plans = _plan(out, chosen, trip_names, fixed_trips)
     names = NameAllocator(out)
@@ -168,7 +174,6 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
     lookup = constant_lookup(out)
     noise_meta = []
     records: list[NodeRecord] = []
-    edits = GraphEdits()
     for plan in plans:
         site = plan.site
         prefix = "onnxfix_" + sanitize(site.node.name or site.output)
@@ -210,6 +215,7 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
     records = [kept[k] if k in kept else next(done) for k in range(len(sites))]
     if noise_meta:
         _record_noise_metadata(out, noise_meta)
+    drop_unused_opset_imports(model, out)
     validate_output(model, out)
     return out, records
 
@@ -242,10 +248,38 @@ def validate_output(original: onnx.ModelProto, new: onnx.ModelProto) -> None:
                          f"({'full' if strict else 'basic'} check): {first}") from None
 
 
+def _sort_sites(sites: list[Site], select, edits: GraphEdits):
+    """Split the sites: kept as they are, removed as dead, or chosen for the rewrite."""
+    aside: dict[int, NodeRecord] = {}
+    chosen = []
+    used: dict[int, set[str]] = {}  # per graph, computed once
+    for k, site in enumerate(sites):
+        origin = take_origin(site.node)
+        if site.in_function:
+            aside[k] = _kept(site, "in a model-local function that is never called")
+        elif select is not None and not select(site):
+            aside[k] = _kept(site, "not selected by --only/--exclude")
+        elif _is_dead(site, used):
+            edits.replace(site, [])  # a draw nothing reads needs no noise: the node goes
+            aside[k] = _kept(site, "its draw is read by nothing, so the node was removed")
+            aside[k].status = "removed"
+        else:
+            chosen.append((site, origin))
+    return aside, chosen
+
+
+def _is_dead(site: Site, used: dict[int, set[str]]) -> bool:
+    """Nothing in the site's graph reads any of its outputs, and none is a graph output."""
+    key = id(site.container)
+    if key not in used:
+        used[key] = names_used(site.container)
+    return not {o for o in site.node.output if o} & used[key]
+
+
 def _kept(site: Site, why: str) -> NodeRecord:
     spec = spec_for(site.node)
     return NodeRecord(op_type=site.op_type, node=site.node.name, output=site.output,
-                      graph=site.location, distribution=spec.distribution(attrs_of(site.node)),
+                      graph=site.location, distribution=distribution_of(spec, attrs_of(site.node)),
                       replacement=None, status="kept", note=why)
 
 

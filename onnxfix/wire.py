@@ -379,9 +379,12 @@ def load_skeleton(path: str | os.PathLike, *, inline_limit: int = 1024) -> Skele
         try:
             data, stubs, spans = _scan_model(_FileBytes(fd, st.st_size), st.st_size,
                                              inline_limit, p.name, str(path))
-        except _Malformed as e:
-            raise ModelError(f"{path}: not a valid ONNX protobuf (malformed: {e})") from None
-        model = _parse_model(data, str(path))
+            model = _parse_model(data, str(path))
+        except (_Malformed, ModelError) as e:
+            refuse_pytorch_checkpoint(fd, path)  # the usual mix-up: say so, not "malformed"
+            if isinstance(e, _Malformed):
+                raise ModelError(f"{path}: not a valid ONNX protobuf (malformed: {e})") from None
+            raise
         skeleton = Skeleton(model=model, path=p, stubs=stubs, inline_limit=inline_limit,
                             _fds={(p.name,): fd},
                             _stat=(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
@@ -402,6 +405,27 @@ def load_skeleton(path: str | os.PathLike, *, inline_limit: int = 1024) -> Skele
             text = (str(e).strip().splitlines() or [""])[0]
             raise ModelError(f"{path}: unreadable model ({type(e).__name__}: {text})") from None
         raise
+
+
+def refuse_pytorch_checkpoint(fd: int, path) -> None:
+    """Raise a clear ModelError if a file that is not ONNX is a torch.save checkpoint.
+
+    torch.save writes a zip holding `<name>/data.pkl` (since PyTorch 1.6), or before that a
+    bare pickle (first byte 0x80, then the protocol number).
+    """
+    head = os.pread(fd, 4, 0)
+    checkpoint = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    if head == b"PK\x03\x04":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(os.fdopen(os.dup(fd), "rb")) as z:
+                checkpoint = any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist())
+        except (zipfile.BadZipFile, OSError, ValueError):
+            checkpoint = False
+    if checkpoint:
+        raise ModelError(f"{path} is a PyTorch checkpoint, not an ONNX model; export it with "
+                         f"torch.onnx.export")
 
 
 def _parse_model(data: bytes, origin: str) -> onnx.ModelProto:

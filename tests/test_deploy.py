@@ -75,7 +75,8 @@ def test_folder_rewrite_keeps_relative_paths_and_tallies(tmp_path):
     assert result.exit_code == 3  # the broken model; the others were still done
     assert (dst / "top.onnx").exists() and (dst / "a" / "b" / "deep.onnx").exists()
     assert not (dst / "a" / "broken.onnx").exists() and not (dst / "a" / "notes.txt").exists()
-    assert "3 model(s): 2 rewritten, 1 failed" in result.output
+    assert ("3 model(s): 2 rewritten (2 checked and passed, 0 check skipped), 1 failed"
+            in result.output)
     assert random_nodes(onnx.load(dst / "a" / "b" / "deep.onnx")) == []
     report = json.loads((tmp_path / "r.json").read_text())
     assert sorted(m["exit_code"] for m in report["models"]) == [0, 0, 3]
@@ -88,7 +89,8 @@ def test_folder_rewrite_all_good_exits_0(tmp_path):
         shutil.copy(FIXTURES / name, src / name)
     result = invoke("rewrite", src, tmp_path / "out", "--mode", "deterministic")
     assert result.exit_code == 0, result.output
-    assert "2 model(s): 2 rewritten, 0 failed" in result.output
+    assert ("2 model(s): 2 rewritten (2 checked and passed, 0 check skipped), 0 failed"
+            in result.output)
 
 
 def test_only_and_exclude_select_nodes_by_glob():

@@ -1,0 +1,74 @@
+"""Default tolerances by the narrowest float dtype on the path from the draws to an output.
+
+A float16 draw cast to a float32 output (`(mu.half() + randn_like(mu.half()) * s).float()`)
+carries float16 precision: onnxruntime may even run the original's float16 chain in float32
+(it drops Cast pairs around kernels it only has in float32), so rebuilding the draw exactly
+still leaves float16-sized differences in the float32 output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from .compare import DEFAULT_TOLERANCES
+from .find import iter_graphs
+from .graph_edit import names_read
+from .shapes import infer_facts
+
+# float types from the least to the most precise (bfloat16 keeps 8 mantissa bits, float16 11)
+_PRECISION = {TensorProto.BFLOAT16: 0, TensorProto.FLOAT16: 1, TensorProto.FLOAT: 2,
+              TensorProto.DOUBLE: 3}
+_TOLERANCES = {TensorProto.BFLOAT16: (1e-2, 1e-2), TensorProto.FLOAT16:
+               DEFAULT_TOLERANCES[np.dtype(np.float16)], TensorProto.FLOAT:
+               DEFAULT_TOLERANCES[np.dtype(np.float32)], TensorProto.DOUBLE:
+               DEFAULT_TOLERANCES[np.dtype(np.float64)]}
+
+
+def narrowest_float_on_paths(model: onnx.ModelProto, draws: list[str],
+                             facts: dict | None = None) -> dict[str, int]:
+    """Tensor -> the least precise float type on any path from a draw to it (itself included)."""
+    facts = infer_facts(model) if facts is None else facts
+
+    def own(name: str) -> int | None:
+        f = facts.get(name)
+        return f.elem_type if f is not None and f.elem_type in _PRECISION else None
+
+    narrow = {d: own(d) for d in draws}
+    nodes = [(n, names_read(n)) for g, _ in iter_graphs(model) if isinstance(g, onnx.GraphProto)
+             for n in g.node]
+    changed = True
+    while changed:  # graphs are in topological order: this settles in a pass or two
+        changed = False
+        for node, reads in nodes:
+            hit = [narrow[r] for r in reads if r in narrow]
+            if not hit:
+                continue
+            for out in (o for o in node.output if o):
+                best = _least_precise([*hit, own(out), narrow.get(out)])
+                if out not in narrow or best != narrow[out]:
+                    narrow[out] = best
+                    changed = True
+    return narrow
+
+
+def _least_precise(types: list[int | None]) -> int | None:
+    known = [t for t in types if t is not None]
+    return min(known, key=_PRECISION.__getitem__) if known else None
+
+
+def path_tolerances(model: onnx.ModelProto, draws: list[str],
+                    outputs: list[str]) -> dict[str, tuple[float, float, str]]:
+    """(atol, rtol, dtype name) for each output a draw reaches through a narrower float."""
+    facts = infer_facts(model)
+    narrow = narrowest_float_on_paths(model, draws, facts)
+    found = {}
+    for name in outputs:
+        t = narrow.get(name)
+        f = facts.get(name)
+        mine = f.elem_type if f is not None else None
+        if t is not None and mine in _PRECISION and _PRECISION[t] < _PRECISION[mine]:
+            found[name] = (*_TOLERANCES[t], onnx.helper.tensor_dtype_to_np_dtype(t).name
+                           if t != TensorProto.BFLOAT16 else "bfloat16")
+    return found
