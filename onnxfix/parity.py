@@ -528,13 +528,18 @@ def _twin_check(parity, opener, model, records, twin, make_twin, mode, size, see
                                                              f"differ"), emit)
                 parity.status = "failed"
         sizes = TwinSizes()
-        if probe is not None:
-            sizes = _measure(probe, feeds)
+        if mode == "deterministic":
+            sizes = _measure(probe, feeds) if probe is not None else sizes
             try:
                 twin = make_twin(sizes.bounds)
+            except ModelError as e:  # e.g. a data-dependent dim it could not measure
+                raise CheckSkipped(f"the deterministic check cannot size its input-noise "
+                                   f"twin: {e}") from None
+            try:
                 noise_sess = opener(twin[0])
             except Exception as e:  # noqa: BLE001
-                _fail(parity, f"the input-noise twin cannot be built: {one_line(e)}", emit)
+                _fail(parity, f"the rewritten model does not load in onnxruntime: "
+                              f"{one_line(e)}", emit)
                 return
         noise_name = {r.output: r.replacement.name for r in twin[1] if r.replacement}
         noise = {}
@@ -573,11 +578,11 @@ def _twin_check(parity, opener, model, records, twin, make_twin, mode, size, see
 
 def _deterministic_probe(opener, model, records):
     """A session exposing the shape of each deterministic draw, or None where it cannot."""
-    probe, exposed = shape_probe(model, records)
     try:
+        probe, exposed = shape_probe(model, records)
         return opener(probe), exposed, records
-    except Exception:  # noqa: BLE001 - sizing then falls back to the check size
-        return None
+    except Exception:  # noqa: BLE001 - a draw it cannot expose: sizing falls back to the
+        return None    # check size, as before
 
 
 def _measure(probe, feeds) -> TwinSizes:

@@ -522,3 +522,30 @@ def test_a_data_dependent_dim_that_only_broadcasts_with_an_input_dim_is_not_clai
     }""")
     with pytest.raises(ModelError, match=r"axis 0 of its noise 'noise_u' is data-dependent"):
         rewrite_model(model, "input-noise")
+
+
+def test_deterministic_check_falls_back_when_a_draw_shape_cannot_be_exposed():
+    # an If inside a Scan: the shape probe cannot expose the draw; the check still runs
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[T, 3] xs, bool c) => (float[3] last) {
+      init = Constant<value=float[3] {0.0, 0.0, 0.0}>()
+      last = Scan (init, xs) <
+        num_scan_inputs = 1,
+        body = b (float[3] s_in, float[3] x_t) => (float[3] s_out) {
+          y = If (c) <
+            then_branch = t () => (float[3] ty) {
+              r = RandomNormalLike<mean=1.0>(x_t)
+              ty = Add(x_t, r)
+            },
+            else_branch = e () => (float[3] ey) { ey = Neg(x_t) }
+          >
+          s_out = Add(s_in, y)
+        }
+      >
+    }""")
+    new, report = onnxfix.rewrite(model, "deterministic")
+    assert report.parity.status in ("passed", "skipped")
+    xs = np.ones((2, 3), np.float32)
+    last = run(new, {"xs": xs, "c": np.array(True)})["last"]
+    np.testing.assert_array_equal(last, np.full(3, 4.0, np.float32))  # 2 steps of 1 + mean 1
