@@ -6,6 +6,8 @@ exporter), onnx and onnxruntime.
 Run:
     python scripts/make_fixtures.py [--out fixtures]
 
+A full run (no --only) also runs scripts/make_edge_fixtures.py into <out>/edge.
+
 Every model is built right after ``torch.manual_seed(<fixed seed>)`` so the
 weights are identical from run to run.  Each model is exported with the
 TorchScript exporter (``dynamo=False``, opset 17) and, where requested, with
@@ -674,6 +676,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.only is None:
         write_manifest(records, out_dir)
         print(f"wrote {out_dir / 'MANIFEST.md'}")
+        # The issue-14 edge fixtures live in their own folder with their own manifest.
+        import make_edge_fixtures
+
+        failed |= make_edge_fixtures.main(["--out", str(out_dir / "edge")]) != 0
     print(f"total {time.perf_counter() - started:.1f}s")
     return 1 if failed else 0
 
