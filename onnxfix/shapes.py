@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import io
 import logging
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -65,6 +68,29 @@ def infer_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
     return collect_facts(inferred)
 
 
+@functools.cache
+def _symbolic_shape_inference():
+    """onnxruntime's SymbolicShapeInference class, or None where it cannot be had.
+
+    The module is loaded from its file: importing it as `onnxruntime.tools.symbolic_shape_infer`
+    runs `onnxruntime/tools/__init__.py`, which imports torch whenever torch is installed
+    (seconds of start-up for a module that does not need it).
+    """
+    import onnxruntime
+
+    name = "onnxfix._ort_symbolic_shape_infer"
+    try:
+        path = next(iter(onnxruntime.__path__)) + "/tools/symbolic_shape_infer.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module.SymbolicShapeInference
+    except Exception:  # noqa: BLE001 - optional fallback
+        sys.modules.pop(name, None)
+        return None
+
+
 def ort_symbolic_facts(model: onnx.ModelProto, auto_merge: bool = True
                        ) -> dict[str, TensorFacts]:
     """onnxruntime's symbolic shape inference, which ties more dims through Shape/Reshape.
@@ -72,9 +98,8 @@ def ort_symbolic_facts(model: onnx.ModelProto, auto_merge: bool = True
     auto_merge=False: only dims it propagates, never two dims merged because they broadcast
     together (it then fails on models that need merging: {}).
     """
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    except Exception:  # noqa: BLE001 - optional fallback
+    inference = _symbolic_shape_inference()
+    if inference is None:
         return {}
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     try:
@@ -83,7 +108,7 @@ def ort_symbolic_facts(model: onnx.ModelProto, auto_merge: bool = True
                 contextlib.chdir(scratch), \
                 contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
-            out = SymbolicShapeInference.infer_shapes(model, auto_merge=auto_merge,
+            out = inference.infer_shapes(model, auto_merge=auto_merge,
                                                       guess_output_rank=False, verbose=0)
     except Exception:  # noqa: BLE001
         return {}

@@ -634,12 +634,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", nargs="*", default=None, help="only build these file stems")
     parser.add_argument("-v", "--verbose", action="store_true", help="print exporter output")
+    parser.add_argument("--set", choices=("base", "arch", "all"), default="base",
+                        help="base: the op fixtures in <out>; arch: the real-architecture "
+                        "fixtures in <out>/arch (scripts/fixtures_arch.py); all: both")
     args = parser.parse_args(argv)
     if not args.verbose:
         # The dynamo exporter logs e.g. "torchvision is not installed" per export.
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
+    arch_status = 0
+    if args.set in ("arch", "all"):
+        from fixtures_arch import run_arch  # needs transformers, diffusers, stable-baselines3
+
+        arch_status = run_arch(out_dir / "arch", args.only)
+        if args.set == "arch":
+            return arch_status
 
     specs = build_specs()
     if args.only:
@@ -681,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
 
         failed |= make_edge_fixtures.main(["--out", str(out_dir / "edge")]) != 0
     print(f"total {time.perf_counter() - started:.1f}s")
-    return 1 if failed else 0
+    return 1 if failed or arch_status else 0
 
 
 if __name__ == "__main__":

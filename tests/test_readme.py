@@ -37,7 +37,8 @@ def test_readme_starts_with_exactly_two_setup_commands():
 def workdir(tmp_path_factory):
     work = tmp_path_factory.mktemp("readme")
     # The top-level fixtures only: subfolders (fixtures/edge/) are adversarial test corpora in
-    # which some models are refused by design, which the README's folder example is not about.
+    # which some models are refused by design, which the README's folder example is not about;
+    # fixtures/arch/ holds VITS, whose check must run under a memory cap (test_architectures).
     (work / "fixtures").mkdir()
     for path in FIXTURES.iterdir():
         if path.is_file():

@@ -1,0 +1,60 @@
+"""scripts/bench.py keeps working: a smoke run of its startup scenario, and --assert's exit code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+BENCH = ROOT / "scripts" / "bench.py"
+
+
+def test_quick_startup_scenario_prints_machine_rows_and_targets(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--scenario", "startup",
+                           "--markdown", "--work", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "cores" in out and "onnxruntime" in out and "load average at start" in out
+    rows = [line for line in out.splitlines() if line.startswith("| startup |")]
+    commands = [r.split(" | ")[1] for r in rows]
+    assert commands[:3] == ['python -c "import onnx, numpy"', "onnxfix --help",
+                            "rewrite --no-check, tiny model"]
+    for r in rows[:3]:  # a measured time and a peak RSS, not "failed"
+        seconds, rss = r.split(" | ")[2], r.rstrip(" |").split(" | ")[3]
+        assert float(seconds) > 0 and int(rss) > 0
+    verdicts = [r.rstrip(" |").split(" | ")[-1] for r in rows[3:]]
+    assert len(verdicts) == 2 and set(verdicts) <= {"ok", "MISSED"}
+    assert not list(tmp_path.glob("*.log")) and not list(tmp_path.glob("startup_cli*"))
+
+
+# Run in a fresh process: a child's peak RSS includes its parent's (pytest's) at fork.
+FAKE = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("bench", sys.argv[1])
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench"] = bench  # dataclasses look their module up
+spec.loader.exec_module(bench)
+def fake(args):
+    small = bench.Row("small", [sys.executable, "-c", "pass"])
+    # writes 300 MB: its peak RSS is far above 1.5x a bare interpreter's, whatever the load
+    big = bench.Row("big", [sys.executable, "-c", "b = b'x' * 300_000_000"])
+    same = bench.Row("same", [sys.executable, "-c", "pass"])
+    return bench.Scenario("fake", [small, big, same],
+                          [bench.Target("fake", big, small, "RSS", 1.5),
+                           bench.Target("fake", same, small, "RSS", 1.5)])
+bench.SCENARIOS["startup"] = fake
+sys.exit(bench.main(sys.argv[2:]))
+"""
+
+
+def test_assert_exits_1_with_a_line_per_missed_target(tmp_path):
+    argv = [sys.executable, "-c", FAKE, str(BENCH), "--scenario", "startup", "--runs", "1",
+            "--work", str(tmp_path)]
+    proc = subprocess.run([*argv, "--assert"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    missed = [line for line in proc.stderr.splitlines() if line.startswith("MISSED")]
+    assert len(missed) == 1, proc.stderr  # "same" is within its target
+    assert missed[0].startswith("MISSED | fake | big vs small | RSS ")
+    assert missed[0].endswith("x (target <= 1.5x)")
