@@ -19,6 +19,7 @@ from .model_io import (
     save_model_atomic,
     validate_model,
 )
+from .output_shapes import redeclare_output_shapes
 from .report import Parity, RewriteReport, op_counts
 from .rewrite import DEFAULT_MAX_DRAW_BYTES, MODES, rewrite_model
 from .wire import Skeleton
@@ -118,12 +119,14 @@ def _rewrite(original, source, skeleton, mode, *, seed, dims, select, noise_dtyp
     new_model, records = rewrite_model(original, mode, seed=seed, dims=dims,
                                        max_draw_bytes=max_draw_bytes, select=select,
                                        noise_dtype=noise_dtype, noise_bounds=noise_bounds)
+    redeclared = (redeclare_output_shapes(new_model)
+                  if any(r.status == "rewritten" for r in records) else [])
     report = RewriteReport(
         mode=mode, input=source, output=str(output) if output is not None else None,
         nodes=records, ops_before=op_counts(original), ops_after=op_counts(new_model),
         new_inputs=[r.replacement.name for r in records
                     if r.replacement and r.replacement.kind == "input"],
-        ops_kept=sum(1 for r in records if r.status == "kept"),
+        ops_kept=sum(1 for r in records if r.status == "kept"), redeclared_outputs=redeclared,
     )
     if not records:
         report.parity = Parity(status="skipped", reason="the model has no random nodes")

@@ -89,6 +89,22 @@ class NodeBuilder:
             return self.op("Unsqueeze", [name, axes], hint)
         return self.op("Unsqueeze", [name], hint, axes=[axis])
 
+    def clip(self, name: str, low: np.ndarray, high: np.ndarray, hint: str) -> str:
+        """Clip to [low, high]: bounds became inputs in opset 11."""
+        if self.opset >= 11:
+            lo, hi = self.constant(low, hint + "_min"), self.constant(high, hint + "_max")
+            return self.op("Clip", [name, lo, hi], hint)
+        return self.op("Clip", [name], hint, min=float(low), max=float(high))
+
+    def reduce(self, op_type: str, name: str, axis: int, hint: str, keepdims: int = 1,
+               output: str | None = None) -> str:
+        """ReduceSum/ReduceMax over one axis: axes became an input in opset 13 (ReduceSum)
+        and 18 (the others)."""
+        if self.opset >= (13 if op_type == "ReduceSum" else 18):
+            axes = self.constant(np.array([axis], dtype=np.int64), hint + "_axes")
+            return self.op(op_type, [name, axes], hint, output=output, keepdims=keepdims)
+        return self.op(op_type, [name], hint, output=output, axes=[axis], keepdims=keepdims)
+
     def op(self, op_type: str, inputs: list[str], hint: str, output: str | None = None,
            **attrs) -> str:
         out = output if output is not None else self.tensor(hint)

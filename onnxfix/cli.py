@@ -285,9 +285,15 @@ def _summary(rep: RewriteReport, verbose: bool) -> list[str]:
         if verbose:
             lines.append(f"      distribution: {n.distribution}")
     lines.extend(_op_table(rep))
+    lines.extend(f"  output '{c.output}' re-declared: declared {_dims_text(c.declared)}, shape "
+                 f"inference proves {_dims_text(c.inferred)}" for c in rep.redeclared_outputs)
     lines.append(_parity_summary(rep))
     lines.append(f"wrote {rep.output}")
     return lines
+
+
+def _dims_text(dims: list) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
 def _op_table(rep: RewriteReport) -> list[str]:

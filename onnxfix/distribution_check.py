@@ -35,8 +35,8 @@ from .stats import ChiSquare, bernoulli_fit, goodness_of_fit, homogeneity, merge
 DISCRETE = ("Bernoulli", "Multinomial", "Dropout")
 TRIALS = 200_000  # Bernoulli / Dropout: element draws per test
 MAX_ELEMENTS = 65_536  # of p or of the dropout data, the first ones are tested
-MULTINOMIAL_NOISE = 16_000_000  # noise values per Multinomial test, over all runs
-CHUNK_NOISE = 2_000_000  # noise values per run (memory)
+MULTINOMIAL_NOISE = 16_000_000  # sample x class comparisons per Multinomial test, over all runs
+CHUNK_NOISE = 2_000_000  # sample x class comparisons per run (memory)
 MULTINOMIAL_ROWS = 4
 AFFINE_SAMPLES = 20_000
 AFFINE_BINS = 20
@@ -99,7 +99,11 @@ def _transform_outcome(ctx: _Context, noise: np.ndarray, arrays: dict[str, np.nd
     inner = fed
     if ctx.draw.fed != dtypes.noise:
         inner = b.op("Cast", [fed], "noise_cast", to=dtypes.noise)
-    spec.transform(b, inner, node, attrs_of(node), dtypes)
+    def shape_of(name: str) -> list | None:
+        return list(arrays[name].shape) if name in arrays else None
+
+    spec.transform(b, inner, node, {**attrs_of(node), **spec.shape_facts(node, shape_of)},
+                   dtypes)
     return _run(ctx, b.nodes, {fed: noise, **arrays}, output)
 
 
@@ -211,31 +215,58 @@ def _multinomial(ctx: _Context):
     if not rows.size:
         return [], ["no row of finite logits to test"]
     samples = int(np.clip(MULTINOMIAL_NOISE // rows.size, 50, 4000))
-    chunk = max(1, CHUNK_NOISE // rows.size)
     name, out = ctx.node.input[0], ctx.node.output[0]
-    ours = np.zeros(rows.shape, dtype=np.int64)
-    for start in range(0, samples, chunk):
-        n = min(chunk, samples - start)
-        picks = _transform_outcome(ctx, _noise(ctx, [rows.shape[0], n, classes]),
-                                   {name: rows}, ctx.node, out)
-        ours += _class_counts(picks, classes)
+    ours = _multinomial_counts(ctx, rows, samples)
     probs = _softmax(rows.astype(np.float64))
-    cells = [merge_cells(p[np.argsort(-p, kind="stable")], samples) for p in probs]
-    ideal = sum((goodness_of_fit(*_binned(c, p, cell)) for c, p, cell in
-                 zip(ours, probs, cells, strict=True)), ChiSquare(0.0, 0))
-    results = [("ideal", ideal, samples * rows.shape[0])]
+    total = samples * rows.shape[0]
+    # cells by probability rank catch a bias by class weight; cells in class order catch a
+    # positional one (an inverse CDF on skewed noise favours low class ids)
+    results = [(against, _fit_ideal(ours, probs, samples, order), total)
+               for against, order in (("ideal", _by_probability),
+                                      ("ideal, class order", _by_class))]
     probe = onnx.NodeProto()
     probe.CopyFrom(ctx.node)
     _set_attr(probe, "sample_size", samples)
     try:
-        theirs = _class_counts(_original_outcome(ctx, probe, {name: rows}, out), classes)
+        theirs = _class_counts(_original_outcome(ctx, probe, {name: rows}, out), rows.shape[1])
     except Exception as e:  # noqa: BLE001
         return results, [f"onnxruntime cannot run the original for a two-sample test: "
                          f"{_short(e)}"]
-    two = sum((homogeneity(_binned(a, p, cell)[0], _binned(t, p, cell)[0])
-               for a, t, p, cell in zip(ours, theirs, probs, cells, strict=True)),
-              ChiSquare(0.0, 0))
-    return [*results, ("original", two, samples * rows.shape[0])], []
+    two = ChiSquare(0.0, 0)
+    for a, t, p in zip(ours, theirs, probs, strict=True):
+        order = _by_probability(p)
+        cell = merge_cells(p[order], samples)
+        two = two + homogeneity(_binned(a, p, cell, order)[0], _binned(t, p, cell, order)[0])
+    return [*results, ("original", two, total)], []
+
+
+def _multinomial_counts(ctx: _Context, rows: np.ndarray, samples: int) -> np.ndarray:
+    """Per row, how often the rewritten transform picked each class in `samples` draws."""
+    name, out = ctx.node.input[0], ctx.node.output[0]
+    chunk = max(1, CHUNK_NOISE // rows.size)
+    ours = np.zeros(rows.shape, dtype=np.int64)
+    for start in range(0, samples, chunk):
+        n = min(chunk, samples - start)
+        picks = _transform_outcome(ctx, _noise(ctx, [rows.shape[0], n]), {name: rows},
+                                   ctx.node, out)
+        ours += _class_counts(picks, rows.shape[1])
+    return ours
+
+
+def _by_probability(p: np.ndarray) -> np.ndarray:
+    return np.argsort(-p, kind="stable")
+
+
+def _by_class(p: np.ndarray) -> np.ndarray:
+    return np.arange(p.size)
+
+
+def _fit_ideal(ours: np.ndarray, probs: np.ndarray, samples: int, order_of) -> ChiSquare:
+    fit = ChiSquare(0.0, 0)
+    for c, p in zip(ours, probs, strict=True):
+        order = order_of(p)
+        fit = fit + goodness_of_fit(*_binned(c, p, merge_cells(p[order], samples), order))
+    return fit
 
 
 def _class_counts(picks: np.ndarray, classes: int) -> np.ndarray:
@@ -245,8 +276,7 @@ def _class_counts(picks: np.ndarray, classes: int) -> np.ndarray:
     return np.stack([np.bincount(row, minlength=classes) for row in picks])
 
 
-def _binned(counts: np.ndarray, probs: np.ndarray, cells: np.ndarray):
-    order = np.argsort(-probs, kind="stable")
+def _binned(counts: np.ndarray, probs: np.ndarray, cells: np.ndarray, order: np.ndarray):
     k = int(cells.max()) + 1
     return (np.bincount(cells, weights=counts[order], minlength=k),
             np.bincount(cells, weights=probs[order], minlength=k))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from .builder import NodeBuilder
 from .errors import ModelError
@@ -91,7 +91,7 @@ class Dtypes:
 def wide_noise(param_type: int) -> int:
     """The noise dtype of a discrete op: float32, or double when its parameter is double.
 
-    Its comparison (Bernoulli, Dropout) or Gumbel-max (Multinomial) then runs in at least
+    Its comparison (Bernoulli, Dropout) or inverse CDF (Multinomial) then runs in at least
     float32: float16 parameters are cast up in-graph, never the noise down. float16 uniforms
     have only 15,360 distinct values in [0, 1) and would tie and bias the sample.
     """
@@ -132,6 +132,10 @@ class RandomOp:
     def draw_shape(self, noise_shape: list | None) -> list | None:
         """Shape of the node's first output, given its noise's shape."""
         return noise_shape
+
+    def shape_facts(self, node: onnx.NodeProto, shape_of) -> dict:
+        """Static facts the transform needs beyond the attributes (merged into them)."""
+        return {}
 
     def capture_inputs(self, node: onnx.NodeProto) -> list[str]:
         """Node inputs whose runtime values `standardize` needs."""
@@ -344,7 +348,7 @@ class BernoulliOp(RandomOp):
 
     def distribution(self, attrs: dict) -> dict:
         return {"family": UNIFORM, "noise": "standard uniform U[0, 1)",
-                "transform": "u < p (1 with probability p)"}
+                "transform": "Ceil(Clip(p, 0, 1) - u): 1 where u < p (1 with probability p)"}
 
     def noise_dtype_problem(self, node, fed: int) -> str:
         """p is data and may lie anywhere in [0, 1]: a grid of float16 uniforms rounds it."""
@@ -358,12 +362,29 @@ class BernoulliOp(RandomOp):
                 f"noise_dtype=\"float32\" or \"same\"")
 
     def transform_text(self, attrs: dict) -> str:
-        return "Cast(noise < p)"
+        return "Ceil(Clip(p, 0, 1) - noise)"
 
     def transform(self, b, noise, node, attrs, dt) -> None:
+        """Ceil(Clip(p, 0, 1) - u): 1 where u < p, 0 where u >= p (the difference lies in
+        (-1, 1]).
+
+        No compare and no Cast unless the draw's dtype asks for one: ncnn has neither, and
+        every runtime has Sub and Ceil. Ceil of (-1, 0) is -0.0: Abs makes a float draw's
+        zeros +0.0, bit for bit what Cast(u < p) gave.
+        """
         p = _widened(b, node.input[0], dt, "p_wide")
-        hit = b.op("Less", [noise, p], "less")
-        b.op("Cast", [hit], "cast", output=node.output[0], to=dt.draw)
+        npt = np_dtype(dt.noise)
+        # p outside [0, 1] (not a probability) must still draw 0 or 1, as u < p did
+        p = b.clip(p, np.array(0, npt), np.array(1, npt), "p_clipped")
+        diff = b.op("Sub", [p, noise], "p_minus_u")
+        float_draw = dt.draw in FLOAT_TYPES
+        last = dt.draw == dt.noise
+        hit = b.op("Ceil", [diff], "ceil", output=node.output[0] if last and not float_draw
+                   else None)
+        if float_draw:
+            hit = b.op("Abs", [hit], "hit", output=node.output[0] if last else None)
+        if not last:
+            b.op("Cast", [hit], "cast", output=node.output[0], to=dt.draw)
 
     def forward(self, noise, attrs, inputs) -> dict:
         return {0: noise < inputs[0]}
@@ -387,9 +408,19 @@ class BernoulliOp(RandomOp):
 
 
 class MultinomialOp(RandomOp):
-    """Gumbel-max: sample = argmax(logits + g), g = -log(-log(u)), u ~ U[0,1) [batch, S, C]."""
+    """Inverse CDF: one uniform u per sample, noise [batch, sample_size].
+
+    sample = the first k with cdf_k > u (= #{k : cdf_k <= u}), cdf = cumsum(softmax(
+    logits)) / total in float32 (double for double logits). total is the largest
+    cumulative value, so some class always lies above u: the sample is at most classes - 1
+    whatever the rounding, and a class of probability 0 is never drawn (its interval
+    [cdf_k-1, cdf_k) is empty).
+    """
 
     op_type = "Multinomial"
+    # relative margin (in units of the noise dtype's epsilon) a captured sample's u keeps
+    # from its interval's ends, so onnxruntime's Exp (not numpy's) still maps it back
+    SAFE_ULPS = 8
 
     def dtypes(self, node, input_type) -> Dtypes:
         in_type = input_type(node.input[0])
@@ -408,17 +439,20 @@ class MultinomialOp(RandomOp):
         name = dtype_name(fed)
         return (f"{_label(node)}: noise_dtype=\"{name}\" cannot represent its noise "
                 f"faithfully: {name} has only {_units_below_one(fed):,} distinct values in "
-                f"[0, 1), so the Gumbel-max sample ties and favours low class ids; use "
+                f"[0, 1), so the inverse-CDF sample cannot tell classes apart whose "
+                f"probabilities are below {1 - float(below_one(np_dtype(fed))):.2g}; use "
                 f"noise_dtype=\"float32\" or \"same\"")
 
     def noise_shape(self, node, shape_of) -> list | None:
         logits = shape_of(node.input[0])
-        if logits is None or len(logits) != 2:
-            return [None, self._samples(node), None]
-        return [logits[0], self._samples(node), logits[1]]
+        batch = logits[0] if logits is not None and len(logits) == 2 else None
+        return [batch, self._samples(node)]
 
-    def draw_shape(self, noise_shape: list | None) -> list | None:
-        return None if noise_shape is None else noise_shape[:-1]
+    def shape_facts(self, node, shape_of) -> dict:
+        logits = shape_of(node.input[0])
+        if logits is not None and len(logits) == 2 and isinstance(logits[1], int):
+            return {CLASSES: logits[1]}
+        return {}
 
     @staticmethod
     def _samples(node) -> int:
@@ -428,26 +462,30 @@ class MultinomialOp(RandomOp):
         return n
 
     def distribution(self, attrs: dict) -> dict:
-        return {"family": UNIFORM, "noise": "standard uniform U[0, 1) [batch, sample_size, "
-                                           "classes]",
+        return {"family": UNIFORM, "noise": "standard uniform U[0, 1) [batch, sample_size]",
                 "sample_size": int(attrs.get("sample_size", 1)),
-                "transform": "argmax(logits + (-log(-log(u))), axis=-1) (Gumbel-max)"}
+                "transform": "inverse CDF: count of cumsum(softmax(logits)) <= u"}
 
     def transform_text(self, attrs: dict) -> str:
-        return "argmax(logits - log(-log(noise)))"
+        return "count of cumsum(softmax(logits)) <= noise (inverse CDF)"
 
     def transform(self, b, noise, node, attrs, dt) -> None:
-        log_u = b.op("Log", [noise], "log_u")
-        neg = b.op("Neg", [log_u], "neg_log_u")
-        log2 = b.op("Log", [neg], "log_neg_log_u")
-        gumbel = b.op("Neg", [log2], "gumbel")
-        logits = b.unsqueeze(_widened(b, node.input[0], dt, "logits_wide"), 1, "logits_3d")
-        scores = b.op("Add", [logits, gumbel], "scores")
-        if dt.draw == TensorProto.INT64:
-            b.op("ArgMax", [scores], "argmax", output=node.output[0], axis=2, keepdims=0)
-        else:
-            idx = b.op("ArgMax", [scores], "argmax", axis=2, keepdims=0)
-            b.op("Cast", [idx], "cast", output=node.output[0], to=dt.draw)
+        logits = _widened(b, node.input[0], dt, "logits_wide")
+        # Softmax, not ReduceMax + Exp: onnx2torch has no ReduceMax with axes as an input
+        probs = b.op("Softmax", [logits], "probs", axis=1)  # 2-D: one meaning at every opset
+        cdf, total = _cumulative(b, probs, node, attrs, dt)
+        cdf = b.op("Div", [cdf, total], "cdf")  # in [0, 1]; the largest is exactly 1
+        # [batch, 1, classes] - [batch, samples, 1]: Ceil is 1 where cdf > u, else 0
+        diff = b.op("Sub", [b.unsqueeze(cdf, 1, "cdf_3d"), b.unsqueeze(noise, 2, "u_3d")],
+                    "cdf_minus_u")
+        above = b.op("Ceil", [diff], "above")
+        # the first class whose cdf is above u (the last always is): ArgMax gives int64
+        # itself (tract types a Cast to int64 as a shape value it cannot return)
+        last = dt.draw == TensorProto.INT64
+        pick = b.op("ArgMax", [above], "first_above", axis=2, keepdims=0,
+                    output=node.output[0] if last else None)
+        if not last:
+            b.op("Cast", [pick], "cast", output=node.output[0], to=dt.draw)
 
     def deterministic(self, b, node, attrs, dt) -> str:
         samples = self._samples(node)
@@ -462,38 +500,130 @@ class MultinomialOp(RandomOp):
             b.op("Cast", [best], "cast", output=node.output[0], to=dt.draw)
         return "the most probable class, ArgMax of the logits"
 
+    @staticmethod
+    def cdf(logits: np.ndarray, dtype) -> np.ndarray:
+        """The normalized cumulative probabilities, computed by onnxruntime's own kernels.
+
+        numpy cannot stand in: its Softmax differs from onnxruntime's by an ulp here and
+        there, and a sequential sum over 50k classes carries each difference on, so the
+        cumulative values drift apart by ~1e-5 - half a class of a 50k vocabulary. (Even
+        onnxruntime rounds an ulp apart from one graph to another: the check conditions on
+        the rewritten model's own cdf where it can, and keeps a margin here.)
+        """
+        from .compare import make_session
+
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        ints = {n: numpy_helper.from_array(np.array(v, np.int64), n)
+                for n, v in (("axis", 1), ("last", [-1]), ("end", [2**62]), ("axes", [1]))}
+        graph = helper.make_graph([
+            helper.make_node("Softmax", ["x"], ["p"], axis=1),
+            helper.make_node("CumSum", ["p", "axis"], ["c"]),
+            helper.make_node("Slice", ["c", "last", "end", "axes"], ["t"]),
+            helper.make_node("Div", ["c", "t"], ["cdf"])], "cdf",
+            [helper.make_tensor_value_info("x", elem, [None, None])],
+            [helper.make_tensor_value_info("cdf", elem, [None, None])],
+            initializer=list(ints.values()))
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                  ir_version=8)
+        sess = make_session(model)  # configured as the check's sessions: rounding matches
+        return sess.run(None, {"x": np.ascontiguousarray(logits, dtype=dtype)})[0]
+
     def forward(self, noise, attrs, inputs) -> dict:
-        with np.errstate(divide="ignore"):
-            g = -np.log(-np.log(noise))
-        return {0: np.argmax(inputs[0][:, None, :] + g, axis=2)}
+        return {0: _first_above(self.cdf(inputs[0], noise.dtype), noise)}
 
     def standardize(self, outputs, attrs, inputs, noise_dtype) -> np.ndarray:
-        logits = inputs[0].astype(np.float64)
-        picks = outputs[0].astype(np.int64)
-        batch, samples = picks.shape
-        classes = logits.shape[1]
-        if batch and (picks.min() < 0 or picks.max() >= classes):
-            raise Inconsistent("a Multinomial sample lies outside its class range")
+        return self.noise_for(outputs[0], self.cdf(inputs[0], noise_dtype), noise_dtype)
+
+    @staticmethod
+    def cdf_tensor(nodes, noise: str) -> str | None:
+        """The normalized-cdf tensor the transform reading `noise` compares it with."""
+        made = {o: n for n in nodes for o in n.output}
+        for n in nodes:
+            if n.op_type == "Sub" and len(n.input) == 2 and n.input[1] in made:
+                u3 = made[n.input[1]]
+                cdf3 = made.get(n.input[0])
+                reads_noise = u3.op_type == "Unsqueeze" and (
+                    u3.input[0] == noise or (u3.input[0] in made and
+                                             made[u3.input[0]].input[:1] == [noise]))
+                if reads_noise and cdf3 is not None and cdf3.op_type == "Unsqueeze":
+                    return cdf3.input[0]
+        return None
+
+    def noise_for(self, picks: np.ndarray, cdf: np.ndarray, noise_dtype,
+                  safe_ulps: int | None = None) -> np.ndarray:
+        """The middle of each sample's interval [cdf_k-1, cdf_k), kept only where it lies
+        clearly inside (safe_ulps: margin for kernels that may round differently; 0 for the
+        cdf of the very session that then runs the model)."""
         dt = np.dtype(noise_dtype)
-        tiny = np.finfo(dt).smallest_subnormal if dt.itemsize < 8 else 1e-300
-        low_u = np.asarray(max(tiny, 1e-30), dtype=dt)
-        with np.errstate(divide="ignore"):
-            g_low = float(-np.log(-np.log(low_u.astype(np.float64))))
-        u = np.full((batch, samples, classes), low_u, dtype=dt)
-        rows = np.arange(batch)[:, None]
-        target_logit = logits[rows, picks]  # [batch, samples]
-        masked = logits.copy()[:, None, :].repeat(samples, axis=1)
-        masked[rows, np.arange(samples)[None, :], picks] = -np.inf
-        rival = masked.max(axis=2) + g_low
-        # the picked class needs a Gumbel value clearly above every rival's score
-        need = np.maximum(rival - target_logit + 1.0, g_low + 1.0)
-        u_pick = np.exp(-np.exp(-need)).astype(dt)
-        u_pick = np.minimum(u_pick, np.nextafter(dt.type(1), dt.type(0)))
-        u[rows, np.arange(samples)[None, :], picks] = u_pick
-        if not np.array_equal(self.forward(u, attrs, {0: inputs[0]})[0], picks):
+        picks = picks.astype(np.int64)
+        cdf = cdf.astype(np.float64)
+        classes = cdf.shape[1]
+        if picks.size and (picks.min() < 0 or picks.max() >= classes):
+            raise Inconsistent("a Multinomial sample lies outside its class range")
+        rows = np.arange(picks.shape[0])[:, None]
+        hi = cdf[rows, picks]
+        lo = np.where(picks > 0, cdf[rows, np.maximum(picks - 1, 0)], 0.0)
+        u = ((lo + hi) / 2).astype(dt)
+        ulps = self.SAFE_ULPS if safe_ulps is None else safe_ulps
+        margin = ulps * float(np.finfo(dt).eps) * hi
+        wide = u.astype(np.float64)
+        chosen = _first_above(cdf, wide)
+        if ((wide - lo < margin) | (hi - wide < margin)).any() or \
+                not np.array_equal(chosen, picks):
             raise Inconsistent("a Multinomial sample is too improbable to reproduce in "
-                               f"{dt.name} Gumbel noise")
+                               f"{dt.name} inverse-CDF noise")
         return u
+
+
+def _first_above(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Per row, the first class whose cdf exceeds u (ArgMax of Ceil(cdf - u)), row by row:
+    a [batch, samples, classes] table could take gigabytes."""
+    rows = np.maximum.accumulate(cdf, axis=1)  # the first exceedance is the envelope's
+    return np.stack([np.searchsorted(r, w, side="right") for r, w in
+                     zip(rows, u, strict=True)]).reshape(u.shape)
+
+
+CLASSES = "onnxfix_classes"  # shape_facts key: the static class count of a Multinomial
+
+
+def _cumulative(b: NodeBuilder, probs: str, node, attrs: dict, dt: Dtypes) -> tuple[str, str]:
+    """Cumulative sums of [batch, classes] probabilities along the classes, and their total.
+
+    From opset 11: CumSum (reverse=0 spelled out: onnx2torch defaults it to 1), sequential in
+    every runtime seen, so its last value is the largest. Before opset 11, a two-level prefix
+    sum by MatMul with triangular ones matrices of ceil(sqrt(C)) and C / ceil(sqrt(C)) sides:
+    memory O(C), not the C x C of one triangle; its sums may round out of order, so the total
+    is their ReduceMax (no class then lies above it). The padding (weight 0) repeats the total,
+    which never counts as at or below u.
+    """
+    if b.opset >= 11:
+        axis = b.constant(np.array(1, dtype=np.int64), "axis")
+        cum = b.op("CumSum", [probs, axis], "cumsum", exclusive=0, reverse=0)
+        ends = [b.constant(np.array([v], dtype=np.int64), hint)
+                for v, hint in ((-1, "last"), (2**62, "end"), (1, "class_axis"))]
+        return cum, b.op("Slice", [cum, *ends], "total")
+    classes = attrs.get(CLASSES)
+    if classes is None:
+        raise ModelError(f"{_label(node)}: opset {b.opset} has no CumSum and the class count "
+                         f"of input '{node.input[0]}' is not static: fix it (dims=... / --dim) "
+                         f"or convert the model to opset 11")
+    side = max(1, math.isqrt(classes - 1) + 1) if classes > 1 else 1
+    blocks = -(-classes // side)
+    npt = np_dtype(dt.noise)
+    padded = probs
+    if blocks * side > classes:
+        padded = b.op("Pad", [probs], "pad", pads=[0, 0, 0, blocks * side - classes])
+    grid = b.op("Reshape", [padded, b.constant(np.array([-1, blocks, side], np.int64),
+                                               "grid_shape")], "grid")
+    inclusive = b.constant(np.triu(np.ones((side, side), npt)), "upper")
+    within = b.op("MatMul", [grid, inclusive], "within")
+    totals = b.reduce("ReduceSum", grid, 2, "block_totals", keepdims=0)
+    strict = b.constant(np.triu(np.ones((blocks, blocks), npt), 1), "strict_upper")
+    before = b.unsqueeze(b.op("MatMul", [totals, strict], "before"), 2, "before_3d")
+    cum = b.op("Add", [within, before], "cum_grid")
+    cum = b.op("Reshape", [cum, b.constant(np.array([-1, blocks * side], np.int64),
+                                           "cum_shape")], "cumsum")
+    return cum, b.reduce("ReduceMax", cum, 1, "total")
 
 
 class DropoutOp(RandomOp):
@@ -525,10 +655,11 @@ class DropoutOp(RandomOp):
 
     def distribution(self, attrs: dict) -> dict:
         return {"family": UNIFORM, "noise": "standard uniform U[0, 1)",
-                "transform": "mask = u >= ratio; output = data * mask / (1 - ratio)"}
+                "transform": "keep = 1 - Ceil(ratio - u) (1 where u >= ratio); output = "
+                             "data * keep / (1 - ratio)"}
 
     def transform_text(self, attrs: dict) -> str:
-        return "data * (noise >= ratio) / (1 - ratio)"
+        return "data * (1 - Ceil(ratio - noise)) / (1 - ratio)"
 
     def _ratio(self, b: NodeBuilder, node, attrs, dt: Dtypes) -> str:
         if len(node.input) > 1 and node.input[1]:
@@ -537,34 +668,49 @@ class DropoutOp(RandomOp):
         return b.constant(np.array(default, dtype=np_dtype(dt.noise)), "ratio")
 
     def transform(self, b, noise, node, attrs, dt) -> None:
+        """keep = 1 - Ceil(ratio - u): 1 where u >= ratio, 0 where u < ratio (ratio - u lies
+        in (-1, 1)); output = data * (1 / (1 - ratio)) * keep. Sub, Ceil, Mul, Reciprocal run
+        everywhere (ncnn has no Cast or compare, onnx2torch no GreaterOrEqual); Casts only
+        where a dtype asks: float16 data, the bool mask output where the node has one.
+        """
         ratio = self._ratio(b, node, attrs, dt)
         mask_name = node.output[1] if len(node.output) > 1 and node.output[1] else None
         # training_mode fed at run time: keep the data (and an all-true mask) when it is false.
         gated = len(node.input) > 2 and node.input[2] and b.constant_of(node.input[2]) is None
-        # the mask is bool from Dropout-10 on; Dropout-1/6 (is_test=0) give it the data's type
-        bool_mask = b.opset >= 10
-        if b.opset >= 12:
-            keep = b.op("GreaterOrEqual", [noise, ratio], "keep",
-                        output=None if gated else mask_name)
-        else:
-            below = b.op("Less", [noise, ratio], "below")
-            keep = b.op("Not", [below], "keep", output=mask_name if bool_mask else None)
-        if gated and mask_name:
-            idle = b.op("Not", [node.input[2]], "not_training")
-            b.op("Or", [keep, idle], "mask", output=mask_name)
         one = b.constant(np.array(1.0, dtype=np_dtype(dt.noise)), "one")
+        if b.opset >= 7:
+            drop = b.op("Ceil", [b.op("Sub", [ratio, noise], "ratio_minus_u")], "drop")
+            keep = b.op("Sub", [one, drop], "keep")
+        else:  # opset-6 broadcasting stretches the second operand only: scalars go last
+            below = b.op("Neg", [b.op("Sub", [noise, ratio], "u_minus_ratio")], "ratio_minus_u")
+            drop = b.op("Ceil", [below], "drop")
+            keep = b.op("Add", [b.op("Neg", [drop], "neg_drop"), one], "keep")
+        if mask_name:
+            self._mask(b, keep, node, dt, mask_name, gated)
         keep_prob = b.op("Sub", [one, ratio], "keep_prob")
         scale = b.op("Reciprocal", [keep_prob], "scale")
         if dt.noise != dt.draw:
             scale = b.op("Cast", [scale], "scale_cast", to=dt.draw)
+            keep = b.op("Cast", [keep], "keep_cast", to=dt.draw)
         scaled = b.op("Mul", [node.input[0], scale], "scaled")
-        keep_f = b.op("Cast", [keep], "keep_cast", to=dt.draw,
-                      output=None if bool_mask else mask_name)
-        dropped = b.op("Mul", [scaled, keep_f], "dropped",
+        dropped = b.op("Mul", [scaled, keep], "dropped",
                        output=None if gated else node.output[0])
         if gated:
             b.op("Where", [node.input[2], dropped, node.input[0]], "train_or_not",
                  output=node.output[0])
+
+    @staticmethod
+    def _mask(b, keep: str, node, dt: Dtypes, mask_name: str, gated) -> None:
+        """The mask output: bool from opset 10, the data's type before."""
+        mask_type = TensorProto.BOOL if b.opset >= 10 else dt.draw
+        if gated:  # opset >= 12: bool
+            kept = b.op("Cast", [keep], "keep_bool", to=TensorProto.BOOL)
+            idle = b.op("Not", [node.input[2]], "not_training")
+            b.op("Or", [kept, idle], "mask", output=mask_name)
+        elif mask_type != dt.noise:
+            b.op("Cast", [keep], "mask_cast", output=mask_name, to=mask_type)
+        else:
+            b.op("Identity", [keep], "mask", output=mask_name)
 
     def deterministic(self, b, node, attrs, dt) -> str:
         b.op("Identity", [node.input[0]], "identity", output=node.output[0])

@@ -141,7 +141,8 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
             raise CheckSkipped("--noise-dtype narrower than a draw inside a subgraph: the draws "
                         "cannot be fed back to the original")
         cut_sess = opener(_cut_model(base, draws))
-    probe = _with_outputs(noise_model, draws)
+    own_logits = _own_logits(captures, noise_model)
+    probe = _with_outputs(noise_model, draws + sorted(set(own_logits.values())))
     try:
         new_sess = opener(probe)
     except Exception as e:  # noqa: BLE001
@@ -182,6 +183,7 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
         for name in noise_inputs:
             if name not in noise:  # e.g. its node was in an If branch not taken
                 noise[name] = filler(new_sess, name, n)
+        _recondition(captures, own_logits, got, {**feeds, **noise}, noise, new_sess, n)
         expected = {**{o: got[o] for o in out_names},
                     **{d: got[exposed[d]] for d in draws}}
         if lossy:
@@ -398,6 +400,49 @@ def _elem(facts, name: str, rec: NodeRecord) -> int:
     return onnx.TensorProto.DataType.Value(rec.replacement.dtype.upper())
 
 
+def _own_logits(captures: list[_Captured], noise_model: onnx.ModelProto) -> dict[int, str]:
+    """Capture index -> the normalized-cdf tensor of each main-graph Multinomial's transform
+    in the rewritten model."""
+    from .ops import MultinomialOp
+
+    found = {}
+    for k, c in enumerate(captures):
+        if c.node.op_type == "Multinomial" and not c.lead and not c.branches \
+                and c.record.graph == "main":
+            name = MultinomialOp.cdf_tensor(noise_model.graph.node, c.record.replacement.name)
+            if name:
+                found[k] = name
+    return found
+
+
+def _recondition(captures, own_logits: dict[int, str], got: dict, feeds: dict, noise: dict,
+                 sess, n: int) -> None:
+    """Standardize each Multinomial draw against the cdf the rewritten model computes.
+
+    An inverse CDF over many classes turns an ulp of difference anywhere in its weights into
+    a shift of its class boundaries (50k classes: ~1e-5, half a class), and onnxruntime
+    rounds them an ulp apart from one graph (or memory plan) to another. The sample is what
+    is conditioned on; the boundaries it is reproduced between are the rewritten model's own,
+    read from the same session that is then compared.
+    """
+    if not own_logits:
+        return
+    try:
+        seen = run_all(sess, feeds)
+    except Exception:  # noqa: BLE001 - the comparison run reports it
+        return
+    for k, name in own_logits.items():
+        c = captures[k]
+        fed = input_dtype(sess, c.record.replacement.name)
+        picks = got[c.outputs[0]]
+        try:
+            u = spec_for(c.node).noise_for(picks, seen[name], fed, safe_ulps=0)
+        except Inconsistent as e:
+            raise CheckSkipped(f"cannot condition on the draw of {c.record.op_type} "
+                               f"'{c.record.output}': {e}") from None
+        noise[c.record.replacement.name] = np.asarray(u, dtype=fed)
+
+
 def _standard_noise(c: _Captured, got: dict, sess, n: int) -> np.ndarray:
     spec = spec_for(c.node)
     attrs = attrs_of(c.node)
@@ -504,10 +549,13 @@ def _twin_check(parity, opener, model, records, twin, make_twin, mode, size, see
     symbols = symbolic_dims(data_inputs)
     skip = set()
     if mode == "deterministic":
-        skip = _tainted_outputs(model, [r.output for r in records if r.op_type == "Dropout"])
+        # no noise means 'no mask'; the inverse CDF has no u that is ArgMax for all logits
+        skip = _tainted_outputs(model, [r.output for r in records
+                                        if r.op_type in ("Dropout", "Multinomial")])
         if skip:
-            emit(f"NOTE | outputs reached by a Dropout are not compared with the noise twin "
-                 f"(no noise means 'no mask'): {', '.join(sorted(skip))}")
+            emit(f"NOTE | outputs reached by a Dropout or Multinomial are not compared with "
+                 f"the noise twin (no noise stands for 'no mask' or 'the most probable "
+                 f"class'): {', '.join(sorted(skip))}")
     out_names = [o.name for o in model.graph.output]
     for k, n in enumerate([size, size + 1] if symbols else [size]):
         dims = {s: n for s in symbols}

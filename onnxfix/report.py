@@ -35,6 +35,15 @@ class NodeRecord:
 
 
 @dataclass
+class ShapeCorrection:
+    """A graph output whose declared shape shape inference proved wrong, and its new one."""
+
+    output: str
+    declared: list  # dims: int, a symbolic name, or None (unknown)
+    inferred: list
+
+
+@dataclass
 class OutputCheck:
     name: str
     dims: dict
@@ -81,6 +90,7 @@ class RewriteReport:
     ops_after: dict = field(default_factory=dict)
     new_inputs: list[str] = field(default_factory=list)
     ops_kept: int = 0
+    redeclared_outputs: list[ShapeCorrection] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)

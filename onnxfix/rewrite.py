@@ -377,7 +377,8 @@ def _plan(model: onnx.ModelProto, chosen: list[tuple[Site, str]], trip_names: di
             shape = _output_based_shape(spec, site.node, shape_of)
         lead = [_iteration_dim(s, trip_names, fixed, lookup, shape_of) for s in site.scopes
                 if s.owner.op_type in ("Loop", "Scan")]
-        plans.append(Plan(site, spec, attrs_of(site.node), dtypes, shape, lead, origin))
+        attrs = {**attrs_of(site.node), **spec.shape_facts(site.node, shape_of)}
+        plans.append(Plan(site, spec, attrs, dtypes, shape, lead, origin))
     if any(tied_score(p.shape, anchors) < len(p.shape or [None]) for p in plans):
         # onnx inference left dims unproven: onnxruntime's symbolic inference often ties them.
         sym = ort_symbolic_facts(model)

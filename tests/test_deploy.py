@@ -164,7 +164,7 @@ def test_noise_feeds_reads_names_shapes_and_kinds_from_the_graph(tmp_path):
     noise_names = [i.name for i in model.graph.input if i.name != "x"]
     assert sorted(feeds) == sorted(noise_names)
     shapes = {k: v.shape for k, v in feeds.items()}
-    assert shapes["noise_idx"] == (5, 1, 10)  # Multinomial: [batch, samples, classes]
+    assert shapes["noise_idx"] == (5, 1)  # Multinomial: [batch, samples], one u per sample
     assert all(s[0] == 5 for s in shapes.values())
     u = feeds["noise_RandomUniformLike_output_0"]
     assert u.min() >= 0 and u.max() < 1
@@ -218,7 +218,7 @@ def test_noise_dtype_feeds_the_target_dtype_and_casts_in_graph(fixture, noise_dt
 
 
 def test_float16_noise_is_refused_for_a_bernoulli_or_multinomial(tmp_path):
-    # their float16 uniforms would round p to a coarse grid / tie in Gumbel-max
+    # their float16 uniforms would round p to a coarse grid / blur the classes of an inverse CDF
     result = invoke("rewrite", MIXED, tmp_path / "o.onnx", "--noise-dtype", "float16")
     assert result.exit_code == 2
     assert result.stderr.startswith("onnxfix: error: Bernoulli '/Bernoulli': noise_dtype="

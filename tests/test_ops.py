@@ -24,9 +24,9 @@ def bernoulli(p_type: str = "float", attrs: str = "", out_type: str = "") -> onn
 def test_bernoulli_is_noise_below_p_and_keeps_the_input_type(p_type, np_type):
     new, report = onnxfix.rewrite(bernoulli(p_type), "input-noise")
     full_check(new)
-    # float16 p is cast up: the compare runs in float32, on float32 noise
-    assert op_types(new) == (["Cast", "Less", "Cast"] if p_type == "float16" else
-                             ["Less", "Cast"])
+    # float16 p is cast up: Ceil(p - u) runs in float32, on float32 noise; no compare
+    body = ["Constant", "Constant", "Clip", "Sub", "Ceil", "Abs"]
+    assert op_types(new) == (["Cast", *body, "Cast"] if p_type == "float16" else body)
     noise_type = {"float": "float", "double": "double", "float16": "float"}[p_type]
     assert report.nodes[0].replacement.dtype == noise_type
     assert input_dims(new, "noise_y") == ["batch", 4]
@@ -69,33 +69,29 @@ def multinomial(opset: int, attrs: str = "", batch: str = "batch", out: str = "i
     }}""")
 
 
-def _pick(batch: int, samples: int, classes: int, picks: np.ndarray) -> np.ndarray:
-    u = np.full((batch, samples, classes), 1e-6, np.float32)
-    for b in range(batch):
-        for s in range(samples):
-            u[b, s, picks[b, s]] = 0.999
-    return u
-
-
-@pytest.mark.parametrize("opset", [9, 13, 17])
-def test_multinomial_gumbel_max_picks_the_class_the_noise_favours(opset):
+@pytest.mark.parametrize("opset", [9, 13, 17, 18])
+def test_multinomial_inverse_cdf_picks_the_class_whose_interval_holds_the_noise(opset):
     new, report = onnxfix.rewrite(multinomial(opset, "<sample_size=3>", samples=3), "input-noise")
     full_check(new)
     assert new.opset_import[0].version == opset
-    assert input_dims(new, "noise_y") == ["batch", 3, 3]
-    assert "ArgMax" in op_types(new) and random_nodes(new) == []
-    logits = np.log(np.full((2, 3), 1 / 3, np.float32))
-    picks = np.array([[0, 2, 1], [2, 2, 0]])
-    y = run(new, {"logits": logits, "noise_y": _pick(2, 3, 3, picks)})["y"]
+    assert input_dims(new, "noise_y") == ["batch", 3]  # one uniform per sample
+    assert random_nodes(new) == []
+    assert ("CumSum" in op_types(new)) == (opset >= 11)
+    logits = np.array([[np.log(0.25), np.log(0.25), np.log(0.5)], [0.0, -np.inf, 0.0]],
+                      np.float32)
+    # row 0: [0, .25) -> 0, [.25, .5) -> 1, [.5, 1) -> 2; row 1: class 1 has probability 0
+    u = np.array([[0.0, 0.25, 0.5], [0.4999, 0.5, 0.99999994]], np.float32)
+    y = run(new, {"logits": logits, "noise_y": u})["y"]
     assert y.dtype == np.int32  # the op's default dtype
-    np.testing.assert_array_equal(y, picks)
+    np.testing.assert_array_equal(y, [[0, 1, 2], [0, 2, 2]])
 
 
-def test_multinomial_int64_and_logits_win_over_flat_noise():
+def test_multinomial_int64_and_huge_logits_do_not_overflow():
     new, _ = onnxfix.rewrite(multinomial(15, "<dtype=7>", out="int64"), "input-noise")
     full_check(new)
-    logits = np.array([[0.0, 5.0, 0.0], [9.0, 0.0, 0.0]], np.float32)
-    y = run(new, {"logits": logits, "noise_y": np.full((2, 1, 3), 0.5, np.float32)})["y"]
+    # exp(1000) overflows float32: the max is subtracted first
+    logits = np.array([[1000.0, 1000.0, -np.inf], [9.0, 0.0, 0.0]], np.float32)
+    y = run(new, {"logits": logits, "noise_y": np.array([[0.75], [0.5]], np.float32)})["y"]
     assert y.dtype == np.int64
     np.testing.assert_array_equal(y, [[1], [0]])
 
@@ -169,10 +165,12 @@ def test_old_opset_dropout_in_training_mode_uses_the_ratio_attribute():
     onnx.checker.check_model(new, full_check=True)
     assert records[0].op_type == "Dropout"
     # onnxruntime implements no opset-6 comparison kernels: check the graph itself
-    assert op_types(new) == ["Constant", "Less", "Not", "Constant", "Sub", "Reciprocal", "Mul",
-                             "Cast", "Mul"]
-    less = next(n for n in new.graph.node if n.op_type == "Less")
-    assert [(a.name, a.i) for a in less.attribute] == [("broadcast", 1)]
+    # opset-6 broadcasting stretches only the second operand: 1 - Ceil(ratio - u) is written
+    # as -Ceil(-(u - ratio)) + 1
+    assert op_types(new) == ["Constant", "Constant", "Sub", "Neg", "Ceil", "Neg", "Add", "Sub",
+                             "Reciprocal", "Mul", "Mul"]
+    subs = [n for n in new.graph.node if n.op_type in ("Sub", "Mul", "Add")]
+    assert all([(a.name, a.i) for a in n.attribute] == [("broadcast", 1)] for n in subs)
     inference = parse("""
     <ir_version: 3, opset_import: ["" : 6]>
     g (float[2,4] x) => (float[2,4] y) { y = Dropout<is_test=1>(x) }""")

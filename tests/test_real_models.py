@@ -155,7 +155,7 @@ def test_every_real_model_rewrites_passes_parity_and_runs(name, mode):
 
 
 def test_float16_noise_on_a_multinomial_policy_is_refused(tmp_path):
-    # float16 uniforms tie in Gumbel-max; float32 noise samples faithfully
+    # float16 uniforms are too coarse for an inverse CDF over many classes (float32 is faithful)
     out = tmp_path / "fp16.onnx"
     with pytest.raises(onnxfix.UsageError, match=r"^Multinomial '[^']+': noise_dtype="
                                                  r"\"float16\" cannot represent its noise"):

@@ -1,0 +1,75 @@
+"""Declared output shapes that shape inference proves wrong are re-declared and reported.
+
+A real MIGraphX test model declares its Multinomial output `[?, 10]` but samples 12 per row
+(`[N, 12]`); IREE trusts the declaration and fails to compile, so the rewrite corrects it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from conftest import real_model_path, run
+from onnx import TensorProto, helper
+
+import onnxfix
+from onnxfix.report import ShapeCorrection
+
+
+def _wrong_declaration(declared: list) -> onnx.ModelProto:
+    node = helper.make_node("Multinomial", ["logits"], ["y"], sample_size=12)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, declared)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8)
+
+
+def _declared(model: onnx.ModelProto, name: str) -> list:
+    out = next(o for o in model.graph.output if o.name == name)
+    return [d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
+            for d in out.type.tensor_type.shape.dim]
+
+
+def test_a_contradicted_output_shape_is_redeclared_and_reported():
+    new, report = onnxfix.rewrite(_wrong_declaration([None, 10]))
+    assert _declared(new, "y") == ["n", 12]
+    assert report.redeclared_outputs == [ShapeCorrection("y", [None, 10], ["n", 12])]
+    assert json.loads(report.to_json())["redeclared_outputs"] == [
+        {"output": "y", "declared": [None, 10], "inferred": ["n", 12]}]
+    y = run(new, {"logits": np.zeros((3, 10), np.float32),
+                  "noise_y": np.full((3, 12), 0.5, np.float32)})["y"]
+    assert y.shape == (3, 12)
+
+
+def test_a_wrong_rank_is_redeclared_too():
+    _, report = onnxfix.rewrite(_wrong_declaration(["n", 12, 1]), check=False)
+    assert report.redeclared_outputs == [ShapeCorrection("y", ["n", 12, 1], ["n", 12])]
+
+
+def test_a_merely_less_precise_declaration_is_left_alone():
+    new, report = onnxfix.rewrite(_wrong_declaration([None, None]), check=False)
+    assert report.redeclared_outputs == []
+    assert _declared(new, "y") == [None, None]
+    new, report = onnxfix.rewrite(_wrong_declaration(["batch", 12]), check=False)
+    assert report.redeclared_outputs == [] and _declared(new, "y") == ["batch", 12]
+
+
+def test_the_cli_summary_says_which_output_was_redeclared(tmp_path):
+    from test_cli import invoke
+
+    src = tmp_path / "m.onnx"
+    onnx.save(_wrong_declaration([None, 10]), src)
+    result = invoke("rewrite", src, tmp_path / "o.onnx")
+    assert result.exit_code == 0, result.stderr
+    assert ("  output 'y' re-declared: declared [?, 10], shape inference proves [n, 12]"
+            in result.stdout.splitlines())
+
+
+def test_the_migraphx_multinomial_model_gets_its_true_output_shape(tmp_path):
+    path = real_model_path("migraphx_multinomial_autoseed_dyn_test.onnx")
+    new, report = onnxfix.rewrite(path, output=tmp_path / "m.onnx")
+    assert report.redeclared_outputs == [
+        ShapeCorrection("output", [None, 10], ["input_dim0", 12])]
+    assert _declared(onnx.load(tmp_path / "m.onnx"), "output") == ["input_dim0", 12]
+    assert report.parity.status == "passed"
