@@ -458,6 +458,8 @@ def _standard_noise(c: _Captured, got: dict, sess, n: int) -> np.ndarray:
     if any(bool(np.asarray(got[cond]).reshape(-1)[0]) != want for cond, want in c.branches) \
             or any(v is None for v in (*outs.values(), *ins.values())):
         return filler(sess, c.record.replacement.name, n)  # its If branch did not run
+    if outs and all(np.asarray(v).size == 0 for v in outs.values()):
+        return filler(sess, c.record.replacement.name, n)  # its loop ran no iteration
     noise = _standardized(c, spec, attrs, outs, ins, noise_dtype)
     ran = got.get(RAN + c.outputs[0])
     if ran is not None:  # under an If in a Loop: iterations without the draw read filler
