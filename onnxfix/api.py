@@ -53,7 +53,8 @@ def _load(model_or_path: ModelLike) -> tuple[onnx.ModelProto, str | None]:
 
 def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 0,
             dims: dict[str, int] | None = None, only: list[str] | None = None,
-            exclude: list[str] | None = None, noise_dtype: str = "same", check: bool = True,
+            exclude: list[str] | None = None, noise_dtype: str = "same",
+            noise_bounds: dict[str, int] | None = None, check: bool = True,
             atol: float | None = None, rtol: float | None = None, check_size: int = 2,
             check_inputs: str | os.PathLike | dict | None = None,
             check_memory_mb: float | None = None, check_timeout: float | None = None,
@@ -72,6 +73,9 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
         in-graph to what the transform computes in: float32 or wider for Bernoulli,
         Multinomial and Dropout). float16 is refused (UsageError) for Bernoulli and
         Multinomial, whose samples it would bias.
+    noise_bounds: upper bounds of data-dependent noise dims, by the name the error and the
+        report give (`<noise input>:<axis>`), e.g. {"noise_z:2": 400}: that axis is declared
+        with the bound and the graph slices what each run needs.
     only / exclude: glob patterns over node names and output names selecting the nodes to
         rewrite; unselected random nodes stay as they are (the report says so).
     check: run the conditional parity check in onnxruntime; raises ParityError on failure.
@@ -116,8 +120,9 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
                                limits=limits, fail_on_skip=fail_on_skip)
         new_model, report = _rewrite(original, source, skeleton, mode, seed=seed, dims=dims,
                                      select=make_selector(only, exclude),
-                                     noise_dtype=noise_dtype, check=check,
-                                     check_options=options, max_draw_bytes=max_draw_bytes,
+                                     noise_dtype=noise_dtype, noise_bounds=noise_bounds,
+                                     check=check, check_options=options,
+                                     max_draw_bytes=max_draw_bytes,
                                      output=output, on_line=on_line)
         if output is not None:
             if skeleton is not None:
@@ -132,11 +137,11 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
             skeleton.close()
 
 
-def _rewrite(original, source, skeleton, mode, *, seed, dims, select, noise_dtype, check,
-             check_options, max_draw_bytes, output, on_line):
+def _rewrite(original, source, skeleton, mode, *, seed, dims, select, noise_dtype, noise_bounds,
+             check, check_options, max_draw_bytes, output, on_line):
     new_model, records = rewrite_model(original, mode, seed=seed, dims=dims,
                                        max_draw_bytes=max_draw_bytes, select=select,
-                                       noise_dtype=noise_dtype)
+                                       noise_dtype=noise_dtype, noise_bounds=noise_bounds)
     redeclared = (redeclare_output_shapes(new_model)
                   if any(r.status == "rewritten" for r in records) else [])
     report = RewriteReport(
@@ -156,7 +161,7 @@ def _rewrite(original, source, skeleton, mode, *, seed, dims, select, noise_dtyp
     elif check:
         report.parity = run_check(
             original, new_model, records, mode, check_options, dims=dims, select=select,
-            on_line=on_line,
+            noise_bounds=noise_bounds, on_line=on_line,
             weights_folder=str(skeleton.folder) if skeleton is not None else None)
         if report.parity.status == "failed":
             raise ParityError(f"parity check failed: {report.parity.reason}", report)

@@ -29,6 +29,7 @@ class CheckOptions:
 
 def run_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, records: list[NodeRecord],
               mode: str, options: CheckOptions, *, dims=None, select=None,
+              noise_bounds: dict[str, int] | None = None,
               on_line: Callable[[str], None] | None = None,
               weights_folder: str | None = None) -> Parity:
     """The conditional parity check, under the memory cap and time limit of `options`."""
@@ -44,8 +45,8 @@ def run_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, records: li
     def check(line: Callable[[str], None]) -> Parity:
         return check_parity(original, rewritten, records, mode, size=options.size,
                             atol=options.atol, rtol=options.rtol, seed=options.seed, dims=dims,
-                            select=select, on_line=line, weights_folder=weights_folder,
-                            setup=setup)
+                            select=select, noise_bounds=noise_bounds, on_line=line,
+                            weights_folder=weights_folder, setup=setup)
 
     if options.limits is None:
         parity = check(emit)

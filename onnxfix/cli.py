@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
 from . import api
 from .errors import ModelError, OnnxfixError, ParityError, UsageError
 from .model_io import check_writable, write_text_atomic
+from .noisedims import parse_bound_flags
 from .report import RewriteReport
 from .shapes import parse_dim_flags
 
@@ -133,6 +134,10 @@ def rewrite_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed for constant-mode draws and check inputs."),
     dim: list[str] = typer.Option(None, "--dim", metavar="NAME=VALUE",
                                   help="Fix a symbolic dim model-wide (repeatable)."),
+    noise_bound: list[str] = typer.Option(None, "--noise-bound", metavar="NAME=N",
+                                          help="Upper bound of a data-dependent noise dim, "
+                                               "named as the error or report gives it, e.g. "
+                                               "noise_z:2=400 (repeatable)."),
     only: list[str] = typer.Option(None, "--only", metavar="GLOB",
                                    help="Rewrite only random nodes whose node name or output "
                                         "name matches (repeatable)."),
@@ -184,6 +189,7 @@ def rewrite_cmd(
         if report is not None:
             check_writable(report, "--report")
         options = dict(mode=mode.value, seed=seed, dims=dims, only=only, exclude=exclude,
+                       noise_bounds=parse_bound_flags(noise_bound),
                        noise_dtype=noise_dtype.value, weights=weights.value,
                        check=not no_check, atol=atol, rtol=rtol, check_size=check_size,
                        check_inputs=check_inputs, check_memory_mb=check_memory_mb,
@@ -294,7 +300,10 @@ def _summary(rep: RewriteReport, verbose: bool) -> list[str]:
         if r is None:
             lines.append(f"  {n.op_type} -> '{n.output}'  {n.status} ({n.note})")
             continue
-        shape = "[" + ", ".join(str(d) for d in r.shape) + "]" if r.shape is not None else "[?]"
+        bounds = {d["axis"]: d["name"] for d in r.dims if d["kind"] == "bounded"}
+        shape = "[" + ", ".join(f"{d} (bound of {bounds[k]})" if k in bounds else str(d)
+                                for k, d in enumerate(r.shape)) + "]" \
+            if r.shape is not None else "[?]"
         where = f" in {n.graph}" if n.graph != "main" else ""
         lines.append(f"  {n.op_type} -> '{n.output}'{where}  =>  {r.kind} '{r.name}' "
                      f"{r.dtype}{shape}" + (f" ({r.value})" if r.value else ""))
@@ -363,13 +372,14 @@ def inspect_cmd(
     elif not rep.nodes:
         typer.echo(f"{model}: no random nodes")
     else:
-        rows = [("graph", "op", "node", "output", "dtype", "shape", "attributes", "consumers")]
+        rows = [("graph", "op", "node", "output", "dtype", "shape", "attributes", "consumers",
+                 "noise input")]
         for n in rep.nodes:
             shape = "?" if n.shape is None else "[" + ", ".join(
                 "?" if d is None else str(d) for d in n.shape) + "]"
             attrs = ", ".join(f"{k}={v}" for k, v in n.attributes.items())
             rows.append((n.graph, n.op_type, n.name or "-", n.output, n.dtype, shape,
-                         attrs or "-", "; ".join(n.consumers) or "-"))
+                         attrs or "-", "; ".join(n.consumers) or "-", _noise_text(n.noise)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         typer.echo(f"{model}: {len(rep.nodes)} random node(s)")
         for r in rows:
@@ -377,6 +387,15 @@ def inspect_cmd(
     if fail_if_random and rep.nodes:
         typer.echo(f"onnxfix: {len(rep.nodes)} random node(s) remain in {model}", err=True)
         raise typer.Exit(1)
+
+
+def _noise_text(noise: dict | None) -> str:
+    """`noise_z [batch, 2, noise_z:2 (data-dependent)]`; '-' when no rewrite is possible."""
+    if not noise:
+        return "-"
+    dims = [f"{d['name']} (data-dependent)" if d["kind"] == "data-dependent" else
+            str(d.get("size", d.get("name", "?"))) for d in noise["dims"]]
+    return f"{noise['input']} [{', '.join(dims)}]"
 
 
 def main() -> None:

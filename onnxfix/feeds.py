@@ -37,7 +37,8 @@ def noise_inputs(model: onnx.ModelProto) -> list[dict]:
         if t.HasField("shape"):
             shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                      for d in t.shape.dim]
-        found.append({"name": name, "family": family, "elem_type": t.elem_type, "shape": shape})
+        found.append({"name": name, "family": family, "elem_type": t.elem_type, "shape": shape,
+                      "dims": meta.get(name, {}).get("dims") or []})
     return found
 
 
@@ -54,7 +55,9 @@ def make_noise_feeds(model: onnx.ModelProto, dims: dict[str, int] | None = None,
     dims = dict(dims or {})
     rng = rng if rng is not None else np.random.default_rng(seed)
     feeds = {}
-    for entry in noise_inputs(model):
+    entries = noise_inputs(model)
+    dims = {**_derived_sizes(model, entries, dims), **dims}
+    for entry in entries:
         if entry["shape"] is None:
             raise UsageError(f"noise input '{entry['name']}' has no declared shape")
         missing = [d for d in entry["shape"] if not isinstance(d, int) and d not in dims]
@@ -66,3 +69,32 @@ def make_noise_feeds(model: onnx.ModelProto, dims: dict[str, int] | None = None,
         feeds[entry["name"]] = standard_noise(rng, entry["family"], shape,
                                               np_dtype(entry["elem_type"]))
     return feeds
+
+
+def _derived_sizes(model: onnx.ModelProto, entries: list[dict],
+                   dims: dict[str, int]) -> dict[str, int]:
+    """Sizes of derived noise dims (tied to the input dims only through the graph's shapes),
+    from shape inference with the caller's concrete input dims."""
+    from .shapes import fix_dims, infer_facts, model_dim_names, ort_symbolic_facts
+
+    wanted = [d for e in entries for d in e["dims"]
+              if d.get("kind") == "derived" and d.get("source") and d.get("name") not in dims]
+    if not wanted:
+        return {}
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    known = model_dim_names(fixed)
+    fix_dims(fixed, {k: v for k, v in dims.items() if k in known})
+    sizes: dict[str, int] = {}
+    for infer in (infer_facts, ort_symbolic_facts):
+        facts = infer(fixed)
+        for d in wanted:
+            f = facts.get(d["source"])
+            axis = d.get("source_axis")
+            if (d["name"] not in sizes and f is not None and f.shape is not None
+                    and axis is not None and axis < len(f.shape)
+                    and isinstance(f.shape[axis], int)):
+                sizes[d["name"]] = f.shape[axis]
+        if all(d["name"] in sizes for d in wanted):
+            break
+    return sizes

@@ -23,6 +23,10 @@ class RandomNodeInfo:
     shape: list | None
     attributes: dict
     consumers: list[str] = field(default_factory=list)
+    # the noise input an input-noise rewrite gives it: {"input", "shape", "dims"}, each dim
+    # named as the rewrite names it and marked constant / input / iterations / derived /
+    # data-dependent (those need --noise-bound)
+    noise: dict | None = None
 
 
 @dataclass
@@ -40,6 +44,7 @@ class InspectReport:
 def inspect_model(model: onnx.ModelProto, origin: str | None = None) -> InspectReport:
     facts = infer_facts(model)
     readers = _consumers(model)
+    planned = _planned_noise(model)
     nodes = []
     for site in find_sites(model):
         node = site.node
@@ -62,9 +67,39 @@ def inspect_model(model: onnx.ModelProto, origin: str | None = None) -> InspectR
                 attrs_of(node)):
             shape = spec.noise_shape(node, lambda n: facts[n].shape if n in facts else None)
         attrs = {k: _plain(v) for k, v in attrs_of(node).items()}
+        noise = planned.get(node.output[0])
+        if noise is not None and shape is not None:
+            shape = _named_like_noise(shape, noise, node.op_type)
         nodes.append(RandomNodeInfo(node.op_type, node.name, node.output[0], site.location,
-                                    dtype, shape, attrs, readers.get(node.output[0], [])))
+                                    dtype, shape, attrs, readers.get(node.output[0], []),
+                                    noise))
     return InspectReport(origin, nodes)
+
+
+def _planned_noise(model: onnx.ModelProto) -> dict[str, dict]:
+    """Draw name -> the noise input an input-noise rewrite would declare for it."""
+    from .rewrite import rewrite_model
+
+    try:
+        _, records = rewrite_model(model, "input-noise", allow_unbounded=True)
+    except OnnxfixError:  # the rewrite refuses this model; inspect still lists its nodes
+        return {}
+    return {r.output: {"input": r.replacement.name, "shape": r.replacement.shape,
+                       "dims": r.replacement.dims}
+            for r in records if r.replacement is not None}
+
+
+def _named_like_noise(shape: list, noise: dict, op_type: str) -> list:
+    """The draw's shape with the dim names the rewrite gives (same rank, per axis)."""
+    lead = len(noise["dims"]) - len(shape) if op_type != "Multinomial" else None
+    if lead is None or lead < 0:
+        return shape
+    named = list(shape)
+    for d in noise["dims"][lead:]:
+        k = d["axis"] - lead
+        if d["kind"] in ("input", "derived", "data-dependent") and not isinstance(shape[k], int):
+            named[k] = d["name"]
+    return named
 
 
 def _per_call_dtype(spec, node: onnx.NodeProto) -> str:

@@ -53,11 +53,13 @@ from .compare import (
     run_all,
     symbolic_dims,
 )
+from .errors import ModelError
 from .find import Site, default_opset, find_sites
 from .ops import AffineOp, Inconsistent, attrs_of, np_dtype, spec_for
 from .report import NodeRecord, OutputCheck, Parity
 from .shapes import infer_facts
 from .tolerance import path_tolerances
+from .twin_noise import TwinSizes, measured_sizes, shape_probe, sized_fill
 
 
 @dataclass
@@ -76,10 +78,11 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
                  records: list[NodeRecord], mode: str, *, size: int = 2,
                  atol: float | None = None, rtol: float | None = None, seed: int = 0,
                  dims: dict | None = None, select: Callable[[Site], bool] | None = None,
-                 on_line: Callable[[str], None] | None = None,
+                 noise_bounds: dict | None = None, on_line: Callable[[str], None] | None = None,
                  weights_folder: str | None = None, setup: CheckSetup | None = None) -> Parity:
     """weights_folder: where external-data weights live (a skeleton's source folder).
-    setup: the check's inputs (given or synthetic by role) and limits (check_setup)."""
+    noise_bounds: the rewrite's bounds for data-dependent noise dims (its input-noise twin
+    takes them too). setup: the check's inputs (given or synthetic by role) and limits."""
     def opener(model: onnx.ModelProto):
         _refuse_aborting_draws(model)
         return make_session(model, weights_folder)
@@ -96,7 +99,7 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
         with warnings.catch_warnings(), np.errstate(all="ignore"), active(setup):
             warnings.simplefilter("ignore")
             _run_checks(parity, opener, original, rewritten, records, done, mode, size, seed,
-                        dims, select, emit)
+                        dims, select, noise_bounds, emit)
     except CheckSkipped as e:
         parity.status, parity.reason = "skipped", str(e)
         emit(f"SKIPPED | {e}")
@@ -112,7 +115,7 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
 
 
 def _run_checks(parity, opener, original, rewritten, records, done, mode, size, seed, dims,
-                select, emit) -> None:
+                select, noise_bounds, emit) -> None:
     if mode == "input-noise":
         _conditional(parity, opener, original, rewritten, records, size, seed, emit)
         return
@@ -120,12 +123,16 @@ def _run_checks(parity, opener, original, rewritten, records, done, mode, size, 
 
     if mode == "deterministic":  # it is not run below: whether it runs decides skip or verdict
         original_loads(opener, _inlined(original))
-    noise_model, noise_records = rewrite_model(original, "input-noise", dims=dims, select=select)
+
+    def make_twin(measured: dict[str, int]):
+        return rewrite_model(original, "input-noise", dims=dims, select=select,
+                             noise_bounds={**(noise_bounds or {}), **measured})
+
+    twin = make_twin({}) if mode == "constant" else None
     if mode == "constant":
-        _conditional(parity, opener, original, noise_model, noise_records, size, seed, emit)
+        _conditional(parity, opener, original, *twin, size, seed, emit)
     if parity.status != "failed":
-        _twin_check(parity, opener, rewritten, done, noise_model, noise_records, mode, size,
-                    seed, emit)
+        _twin_check(parity, opener, rewritten, done, twin, make_twin, mode, size, seed, emit)
 
 
 def _inlined(original: onnx.ModelProto) -> onnx.ModelProto:
@@ -204,6 +211,11 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
             # np.asarray: numpy arithmetic turns 0-d arrays into scalars ORT does not take
             noise[c.record.replacement.name] = np.asarray(
                 _standard_noise(c, got, new_sess, n), dtype=fed)
+            over = _over_bound(c.record, noise[c.record.replacement.name])
+            if over:
+                _fail(parity, f"at {dims_text(dims)} the check's inputs need {over}; raise the "
+                              f"bound or give the check smaller inputs", emit)
+                return
         for name in noise_inputs:
             if name not in noise:  # e.g. its node was in an If branch not taken
                 noise[name] = filler(new_sess, name, n)
@@ -238,6 +250,15 @@ def _distributions(parity, captures, got, base, seed, emit) -> bool:
     draws = [(c.node, c.lead, {i: got[name] for i, name in c.inputs.items()},
               c.record.replacement) for c in ran]
     return check_distributions(parity, draws, default_opset(base), base.ir_version, seed, emit)
+
+
+def _over_bound(record: NodeRecord, noise: np.ndarray) -> str:
+    """'N on <bound name>, over its bound B' when a captured draw outgrows a bounded dim."""
+    for d in record.replacement.dims:
+        if (d["kind"] == "bounded" and d["axis"] < noise.ndim
+                and noise.shape[d["axis"]] > d["size"]):
+            return f"{noise.shape[d['axis']]} on {d['name']}, over its bound {d['size']}"
+    return ""
 
 
 def _narrowed(records) -> bool:
@@ -357,19 +378,55 @@ def _capture_model(base: onnx.ModelProto, records) -> tuple[list[_Captured], onn
                 cond = exposer.expose(scope.owner.input[0], onnx.TensorProto.BOOL,
                                       site.scopes[:k])
                 cap.branches.append((cond, scope.attr == "then_branch"))
+        pad = _bounds_padder(model, site, rec, lead, facts, exposer.names)
         for i, out in enumerate(node.output):
             if out:
                 elem = _elem(facts, out, rec)
                 if node.op_type == "Dropout" and i == 1:  # float before Dropout-10
                     elem = onnx.TensorProto.BOOL if opset >= 10 else _elem(facts, node.output[0],
                                                                            rec)
-                cap.outputs[i] = exposer.expose(out, elem, site.scopes)
+                cap.outputs[i] = exposer.expose(pad(out, "draw"), elem, site.scopes)
         wanted = set(spec.capture_inputs(node))
         for i, inp in enumerate(node.input):
             if inp and inp in wanted:
-                cap.inputs[i] = exposer.expose(inp, _elem(facts, inp, rec), site.scopes)
+                cap.inputs[i] = exposer.expose(pad(inp, "source" if i == 0 else ""),
+                                               _elem(facts, inp, rec), site.scopes)
         captures.append(cap)
     return captures, model, exposer
+
+
+def _bounds_padder(model, site, rec, lead: int, facts, names):
+    """name, role -> name padded to the bounds of a per-iteration draw (see pad_to_bounds)."""
+    from .builder import NodeBuilder
+    from .find import default_opset
+    from .noisedims import BOUNDED, pad_to_bounds
+    from .twin_noise import draw_axis
+
+    bounded = [d for d in rec.replacement.dims if d["kind"] == BOUNDED and d["axis"] >= lead]
+    if not lead or not bounded:
+        return lambda name, role: name
+
+    def pad(name: str, role: str) -> str:
+        f = facts.get(name)
+        if not role or f is None or f.shape is None:
+            return name
+        axes = {}
+        for d in bounded:
+            a = (draw_axis(rec.op_type, d["axis"] - lead) if role == "draw"
+                 else d.get("source_axis"))
+            if a is not None and a < len(f.shape):
+                axes[a] = d["size"]
+        if not axes:
+            return name
+        b = NodeBuilder(names, default_opset(model), f"onnxfix_check_{name}")
+        try:
+            padded = pad_to_bounds(b, name, len(f.shape), axes)
+        except ModelError as e:
+            raise CheckSkipped(str(e)) from None
+        site.container.node.extend(b.nodes)
+        return padded
+
+    return pad
 
 
 def _elem(facts, name: str, rec: NodeRecord) -> int:
@@ -437,6 +494,8 @@ def _standard_noise(c: _Captured, got: dict, sess, n: int) -> np.ndarray:
     if any(bool(np.asarray(got[cond]).reshape(-1)[0]) != want for cond, want in c.branches) \
             or any(v is None for v in (*outs.values(), *ins.values())):
         return filler(sess, c.record.replacement.name, n)  # its If branch did not run
+    if outs and all(np.asarray(v).size == 0 for v in outs.values()):
+        return filler(sess, c.record.replacement.name, n)  # its loop ran no iteration
     noise = _standardized(c, spec, attrs, outs, ins, noise_dtype)
     ran = got.get(RAN + c.outputs[0])
     if ran is not None:  # under an If in a Loop: iterations without the draw read filler
@@ -505,26 +564,24 @@ def _tainted_outputs(model: onnx.ModelProto, sources: list[str]) -> set[str]:
 
 # -- constant / deterministic: compare with the input-noise twin ------------------------------
 
-def _twin_check(parity, opener, model, records, noise_model, noise_records, mode, size,
-                seed, emit) -> None:
+def _twin_check(parity, opener, model, records, twin, make_twin, mode, size, seed,
+                emit) -> None:
     """The model must equal its input-noise twin fed the noise it stands for; two runs agree.
 
     constant: the frozen noise (a frozen draw is standardized back to noise).
     deterministic: the noise whose transform gives the representative value (0 for normal
     draws, 0.5 for uniform ones); Dropout has none, so outputs it reaches are not compared.
+    Its twin's noise is sized from the shapes the deterministic model really draws.
     """
     try:
         sess = opener(model)
+        probe = _deterministic_probe(opener, model, records) if mode == "deterministic" else None
     except Exception as e:  # noqa: BLE001
         if no_kernel(e):
             raise no_kernel(e) from None
         _fail(parity, f"the rewritten model does not load in onnxruntime: {one_line(e)}", emit)
         return
-    try:
-        noise_sess = opener(noise_model)
-    except Exception as e:  # noqa: BLE001
-        raise twin_fails(e, "does not load in onnxruntime") from None
-    noise_name = {r.output: r.replacement.name for r in noise_records if r.replacement}
+    noise_sess = _open_twin(opener, twin) if twin is not None else None
     wanted = {r.replacement.name for r in records}
     frozen = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer
               if t.name in wanted}  # the new, in-memory ones: model weights stay unread
@@ -558,23 +615,16 @@ def _twin_check(parity, opener, model, records, noise_model, noise_records, mode
                                             math.inf, False, f"two runs of the {mode} model "
                                                              f"differ"), emit)
                 parity.status = "failed"
-        noise = {}
-        for rec in records:
-            target = noise_name[rec.output]
-            if mode == "deterministic":
-                fam = rec.distribution["family"]
-                noise[target] = filler(noise_sess, target, n, 0.0 if fam == "normal" else 0.5)
-                continue
-            if rec.replacement.name not in frozen:
-                # nothing read this draw once the rewrite was done (it only fed another
-                # random node's shape), so it was dropped: its noise input reads anything
-                noise[target] = filler(noise_sess, target, n)
-                continue
-            value = frozen[rec.replacement.name]
-            if rec.replacement.name == rec.output:  # the frozen draw itself: standardize it
-                spec, attrs = _affine_of(rec)
-                value = spec.standardize({0: value}, attrs)
-            noise[target] = np.asarray(value)
+        sizes = TwinSizes()
+        if mode == "deterministic":
+            sizes = _measure(probe, feeds) if probe is not None else sizes
+            try:
+                twin = make_twin(sizes.bounds)
+            except ModelError as e:  # e.g. a data-dependent dim it could not measure
+                raise CheckSkipped(f"the deterministic check cannot size its input-noise "
+                                   f"twin: {e}") from None
+            noise_sess = _open_twin(opener, twin)
+        noise = _twin_noise(records, twin[1], noise_sess, frozen, sizes, mode, n)
         try:
             want = run_all(noise_sess, {**feeds, **noise})
         except Exception as e:  # noqa: BLE001
@@ -587,6 +637,58 @@ def _twin_check(parity, opener, model, records, noise_model, noise_records, mode
             _record(parity, check, emit)
             if not check.passed:
                 parity.status = "failed"
+
+
+def _open_twin(opener, twin):
+    try:
+        return opener(twin[0])
+    except Exception as e:  # noqa: BLE001
+        raise twin_fails(e, "does not load in onnxruntime") from None
+
+
+def _twin_noise(records, twin_records, noise_sess, frozen, sizes, mode, n) -> dict:
+    """The noise that makes the input-noise twin compute what the constant/deterministic
+    model computes."""
+    noise_name = {r.output: r.replacement.name for r in twin_records if r.replacement}
+    noise = {}
+    for rec in records:
+        target = noise_name[rec.output]
+        if mode == "deterministic":
+            fam = rec.distribution["family"]
+            noise[target] = sized_fill(input_meta(noise_sess, target), sizes, n,
+                                       0.0 if fam == "normal" else 0.5,
+                                       input_dtype(noise_sess, target))
+            continue
+        if rec.replacement.name not in frozen:
+            # nothing read this draw once the rewrite was done (it only fed another
+            # random node's shape), so it was dropped: its noise input reads anything
+            noise[target] = filler(noise_sess, target, n)
+            continue
+        value = frozen[rec.replacement.name]
+        if rec.replacement.name == rec.output:  # the frozen draw itself: standardize it
+            spec, attrs = _affine_of(rec)
+            value = spec.standardize({0: value}, attrs)
+        noise[target] = np.asarray(value)
+    return noise
+
+
+def _deterministic_probe(opener, model, records):
+    """A session exposing the shape of each deterministic draw, or None where it cannot."""
+    try:
+        probe, exposed = shape_probe(model, records)
+        return opener(probe), exposed, records
+    except Exception:  # noqa: BLE001 - a draw it cannot expose: sizing falls back to the
+        return None    # check size, as before
+
+
+def _measure(probe, feeds) -> TwinSizes:
+    sess, exposed, records = probe
+    try:
+        got = dict(zip(list(exposed.values()), sess.run(list(exposed.values()), feeds),
+                       strict=True))
+    except Exception:  # noqa: BLE001 - e.g. an If inside a loop: sizes fall back
+        return TwinSizes()
+    return measured_sizes(records, exposed, got)
 
 
 def _affine_of(rec: NodeRecord):

@@ -17,6 +17,8 @@ class Replacement:
     dtype: str
     value: str = ""  # deterministic mode: which value replaced the draw
     cast_to: str = ""  # a noise input fed in another dtype (--noise-dtype): cast in-graph
+    # per noise axis: what it is (constant, input, iterations, derived, bounded) and its size
+    dims: list[dict] = field(default_factory=list)
     cast_name: str = field(default="", repr=False, compare=False, metadata={"internal": True})
 
 

@@ -33,6 +33,16 @@ from .find import (
 from .functions import inline_random_functions, take_origin
 from .graph_edit import GraphEdits, names_used
 from .naming import NameAllocator, sanitize
+from .noisedims import (
+    BOUNDED,
+    DATA,
+    DERIVED,
+    NoiseDim,
+    check_bound_names,
+    classify,
+    slice_to_need,
+    unbounded_error,
+)
 from .ops import (
     AffineOp,
     Dtypes,
@@ -47,6 +57,7 @@ from .report import NodeRecord, Replacement
 from .shapes import (
     Shape,
     TensorFacts,
+    collect_facts,
     fix_dims,
     infer_facts,
     input_dim_names,
@@ -74,6 +85,29 @@ class Plan:
     shape: Shape  # of the noise for one invocation of the node
     lead: list = field(default_factory=list)  # one iteration axis per enclosing Loop/Scan
     origin: str = ""  # "function dom::name" when the node came from an inlined function
+    noise: str = ""  # the name its noise input (or frozen noise) gets
+    dims: list[NoiseDim] = field(default_factory=list)  # what each noise axis is
+    source: str = ""  # the node input whose shape the draw takes ("" for a static shape)
+    # the shape onnx inference gave, when onnxruntime's symbolic inference tied more: its
+    # auto-merge equates dims that merely broadcast together, so a data-dependent source
+    # keeps only what onnx inference proved
+    onnx_shape: Shape = None
+
+    @property
+    def bounded(self) -> bool:
+        return any(d.kind == BOUNDED for d in self.dims)
+
+    @property
+    def unbounded(self) -> list[NoiseDim]:
+        return [d for d in self.dims if d.kind == DATA]
+
+    @property
+    def declared(self) -> Shape:
+        """The noise input's shape: bounds in place of data-dependent sizes."""
+        if not self.dims:
+            return self.full_shape
+        return [d.size if d.kind in (BOUNDED, "constant") else
+                (d.name or None) for d in self.dims]
 
     @property
     def full_shape(self) -> Shape:
@@ -82,7 +116,8 @@ class Plan:
     @property
     def freezes_draw(self) -> bool:
         """Constant mode stores the draw itself (else: standard noise, transform kept)."""
-        return not self.spec.data_dependent and not self.lead and not self.site.scopes
+        return (not self.spec.data_dependent and not self.lead and not self.site.scopes
+                and not self.bounded)
 
 
 def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
@@ -90,11 +125,16 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
                   max_draw_bytes: int = DEFAULT_MAX_DRAW_BYTES,
                   select: Callable[[Site], bool] | None = None,
                   noise_dtype: str = "same",
+                  noise_bounds: dict[str, int] | None = None,
+                  allow_unbounded: bool = False,
                   ) -> tuple[onnx.ModelProto, list[NodeRecord]]:
     """Return a rewritten copy of `model` and one record per random node.
 
     noise_dtype: "same" (noise inputs in the dtype the draw needs), "float32" or "float16"
     (inputs in that dtype, cast in-graph; for targets that cannot feed other dtypes).
+    noise_bounds: upper bounds of data-dependent noise dims, by name (`<noise input>:<axis>`).
+    allow_unbounded: declare unbounded data-dependent dims symbolically instead of refusing
+    (for `inspect`: such an output cannot be fed from the inputs alone).
     """
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -122,13 +162,16 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
         drop_unused_opset_imports(model, out)
         return out, list(kept.values())
     plans = _plan(out, chosen, trip_names, fixed_trips)
-    if mode == "constant":
-        _check_constant_budget(plans, max_draw_bytes)
     names = NameAllocator(out)
+    _plan_noise_dims(out, plans, names, trip_names, noise_bounds or {})
+    if mode != "deterministic" and not allow_unbounded:
+        for p in plans:
+            if p.unbounded:
+                raise unbounded_error(p.site.describe(), p.noise, p.unbounded, mode)
+    if mode == "constant":
+        _check_constant_budget(plans, max_draw_bytes, input_dim_names(out))
     opset = default_opset(out)
     lookup = constant_lookup(out)
-    # loop iteration axes keep their readable names, like the model's own input dims
-    anchors = set(input_dim_names(out)) | set(trip_names.values())
     noise_meta = []
     records: list[NodeRecord] = []
     for plan in plans:
@@ -137,22 +180,28 @@ def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
         b = NodeBuilder(names, opset, prefix, constant_of=lookup)
         if mode == "deterministic":
             how = plan.spec.deterministic(b, site.node, plan.attrs, plan.dtypes)
-            repl = Replacement("deterministic", site.output, plan.spec.draw_shape(plan.shape),
-                               dtype_name(plan.dtypes.draw), how)
+            local = plan.declared[len(plan.lead):] if plan.declared is not None else None
+            repl = Replacement("deterministic", site.output, plan.spec.draw_shape(local),
+                               dtype_name(plan.dtypes.draw), how,
+                               dims=[d.to_dict() for d in plan.dims])
             edits.replace(site, b.nodes)
         elif mode == "constant" and plan.freezes_draw:
             repl = _freeze_draw(out, plan, seed)
             edits.replace(site, [])
         else:
             if mode == "input-noise":
-                repl = _add_noise_input(out, plan, names, anchors, NOISE_DTYPES[noise_dtype],
+                repl = _add_noise_input(out, plan, names, NOISE_DTYPES[noise_dtype],
                                         edits)
                 noise_meta.append({"name": repl.name, "family": plan.spec.family,
                                    "dtype": repl.dtype, "shape": repl.shape,
-                                   "draw": site.output, "op_type": site.op_type})
+                                   "draw": site.output, "op_type": site.op_type,
+                                   "dims": repl.dims})
             else:
                 repl = _add_noise_initializer(out, plan, names, seed)
             inner = _route(plan, repl.cast_name or repl.name, names, edits, opset)
+            if plan.source:
+                inner = slice_to_need(b, inner, plan.dims, len(plan.lead), plan.source,
+                                      len(plan.shape), site.op_type)
             plan.spec.transform(b, inner, site.node, plan.attrs, plan.dtypes)
             edits.replace(site, b.nodes)
         where = site.location + (f" (inlined from {plan.origin})" if plan.origin else "")
@@ -237,9 +286,15 @@ def _kept(site: Site, why: str) -> NodeRecord:
 # -- planning ----------------------------------------------------------------------------
 
 def _iteration_dim_names(model: onnx.ModelProto) -> dict[str, str]:
-    """A readable, stable dim name for the iteration axis of each Loop/Scan holding a draw."""
+    """A readable, stable dim name for the iteration axis of each Loop/Scan holding a draw.
+
+    A Loop whose trip count is one of the graph inputs' dims (`Shape(timesteps)[0]`) takes
+    that dim's name, so its noise is tied to the input.
+    """
     names: dict[str, str] = {}
     used: set[str] = set()
+    inputs = set(input_dim_names(model))
+    declared = None
     for site in find_sites(model):
         for scope in site.scopes:
             if scope.owner.op_type not in ("Loop", "Scan"):
@@ -247,6 +302,12 @@ def _iteration_dim_names(model: onnx.ModelProto) -> dict[str, str]:
             key = _scope_key(scope)
             if key in names:
                 continue
+            if scope.owner.op_type == "Loop" and scope.owner.input and scope.owner.input[0]:
+                declared = declared if declared is not None else collect_facts(model)
+                dim = trip_dim(scope.parent, scope.owner.input[0], declared, model)
+                if isinstance(dim, str) and dim in inputs:
+                    names[key] = dim
+                    continue
             base = sanitize(scope.owner.name or scope.owner.op_type.lower()) + "_iterations"
             name, k = base, 1
             while name in used:
@@ -255,6 +316,32 @@ def _iteration_dim_names(model: onnx.ModelProto) -> dict[str, str]:
             used.add(name)
             names[key] = name
     return names
+
+
+def trip_dim(graph, name: str, facts: dict[str, TensorFacts], model: onnx.ModelProto):
+    """The input dim a trip count reads (`Gather(Shape(x), k)`, `Shape<start=k,end=k+1>(x)`,
+    `Slice(Shape(x), k, k+1)`, through Cast/Squeeze/Reshape...), or None."""
+    producers = {o: n for n in graph.node for o in n.output}
+    lookup = constant_lookup(model)
+    for _ in range(16):  # a short chain of single-value ops
+        node = producers.get(name)
+        if node is None:
+            return None
+        if node.op_type in ("Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten"):
+            name = node.input[0]
+            continue
+        shape_node, k = node, 0
+        if node.op_type in ("Gather", "Slice") and len(node.input) > 1:
+            k = as_int(lookup(node.input[1]))
+            shape_node = producers.get(node.input[0])
+        if shape_node is None or shape_node.op_type != "Shape" or k is None:
+            return None
+        start = int(attrs_of(shape_node).get("start", 0))
+        shape = (facts.get(shape_node.input[0]) or TensorFacts(None, None)).shape
+        if shape is None or start < 0 or not 0 <= start + k < len(shape):
+            return None
+        return shape[start + k]
+    return None
 
 
 def _scope_key(scope: Scope) -> str:
@@ -303,8 +390,54 @@ def _plan(model: onnx.ModelProto, chosen: list[tuple[Site, str]], trip_names: di
             for p in plans:
                 cand = p.spec.noise_shape(p.site.node, sym_shape)
                 if tied_score(cand, anchors) > tied_score(p.shape, anchors):
-                    p.shape = cand
+                    p.onnx_shape, p.shape = p.shape, cand
     return plans
+
+
+def _plan_noise_dims(model: onnx.ModelProto, plans: list[Plan], names: NameAllocator,
+                     trip_names: dict[str, str], bounds: dict[str, int]) -> None:
+    """Name each plan's noise and say what each of its axes is (see noisedims)."""
+    from .datadep import trace
+
+    prov = trace(model)
+    anchors = set(input_dim_names(model)) | set(trip_names.values())
+    known: set[str] = set()
+    strict = None
+    for p in plans:
+        p.noise = names.fresh("noise_" + p.site.output)
+        node = p.site.node
+        static = p.spec.static_shape(node)
+        p.source = "" if static is not None or not node.input else node.input[0]
+        if p.shape is None:
+            continue
+        origin = prov.shape_origin(p.source) if p.source else None
+        if origin and p.onnx_shape is not None:
+            strict = strict if strict is not None else ort_symbolic_facts(model, False)
+            p.shape = _strictly_tied(p, strict, anchors)
+        per_iteration = bool(origin) and any(t in origin for t in prov.per_iteration)
+        p.dims = classify(p.noise, p.lead, p.shape, p.site.op_type, p.source or None, origin,
+                          per_iteration, anchors, bounds)
+        for d in p.dims:
+            if d.kind == DERIVED:
+                d.name = names.fresh(f"{p.noise}_d{d.axis}")
+            elif d.kind in (DATA, BOUNDED):
+                known.add(d.name)
+    check_bound_names(bounds, known)
+
+
+def _strictly_tied(p: Plan, strict: dict[str, TensorFacts], anchors: set[str]) -> Shape:
+    """Per axis: what onnx inference proved, else what onnxruntime's inference propagates
+    without merging dims (`strict`), else the onnx dim (then traced as data-dependent)."""
+    def shape_of(name: str) -> Shape:
+        f = strict.get(name)
+        return f.shape if f else None
+
+    cand = p.spec.noise_shape(p.site.node, shape_of) if strict else None
+    base = p.onnx_shape
+    if cand is None or len(cand) != len(base):
+        return base
+    return [d if tied_score([d], anchors) or tied_score([c], anchors) == 0 else c
+            for d, c in zip(base, cand, strict=True)]
 
 
 def _output_based_shape(spec: RandomOp, node: onnx.NodeProto, shape_of) -> Shape:
@@ -336,12 +469,20 @@ def _iteration_dim(scope: Scope, trip_names: dict[str, str], fixed: dict[str, in
     return name
 
 
-def _check_constant_budget(plans: list[Plan], max_bytes: int) -> None:
+def _check_constant_budget(plans: list[Plan], max_bytes: int, input_dims: list[str]) -> None:
     total = 0
     for p in plans:
-        shape = p.full_shape
+        shape = p.declared
         if shape is None or not all(isinstance(d, int) for d in shape):
             symbolic = [d for d in (shape or []) if isinstance(d, str)]
+            derived = [d.name for d in p.dims if d.kind == DERIVED]
+            if derived:
+                raise ModelError(
+                    f"{p.site.describe()}: constant mode needs a concrete shape, but its shape "
+                    f"{_shape_text(shape)} has {'a dim' if len(derived) == 1 else 'dims'} that "
+                    f"shape inference cannot compute from the input dims; fix the model's "
+                    f"input dims with --dim NAME=N (its dims: "
+                    f"{', '.join(input_dims) or 'none'})")
             if shape is not None and symbolic and None not in shape:
                 raise ModelError(
                     f"{p.site.describe()}: constant mode needs a concrete shape, but "
@@ -382,28 +523,16 @@ def _shape_text(shape: Shape) -> str:
 
 # -- replacements ------------------------------------------------------------------------
 
-def _noise_dims(noise: str, shape: Shape, anchors: set[str], names: NameAllocator):
-    if shape is None:
-        return None
-    dims = []
-    for i, d in enumerate(shape):
-        if isinstance(d, int) or (isinstance(d, str) and d in anchors):
-            dims.append(d)
-        else:
-            dims.append(names.fresh(f"{noise}_d{i}"))
-    return dims
-
-
 def _add_noise_input(model: onnx.ModelProto, plan: Plan, names: NameAllocator,
-                     anchors: set[str], fed_type: int | None, edits: GraphEdits) -> Replacement:
+                     fed_type: int | None, edits: GraphEdits) -> Replacement:
     site = plan.site
     if plan.shape is None:
         raise ModelError(f"{site.describe()}: shape inference cannot tell even the rank of "
                          f"this draw (an op it does not know feeds it), so no noise input can "
                          f"be declared; try --mode deterministic, or give the model's "
                          f"intermediate tensors value_info shapes")
-    noise = names.fresh("noise_" + site.output)
-    dims = _noise_dims(noise, plan.full_shape, anchors, names)
+    noise = plan.noise
+    dims = plan.declared
     fed_type = fed_type or plan.dtypes.noise
     if fed_type != plan.dtypes.noise:
         problem = plan.spec.noise_dtype_problem(site.node, fed_type)
@@ -422,7 +551,8 @@ def _add_noise_input(model: onnx.ModelProto, plan: Plan, names: NameAllocator,
         f"{plan.spec.transform_text(plan.attrs)}. Replaces {site.describe()}.{per_iteration}{cast}"
     )
     model.graph.input.append(vi)
-    repl = Replacement("input", noise, dims, dtype_name(fed_type))
+    repl = Replacement("input", noise, dims, dtype_name(fed_type),
+                       dims=[d.to_dict() for d in plan.dims])
     if fed_type != plan.dtypes.noise:
         repl.cast_to = dtype_name(plan.dtypes.noise)
         repl.cast_name = names.fresh(f"{noise}_cast")
@@ -455,13 +585,14 @@ def _add_noise_initializer(model: onnx.ModelProto, plan: Plan, names: NameAlloca
                            seed: int) -> Replacement:
     """Seeded standard noise, frozen; the transform stays in the graph."""
     site = plan.site
-    name = names.fresh("noise_" + site.output)
-    shape = [int(d) for d in plan.full_shape]
+    name = plan.noise
+    shape = [int(d) for d in plan.declared]
     value = plan.spec.sample(_draw_rng(seed, site), shape, plan.dtypes.noise)
     model.graph.initializer.append(numpy_helper.from_array(value, name=name))
     if model.ir_version < 4:
         model.graph.input.append(helper.make_tensor_value_info(name, plan.dtypes.noise, shape))
-    return Replacement("initializer", name, shape, dtype_name(plan.dtypes.noise))
+    return Replacement("initializer", name, shape, dtype_name(plan.dtypes.noise),
+                       dims=[d.to_dict() for d in plan.dims])
 
 
 def _route(plan: Plan, top: str, names: NameAllocator, edits: GraphEdits, opset: int) -> str:

@@ -91,8 +91,13 @@ def _symbolic_shape_inference():
         return None
 
 
-def ort_symbolic_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
-    """onnxruntime's symbolic shape inference, which ties more dims through Shape/Reshape."""
+def ort_symbolic_facts(model: onnx.ModelProto, auto_merge: bool = True
+                       ) -> dict[str, TensorFacts]:
+    """onnxruntime's symbolic shape inference, which ties more dims through Shape/Reshape.
+
+    auto_merge=False: only dims it propagates, never two dims merged because they broadcast
+    together (it then fails on models that need merging: {}).
+    """
     inference = _symbolic_shape_inference()
     if inference is None:
         return {}
@@ -103,7 +108,7 @@ def ort_symbolic_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
                 contextlib.chdir(scratch), \
                 contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
-            out = inference.infer_shapes(model, auto_merge=True,
+            out = inference.infer_shapes(model, auto_merge=auto_merge,
                                                       guess_output_rank=False, verbose=0)
     except Exception:  # noqa: BLE001
         return {}

@@ -52,7 +52,7 @@ g (int64 n, float[2] x) => (float[L] y, float[2] z) {
   one = Constant<value=int64 {1}>()
   r = Range(zero, m, one)
   rf = Cast<to=1>(r)
-  y = RandomNormalLike(rf)
+  y = Relu(rf)
   z = RandomNormalLike(x)
 }"""
 

@@ -29,10 +29,11 @@ def test_inspect_lists_every_random_node_with_shape_dtype_and_consumers():
     lines = result.output.splitlines()
     assert lines[0] == f"{MIXED}: 4 random node(s)"
     assert lines[1].split() == ["graph", "op", "node", "output", "dtype", "shape",
-                                "attributes", "consumers"]
+                                "attributes", "consumers", "noise", "input"]
     ops = [ln.split()[1] for ln in lines[2:]]
     assert ops == ["RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"]
     assert "int64  [batch, 1]" in lines[5] and "graph output" in lines[5]
+    assert lines[5].endswith("noise_idx [batch, 1]")
 
 
 def test_inspect_json_for_machines():

@@ -129,12 +129,11 @@ NO_KERNEL = Expect(skip=r"^onnxruntime has no kernel for (Mul-6|Less-1|Greater-1
 EXPECTED: dict[str, dict[str, Expect]] = {
     "autoregressive_loop_script": {"constant": TRIP_FROM_VALUE},
     "mc_dropout_loop_script": {"constant": TRIP_FROM_VALUE},
-    "ddpm_loop_script": {
-        "constant": Expect(lane="datadep: name the Loop trip dim after timesteps' dim 'steps'")},
+    "ddpm_loop_script": {"constant": PASS},  # its iteration axis is timesteps' dim 'steps'
+
     # trip count Shape(alpha_bars)[0] - 1: a function of an input dim, not the dim itself
     "ddim_loop_script": {"constant": Expect(refusal=TRIP_FROM_VALUE.refusal)},
-    "loop_trip_from_timesteps": {
-        "constant": Expect(lane="datadep: name the Loop trip dim after timesteps' dim 'steps'")},
+    "loop_trip_from_timesteps": {"constant": PASS},
     "dropout_opset6_is_test0": {"input-noise": ORIGINAL_NO_KERNEL, "constant": ORIGINAL_NO_KERNEL,
                                 "deterministic": ORIGINAL_NO_KERNEL},
     "old_dropout_op6_mask": {"input-noise": ORIGINAL_NO_KERNEL, "constant": ORIGINAL_NO_KERNEL,
@@ -142,23 +141,13 @@ EXPECTED: dict[str, dict[str, Expect]] = {
     "if_in_scan": {"input-noise": Expect(skip=r"^(?!.*the original model fails)"),
                    "constant": Expect(skip=r"^(?!.*the original model fails)")},
     "loop_varying_draw": {
-        "input-noise": Expect(refusal=r"eps", lane="datadep: a per-iteration draw whose shape "
-                                                   "varies: bound it or refuse"),
-        "constant": Expect(passes=False, refusal=r"eps.*(vari|chang|data-dependent)",
-                           lane="datadep: do not suggest --dim for a varying draw dim"),
-        "deterministic": Expect(refusal=r"eps", lane="datadep: twin noise sized from the real "
-                                                     "draw shapes")},
+        "input-noise": Expect(refusal=r"eps"),
+        "constant": Expect(passes=False, refusal=r"eps.*(vari|chang|data-dependent)"),
+        "deterministic": Expect(refusal=r"eps")},
     "old_random_normal_op6": {mode: NO_KERNEL for mode in MODES},
     "uniform_0d_paddle": {"constant": Expect(lane="small: 0-d draws are numpy scalars")},
-    # deterministic: with realistic scales (positive) the frames are real, and the twin's noise,
-    # sized at the check size, does not fit them: onnxfix's own problem, said so (until datadep
-    # sizes the twin's noise from the real draw shapes, when this passes)
-    **{vits: {"input-noise": Expect(passes=False, refusal=r"noise[-_]bound",
-                                    lane="datadep: frames are data-dependent, need a bound"),
-              "constant": Expect(passes=False, refusal=r"data-dependent",
-                                 lane="datadep: say the frames dim is data-dependent"),
-              "deterministic": Expect(skip=r"^internal: the input-noise twin the check compares "
-                                           r"with rejects the deterministic model's noise")}
+    **{vits: {"input-noise": Expect(passes=False, refusal=r"noise[-_]bound"),
+              "constant": Expect(passes=False, refusal=r"data-dependent")}
        for vits in ("vits_scales_ts", "vits_scales_dynamo")},
 }
 
@@ -266,8 +255,6 @@ def test_deterministic_dropout_passes_the_data_through_unmasked(name, feeds, wan
 
 # -- a draw whose shape changes between Loop iterations ----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="needs datadep: a varying per-iteration draw shape is "
-                                       "declared [3, fresh dim], one draw broadcast over v")
 def test_loop_varying_draw_gets_distinct_noise_per_element_or_a_clear_refusal():
     """v doubles each iteration: v' = [v + eps, v + eps + 1], eps ~ N(0, 1) shaped like v. With
     one draw per element, the 8 outputs are distinct; a draw broadcast over v repeats values."""
@@ -345,8 +332,6 @@ def test_opset6_dropout_rewrites_to_a_float_mask_the_checker_accepts(mode):
     np.testing.assert_allclose(got["y"], x * got["mask"] / 0.7, rtol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="needs datadep: derive the Loop trip dim from "
-                                       "Shape(timesteps)[0] instead of loop_iterations")
 @pytest.mark.parametrize("name", ["loop_trip_from_timesteps", "ddpm_loop_script"])
 def test_loop_trip_dim_is_named_after_timesteps_dim(name):
     new, report = onnxfix.rewrite(_load(name), "input-noise", check=False)
@@ -373,9 +358,7 @@ def test_inspect_reads_a_draw_inside_a_local_function_as_valid():
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param("stylegan_noise_ts", marks=pytest.mark.xfail(
-        strict=True, reason="needs datadep: noise_feeds to resolve untied dims by shape "
-                            "inference from the input dims")),
+    "stylegan_noise_ts",
     "stylegan_noise_dynamo",
 ])
 def test_stylegan_noise_is_feedable_from_the_input_dims_alone(name):

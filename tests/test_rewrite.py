@@ -184,7 +184,8 @@ def test_shape_producers_still_used_elsewhere_are_kept():
     assert op_types(out) == ["Shape", "Identity", "Add"]
 
 
-def test_unprovable_dims_get_fresh_readable_names():
+def test_dims_from_data_values_are_never_claimed_as_input_dims():
+    # NonZero's count comes from x's values: not a function of any input dim
     model = parse("""
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[batch,3] x) => (float[2,K] y) {
@@ -192,10 +193,11 @@ def test_unprovable_dims_get_fresh_readable_names():
       c = Cast<to=1>(nz)
       y = RandomNormalLike(c)
     }""")
-    out, _ = rewrite_model(model, "input-noise")
-    dims = input_dims(out, "noise_y")
-    assert dims[0] == 2 and isinstance(dims[1], str)
-    assert dims[1].startswith("noise_y_d") and dims[1] not in ("batch", "K")
+    with pytest.raises(ModelError, match=r"axis 1 of its noise 'noise_y' is data-dependent "
+                                         r"\(the size of 'c' axis 1 comes from NonZero -> 'nz'"):
+        rewrite_model(model, "input-noise")
+    out, _ = rewrite_model(model, "input-noise", noise_bounds={"noise_y:1": 7})
+    assert input_dims(out, "noise_y") == [2, 7]
 
 
 def test_noise_input_documents_its_distribution_and_metadata_lists_it():
@@ -207,7 +209,9 @@ def test_noise_input_documents_its_distribution_and_metadata_lists_it():
 
     entries = json.loads(meta[NOISE_METADATA_KEY])
     assert entries == [{"name": "noise_r", "family": "normal", "dtype": "float",
-                        "shape": ["batch", 10], "draw": "r", "op_type": "RandomNormalLike"}]
+                        "shape": ["batch", 10], "draw": "r", "op_type": "RandomNormalLike",
+                        "dims": [{"axis": 0, "kind": "input", "name": "batch"},
+                                 {"axis": 1, "kind": "constant", "size": 10}]}]
 
 
 def test_model_without_random_nodes_is_returned_unchanged():

@@ -1,0 +1,95 @@
+"""Noise for the deterministic model's input-noise twin, sized from the shapes it really draws.
+
+The deterministic check feeds the twin the noise whose transform gives the representative
+value. Sizing that noise from the check size alone is wrong wherever a noise dim is not an
+input dim: data-dependent frames (VITS), a while-loop's iteration count. So the deterministic
+model is run once with the shape of every replaced draw exposed (stacked per loop iteration),
+and each noise dim takes the size it really had; data-dependent dims become the twin's bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .capture import Exposer, locate
+from .noisedims import BOUNDED, DATA, DERIVED, INPUT, ITERATIONS
+from .report import NodeRecord
+
+
+@dataclass
+class TwinSizes:
+    dims: dict[str, int] = field(default_factory=dict)  # symbolic noise dim -> size
+    bounds: dict[str, int] = field(default_factory=dict)  # data-dependent dim -> size
+
+
+def shape_probe(model: onnx.ModelProto, records: list[NodeRecord]
+                ) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of `model` exposing Shape(draw) of each record (by draw name -> output name)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    exposer = Exposer(probe)
+    exposed: dict[str, str] = {}
+    for rec in records:
+        if rec.replacement is None or not rec.replacement.dims:
+            continue
+        scopes = locate(probe, rec.output)
+        if scopes is None:
+            continue
+        container = scopes[-1].body if scopes else probe.graph
+        name = exposer.names.fresh(f"shape_of_{rec.output}")
+        container.node.append(helper.make_node("Shape", [rec.output], [name],
+                                               name=exposer.names.fresh(f"{name}_node")))
+        exposed[rec.output] = exposer.expose(name, onnx.TensorProto.INT64, scopes)
+    return probe, exposed
+
+
+def draw_axis(op_type: str, k: int) -> int | None:
+    """The draw's axis that noise axis k (within one invocation) has the size of."""
+    if op_type == "Multinomial":  # noise [batch, samples, classes], draw [batch, samples]
+        return k if k < 2 else None
+    return k
+
+
+def measured_sizes(records: list[NodeRecord], exposed: dict[str, str],
+                   got: dict[str, np.ndarray]) -> TwinSizes:
+    sizes = TwinSizes()
+    for rec in records:
+        if rec.output not in exposed:
+            continue
+        shapes = np.asarray(got[exposed[rec.output]])
+        dims = rec.replacement.dims
+        n_lead = shapes.ndim - 1  # the exposed shape is stacked once per enclosing loop
+        if n_lead < 0:
+            continue
+        lead = shapes.shape[:n_lead]
+        rows = shapes.reshape(-1, shapes.shape[-1]) if shapes.shape[-1] else None
+        for d in dims:
+            axis = d["axis"]
+            if axis < n_lead:
+                if d["kind"] == ITERATIONS:
+                    sizes.dims[d["name"]] = int(lead[axis])
+                continue
+            k = draw_axis(rec.op_type, axis - n_lead)
+            if rows is None or k is None or k >= rows.shape[1]:
+                continue
+            seen = int(rows[:, k].max()) if len(rows) else 0
+            if d["kind"] in (DATA, BOUNDED):
+                sizes.bounds[d["name"]] = max(seen, 1)
+            elif d["kind"] in (INPUT, DERIVED):
+                sizes.dims[d["name"]] = seen
+    return sizes
+
+
+def sized_fill(meta, sizes: TwinSizes, n: int, value: float, dtype: np.dtype) -> np.ndarray:
+    """A noise array for twin input `meta` (an onnxruntime NodeArg) filled with `value`."""
+    shape = []
+    for d in meta.shape or []:
+        if isinstance(d, int) and d >= 0:
+            shape.append(d)
+        else:
+            shape.append(sizes.dims.get(d, n) if isinstance(d, str) else n)
+    return np.full(shape, value, dtype=dtype)
