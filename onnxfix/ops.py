@@ -763,7 +763,7 @@ def _refine(noise: np.ndarray, target: np.ndarray, forward, rounds: int = 4) -> 
     """
     if not np.issubdtype(noise.dtype, np.floating):
         return noise
-    noise = noise.copy()
+    noise = np.array(noise)  # a copy, and an array even for 0-d noise (not a numpy scalar)
     err = _distance(forward(noise), target)
     for _ in range(rounds):
         miss = err > 0

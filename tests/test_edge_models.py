@@ -145,7 +145,6 @@ EXPECTED: dict[str, dict[str, Expect]] = {
         "constant": Expect(passes=False, refusal=r"eps.*(vari|chang|data-dependent)"),
         "deterministic": Expect(refusal=r"eps")},
     "old_random_normal_op6": {mode: NO_KERNEL for mode in MODES},
-    "uniform_0d_paddle": {"constant": Expect(lane="small: 0-d draws are numpy scalars")},
     **{vits: {"input-noise": Expect(passes=False, refusal=r"noise[-_]bound"),
               "constant": Expect(passes=False, refusal=r"data-dependent")}
        for vits in ("vits_scales_ts", "vits_scales_dynamo")},

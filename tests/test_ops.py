@@ -187,3 +187,16 @@ def test_seed_attribute_does_not_change_the_rewrite(seeded):
     y = onnx.numpy_helper.to_array(new.graph.initializer[0])
     assert y.dtype == np.float64 and (y >= -1).all() and (y < 1).all()
     assert report.parity.status == "passed"
+
+
+def test_standardize_takes_a_0d_draw_and_gives_0d_noise():
+    # paddle2onnx's RandomUniform(shape=[]) draws a 0-d tensor; numpy arithmetic on 0-d arrays
+    # gives scalars, which the ulp refinement could not assign into (a constant-mode traceback)
+    from onnxfix.ops import OP_TABLE
+
+    spec = OP_TABLE["RandomUniform"]
+    attrs = {"low": -1.0, "high": 1.0}
+    draw = np.asarray(spec.forward(np.asarray(np.float32(0.65)), attrs)[0])
+    noise = spec.standardize({0: draw}, attrs)
+    assert isinstance(noise, np.ndarray) and noise.shape == () and noise.dtype == np.float32
+    assert spec.forward(noise, attrs)[0] == draw
