@@ -60,12 +60,24 @@ def source_axes(op_type: str, rank: int) -> list[int | None]:
 
 def classify(noise: str, lead: list, shape: list, op_type: str, source: str | None,
              origin: str | None, per_iteration: bool, anchors: set[str],
-             bounds: dict[str, int]) -> list[NoiseDim]:
-    """One NoiseDim per axis of [*lead, *shape]; fresh dims get no name yet (see `name_fresh`)."""
+             bounds: dict[str, int], lead_origins: list[str | None] | None = None
+             ) -> list[NoiseDim]:
+    """One NoiseDim per axis of [*lead, *shape]; fresh dims get no name yet (see `name_fresh`).
+
+    `lead_origins[k]`: why the k-th loop's iteration count is not a function of the input
+    dims (a trip count read from an input's values), else None.
+    """
     dims = []
     for axis, d in enumerate(lead):
-        dims.append(NoiseDim(axis, CONSTANT, size=d) if isinstance(d, int)
-                    else NoiseDim(axis, ITERATIONS, name=str(d)))
+        why = (lead_origins or [None] * len(lead))[axis]
+        if isinstance(d, int):
+            dims.append(NoiseDim(axis, CONSTANT, size=d))
+        elif why:
+            key = bound_name(noise, axis)
+            dims.append(NoiseDim(axis, BOUNDED if key in bounds else DATA, size=bounds.get(key),
+                                 name=key, origin=why))
+        else:
+            dims.append(NoiseDim(axis, ITERATIONS, name=str(d)))
     src_axes = source_axes(op_type, len(shape))
     for k, d in enumerate(shape):
         axis = len(lead) + k
@@ -91,11 +103,12 @@ def unbounded_error(where: str, noise: str, dims: list[NoiseDim], mode: str) -> 
     fix = " ".join(f"--noise-bound {d.name}=N" for d in dims)
     api = ", ".join(f"'{d.name}': N" for d in dims)
     other = "--mode deterministic" if mode != "deterministic" else "a bound"
+    why = (f"the size of '{first.source}' axis {first.source_axis} comes from {first.origin}"
+           if first.source else first.origin)  # a loop's iteration axis: no source tensor
     return ModelError(
         f"{where}: axis {axes} of its noise '{noise}' {'is' if len(dims) == 1 else 'are'} "
-        f"data-dependent (the size of '{first.source}' axis {first.source_axis} comes from "
-        f"{first.origin}), so it cannot be sized from the model's inputs; set an upper bound "
-        f"with {fix} (API: noise_bounds={{{api}}}) or use {other}")
+        f"data-dependent ({why}), so it cannot be sized from the model's inputs; set an upper "
+        f"bound with {fix} (API: noise_bounds={{{api}}}) or use {other}")
 
 
 def check_bound_names(bounds: dict[str, int], known: set[str]) -> None:

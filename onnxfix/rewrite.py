@@ -416,13 +416,29 @@ def _plan_noise_dims(model: onnx.ModelProto, plans: list[Plan], names: NameAlloc
             p.shape = _strictly_tied(p, strict, anchors)
         per_iteration = bool(origin) and any(t in origin for t in prov.per_iteration)
         p.dims = classify(p.noise, p.lead, p.shape, p.site.op_type, p.source or None, origin,
-                          per_iteration, anchors, bounds)
+                          per_iteration, anchors, bounds, _trip_origins(p.site, prov))
         for d in p.dims:
             if d.kind == DERIVED:
                 d.name = names.fresh(f"{p.noise}_d{d.axis}")
             elif d.kind in (DATA, BOUNDED):
                 known.add(d.name)
     check_bound_names(bounds, known)
+
+
+def _trip_origins(site: Site, prov) -> list[str | None]:
+    """Per enclosing Loop/Scan: why its iteration count is not a function of the input dims
+    (a Loop trip count computed from an input's values), else None. Scans and Loops without a
+    trip count (bounded by their condition only) keep a named iteration axis."""
+    from .datadep import _label
+
+    out = []
+    for s in site.scopes:
+        if s.owner.op_type not in ("Loop", "Scan"):
+            continue
+        trip = s.owner.input[0] if s.owner.op_type == "Loop" and s.owner.input else ""
+        value = prov.value.get(trip) if trip else None
+        out.append(f"the iterations of {_label(s.owner)} come from {value}" if value else None)
+    return out
 
 
 def _strictly_tied(p: Plan, strict: dict[str, TensorFacts], anchors: set[str]) -> Shape:

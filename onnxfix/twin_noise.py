@@ -72,6 +72,8 @@ def measured_sizes(records: list[NodeRecord], exposed: dict[str, str],
             if axis < n_lead:
                 if d["kind"] == ITERATIONS:
                     sizes.dims[d["name"]] = int(lead[axis])
+                elif d["kind"] in (DATA, BOUNDED):  # a trip count read from an input's values
+                    sizes.bounds[d["name"]] = max(int(lead[axis]), 1)
                 continue
             k = draw_axis(rec.op_type, axis - n_lead)
             if rows is None or k is None or k >= rows.shape[1]:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import input_dims, op_types, parse, run
+from conftest import FIXTURES, input_dims, op_types, parse, run
 from typer.testing import CliRunner
 
 import onnxfix
@@ -389,8 +389,10 @@ g (float[batch, 4] x, int64 steps) => (float[batch, 4] h) {
 
 
 def test_a_loop_state_that_keeps_its_shape_needs_no_bound_whatever_the_body_declares():
-    new, report = onnxfix.rewrite(parse(LOOP_FRESH_DECLARED), "input-noise")
-    assert input_dims(new, "noise_r") == ["loop_iterations", "batch", 4]
+    # its trip count is input `steps`' value: the iteration axis takes a bound, no other axis
+    new, report = onnxfix.rewrite(parse(LOOP_FRESH_DECLARED), "input-noise",
+                                  noise_bounds={"noise_r:0": 8})
+    assert input_dims(new, "noise_r") == [8, "batch", 4]
     assert report.parity.status == "passed"
 
 
@@ -477,8 +479,9 @@ def test_an_autoregressive_loop_whose_state_keeps_its_shape_needs_no_bound():
         }
       >
     }""")
-    new, report = onnxfix.rewrite(model, "input-noise")
-    assert input_dims(new, "noise_idx") == ["loop_iterations", "batch", 1]
+    # its trip count is input `steps`' value: the iteration axis takes a bound, no other axis
+    new, report = onnxfix.rewrite(model, "input-noise", noise_bounds={"noise_idx:0": 8})
+    assert input_dims(new, "noise_idx") == [8, "batch", 1]
     assert report.parity.status == "passed"
 
 
@@ -549,3 +552,62 @@ def test_deterministic_check_falls_back_when_a_draw_shape_cannot_be_exposed():
     xs = np.ones((2, 3), np.float32)
     last = run(new, {"xs": xs, "c": np.array(True)})["last"]
     np.testing.assert_array_equal(last, np.full(3, 4.0, np.float32))  # 2 steps of 1 + mean 1
+
+
+# A TorchScript Loop whose trip count is the value of input `steps`: its per-iteration noise
+# has an iteration axis no input dim can size.
+LOOP_TS = FIXTURES / "arch" / "torch_script_loop_if_ts16.onnx"
+LOOP_NOISE = "noise_RandomNormalLike_output_0"
+
+
+def _loop_reference(model: onnx.ModelProto, x: np.ndarray, noise: np.ndarray, steps: int):
+    """The loop body in numpy: tanh(Gemm), then + 0.1 * noise[i] on even i, * 0.5 on odd."""
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    h = x
+    for i in range(steps):
+        t = np.tanh(h @ init["cell.weight"].T + init["cell.bias"])
+        h = t + noise[i] * np.float32(0.1) if i % 2 == 0 else t * np.float32(0.5)
+    return h
+
+
+def test_a_loop_over_an_input_value_refuses_its_iteration_axis_without_a_bound():
+    with pytest.raises(ModelError) as err:
+        rewrite_model(onnx.load(LOOP_TS), "input-noise")
+    assert str(err.value) == (
+        f"RandomNormalLike '/RandomNormalLike' -> '/RandomNormalLike_output_0' "
+        f"(main//Loop.body//If.then_branch): axis 0 of its noise '{LOOP_NOISE}' is "
+        f"data-dependent (the iterations of Loop '/Loop' come from the values of input "
+        f"'steps'), so it cannot be sized from the model's inputs; "
+        f"set an upper bound with --noise-bound {LOOP_NOISE}:0=N (API: noise_bounds="
+        f"{{'{LOOP_NOISE}:0': N}}) or use --mode deterministic")
+    with pytest.raises(ModelError, match=r"axis 0 of its noise .* is data-dependent \(the "
+                                         r"iterations of Loop '/Loop' come from the values of "
+                                         r"input 'steps'\)"):
+        rewrite_model(onnx.load(LOOP_TS), "constant", dims={"batch": 2})
+
+
+def test_a_bounded_loop_iteration_axis_is_declared_at_the_bound_and_checked():
+    new, report = onnxfix.rewrite(onnx.load(LOOP_TS), "input-noise",
+                                  noise_bounds={f"{LOOP_NOISE}:0": 8})
+    assert input_dims(new, LOOP_NOISE) == [8, "batch", 4]
+    assert report.parity.status == "passed"
+    dims = report.nodes[0].replacement.dims
+    assert dims[0] == {"axis": 0, "kind": "bounded", "size": 8, "name": f"{LOOP_NOISE}:0",
+                       "origin": "the iterations of Loop '/Loop' come from the values of "
+                                 "input 'steps'"}
+
+
+def test_noise_feeds_size_a_bounded_loop_from_the_input_dims_and_past_it_fail_loudly():
+    model = onnx.load(LOOP_TS)
+    new, _ = onnxfix.rewrite(model, "input-noise", noise_bounds={f"{LOOP_NOISE}:0": 6},
+                             check=False)
+    feeds = onnxfix.noise_feeds(new, dims={"batch": 2}, seed=1)
+    assert {k: v.shape for k, v in feeds.items()} == {LOOP_NOISE: (6, 2, 4)}
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    for steps in (3, 6):
+        h = run(new, {"x": x, "steps": np.array(steps), **feeds})["h"]
+        np.testing.assert_allclose(h, _loop_reference(model, x, feeds[LOOP_NOISE], steps),
+                                   rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match=r"Gather node.*indices element out of data bounds, "
+                                        r"idx=6 must be within the inclusive range \[-6,5\]"):
+        run(new, {"x": x, "steps": np.array(7), **feeds})

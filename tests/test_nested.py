@@ -139,23 +139,29 @@ def test_loop_with_known_trip_count_reads_slice_i_in_iteration_i():
     np.testing.assert_allclose(res["acc"], np.full(3, 0.6, np.float32), rtol=1e-6)
 
 
-def test_loop_with_dynamic_trip_count_gets_a_named_iteration_axis():
+def test_loop_with_a_trip_count_from_an_input_value_gets_a_bounded_iteration_axis():
+    # the trip count is input `trips`' value, no input dim: the iteration axis takes a bound
     model = parse(LOOP_DYNAMIC)
-    new, report = onnxfix.rewrite(model, "input-noise")
+    new, report = onnxfix.rewrite(model, "input-noise", noise_bounds={"noise_r:0": 8})
     full_check(new)
     dims = input_dims(new, "noise_r")
-    assert dims == ["loop_iterations", 3]
+    assert dims == [8, 3]
     assert report.parity.status == "passed"
-    eps = np.arange(15, dtype=np.float32).reshape(5, 3)
+    eps = np.arange(24, dtype=np.float32).reshape(8, 3)
     acc = run(new, {"trips": np.array(5), "x": np.zeros(3, np.float32), "noise_r": eps})["acc"]
-    np.testing.assert_array_equal(acc, eps.sum(axis=0))
+    np.testing.assert_array_equal(acc, eps[:5].sum(axis=0))
 
 
 def test_constant_mode_needs_the_trip_count_and_takes_it_from_dim():
     model = parse(LOOP_DYNAMIC)
-    with pytest.raises(ModelError, match=r"dim loop_iterations is symbolic.*"
-                                         r"--dim loop_iterations=N"):
+    with pytest.raises(ModelError, match=r"axis 0 of its noise 'noise_r' is data-dependent "
+                                         r"\(the iterations of Loop -> 'acc' come from the "
+                                         r"values of input 'trips'\).*--noise-bound noise_r:0=N"):
         rewrite_model(model, "constant")
+    bounded, _ = onnxfix.rewrite(model, "constant", noise_bounds={"noise_r:0": 5}, check=False)
+    assert onnx.numpy_helper.to_array(next(
+        t for t in bounded.graph.initializer if t.name == "noise_r")).shape == (5, 3)
+    # fixing the iteration count itself (the name a Loop's axis gets) still works
     new, report = onnxfix.rewrite(model, "constant", dims={"loop_iterations": 5})
     full_check(new)
     assert report.nodes[0].replacement.shape == [5, 3]
