@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -33,6 +34,17 @@ _ALLOCATION_FAILURES = ("Failed to allocate memory", "bad_alloc", "bad allocatio
 
 def _allocation_failure(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or any(t in str(e) for t in _ALLOCATION_FAILURES)
+
+
+@contextlib.contextmanager
+def _out_of_memory_is_a_limit():
+    """onnxruntime running out of memory (under the cap) raises CheckLimit, not its error."""
+    try:
+        yield
+    except Exception as e:
+        if _allocation_failure(e):
+            raise CheckLimit(" ".join(str(e).split())) from None
+        raise
 
 # Tolerances when the user gives none, by the output's dtype (atol, rtol). The standardized
 # noise reproduces each draw bit for bit, so these only absorb kernel-level reordering.
@@ -72,23 +84,15 @@ def make_session(model: onnx.ModelProto,
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 4  # fatal only: its error log must not reach our stderr
     opts.intra_op_num_threads = 1
-    try:
+    with _out_of_memory_is_a_limit():
         return ort.InferenceSession(model.SerializeToString(), opts,
                                     providers=["CPUExecutionProvider"])
-    except Exception as e:
-        if _allocation_failure(e):
-            raise CheckLimit(" ".join(str(e).split())) from None
-        raise
 
 
 def run_all(sess, feeds: dict) -> dict:
     names = [o.name for o in sess.get_outputs()]
-    try:
+    with _out_of_memory_is_a_limit():
         return dict(zip(names, sess.run(names, feeds), strict=True))
-    except Exception as e:
-        if _allocation_failure(e):
-            raise CheckLimit(" ".join(str(e).split())) from None
-        raise
 
 
 def symbolic_dims(inputs) -> list[str]:
