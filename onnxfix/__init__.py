@@ -1,7 +1,7 @@
 """onnxfix: make ONNX models with random-sampling nodes deterministic and deployable."""
 
-from .api import inspect, noise_feeds, rewrite
-from .errors import ModelError, OnnxfixError, ParityError, UsageError
+from onnxfix.api import inspect, noise_feeds, rewrite
+from onnxfix.errors import ModelError, OnnxfixError, ParityError, UsageError
 
 __all__ = ["ModelError", "OnnxfixError", "ParityError", "UsageError", "inspect", "noise_feeds",
            "rewrite"]

@@ -8,25 +8,25 @@ from pathlib import Path
 
 import onnx
 
-from .check_guard import make_limits, model_bytes
-from .check_inputs import load_check_inputs
-from .check_run import CheckOptions, run_check
-from .errors import ParityError, UsageError
-from .feeds import make_noise_feeds
-from .find import make_selector
-from .inspection import InspectReport, inspect_model
-from .model_io import (
+from onnxfix.check.check_guard import make_limits, model_bytes
+from onnxfix.check.check_inputs import load_check_inputs
+from onnxfix.check.check_run import CheckOptions, run_check
+from onnxfix.errors import ParityError, UsageError
+from onnxfix.feeds import make_noise_feeds
+from onnxfix.graph.find import make_selector
+from onnxfix.inspection import InspectReport, inspect_model
+from onnxfix.io.model_io import (
     check_writable,
     materialize,
     open_model,
     save_model_atomic,
     validate_model,
 )
-from .output_shapes import redeclare_output_shapes
-from .report import Parity, RewriteReport, op_counts
-from .rewrite import DEFAULT_MAX_DRAW_BYTES, MODES, rewrite_model
-from .wire import Skeleton
-from .wire_write import LAYOUTS, save_with_weights
+from onnxfix.io.wire import Skeleton
+from onnxfix.io.wire_write import LAYOUTS, save_with_weights
+from onnxfix.passes.output_shapes import redeclare_output_shapes
+from onnxfix.report import Parity, RewriteReport, op_counts
+from onnxfix.rewrite import DEFAULT_MAX_DRAW_BYTES, MODES, rewrite_model
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 # Sizes the check gives symbolic dims: beyond this, synthetic inputs stop being a test.

@@ -18,12 +18,12 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import NoArgsIsHelpError
     from click.exceptions import UsageError as _ClickUsageError
 
-from . import api
-from .errors import ModelError, OnnxfixError, ParityError, UsageError
-from .model_io import check_writable, write_text_atomic
-from .noisedims import parse_bound_flags
-from .report import RewriteReport
-from .shapes import parse_dim_flags
+from onnxfix import api
+from onnxfix.errors import ModelError, OnnxfixError, ParityError, UsageError
+from onnxfix.graph.noisedims import parse_bound_flags
+from onnxfix.graph.shapes import parse_dim_flags
+from onnxfix.io.model_io import check_writable, write_text_atomic
+from onnxfix.report import RewriteReport
 
 
 class Mode(StrEnum):
@@ -81,7 +81,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from onnxfix import __version__
 
         typer.echo(f"onnxfix {__version__}")
         raise typer.Exit()

@@ -11,10 +11,10 @@ import json
 import numpy as np
 import onnx
 
-from .errors import ModelError, UsageError
-from .ops import NORMAL, UNIFORM, np_dtype
-from .rewrite import NOISE_METADATA_KEY
-from .sampler import standard_noise
+from onnxfix.errors import ModelError, UsageError
+from onnxfix.ops import NORMAL, UNIFORM, np_dtype
+from onnxfix.rewrite import NOISE_METADATA_KEY
+from onnxfix.sampler import standard_noise
 
 
 def noise_inputs(model: onnx.ModelProto) -> list[dict]:
@@ -75,7 +75,7 @@ def _derived_sizes(model: onnx.ModelProto, entries: list[dict],
                    dims: dict[str, int]) -> dict[str, int]:
     """Sizes of derived noise dims (tied to the input dims only through the graph's shapes),
     from shape inference with the caller's concrete input dims."""
-    from .shapes import fix_dims, infer_facts, model_dim_names, ort_symbolic_facts
+    from onnxfix.graph.shapes import fix_dims, infer_facts, model_dim_names, ort_symbolic_facts
 
     wanted = [d for e in entries for d in e["dims"]
               if d.get("kind") == "derived" and d.get("source") and d.get("name") not in dims]

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
-from .errors import OnnxfixError
-from .find import find_sites, iter_scoped
-from .ops import attribute_refs, attrs_of, dtype_name, spec_for
-from .shapes import infer_facts
+from onnxfix.errors import OnnxfixError
+from onnxfix.graph.find import find_sites, iter_scoped
+from onnxfix.graph.shapes import infer_facts
+from onnxfix.ops import attribute_refs, attrs_of, dtype_name, spec_for
 
 
 @dataclass
@@ -78,7 +78,7 @@ def inspect_model(model: onnx.ModelProto, origin: str | None = None) -> InspectR
 
 def _planned_noise(model: onnx.ModelProto) -> dict[str, dict]:
     """Draw name -> the noise input an input-noise rewrite would declare for it."""
-    from .rewrite import rewrite_model
+    from onnxfix.rewrite import rewrite_model
 
     try:
         _, records = rewrite_model(model, "input-noise", allow_unbounded=True)

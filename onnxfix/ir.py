@@ -27,9 +27,9 @@ try:
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     raise ImportError("onnxfix.ir needs onnx-ir >= 1.1: pip install 'onnxfix[ir]'") from error
 
-from . import api
-from .errors import ParityError, UsageError
-from .report import RewriteReport
+from onnxfix import api
+from onnxfix.errors import ParityError, UsageError
+from onnxfix.report import RewriteReport
 
 MIN_ONNX_IR = (1, 1)
 # Options of `onnxfix.rewrite` the pass decides itself: the model comes from the pass manager,

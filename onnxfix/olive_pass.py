@@ -31,7 +31,7 @@ try:
 except ImportError as error:  # pragma: no cover - exercised without olive-ai installed
     raise ImportError("onnxfix.olive_pass needs olive-ai: pip install olive-ai") from error
 
-from . import api
+from onnxfix import api
 
 PASS_TYPE = "OnnxfixRewrite"
 MODEL_FILE = "model.onnx"

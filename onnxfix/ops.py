@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .builder import NodeBuilder
-from .errors import ModelError
-from .sampler import NORMAL, UNIFORM, below_one, standard_noise
+from onnxfix.errors import ModelError
+from onnxfix.graph.builder import NodeBuilder
+from onnxfix.sampler import NORMAL, UNIFORM, below_one, standard_noise
 
 # No tensor has more elements than this; a shape beyond it is refused as absurd.
 MAX_ELEMENTS = 2**48
@@ -510,7 +510,7 @@ class MultinomialOp(RandomOp):
         onnxruntime rounds an ulp apart from one graph to another: the check conditions on
         the rewritten model's own cdf where it can, and keeps a margin here.)
         """
-        from .compare import make_session
+        from onnxfix.check.compare import make_session
 
         elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
         ints = {n: numpy_helper.from_array(np.array(v, np.int64), n)

@@ -115,7 +115,7 @@ def _jsonable(x):
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Op counts over every graph and function body in the model."""
-    from .find import iter_graphs
+    from onnxfix.graph.find import iter_graphs
 
     counts: Counter[str] = Counter()
     for container, _ in iter_graphs(model):

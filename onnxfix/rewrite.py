@@ -20,9 +20,9 @@ import onnx
 import onnx.inliner
 from onnx import helper, numpy_helper
 
-from .builder import NodeBuilder
-from .errors import ModelError, UsageError
-from .find import (
+from onnxfix.errors import ModelError, UsageError
+from onnxfix.graph.builder import NodeBuilder
+from onnxfix.graph.find import (
     Scope,
     Site,
     as_int,
@@ -30,10 +30,10 @@ from .find import (
     default_opset,
     find_sites,
 )
-from .functions import inline_random_functions, take_origin
-from .graph_edit import GraphEdits, names_used
-from .naming import NameAllocator, sanitize
-from .noisedims import (
+from onnxfix.graph.functions import inline_random_functions, take_origin
+from onnxfix.graph.graph_edit import GraphEdits, names_used
+from onnxfix.graph.naming import NameAllocator, sanitize
+from onnxfix.graph.noisedims import (
     BOUNDED,
     DATA,
     DERIVED,
@@ -43,18 +43,7 @@ from .noisedims import (
     slice_to_need,
     unbounded_error,
 )
-from .ops import (
-    AffineOp,
-    Dtypes,
-    RandomOp,
-    attrs_of,
-    distribution_of,
-    dtype_name,
-    np_dtype,
-    spec_for,
-)
-from .report import NodeRecord, Replacement
-from .shapes import (
+from onnxfix.graph.shapes import (
     Shape,
     TensorFacts,
     collect_facts,
@@ -65,7 +54,18 @@ from .shapes import (
     ort_symbolic_facts,
     tied_score,
 )
-from .tidy import drop_unused_opset_imports
+from onnxfix.ops import (
+    AffineOp,
+    Dtypes,
+    RandomOp,
+    attrs_of,
+    distribution_of,
+    dtype_name,
+    np_dtype,
+    spec_for,
+)
+from onnxfix.passes.tidy import drop_unused_opset_imports
+from onnxfix.report import NodeRecord, Replacement
 
 MODES = ("input-noise", "constant", "deterministic")
 NOISE_DTYPES = {"same": None, "float32": onnx.TensorProto.FLOAT,
@@ -226,7 +226,7 @@ def _has_external(model: onnx.ModelProto) -> bool:
 
 def validate_output(original: onnx.ModelProto, new: onnx.ModelProto) -> None:
     """The output must pass every check the input passed (full_check where the input does)."""
-    from .wire import checkable
+    from onnxfix.io.wire import checkable
 
     if _has_external(original):  # the checker would look for the weights file in the cwd
         original, new = checkable(original), checkable(new)
@@ -397,7 +397,7 @@ def _plan(model: onnx.ModelProto, chosen: list[tuple[Site, str]], trip_names: di
 def _plan_noise_dims(model: onnx.ModelProto, plans: list[Plan], names: NameAllocator,
                      trip_names: dict[str, str], bounds: dict[str, int]) -> None:
     """Name each plan's noise and say what each of its axes is (see noisedims)."""
-    from .datadep import trace
+    from onnxfix.graph.datadep import trace
 
     prov = trace(model)
     anchors = set(input_dim_names(model)) | set(trip_names.values())
@@ -429,7 +429,7 @@ def _trip_origins(site: Site, prov) -> list[str | None]:
     """Per enclosing Loop/Scan: why its iteration count is not a function of the input dims
     (a Loop trip count computed from an input's values), else None. Scans and Loops without a
     trip count (bounded by their condition only) keep a named iteration axis."""
-    from .datadep import _label
+    from onnxfix.graph.datadep import _label
 
     out = []
     for s in site.scopes:

@@ -55,7 +55,7 @@ os.fsync(fd)
 os.close(fd)
 """
 
-# The check's onnxruntime work and nothing else: onnxfix/compare.py make_session's options,
+# The check's onnxruntime work and nothing else: onnxfix/check/compare.py make_session's options,
 # sessions for the original and the rewritten model, each run at the check's sizes (symbolic
 # dims 2 then 3, as --check-size 2 does; static models once), inputs N(0, 1).
 FLOOR = """

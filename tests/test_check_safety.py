@@ -18,14 +18,14 @@ from conftest import parse
 from typer.testing import CliRunner
 
 import onnxfix
-import onnxfix.parity
+import onnxfix.check.parity
 from onnxfix import ParityError
-from onnxfix.check_guard import CheckLimits, run_guarded
-from onnxfix.check_setup import CheckSetup
+from onnxfix.check.check_guard import CheckLimits, run_guarded
+from onnxfix.check.check_setup import CheckSetup
+from onnxfix.check.compare import synthetic_feeds
+from onnxfix.check.input_roles import Role, input_roles
+from onnxfix.check.parity import check_parity
 from onnxfix.cli import app
-from onnxfix.compare import synthetic_feeds
-from onnxfix.input_roles import Role, input_roles
-from onnxfix.parity import check_parity
 from onnxfix.rewrite import rewrite_model
 
 runner = CliRunner()
@@ -250,7 +250,7 @@ def test_deterministic_cli_on_an_unloadable_original_exits_0(tmp_path):
 
 def _broken_capture(monkeypatch, *nodes: onnx.NodeProto):
     """The check's capture model gets `nodes`, the last one's output exposed."""
-    real = onnxfix.parity._capture_model
+    real = onnxfix.check.parity._capture_model
 
     def capture(base, records):
         captures, model, *rest = real(base, records)
@@ -259,7 +259,7 @@ def _broken_capture(monkeypatch, *nodes: onnx.NodeProto):
             onnx.helper.make_tensor_value_info(nodes[-1].output[0], 1, None))
         return (captures, model, *rest)
 
-    monkeypatch.setattr(onnxfix.parity, "_capture_model", capture)
+    monkeypatch.setattr(onnxfix.check.parity, "_capture_model", capture)
 
 
 @pytest.mark.parametrize("mode", ["input-noise", "constant"])
@@ -382,7 +382,7 @@ def test_check_inputs_must_agree_with_fixed_dims():
 # -- honest sizes ----------------------------------------------------------------------------
 
 def test_the_second_size_is_dropped_when_the_first_was_costly(monkeypatch):
-    import onnxfix.check_setup as check_setup
+    import onnxfix.check.check_setup as check_setup
 
     monkeypatch.setattr(check_setup, "_peak_rss", lambda reset=False: 0 if reset else 2**30)
     model = parse(DYNAMIC)
@@ -435,7 +435,7 @@ def test_input_roles_are_read_from_how_the_graph_uses_each_input():
 def test_synthetic_inputs_follow_their_roles():
     model = _with_scalar_inputs(onnx.parser.parse_model(ROLES))
     roles = input_roles(model)
-    sess = onnxfix.compare.make_session(model)
+    sess = onnxfix.check.compare.make_session(model)
     feeds = synthetic_feeds(sess.get_inputs(), 8, np.random.default_rng(0), roles=roles)
     ids, mask = feeds["input_ids"], feeds["attention_mask"]
     assert ids.min() >= 0 and ids.max() == 2  # rows of the table: 3, not the size 8

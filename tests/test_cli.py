@@ -22,7 +22,7 @@ from onnx import parser
 from typer.testing import CliRunner
 
 import onnxfix
-import onnxfix.parity
+import onnxfix.check.parity
 from onnxfix.cli import app
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -447,15 +447,15 @@ def _break_parity(monkeypatch: pytest.MonkeyPatch) -> None:
     `_standard_noise` or, in older code, `_standardize`).
     """
     hook = next((n for n in ("_standard_noise", "_standardize")
-                 if hasattr(onnxfix.parity, n)), None)
-    assert hook is not None, "onnxfix.parity has no standardization hook to break"
-    real = getattr(onnxfix.parity, hook)
+                 if hasattr(onnxfix.check.parity, n)), None)
+    assert hook is not None, "onnxfix.check.parity has no standardization hook to break"
+    real = getattr(onnxfix.check.parity, hook)
 
     def off_by_one(*args, **kwargs):
         noise = np.asarray(real(*args, **kwargs))
         return (noise + np.asarray(1.0, dtype=noise.dtype)).astype(noise.dtype)
 
-    monkeypatch.setattr(onnxfix.parity, hook, off_by_one)
+    monkeypatch.setattr(onnxfix.check.parity, hook, off_by_one)
 
 
 def test_parity_failure_exits_1_and_writes_nothing(tmp_path: Path, out_dir: Path,

@@ -12,8 +12,8 @@ from onnx.reference import ReferenceEvaluator
 from typer.testing import CliRunner
 
 import onnxfix
+from onnxfix.check.compare import compare_arrays
 from onnxfix.cli import app
-from onnxfix.compare import compare_arrays
 
 SQRT_OF_DATA = """
 <ir_version: 8, opset_import: ["" : 17]>

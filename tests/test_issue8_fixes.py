@@ -14,9 +14,9 @@ from onnx import TensorProto
 from typer.testing import CliRunner
 
 import onnxfix
+from onnxfix.check.tolerance import narrowest_float_on_paths, path_tolerances
 from onnxfix.cli import app
 from onnxfix.ops import OP_TABLE
-from onnxfix.tolerance import narrowest_float_on_paths, path_tolerances
 
 MIXED = FIXTURES / "mixed_dynamic_ts.onnx"
 MIXED_NODES = ("the random nodes are: '/RandomNormalLike' -> '/RandomNormalLike_output_0', "

@@ -17,9 +17,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper, parser
 
-from onnxfix import model_io
 from onnxfix.errors import ModelError, OnnxfixError, UsageError
-from onnxfix.model_io import load_model, parse_model_bytes, save_model_atomic, write_text_atomic
+from onnxfix.io import model_io
+from onnxfix.io.model_io import load_model, parse_model_bytes, save_model_atomic, write_text_atomic
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 FIXTURE = FIXTURES / "ref1_dynamic_ts.onnx"

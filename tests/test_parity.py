@@ -9,8 +9,8 @@ from conftest import parse
 
 import onnxfix
 from onnxfix import ParityError
+from onnxfix.check.parity import check_parity
 from onnxfix.ops import OP_TABLE
-from onnxfix.parity import check_parity
 from onnxfix.rewrite import rewrite_model
 
 DYNAMIC = """

@@ -9,7 +9,7 @@ import pytest
 PROBE = """
 import sys
 import onnx
-from onnxfix.shapes import ort_symbolic_facts
+from onnxfix.graph.shapes import ort_symbolic_facts
 model = onnx.parser.parse_model('''<ir_version: 8, opset_import: ["" : 17]>
 g (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }''')
 facts = ort_symbolic_facts(model)

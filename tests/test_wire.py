@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxfix import wire, wire_write
 from onnxfix.errors import ModelError, UsageError
-from onnxfix.wire import load_skeleton
-from onnxfix.wire_write import save_with_weights
+from onnxfix.io import wire, wire_write
+from onnxfix.io.wire import load_skeleton
+from onnxfix.io.wire_write import save_with_weights
 
 BIG = 1024  # 1024 x 1024 float32 = 4 MiB per weight
 

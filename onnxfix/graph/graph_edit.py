@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import onnx
 
-from .find import Site, walk_graph
-from .ops import is_random_op
+from onnxfix.graph.find import Site, walk_graph
+from onnxfix.ops import is_random_op
 
 
 class GraphEdits:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from .find import iter_graphs
+from onnxfix.graph.find import iter_graphs
 
 _DEFAULT_DOMAINS = {"", "ai.onnx"}
 

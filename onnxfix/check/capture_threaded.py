@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .compare import CheckSkipped
-from .find import Scope
-from .naming import NameAllocator
+from onnxfix.check.compare import CheckSkipped
+from onnxfix.graph.find import Scope
+from onnxfix.graph.naming import NameAllocator
 
 RAN = "\0ran:"  # key prefix, in a run's outputs, of the mask of iterations that made a tensor
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import onnx
 import onnx.inliner
 
-from .errors import ModelError
-from .find import iter_scoped, walk_graph
-from .ops import is_random_op
+from onnxfix.errors import ModelError
+from onnxfix.graph.find import iter_scoped, walk_graph
+from onnxfix.ops import is_random_op
 
 _ORIGIN_MARK = "onnxfix-inlined-from:"
 

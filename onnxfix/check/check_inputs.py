@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .errors import UsageError
+from onnxfix.errors import UsageError
 
 FLAG = "--check-inputs"
 

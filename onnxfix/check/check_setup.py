@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .check_guard import INPUTS_HINT, CheckLimits, out_of_memory_reason
-from .compare import CheckSize, symbolic_dims, synthetic_feeds
-from .input_roles import InputRole, input_roles
+from onnxfix.check.check_guard import INPUTS_HINT, CheckLimits, out_of_memory_reason
+from onnxfix.check.compare import CheckSize, symbolic_dims, synthetic_feeds
+from onnxfix.check.input_roles import InputRole, input_roles
 
 
 @dataclass

@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .input_roles import plain_sample
-from .report import OutputCheck
+from onnxfix.check.input_roles import plain_sample
+from onnxfix.report import OutputCheck
 
 # The check refuses to synthesize inputs larger than this (it would not fit a CI machine).
 CHECK_INPUT_BYTES = 2**30

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from .compare import CheckLimit
-from .report import Parity
+from onnxfix.check.compare import CheckLimit
+from onnxfix.report import Parity
 
 MiB = 2**20
 DEFAULT_TIMEOUT_S = 300.0
@@ -56,7 +56,7 @@ def default_memory_bytes(model_bytes: int = 0) -> int:
 
 def make_limits(memory_mb: float | None, timeout_s: float | None,
                 model_bytes: int = 0) -> CheckLimits:
-    from .errors import UsageError
+    from onnxfix.errors import UsageError
 
     if memory_mb is not None and not (math.isfinite(memory_mb) and memory_mb >= 64):
         raise UsageError(f"--check-memory-mb {memory_mb}: must be a number of MiB, at least 64")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from .check_setup import inputs_word
-from .compare import CheckSkipped, dims_text, one_line, run_all
+from onnxfix.check.check_setup import inputs_word
+from onnxfix.check.compare import CheckSkipped, dims_text, one_line, run_all
 
 CAPTURE = "the capture model (the original with its draws exposed as outputs)"
 TWIN = "the input-noise twin the check compares with"

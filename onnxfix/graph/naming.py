@@ -60,14 +60,14 @@ class NameAllocator:
 
 
 def _all_containers(model: onnx.ModelProto):
-    from .find import iter_graphs
+    from onnxfix.graph.find import iter_graphs
 
     for container, _ in iter_graphs(model):
         yield container
 
 
 def _all_dim_params(model: onnx.ModelProto):
-    from .find import iter_graphs
+    from onnxfix.graph.find import iter_graphs
 
     for container, _ in iter_graphs(model):
         if not isinstance(container, onnx.GraphProto):

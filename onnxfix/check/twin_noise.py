@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .capture import Exposer, locate
-from .noisedims import BOUNDED, DATA, DERIVED, INPUT, ITERATIONS
-from .report import NodeRecord
+from onnxfix.check.capture import Exposer, locate
+from onnxfix.graph.noisedims import BOUNDED, DATA, DERIVED, INPUT, ITERATIONS
+from onnxfix.report import NodeRecord
 
 
 @dataclass

@@ -18,9 +18,9 @@ from pathlib import Path
 import onnx
 from google.protobuf import unknown_fields
 
-from .errors import ModelError, UsageError
-from .model_io import check_writable, target_mode
-from .wire import (
+from onnxfix.errors import ModelError, UsageError
+from onnxfix.io.model_io import check_writable, target_mode
+from onnxfix.io.wire import (
     _EXTERNAL,
     _GRAPH_INITIALIZER,
     _TAG_GRAPH,

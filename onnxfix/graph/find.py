@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .ops import is_random_op, spec_for
+from onnxfix.ops import is_random_op, spec_for
 
 Container = onnx.GraphProto | onnx.FunctionProto
 
@@ -93,7 +93,7 @@ def _walk(container: Container, location: str) -> Iterator[tuple[Container, str,
                 for body, body_where in bodies:
                     inner = [*scopes, Scope(node, attr.name, body, graph)]
                     if len(inner) > MAX_NESTING:
-                        from .errors import ModelError
+                        from onnxfix.errors import ModelError
 
                         raise ModelError(f"subgraphs nested deeper than {MAX_NESTING} levels")
                     children.append((body, body_where, inner))
@@ -188,7 +188,7 @@ class Selector:
         shown = [f"{s.node.name!r} -> {s.output!r}" if s.node.name else repr(s.output)
                  for s in sites[:20]]
         more = f" and {len(sites) - 20} more" if len(sites) > 20 else ""
-        from .errors import UsageError
+        from onnxfix.errors import UsageError
 
         raise UsageError(f"{', '.join(missed)} matches no random node (globs match node or "
                          f"output names); the random nodes are: {', '.join(shown)}{more}")

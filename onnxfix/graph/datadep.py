@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .find import constant_values, iter_graphs
-from .shapes import TensorFacts, infer_facts, ort_symbolic_facts
+from onnxfix.graph.find import constant_values, iter_graphs
+from onnxfix.graph.shapes import TensorFacts, infer_facts, ort_symbolic_facts
 
 # Output shape follows the input *shapes* (and attributes) only, never input values.
 SHAPE_FROM_SHAPES = frozenset({

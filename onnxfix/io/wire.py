@@ -29,7 +29,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from .errors import ModelError, UsageError
+from onnxfix.errors import ModelError, UsageError
 
 # Bounded buffer when payloads are read into memory.
 READ_CHUNK = 8 * 2**20

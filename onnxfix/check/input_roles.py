@@ -24,7 +24,7 @@ from enum import Enum
 import numpy as np
 import onnx
 
-from .find import iter_graphs
+from onnxfix.graph.find import iter_graphs
 
 
 class Role(Enum):
@@ -188,7 +188,7 @@ class _RowCounter:
         if name in self._inits:
             return self._inits[name]
         if self._facts is None:
-            from .shapes import infer_facts
+            from onnxfix.graph.shapes import infer_facts
 
             self._facts = infer_facts(self.model)
         f = self._facts.get(name)

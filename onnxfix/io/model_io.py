@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from .errors import ModelError, UsageError
+from onnxfix.errors import ModelError, UsageError
 
 # A declared dimension above this is refused as absurd (no real tensor has one).
 MAX_DIM = 2**32
@@ -100,7 +100,7 @@ def _check_names(model: onnx.ModelProto, origin: str) -> None:
 
 
 def _check_declared_dims(model: onnx.ModelProto, origin: str) -> None:
-    from .find import iter_graphs
+    from onnxfix.graph.find import iter_graphs
 
     declared = [vi for g, _ in iter_graphs(model) if isinstance(g, onnx.GraphProto)
                 for vi in (*g.input, *g.output, *g.value_info)]
@@ -186,7 +186,7 @@ def _one_line(e: BaseException) -> str:
 
 def open_model(path: str | os.PathLike):
     """The model's skeleton: graph parsed, large weights left in the file (see wire.py)."""
-    from .wire import checkable, load_skeleton
+    from onnxfix.io.wire import checkable, load_skeleton
 
     skeleton = load_skeleton(path)
     try:
@@ -199,7 +199,7 @@ def open_model(path: str | os.PathLike):
 
 def materialize(model: onnx.ModelProto, skeleton) -> onnx.ModelProto:
     """A copy of a skeleton-based model with every weight read into memory."""
-    from .wire import read_weights
+    from onnxfix.io.wire import read_weights
 
     full = onnx.ModelProto()
     full.CopyFrom(model)

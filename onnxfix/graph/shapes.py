@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from .errors import UsageError
-from .find import iter_graphs
+from onnxfix.errors import UsageError
+from onnxfix.graph.find import iter_graphs
 
 Dim = int | str | None  # a size, a symbolic name, or unknown
 Shape = list[Dim] | None  # None: rank unknown
@@ -145,7 +145,7 @@ def name_unnamed_input_dims(model: onnx.ModelProto) -> None:
     A dim with neither a size nor a name cannot be tied to a noise input or fixed with --dim;
     naming it `<input>_dim<k>` makes both possible and changes nothing else.
     """
-    from .naming import sanitize
+    from onnxfix.graph.naming import sanitize
 
     taken = model_dim_names(model)
     for vi in model.graph.input:

@@ -24,13 +24,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .builder import NodeBuilder
-from .compare import make_session, run_all
-from .naming import NameAllocator
-from .ops import NORMAL, AffineOp, attrs_of, np_dtype, spec_for
-from .report import DistributionCheck
-from .sampler import standard_noise
-from .stats import ChiSquare, bernoulli_fit, goodness_of_fit, homogeneity, merge_cells
+from onnxfix.check.compare import make_session, run_all
+from onnxfix.check.stats import ChiSquare, bernoulli_fit, goodness_of_fit, homogeneity, merge_cells
+from onnxfix.graph.builder import NodeBuilder
+from onnxfix.graph.naming import NameAllocator
+from onnxfix.ops import NORMAL, AffineOp, attrs_of, np_dtype, spec_for
+from onnxfix.report import DistributionCheck
+from onnxfix.sampler import standard_noise
 
 DISCRETE = ("Bernoulli", "Multinomial", "Dropout")
 TRIALS = 200_000  # Bernoulli / Dropout: element draws per test

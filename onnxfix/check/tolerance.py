@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from .compare import DEFAULT_TOLERANCES
-from .find import iter_graphs
-from .graph_edit import names_read
-from .shapes import infer_facts
+from onnxfix.check.compare import DEFAULT_TOLERANCES
+from onnxfix.graph.find import iter_graphs
+from onnxfix.graph.graph_edit import names_read
+from onnxfix.graph.shapes import infer_facts
 
 # float types from the least to the most precise (bfloat16 keeps 8 mantissa bits, float16 11)
 _PRECISION = {TensorProto.BFLOAT16: 0, TensorProto.FLOAT16: 1, TensorProto.FLOAT: 2,

@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .capture_threaded import Threaded, Threader, decode, needs_threading
-from .find import Scope, default_opset, iter_scoped
-from .naming import NameAllocator
+from onnxfix.check.capture_threaded import Threaded, Threader, decode, needs_threading
+from onnxfix.graph.find import Scope, default_opset, iter_scoped
+from onnxfix.graph.naming import NameAllocator
 
 
 def locate(model: onnx.ModelProto, produced: str) -> list[Scope] | None:

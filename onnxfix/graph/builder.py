@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .naming import NameAllocator
+from onnxfix.graph.naming import NameAllocator
 
 
 class NodeBuilder:
@@ -36,7 +36,7 @@ class NodeBuilder:
         """Constant-1 holds floats only: integers and bools before opset 9 are cast from double."""
         wide = value.astype(np.float64)
         if not np.array_equal(wide.astype(value.dtype), value):
-            from .errors import ModelError
+            from onnxfix.errors import ModelError
 
             raise ModelError(f"a constant of {value.dtype} is not exact in double, which is all "
                              f"a Constant holds before opset 9 (the model uses opset "
@@ -60,7 +60,7 @@ class NodeBuilder:
             return self.op("ConstantOfShape", [shape], "fill", output=output,
                            value=numpy_helper.from_array(value))
         if self.opset < 6:
-            from .errors import ModelError
+            from onnxfix.errors import ModelError
 
             raise ModelError(f"deterministic mode needs opset 6 or later (Cast and Tile take "
                              f"their current form there); the model uses opset {self.opset}")

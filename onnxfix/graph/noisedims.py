@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .builder import NodeBuilder
-from .errors import ModelError, UsageError
+from onnxfix.errors import ModelError, UsageError
+from onnxfix.graph.builder import NodeBuilder
 
 CONSTANT, INPUT, ITERATIONS, DERIVED, BOUNDED, DATA = (
     "constant", "input", "iterations", "derived", "bounded", "data-dependent")

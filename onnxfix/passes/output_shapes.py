@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import onnx
 
-from .report import ShapeCorrection
-from .shapes import infer_facts
+from onnxfix.graph.shapes import infer_facts
+from onnxfix.report import ShapeCorrection
 
 
 def redeclare_output_shapes(model: onnx.ModelProto) -> list[ShapeCorrection]:

@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .capture import Exposer
-from .capture_threaded import RAN
-from .check_blame import (
+from onnxfix.check.capture import Exposer
+from onnxfix.check.capture_threaded import RAN
+from onnxfix.check.check_blame import (
     capture_does_not_load,
     capture_fails,
     no_kernel,
     original_loads,
     twin_fails,
 )
-from .check_setup import (
+from onnxfix.check.check_setup import (
     CheckSetup,
     active,
     check_dims,
@@ -39,7 +39,7 @@ from .check_setup import (
     inputs_word,
     prepare,
 )
-from .compare import (
+from onnxfix.check.compare import (
     CHECK_INPUT_BYTES,
     CheckLimit,
     CheckSkipped,
@@ -53,13 +53,13 @@ from .compare import (
     run_all,
     symbolic_dims,
 )
-from .errors import ModelError
-from .find import Site, default_opset, find_sites
-from .ops import AffineOp, Inconsistent, attrs_of, np_dtype, spec_for
-from .report import NodeRecord, OutputCheck, Parity
-from .shapes import infer_facts
-from .tolerance import path_tolerances
-from .twin_noise import TwinSizes, measured_sizes, shape_probe, sized_fill
+from onnxfix.check.tolerance import path_tolerances
+from onnxfix.check.twin_noise import TwinSizes, measured_sizes, shape_probe, sized_fill
+from onnxfix.errors import ModelError
+from onnxfix.graph.find import Site, default_opset, find_sites
+from onnxfix.graph.shapes import infer_facts
+from onnxfix.ops import AffineOp, Inconsistent, attrs_of, np_dtype, spec_for
+from onnxfix.report import NodeRecord, OutputCheck, Parity
 
 
 @dataclass
@@ -119,7 +119,7 @@ def _run_checks(parity, opener, original, rewritten, records, done, mode, size, 
     if mode == "input-noise":
         _conditional(parity, opener, original, rewritten, records, size, seed, emit)
         return
-    from .rewrite import rewrite_model
+    from onnxfix.rewrite import rewrite_model
 
     if mode == "deterministic":  # it is not run below: whether it runs decides skip or verdict
         original_loads(opener, _inlined(original))
@@ -137,7 +137,7 @@ def _run_checks(parity, opener, original, rewritten, records, done, mode, size, 
 
 def _inlined(original: onnx.ModelProto) -> onnx.ModelProto:
     """A copy with local functions holding random nodes inlined (their draws become visible)."""
-    from .functions import inline_random_functions
+    from onnxfix.graph.functions import inline_random_functions
 
     base = onnx.ModelProto()
     base.CopyFrom(original)
@@ -236,8 +236,8 @@ def _conditional(parity: Parity, opener, original, noise_model, records, size, s
 
 def _distributions(parity, captures, got, base, seed, emit) -> bool:
     """The distribution test of each draw whose transform is not the identity on its noise."""
-    from .distribution_check import check_distributions, wants_test
-    from .find import default_opset
+    from onnxfix.check.distribution_check import check_distributions, wants_test
+    from onnxfix.graph.find import default_opset
 
     ran = []
     for c in captures:
@@ -397,10 +397,10 @@ def _capture_model(base: onnx.ModelProto, records) -> tuple[list[_Captured], onn
 
 def _bounds_padder(model, site, rec, lead: int, facts, names):
     """name, role -> name padded to the bounds of a per-iteration draw (see pad_to_bounds)."""
-    from .builder import NodeBuilder
-    from .find import default_opset
-    from .noisedims import BOUNDED, pad_to_bounds
-    from .twin_noise import draw_axis
+    from onnxfix.check.twin_noise import draw_axis
+    from onnxfix.graph.builder import NodeBuilder
+    from onnxfix.graph.find import default_opset
+    from onnxfix.graph.noisedims import BOUNDED, pad_to_bounds
 
     bounded = [d for d in rec.replacement.dims if d["kind"] == BOUNDED and d["axis"] >= lead]
     if not lead or not bounded:
@@ -439,7 +439,7 @@ def _elem(facts, name: str, rec: NodeRecord) -> int:
 def _own_logits(captures: list[_Captured], noise_model: onnx.ModelProto) -> dict[int, str]:
     """Capture index -> the normalized-cdf tensor of each main-graph Multinomial's transform
     in the rewritten model."""
-    from .ops import MultinomialOp
+    from onnxfix.ops import MultinomialOp
 
     found = {}
     for k, c in enumerate(captures):
@@ -549,7 +549,7 @@ def _tainted_outputs(model: onnx.ModelProto, sources: list[str]) -> set[str]:
     """Main-graph outputs that depend on any of `sources` (draws left random)."""
     if not sources:
         return set()
-    from .graph_edit import names_read
+    from onnxfix.graph.graph_edit import names_read
 
     tainted = set(sources)
     changed = True
@@ -692,7 +692,7 @@ def _measure(probe, feeds) -> TwinSizes:
 
 
 def _affine_of(rec: NodeRecord):
-    from .ops import OP_TABLE
+    from onnxfix.ops import OP_TABLE
 
     spec = OP_TABLE[rec.op_type]
     d = rec.distribution

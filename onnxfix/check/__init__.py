@@ -1,0 +1,1 @@
+"""The parity check: runs the original and the rewrite in onnxruntime and compares."""

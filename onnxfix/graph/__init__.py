@@ -1,0 +1,1 @@
+"""Graph facts and edits: random sites, shapes, names, node building, dim provenance."""
