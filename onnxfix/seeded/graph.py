@@ -29,6 +29,7 @@ class _Words:
         self.b = b
         self.table = table or sbox_constant(b)
         self._consts: dict[int, str] = {}
+        self.no_zero_shape: str | None = None
 
     def const(self, value: int) -> str:
         if value not in self._consts:
@@ -103,6 +104,8 @@ def seeded_uniform(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | s
     DOUBLE; output: the name to write the draw to; table: a shared `sbox_constant`.
     """
     np_dtype = _float_dtype(dtype)
+    if _is_empty(shape):
+        return _empty(b, shape, np_dtype, output)
     words = _Words(b, table)
     high, low = _draw_words(words, seed, key, shape, iteration)
     if np_dtype == np.float32:
@@ -111,7 +114,7 @@ def seeded_uniform(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | s
         flat = b.op("Add", [_unit(words, high, dtype, alg.UNIT, "uniform_hi"),
                             _unit(words, low, dtype, alg.UNIT * alg.UNIT, "uniform_lo")],
                     "uniform")
-    return _reshape(b, flat, shape, output, "uniform_shaped")
+    return _reshape(b, flat, shape, output, "uniform_shaped", words)
 
 
 def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
@@ -120,6 +123,8 @@ def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | st
     """Nodes drawing N(0, 1) of `shape` by Box-Muller (`algorithm.normal`); same arguments as
     `seeded_uniform`. The uniforms are exact; Log, Sqrt and Cos round as the runtime does."""
     np_dtype = _float_dtype(dtype)
+    if _is_empty(shape):
+        return _empty(b, shape, np_dtype, output)
     words = _Words(b, table)
     high, low = _draw_words(words, seed, key, shape, iteration)
     above_zero = b.op("Add", [high, words.const(1)], "bits_plus_one")
@@ -131,7 +136,17 @@ def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | st
     two_pi = alg.TWO_PI_F32 if np_dtype == np.float32 else np.float64(2 * np.pi)
     angle = b.op("Mul", [u2, b.constant(np.array(two_pi, dtype=np_dtype), "two_pi")], "angle")
     flat = b.op("Mul", [radius, b.op("Cos", [angle], "cos")], "normal")
-    return _reshape(b, flat, shape, output, "normal_shaped")
+    return _reshape(b, flat, shape, output, "normal_shaped", words)
+
+
+def _is_empty(shape) -> bool:
+    return not isinstance(shape, str) and 0 in [int(d) for d in shape]
+
+
+def _empty(b: NodeBuilder, shape, np_dtype: type, output: str | None) -> str:
+    """A static shape with a 0 dim: no draw at all (Reshape would read the 0 as "copy")."""
+    empty = b.constant(np.zeros([int(d) for d in shape], dtype=np_dtype), "empty")
+    return b.op("Identity", [empty], "empty_draw", output=output)
 
 
 def _float_dtype(dtype: int) -> type:
@@ -186,7 +201,7 @@ def _counter_words(words: _Words, shape) -> list[str]:
     if static is not None:
         total = words.const(count)
     else:
-        total = b.op("ReduceProd", [shape], "count", keepdims=0)
+        total = b.op("ReduceProd", [_no_zero_dims(words, shape)], "count", keepdims=0)
     index = b.op("Range", [words.const(0), total, words.const(1)], "index")
     rows = words.div(index, "index_rows")
     return [words.mod(index, "counter_lo"), words.mod(rows, "counter_mid"),
@@ -201,7 +216,23 @@ def _unit(words: _Words, bits: str, dtype: int, scale: float, hint: str) -> str:
                                              hint + "_scale")], hint)
 
 
-def _reshape(b: NodeBuilder, flat: str, shape, output: str | None, hint: str) -> str:
-    target = shape if isinstance(shape, str) else \
-        b.constant(np.array(list(shape), dtype=np.int64), "shape")
-    return b.op("Reshape", [flat, target], hint, output=output)
+def _no_zero_dims(words: _Words, shape: str) -> str:
+    """The runtime shape with every 0 dim made 1 (made once per draw): Reshape reads a 0 as
+    "copy this dim" (allowzero, opset 14, is not portable), so the draw is made in this shape
+    and expanded to the real one; with no 0 dim the two are the same."""
+    b = words.b
+    if words.no_zero_shape is None:
+        zero = b.op("Equal", [shape, words.const(0)], "dim_is_zero")
+        as_int = b.op("Cast", [zero], "zero_dims", to=onnx.TensorProto.INT64)
+        words.no_zero_shape = b.op("Add", [shape, as_int], "shape_no_zero")
+    return words.no_zero_shape
+
+
+def _reshape(b: NodeBuilder, flat: str, shape, output: str | None, hint: str,
+             words: _Words) -> str:
+    if not isinstance(shape, str):
+        return b.op("Reshape", [flat, b.constant(np.array(list(shape), dtype=np.int64),
+                                                 "shape")], hint, output=output)
+    shaped = b.op("Reshape", [flat, _no_zero_dims(words, shape)], hint + "_full")
+    # the same shape, or 1 where the real dim is 0: Expand broadcasts those 1s to 0
+    return b.op("Expand", [shaped, shape], hint, output=output)
