@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from onnxfix.errors import ModelError
 from onnxfix.graph.builder import NodeBuilder
@@ -49,11 +50,23 @@ class _Words:
         modulus = self.const(1 << bits)
         if self.b.opset >= 10:
             reduced = self.b.op("Mod", [scalar, modulus], hint)
-        else:  # Div truncates: a - (a / m) * m is in (-m, m); adding m and reducing again
+        else:  # Div truncates: a - (a / m) * m is in (-m, m); a negative one gets m added
             rem = self._truncated_rem(scalar, modulus, hint + "_rem")
-            shifted = self.b.op("Add", [rem, modulus], hint + "_shifted")
-            reduced = self._truncated_rem(shifted, modulus, hint)
+            negative = self._is_negative(rem, hint + "_negative")
+            wrap = self.b.op("Mul", [negative, modulus], hint + "_wrap")
+            reduced = self.b.op("Add", [rem, wrap], hint)
         return [self.mod(reduced, hint + "_lo"), self.div(reduced, hint + "_hi")]
+
+    def _is_negative(self, name: str, hint: str) -> str:
+        """1 where `name` < 0, else 0 (int64); Less takes integers from opset 9, floats before
+        (exact: |name| < 2^24)."""
+        if self.b.opset >= 9:
+            less = self.b.op("Less", [name, self.const(0)], hint)
+        else:
+            as_float = self.b.op("Cast", [name], hint + "_float", to=onnx.TensorProto.FLOAT)
+            zero = self.b.constant(np.array(0.0, dtype=np.float32), hint + "_zero")
+            less = self.b.op("Less", [as_float, zero], hint)
+        return self.b.op("Cast", [less], hint + "_int", to=onnx.TensorProto.INT64)
 
     def _truncated_rem(self, name: str, modulus: str, hint: str) -> str:
         quotient = self.b.op("Div", [name, modulus], hint + "_q")
@@ -198,10 +211,7 @@ def _counter_words(words: _Words, shape) -> list[str]:
         return [b.constant(index % alg.WORD, "counter_lo"),
                 b.constant(index // alg.WORD % alg.WORD, "counter_mid"),
                 b.constant(index // (alg.WORD * alg.WORD), "counter_hi"), words.const(0)]
-    if static is not None:
-        total = words.const(count)
-    else:
-        total = b.op("ReduceProd", [_no_zero_dims(words, shape)], "count", keepdims=0)
+    total = words.const(count) if static is not None else _runtime_count(words, shape)
     index = b.op("Range", [words.const(0), total, words.const(1)], "index")
     rows = words.div(index, "index_rows")
     return [words.mod(index, "counter_lo"), words.mod(rows, "counter_mid"),
@@ -214,6 +224,18 @@ def _unit(words: _Words, bits: str, dtype: int, scale: float, hint: str) -> str:
     as_float = b.op("Cast", [bits], hint + "_float", to=dtype)
     return b.op("Mul", [as_float, b.constant(np.array(scale, dtype=_FLOATS[dtype]),
                                              hint + "_scale")], hint)
+
+
+def _runtime_count(words: _Words, shape: str) -> str:
+    """The element count of `shape` (0 dims counted as 1), an int64 scalar. Not ReduceProd:
+    onnx2torch has no ReduceProd-18; the length of a flattened ConstantOfShape is portable."""
+    b = words.b
+    ones = b.op("ConstantOfShape", [_no_zero_dims(words, shape)], "ones",
+                value=onnx.numpy_helper.from_array(np.array([1], dtype=np.int32)))
+    flat = b.op("Reshape", [ones, b.constant(np.array([-1], dtype=np.int64), "flat")],
+                "ones_flat")
+    return b.op("Reshape", [b.op("Shape", [flat], "count_1d"),
+                            b.constant(np.array([], dtype=np.int64), "scalar")], "count")
 
 
 def _no_zero_dims(words: _Words, shape: str) -> str:
