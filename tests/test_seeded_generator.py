@@ -296,3 +296,97 @@ def test_pairs_of_neighbours_are_uniform(shift):
     a = (bits()[0] >> shift) % 16
     counts = np.bincount(a[0::2] * 16 + a[1::2], minlength=256)
     assert chi_square(counts) < CHI2_CRITICAL_255
+
+
+def test_inside_a_loop_each_iteration_draws_its_own_stream():
+    """The body's iteration number is the generator's iteration index: iteration i of the
+    Loop equals the reference at iteration=i (scan output stacked over 3 iterations)."""
+    opset = 17
+    outer = helper.make_graph(
+        [], "outer", [helper.make_tensor_value_info("seed", TensorProto.INT64, []),
+                      helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("ys", TensorProto.FLOAT, [3, "n"])])
+    model = helper.make_model(outer, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    b = NodeBuilder(NameAllocator(model), opset, "body")
+    shape = b.op("Shape", ["x"], "shape")
+    draw = seeded_uniform(b, "seed", KEY, shape, iteration="i")
+    keep = b.op("Identity", ["cond"], "keep")
+    body = helper.make_graph(
+        b.nodes, "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                          helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info(keep, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(draw, TensorProto.FLOAT, ["n"])])
+    trips = helper.make_tensor("trips", TensorProto.INT64, [], [3])
+    model.graph.initializer.append(trips)
+    model.graph.node.append(helper.make_node("Loop", ["trips", ""], ["ys"], body=body))
+    onnx.checker.check_model(model, full_check=True)
+    x = np.zeros(5000, dtype=np.float32)
+    ys = session(model).run(["ys"], {"seed": np.array(SEED, dtype=np.int64), "x": x})[0]
+    for i in range(3):
+        np.testing.assert_array_equal(ys[i], uniform(SEED, KEY, [5000], iteration=i))
+    assert not np.array_equal(ys[0], ys[1])
+
+
+# -- the emit's contract: generator output in place of the noise input ----------------------
+
+def _seeded_from_input_noise(model: onnx.ModelProto, records) -> onnx.ModelProto:
+    """Each noise input of an input-noise rewrite replaced by a generator writing the same
+    tensor (runtime shape from the graph inputs' dims), so the input-noise transforms are
+    applied unchanged to the generator's output; the model gains an int64 `seed` input."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    b = NodeBuilder(NameAllocator(out), 17, "seeded")
+    noise = {r.replacement.name for r in records}
+    where = {d.dim_param: (i.name, axis) for i in out.graph.input if i.name not in noise
+             for axis, d in enumerate(i.type.tensor_type.shape.dim) if d.dim_param}
+    for rec in records:
+        parts = []
+        for dim in rec.replacement.dims:
+            if dim["kind"] == "constant":
+                parts.append(b.constant(np.array([dim["size"]], dtype=np.int64), "dim"))
+            else:
+                source, axis = where[dim["name"]]
+                starts = b.constant(np.array([axis], dtype=np.int64), "axis")
+                ends = b.constant(np.array([axis + 1], dtype=np.int64), "axis_end")
+                parts.append(b.op("Slice", [b.op("Shape", [source], "shape"), starts, ends],
+                                  "dim"))
+        shape = b.op("Concat", parts, "noise_shape", axis=0)
+        draw = seeded_normal if rec.distribution["family"] == "normal" else seeded_uniform
+        draw(b, "seed", node_key(rec.output), shape, output=rec.replacement.name)
+    kept = [i for i in out.graph.input if i.name not in noise]
+    del out.graph.input[:]
+    out.graph.input.extend(kept + [helper.make_tensor_value_info("seed", TensorProto.INT64, [])])
+    nodes = list(b.nodes) + list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    onnx.checker.check_model(out, full_check=True)
+    return out
+
+
+@pytest.mark.parametrize("fixture", ["mixed_dynamic_ts.onnx", "ref3_dynamic_dynamo.onnx"])
+def test_seeded_model_equals_input_noise_model_fed_the_reference_noise(fixture):
+    """What the seeded mode's check will assert: with seed s, the seeded model equals the
+    input-noise model fed the noise numpy computes for s (uniforms are bit-identical, so the
+    Bernoulli and Multinomial samples are equal; normals differ by the rounding of Log/Cos)."""
+    from conftest import fixture_path
+
+    import onnxfix
+
+    noisy, report = onnxfix.rewrite(fixture_path(fixture), mode="input-noise", check=False)
+    seeded = _seeded_from_input_noise(noisy, report.nodes)
+    names = [o.name for o in noisy.graph.output]
+    for batch in (2, 5):
+        x = np.random.default_rng(batch).standard_normal((batch, 10)).astype(np.float32)
+        feeds = {"x": x}
+        for rec in report.nodes:
+            shape = [batch if d["kind"] == "input" else d["size"] for d in rec.replacement.dims]
+            draw = normal if rec.distribution["family"] == "normal" else uniform
+            feeds[rec.replacement.name] = draw(SEED, node_key(rec.output), shape)
+        want = session(noisy).run(names, feeds)
+        got = session(seeded).run(names, {"x": x, "seed": np.array(SEED, dtype=np.int64)})
+        for name, g, w in zip(names, got, want, strict=True):
+            if np.issubdtype(w.dtype, np.floating):
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=name)
+            else:
+                np.testing.assert_array_equal(g, w, err_msg=name)
