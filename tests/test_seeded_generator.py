@@ -390,3 +390,19 @@ def test_seeded_model_equals_input_noise_model_fed_the_reference_noise(fixture):
                 np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=name)
             else:
                 np.testing.assert_array_equal(g, w, err_msg=name)
+
+
+def test_standard_noise_for_feeds():
+    from onnxfix.seeded import standard_noise
+
+    np.testing.assert_array_equal(standard_noise("uniform", 3, KEY, [2, 4]),
+                                  uniform(3, KEY, [2, 4]))
+    np.testing.assert_array_equal(standard_noise("normal", 3, KEY, [5], np.float64),
+                                  normal(3, KEY, [5], np.float64))
+    stacked = standard_noise("uniform", 3, KEY, [4], iterations=3)
+    assert stacked.shape == (3, 4)
+    np.testing.assert_array_equal(stacked[2], uniform(3, KEY, [4], iteration=2))
+    assert standard_noise("uniform", 3, KEY, [4], iterations=0).shape == (0, 4)
+    with pytest.raises(ValueError) as err:
+        standard_noise("gamma", 3, KEY, [4])
+    assert str(err.value) == "family='gamma': the seeded generator draws 'normal' or 'uniform'"

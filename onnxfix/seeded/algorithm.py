@@ -133,3 +133,17 @@ def normal(seed: int, key: int, shape, dtype=np.float32, iteration: int | None =
     radius = np.sqrt(np.log(u1) * dt.type(-2.0))
     angle = u2 * (TWO_PI_F32 if dt == np.float32 else dt.type(2 * np.pi))
     return (radius * np.cos(angle)).reshape(shape)
+
+
+def standard_noise(family: str, seed: int, key: int, shape, dtype=np.float32,
+                   iterations: int | None = None) -> np.ndarray:
+    """What one seeded node's generator feeds its transform, as input-noise mode's noise input
+    holds it: family "normal" or "uniform"; with `iterations`, a draw inside a Loop/Scan body,
+    stacked on a leading iteration axis (iteration i is the body's i-th pass)."""
+    draw = {"normal": normal, "uniform": uniform}.get(family)
+    if draw is None:
+        raise ValueError(f"family={family!r}: the seeded generator draws 'normal' or 'uniform'")
+    if iterations is None:
+        return draw(seed, key, shape, dtype)
+    return np.stack([draw(seed, key, shape, dtype, iteration=i) for i in range(iterations)]) \
+        if iterations else np.zeros([0, *shape], dtype=dtype)
