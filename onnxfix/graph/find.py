@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -9,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxfix.errors import UsageError, param
+from onnxfix.errors import ModelError, UsageError, param
 from onnxfix.ops import is_random_op, spec_for
 
 Container = onnx.GraphProto | onnx.FunctionProto
@@ -94,8 +95,6 @@ def _walk(container: Container, location: str) -> Iterator[tuple[Container, str,
                 for body, body_where in bodies:
                     inner = [*scopes, Scope(node, attr.name, body, graph)]
                     if len(inner) > MAX_NESTING:
-                        from onnxfix.errors import ModelError
-
                         raise ModelError(f"subgraphs nested deeper than {MAX_NESTING} levels")
                     children.append((body, body_where, inner))
         stack.extend(reversed(children))
@@ -169,8 +168,6 @@ class Selector:
 
     @staticmethod
     def _hit(site: Site, glob: str) -> bool:
-        import fnmatch
-
         return fnmatch.fnmatchcase(site.node.name, glob) or fnmatch.fnmatchcase(site.output, glob)
 
     def __call__(self, site: Site) -> bool:

@@ -85,7 +85,8 @@ class Emitted:
     def records(self) -> list[NodeRecord]:
         """One record per random node, in graph order."""
         done = iter(e.record for e in self.sites)
-        return [self.kept[k] if k in self.kept else next(done) for k in range(self.n_sites)]
+        return [copy.copy(self.kept[k]) if k in self.kept else next(done)
+                for k in range(self.n_sites)]
 
     @property
     def noise_meta(self) -> list[dict]:

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field, replace
 import onnx
 
 from onnxfix.errors import ModelError
-from onnxfix.graph.datadep import Provenance, trace
-from onnxfix.graph.datadep import _label as node_label
+from onnxfix.graph.datadep import Provenance, node_label, trace
 from onnxfix.graph.find import Scope, Site, as_int, constant_lookup, find_sites
 from onnxfix.graph.functions import take_origin
 from onnxfix.graph.graph_edit import names_used
