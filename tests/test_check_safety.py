@@ -375,7 +375,7 @@ def test_check_inputs_must_agree_with_fixed_dims():
     with pytest.raises(onnxfix.UsageError) as e:
         onnxfix.rewrite(parse(DYNAMIC), "constant", dims={"batch": 2},
                         check_inputs={"x": np.zeros((3, 10), np.float32)})
-    assert str(e.value) == "check_inputs: dim 'batch' is 3 in the inputs but --dim batch=2"
+    assert str(e.value) == "check_inputs: dim 'batch' is 3 in the inputs but dims={'batch': 2}"
 
 
 # -- honest sizes ----------------------------------------------------------------------------
