@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import NoArgsIsHelpError
     from click.exceptions import UsageError as _ClickUsageError
 
-from onnxfix import api
+from onnxfix import __version__, api
 from onnxfix.errors import ModelError, OnnxfixError, ParityError, UsageError, api_words
 from onnxfix.graph.noisedims import parse_bound_flags
 from onnxfix.graph.shapes import parse_dim_flags
@@ -87,8 +87,6 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from onnxfix import __version__
-
         typer.echo(f"onnxfix {__version__}")
         raise typer.Exit()
 
