@@ -36,6 +36,7 @@ class Mode(StrEnum):
     input_noise = "input-noise"
     constant = "constant"
     deterministic = "deterministic"
+    seeded = "seeded"
 
 
 class NoiseDtype(StrEnum):

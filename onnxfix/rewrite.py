@@ -41,7 +41,7 @@ def apply_plan(original: onnx.ModelProto, model_plan: ModelPlan, mode: str, *, s
     out = splice(emitted)
     if not model_plan.prepared.random:
         return out, []
-    tidy(original, out, emitted.noise_meta)
+    tidy(original, out, emitted.noise_meta, emitted.seed_meta)
     if emitted.sites:
         validate(original, out)
     return out, emitted.records

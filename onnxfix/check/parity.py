@@ -53,6 +53,7 @@ from onnxfix.check.compare import (
     run_all,
     symbolic_dims,
 )
+from onnxfix.check.seeded import seeded_checks
 from onnxfix.check.tolerance import path_tolerances
 from onnxfix.check.twin_noise import TwinSizes, measured_sizes, shape_probe, sized_fill
 from onnxfix.errors import ModelError
@@ -129,6 +130,10 @@ def _run_checks(parity, opener, original, rewritten, records, done, mode, size, 
         raise ValueError(f"a {mode} check needs its input-noise twin (twin=...)")
     if mode == "deterministic":  # it is not run below: whether it runs decides skip or verdict
         original_loads(opener, _inlined(original))
+    if mode == "seeded":
+        seeded_checks(parity, opener, original, rewritten, done, make_twin, size, seed, emit,
+                      conditional=_conditional)
+        return
     twin = make_twin({}) if mode == "constant" else None
     if mode == "constant":
         _conditional(parity, opener, original, *twin, size, seed, emit)

@@ -26,15 +26,24 @@ class TwinSizes:
     bounds: dict[str, int] = field(default_factory=dict)  # data-dependent dim -> size
 
 
-def shape_probe(model: onnx.ModelProto, records: list[NodeRecord]
+def shape_probe(model: onnx.ModelProto, records: list[NodeRecord], every: bool = False
                 ) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """A copy of `model` exposing Shape(draw) of each record (by draw name -> output name)."""
+    """A copy of `model` exposing Shape(draw) of each record (by draw name -> output name):
+    those with noise dims, or `every` rewritten one."""
+    probe, exposed, _ = draw_shape_probe(model, records, every)
+    return probe, exposed
+
+
+def draw_shape_probe(model: onnx.ModelProto, records: list[NodeRecord], every: bool = False
+                     ) -> tuple[onnx.ModelProto, dict[str, str], Exposer]:
+    """`shape_probe`, and its Exposer: a draw under an If inside a Loop is threaded, and
+    `exposer.decode(outputs)` puts its stacked shapes under its key after a run."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     exposer = Exposer(probe)
     exposed: dict[str, str] = {}
     for rec in records:
-        if rec.replacement is None or not rec.replacement.dims:
+        if rec.replacement is None or not (rec.replacement.dims or every):
             continue
         scopes = locate(probe, rec.output)
         if scopes is None:
@@ -44,7 +53,7 @@ def shape_probe(model: onnx.ModelProto, records: list[NodeRecord]
         container.node.append(helper.make_node("Shape", [rec.output], [name],
                                                name=exposer.names.fresh(f"{name}_node")))
         exposed[rec.output] = exposer.expose(name, onnx.TensorProto.INT64, scopes)
-    return probe, exposed
+    return probe, exposed, exposer
 
 
 def draw_axis(op_type: str, k: int) -> int | None:

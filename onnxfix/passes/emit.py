@@ -26,11 +26,12 @@ from onnxfix.graph.noisedims import slice_to_need, unbounded_error
 from onnxfix.graph.shapes import input_dim_names
 from onnxfix.ops import dtype_name
 from onnxfix.passes.budget import check_constant_budget
+from onnxfix.passes.emit_seeded import SeededGraph, emit_site, shared, site_key
 from onnxfix.passes.plan import ModelPlan, SitePlan, resolve
 from onnxfix.passes.splice import ScanInput, route
 from onnxfix.report import NodeRecord, Replacement
 
-MODES = ("input-noise", "constant", "deterministic")
+MODES = ("input-noise", "constant", "deterministic", "seeded")
 NOISE_DTYPES = {"same": None, "float32": onnx.TensorProto.FLOAT,
                 "float16": onnx.TensorProto.FLOAT16}
 DEFAULT_MAX_DRAW_BYTES = 256 * 2**20
@@ -60,6 +61,7 @@ class SiteEmission:
     prepends: list[tuple[onnx.GraphProto, onnx.NodeProto, int]] = field(default_factory=list)
     scans: list[ScanInput] = field(default_factory=list)
     noise_meta: dict | None = None  # the `onnxfix.noise_inputs` metadata entry
+    seed_meta: dict | None = None  # seeded mode: the `onnxfix.seed_input` entry of its draw
 
     @property
     def record(self) -> NodeRecord:
@@ -80,6 +82,7 @@ class Emitted:
     dead: list[Site] = field(default_factory=list)  # draws nothing reads, bound to the copy
     kept: dict[int, NodeRecord] = field(default_factory=dict)
     n_sites: int = 0
+    seed_input: str = ""  # seeded mode: the int64 seed input's name
 
     @property
     def records(self) -> list[NodeRecord]:
@@ -92,6 +95,14 @@ class Emitted:
     def noise_meta(self) -> list[dict]:
         return [e.noise_meta for e in self.sites if e.noise_meta is not None]
 
+    @property
+    def seed_meta(self) -> dict | None:
+        """Seeded mode's `onnxfix.seed_input` metadata: the seed input and every draw."""
+        if not self.seed_input:
+            return None
+        return {"name": self.seed_input,
+                "draws": [e.seed_meta for e in self.sites if e.seed_meta is not None]}
+
 
 @dataclass
 class _Context:
@@ -101,6 +112,7 @@ class _Context:
     seed: int
     fed_type: int | None  # the noise inputs' dtype when forced (noise_dtype), else None
     main: onnx.GraphProto  # the copy's main graph (casts of noise inputs go first there)
+    seeded: SeededGraph = field(default_factory=SeededGraph)  # seeded mode's shared parts
 
 
 def emit(model_plan: ModelPlan, mode: str, *, seed: int = 0, noise_dtype: str = "same",
@@ -120,7 +132,7 @@ def emit(model_plan: ModelPlan, mode: str, *, seed: int = 0, noise_dtype: str = 
     plans = [_bound(p, out) for p in model_plan.sites]
     if not plans:
         return result
-    if mode != "deterministic" and not allow_unbounded:
+    if mode not in ("deterministic", "seeded") and not allow_unbounded:
         for p in plans:
             if p.unbounded:
                 raise unbounded_error(p.site.describe(), p.noise, p.unbounded, mode)
@@ -129,6 +141,7 @@ def emit(model_plan: ModelPlan, mode: str, *, seed: int = 0, noise_dtype: str = 
     ctx = _Context(copy.deepcopy(model_plan.names), default_opset(out), constant_lookup(out),
                    seed, NOISE_DTYPES[noise_dtype], out.graph)
     result.sites = [EMITTERS[mode](ctx, p) for p in plans]
+    result.seed_input = ctx.seeded.seed
     return result
 
 
@@ -195,8 +208,21 @@ def _emit_input_noise(ctx: _Context, p: SitePlan) -> SiteEmission:
             name=ctx.names.fresh(f"onnxfix_{p.noise}_cast")), 0))
     e.noise_meta = {"name": repl.name, "family": p.spec.family, "dtype": repl.dtype,
                     "shape": repl.shape, "draw": site.output, "op_type": site.op_type,
-                    "dims": repl.dims}
+                    "dims": repl.dims,
+                    # what noise_feeds(generator="seeded") draws: the seeded rewrite's stream
+                    "seeded_key": site_key(site.location, site.op_type, site.output)}
     return _transformed(ctx, b, e, top)
+
+
+def _emit_seeded(ctx: _Context, p: SitePlan) -> SiteEmission:
+    first = not ctx.seeded.seed
+    state = shared(ctx.seeded, ctx.names, ctx.opset)
+    made = emit_site(_builder(ctx, p), p, state)
+    e = SiteEmission(p, made.replacement, made.nodes, seed_meta=made.meta)
+    if first:  # the seed input and the shared S-box, once per model
+        e.inputs.extend(state.inputs)
+        e.prepends.extend((ctx.main, node, 0) for node in state.front)
+    return e
 
 
 def _transformed(ctx: _Context, b: NodeBuilder, e: SiteEmission, top: str) -> SiteEmission:
@@ -242,4 +268,5 @@ EMITTERS: dict[str, Callable[[_Context, SitePlan], SiteEmission]] = {
     "input-noise": _emit_input_noise,
     "constant": _emit_constant,
     "deterministic": _emit_deterministic,
+    "seeded": _emit_seeded,
 }

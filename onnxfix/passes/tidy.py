@@ -16,13 +16,18 @@ from onnxfix.graph.find import iter_graphs
 
 _DEFAULT_DOMAINS = {"", "ai.onnx"}
 NOISE_METADATA_KEY = "onnxfix.noise_inputs"
+SEED_METADATA_KEY = "onnxfix.seed_input"
 
 
 def tidy(before: onnx.ModelProto, after: onnx.ModelProto,
-         noise_meta: list[dict] | None = None) -> onnx.ModelProto:
-    """call(after) -> after, tidied in place (`before`: the model the rewrite read)."""
+         noise_meta: list[dict] | None = None, seed_meta: dict | None = None) -> onnx.ModelProto:
+    """call(after) -> after, tidied in place (`before`: the model the rewrite read).
+    seed_meta: seeded mode's seed input and draws, stored as `onnxfix.seed_input`."""
     if noise_meta:
         record_noise_metadata(after, noise_meta)
+    if seed_meta:
+        props = {p.key: p.value for p in after.metadata_props}
+        helper.set_model_props(after, {**props, SEED_METADATA_KEY: json.dumps(seed_meta)})
     drop_unused_opset_imports(before, after)
     return after
 

@@ -2,7 +2,8 @@
 `onnxfix.seeded.algorithm`, op for op, so the uniforms are bit-identical to the numpy reference.
 
 Opsets: 7 and later. Range (for the element counter) exists from opset 11; below it, a draw of
-static shape gets its counter words as constants and a runtime shape is refused. Mod exists from
+static shape gets its counter words as constants, a runtime shape counts with NonZero over a
+ConstantOfShape of ones (opsets 9 and 10), and is refused before opset 9. Mod exists from
 opset 10; below it, `a mod W` is `a - (a / W) * W` (integer Div of non-negative values).
 
 Ops used: Constant, Add, Mul, Div, Mod, Gather, Cast, Reshape; for a runtime shape also Shape,
@@ -24,6 +25,7 @@ from onnxfix.graph.builder import NodeBuilder
 from onnxfix.seeded import algorithm as alg
 
 MIN_OPSET = 7
+NONZERO_OPSET = 9
 RANGE_OPSET = 11
 _FLOATS = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
 
@@ -207,20 +209,37 @@ def _counter_words(words: _Words, shape) -> list[str]:
         if count > 1 << alg.COUNTER_BITS:
             raise ModelError(f"shape={static} has more than 2^{alg.COUNTER_BITS} elements, the "
                              f"seeded generator's limit")
-    if b.opset < RANGE_OPSET:
-        if static is None:
+    if static is None and b.opset < RANGE_OPSET:
+        if b.opset < NONZERO_OPSET:
             raise ModelError(f"a seeded draw of runtime shape needs Range (opset "
-                             f"{RANGE_OPSET}); the model uses opset {b.opset}: fix the shape "
-                             f"(a static shape) or use input-noise")
+                             f"{RANGE_OPSET}) or NonZero (opset {NONZERO_OPSET}); the model "
+                             f"uses opset {b.opset}: fix the shape (a static shape) or use "
+                             f"input-noise")
+        index = _nonzero_index(words, shape)
+    elif b.opset < RANGE_OPSET:
         index = np.arange(count, dtype=np.int64)
         return [b.constant(index % alg.WORD, "counter_lo"),
                 b.constant(index // alg.WORD % alg.WORD, "counter_mid"),
                 b.constant(index // (alg.WORD * alg.WORD), "counter_hi"), words.const(0)]
-    total = words.const(count) if static is not None else _runtime_count(words, shape)
-    index = b.op("Range", [words.const(0), total, words.const(1)], "index")
+    else:
+        total = words.const(count) if static is not None else _runtime_count(words, shape)
+        index = b.op("Range", [words.const(0), total, words.const(1)], "index")
     rows = words.div(index, "index_rows")
     return [words.mod(index, "counter_lo"), words.mod(rows, "counter_mid"),
             words.div(rows, "counter_hi"), words.const(0)]
+
+
+def _nonzero_index(words: _Words, shape: str) -> str:
+    """0..count-1 for a runtime shape before Range (opsets 9 and 10): the positions of a
+    flattened ConstantOfShape of ones, as NonZero lists them (in order)."""
+    b = words.b
+    ones = b.op("ConstantOfShape", [_no_zero_dims(words, shape)], "ones",
+                value=onnx.numpy_helper.from_array(np.array([1], dtype=np.int32)))
+    flat = b.op("Reshape", [ones, b.constant(np.array([-1], dtype=np.int64), "flat")],
+                "ones_flat")
+    rows = b.op("NonZero", [flat], "positions")
+    return b.op("Reshape", [rows, b.constant(np.array([-1], dtype=np.int64), "flat_index")],
+                "index")
 
 
 def _unit(words: _Words, bits: str, dtype: int, scale: float, hint: str) -> str:

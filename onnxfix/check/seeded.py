@@ -1,0 +1,242 @@
+"""The seeded model's check: it must equal its input-noise twin fed the noise the generator's
+numpy reference (onnxfix.seeded.algorithm) makes for the same seed.
+
+Per check size and for two seeds (s and s + 1): the seeded model runs twice (the runs must be
+identical), a probe of it reports the shape of every draw (per Loop iteration), the twin is
+made with those sizes as the bounds of its data-dependent dims, and each noise input gets the
+reference draws in the shapes the seeded model really drew (iteration i of a Loop: the
+stream of iteration i, in the prefix its slice reads). Every output must match within the
+usual tolerance: uniforms, and the discrete samples built from them, are bit-identical;
+normals differ from numpy's Log / Cos / Sqrt by a few float32 ulps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxfix.check.check_blame import no_kernel, twin_fails
+from onnxfix.check.check_setup import check_dims, check_feeds, check_sizes, inputs_word
+from onnxfix.check.compare import (
+    CheckSkipped,
+    compare_arrays,
+    dims_text,
+    input_dtype,
+    input_meta,
+    one_line,
+    run_all,
+    symbolic_dims,
+)
+from onnxfix.check.twin_noise import TwinSizes, draw_shape_probe, measured_sizes
+from onnxfix.errors import ModelError
+from onnxfix.passes.tidy import SEED_METADATA_KEY
+from onnxfix.report import NodeRecord, OutputCheck, Parity
+from onnxfix.seeded import algorithm as alg
+
+
+def seed_entry(model: onnx.ModelProto) -> dict:
+    """The model's `onnxfix.seed_input` metadata: {name, draws: [{draw, key, family, ...}]}."""
+    for prop in model.metadata_props:
+        if prop.key == SEED_METADATA_KEY:
+            try:
+                entry = json.loads(prop.value)
+                return {"name": str(entry["name"]), "draws": list(entry["draws"])}
+            except (ValueError, KeyError, TypeError):
+                break
+    raise ModelError(f"the model has no valid {SEED_METADATA_KEY} metadata (not a seeded "
+                     f"rewrite)")
+
+
+def seeded_checks(parity: Parity, opener, original: onnx.ModelProto, model: onnx.ModelProto,
+                  records: list[NodeRecord], make_twin, size: int, seed: int, emit, *,
+                  conditional) -> None:
+    """The whole seeded check: the input-noise twin against the original (`conditional`,
+    the input-noise check) where the twin needs no measured bound, then `check_seeded`."""
+    try:
+        twin = make_twin({})
+    except ModelError:  # a data-dependent noise dim: the twin needs the sizes of a run
+        twin = None
+        emit("NOTE | a noise dim is data-dependent: the input-noise twin is not checked "
+             "against the original here (input-noise mode with --noise-bound does that); "
+             "the seeded model is checked against the twin at the sizes it draws")
+    if twin is not None:
+        try:
+            conditional(parity, opener, original, *twin, size, seed, emit)
+        except CheckSkipped as e:  # the twin's own check; the seeded model's still runs
+            parity.note = f"the input-noise twin was not checked against the original: {e}"
+            emit(f"NOTE | {parity.note}")
+    if parity.status != "failed":
+        check_seeded(parity, opener, model, records, make_twin, size, seed, emit)
+
+
+def check_seeded(parity: Parity, opener, model: onnx.ModelProto, records: list[NodeRecord],
+                 make_twin, size: int, seed: int, emit) -> None:
+    """The seeded model against its twin (see the module doc); results go into `parity`."""
+    entry = seed_entry(model)
+    keys = {d["draw"]: d for d in entry["draws"]}
+    try:
+        sess = opener(model)
+        probe, exposed, exposer = draw_shape_probe(model, records, every=True)
+        probe_sess = opener(probe)
+    except Exception as e:  # noqa: BLE001
+        if no_kernel(e):
+            raise no_kernel(e) from None
+        _fail(parity, f"the seeded model does not load in onnxruntime: {one_line(e)}", emit)
+        return
+    data_inputs = [i for i in sess.get_inputs() if i.name != entry["name"]]
+    out_names = [o.name for o in model.graph.output]
+    twins: dict[tuple, tuple] = {}
+    for k, n in enumerate(check_sizes(size, symbolic_dims(data_inputs))):
+        dims = check_dims(data_inputs, n)
+        if dims not in parity.sizes:
+            parity.sizes.append(dims)
+        feeds = check_feeds(data_inputs, n, np.random.default_rng([seed, 200 + k]))
+        outputs = []
+        for s in (seed, seed + 1):
+            run = {**feeds, entry["name"]: np.array(s, dtype=np.int64)}
+            got = _run_twice(parity, sess, run, out_names, dims, emit)
+            outputs.append(got)
+            shapes = _probe(probe_sess, exposer, run)
+            sizes = measured_sizes(records, exposed, shapes)
+            twin_sess, twin_records = _twin(opener, make_twin, sizes.bounds, twins)
+            noise = _reference_noise(records, twin_records, twin_sess, keys,
+                                     {r: shapes[e] for r, e in exposed.items()}, s,
+                                     _Fallback(sizes, n))
+            try:
+                want = run_all(twin_sess, {**feeds, **noise})
+            except Exception as e:  # noqa: BLE001
+                raise twin_fails(e, "rejects the seeded model's noise") from None
+            for name in out_names:
+                _record(parity, compare_arrays(f"{name} (seed {s})", got[name], want[name],
+                                               parity.atol, parity.rtol, dims), emit)
+        if all(_same(outputs[0][o], outputs[1][o]) for o in out_names):
+            emit(f"NOTE | {dims_text(dims)} | seeds {seed} and {seed + 1} give the same "
+                 f"outputs (no output depends on a draw at these inputs)")
+
+
+def _run_twice(parity, sess, run: dict, out_names, dims, emit) -> dict:
+    try:
+        first, second = run_all(sess, run), run_all(sess, run)
+    except Exception as e:  # noqa: BLE001 - the model's own limits (a fixed Reshape...)
+        raise CheckSkipped(f"the seeded model fails on {inputs_word()} ({dims_text(dims)}): "
+                           f"{one_line(e)}") from None
+    for name in out_names:
+        if not _same(first[name], second[name]):
+            _record(parity, OutputCheck(name, dims, list(first[name].shape), math.inf,
+                                        math.inf, False, "two runs with the same seed differ"),
+                    emit)
+    return first
+
+
+def _probe(probe_sess, exposer, run: dict) -> dict:
+    """One run of the probe: each draw's shape, stacked per Loop iteration (None: never
+    drawn)."""
+    try:
+        got = run_all(probe_sess, run)
+    except Exception as e:  # noqa: BLE001
+        raise CheckSkipped(f"the seeded model's draw shapes cannot be read: {one_line(e)}") \
+            from None
+    exposer.decode(got)
+    return got
+
+
+@dataclass
+class _Fallback:
+    """Sizes for the axes of a noise input whose draw did not happen in this run."""
+
+    sizes: TwinSizes
+    n: int
+
+    def size(self, d) -> int:
+        if isinstance(d, int) and d >= 0:
+            return d
+        return self.sizes.dims.get(d, self.n) if isinstance(d, str) else self.n
+
+
+def _twin(opener, make_twin, bounds: dict[str, int], cache: dict) -> tuple:
+    """The input-noise twin with these bounds, opened once per set of bounds."""
+    key = tuple(sorted(bounds.items()))
+    if key not in cache:
+        try:
+            model, twin_records = make_twin(bounds)
+        except ModelError as e:
+            raise CheckSkipped(f"the seeded check cannot size its input-noise twin: {e}") \
+                from None
+        try:
+            cache[key] = opener(model), twin_records
+        except Exception as e:  # noqa: BLE001
+            raise twin_fails(e, "does not load in onnxruntime") from None
+    return cache[key]
+
+
+def _reference_noise(records, twin_records, twin_sess, keys: dict, drawn: dict, seed: int,
+                     fallback: _Fallback) -> dict[str, np.ndarray]:
+    """Each twin noise input, holding the numpy reference's draws for `seed`."""
+    noise_name = {r.output: r.replacement.name for r in twin_records if r.replacement}
+    noise = {}
+    for rec in records:
+        target = noise_name[rec.output]
+        declared = list(input_meta(twin_sess, target).shape or [])
+        dtype = input_dtype(twin_sess, target)
+        shapes = drawn.get(rec.output)
+        shapes = None if shapes is None else np.asarray(shapes, dtype=np.int64)
+        if shapes is None or shapes.size == 0 and declared:  # never drawn in this run
+            noise[target] = np.zeros([fallback.size(d) for d in declared], dtype=dtype)
+            continue
+        entry = keys[rec.output]
+        noise[target] = reference_draws(entry["family"], seed, int(entry["key"]), shapes,
+                                        declared, dtype)
+    return noise
+
+
+def reference_draws(family: str, seed: int, key: int, drawn: np.ndarray, declared,
+                    dtype: np.dtype) -> np.ndarray:
+    """A noise input of shape `declared` (ints, or names sized by what was drawn) holding
+    each draw's reference noise in its prefix. `drawn` is the draw's shape (1-D), or one
+    shape per Loop iteration (2-D: iteration i draws the stream of iteration i)."""
+    looped = drawn.ndim == 2
+    per = drawn if looped else drawn[None]
+    rank = per.shape[1]
+    most = per.max(axis=0) if len(per) else np.zeros(rank, dtype=np.int64)
+    wanted = [len(per)] + list(most) if looped else list(most)
+    declared = list(declared or [])
+    if len(declared) != len(wanted):
+        raise CheckSkipped(f"internal: a twin noise input has rank {len(declared)}, the seeded "
+                           f"draw {len(wanted)}")
+    shape = [d if isinstance(d, int) and d >= 0 else w for d, w in zip(declared, wanted,
+                                                                         strict=True)]
+    drawn_type = np.float64 if dtype == np.float64 else np.float32
+    draw = alg.normal if family == "normal" else alg.uniform
+    out = np.zeros(shape, dtype=dtype)
+    for i, one in enumerate(per):
+        if 0 in one:
+            continue  # nothing drawn (an If branch not taken, an empty draw)
+        value = draw(seed, key, one, drawn_type, iteration=i if looped else None)
+        region = tuple(slice(0, int(d)) for d in one)
+        out[(i, *region) if looped else region] = value.astype(dtype)
+    return out
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and np.array_equal(
+        a, b, equal_nan=np.issubdtype(a.dtype, np.floating))
+
+
+def _record(parity: Parity, check: OutputCheck, emit) -> None:
+    parity.outputs.append(check)
+    if not check.passed:
+        parity.status = "failed"
+    word = "PASSED" if check.passed else "FAILED"
+    note = f" | {check.note}" if check.note else ""
+    emit(f"{word} | {dims_text(check.dims)} | Output: '{check.name}' {check.shape} | "
+         f"max abs err {check.max_abs_err:.3g} | max rel err {check.max_rel_err:.3g}{note}")
+
+
+def _fail(parity: Parity, reason: str, emit) -> None:
+    parity.status, parity.reason = "failed", reason
+    emit(f"FAILED | {reason}")

@@ -1,0 +1,158 @@
+"""Seeded mode's emit: each random node becomes the in-graph generator (onnxfix.seeded) feeding
+the op's input-noise transform.
+
+The model gets ONE int64 scalar input (`seed` unless taken) and one shared S-box constant at
+the top of the main graph; both reach If / Loop bodies through outer scope. Each site draws
+its own stream, keyed by `site_key` (the same key `noise_feeds(generator="seeded")` uses),
+in the shape the original node drew: its static shape where it has one (or where inference
+proved every dim), else the shape of the tensor it read, at run time (no noise bound needed).
+Inside a Loop, the body's iteration number picks the draw of that pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxfix.errors import ModelError, param, param_name
+from onnxfix.graph.builder import NodeBuilder
+from onnxfix.ops import dtype_name
+from onnxfix.passes.plan import SitePlan
+from onnxfix.report import Replacement
+from onnxfix.seeded import algorithm as alg
+from onnxfix.seeded.graph import (
+    MIN_OPSET,
+    NONZERO_OPSET,
+    RANGE_OPSET,
+    sbox_constant,
+    seeded_normal,
+    seeded_uniform,
+)
+
+SEED_INPUT = "seed"
+_DRAWN = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+
+
+def site_key(location: str, op_type: str, output: str) -> int:
+    """A site's 48-bit stream key: its graph path, op type and output name."""
+    return alg.node_key(f"{location}/{op_type}/{output}")
+
+
+@dataclass
+class SeededGraph:
+    """What every seeded site of one emit shares: the seed input and the S-box constant."""
+
+    seed: str = ""
+    table: str = ""
+    front: list[onnx.NodeProto] = field(default_factory=list)  # nodes for the main graph's top
+    inputs: list[onnx.ValueInfoProto] = field(default_factory=list)
+
+
+@dataclass
+class SeededSite:
+    """One site's generator: the nodes (transform included) and its report entries."""
+
+    replacement: Replacement
+    nodes: list[onnx.NodeProto]
+    meta: dict
+
+
+def shared(state: SeededGraph, names, opset: int) -> SeededGraph:
+    """Allocate the seed input and the S-box once per emit (the first site's call)."""
+    if state.seed:
+        return state
+    state.seed = names.fresh(SEED_INPUT)
+    vi = helper.make_tensor_value_info(state.seed, onnx.TensorProto.INT64, [])
+    vi.doc_string = ("onnxfix seed input: int64 scalar. Every random node draws its own "
+                     "stream from it (onnxfix seeded generator); the same seed gives the same "
+                     "draws on every runtime. Taken modulo 2^24.")
+    state.inputs.append(vi)
+    if opset >= MIN_OPSET:
+        b = NodeBuilder(names, opset, "onnxfix_seeded")
+        state.table = sbox_constant(b)
+        state.front.extend(b.nodes)
+    return state
+
+
+def emit_site(b: NodeBuilder, p: SitePlan, state: SeededGraph) -> SeededSite:
+    """The generator and the transform replacing site `p` (nodes collected in `b`)."""
+    site = p.site
+    _check_opset(b.opset, p)
+    iteration = _iteration(p)
+    shape = _draw_shape(b, p)
+    noise_type = p.dtypes.noise
+    drawn = noise_type if noise_type in _DRAWN else onnx.TensorProto.FLOAT
+    draw = seeded_normal if p.spec.family == "normal" else seeded_uniform
+    key = site_key(site.location, site.op_type, site.output)
+    try:
+        noise = draw(b, state.seed, key, shape, iteration=iteration, dtype=drawn,
+                     table=state.table)
+    except ModelError as e:
+        raise ModelError(f"{site.describe()}: {e}") from None
+    if drawn != noise_type:  # float16 / bfloat16 draws: made in float32, then cast
+        noise = b.op("Cast", [noise], "noise_cast", to=noise_type)
+    p.spec.transform(b, noise, site.node, p.attrs, p.dtypes)
+    repl = Replacement("seeded", state.seed, p.full_shape, dtype_name(noise_type),
+                       dims=[d.to_dict() for d in p.dims])
+    meta = {"draw": site.output, "op_type": site.op_type, "graph": site.location,
+            "family": p.spec.family, "dtype": dtype_name(noise_type), "key": key,
+            "iteration": iteration is not None}
+    return SeededSite(repl, b.nodes, meta)
+
+
+def _check_opset(opset: int, p: SitePlan) -> None:
+    if opset < MIN_OPSET:
+        raise ModelError(f"{p.site.describe()}: the seeded generator needs opset {MIN_OPSET} or "
+                         f"later; the model uses opset {opset}: use "
+                         f"{param('mode', 'input-noise', hint=True)}")
+
+
+def _iteration(p: SitePlan) -> str | None:
+    """The iteration number of the enclosing Loop, or None outside loops."""
+    loops = [s for s in p.site.scopes if s.owner.op_type in ("Loop", "Scan")]
+    if not loops:
+        return None
+    where = p.site.describe()
+    if len(loops) > 1:
+        raise ModelError(f"{where}: a draw inside {len(loops)} nested Loop/Scan bodies is not "
+                         f"supported by seeded mode (one iteration index per draw); use "
+                         f"{param('mode', 'input-noise', hint=True)}")
+    scope = loops[0]
+    if scope.owner.op_type == "Scan":
+        raise ModelError(f"{where}: a draw inside a Scan body is not supported by seeded mode "
+                         f"(a Scan body has no iteration number); use "
+                         f"{param('mode', 'input-noise', hint=True)}")
+    body_inputs = scope.body.input
+    if not body_inputs or not body_inputs[0].name:
+        raise ModelError(f"{where}: its Loop body has no iteration input")
+    return body_inputs[0].name
+
+
+def _draw_shape(b: NodeBuilder, p: SitePlan):
+    """One invocation's noise shape: static dims, or a 1-D int64 shape tensor."""
+    node = p.site.node
+    static = p.spec.static_shape(node)
+    if static is not None:
+        return static
+    if p.shape is not None and all(isinstance(d, int) for d in p.shape):
+        return [int(d) for d in p.shape]
+    if not p.source:
+        raise ModelError(f"{p.site.describe()}: the size of this draw is not known")
+    if b.opset < NONZERO_OPSET:
+        raise ModelError(f"{p.site.describe()}: a seeded draw of runtime shape needs opset "
+                         f"{NONZERO_OPSET} or later (NonZero; Range from {RANGE_OPSET}), the "
+                         f"model uses opset {b.opset}: use "
+                         f"{param('mode', 'input-noise', hint=True)}, or fix the shape with "
+                         f"{param_name('dims')}")
+    need = b.op("Shape", [p.source], "draw_shape")
+    if node.op_type != "Multinomial":
+        return need
+    # Multinomial draws [batch, sample_size] from logits [batch, classes]
+    batch = b.op("Gather", [need, b.constant(np.array([0], dtype=np.int64), "batch_axis")],
+                 "batch", axis=0)
+    samples = b.constant(np.array([int(p.attrs.get("sample_size", 1))], dtype=np.int64),
+                         "samples")
+    return b.op("Concat", [batch, samples], "draw_shape", axis=0)
