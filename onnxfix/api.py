@@ -133,8 +133,10 @@ def _rewrite(original, source, skeleton, options: RewriteOptions, settings: Chec
     report = RewriteReport(
         mode=options.mode, input=source, output=str(output) if output is not None else None,
         nodes=records, ops_before=op_counts(original), ops_after=op_counts(new_model),
-        new_inputs=[r.replacement.name for r in records
-                    if r.replacement and r.replacement.kind == "input"],
+        new_inputs=list(dict.fromkeys(r.replacement.name for r in records if r.replacement
+                                      and r.replacement.kind in ("input", "seeded"))),
+        seed_input=next((r.replacement.name for r in records
+                         if r.replacement and r.replacement.kind == "seeded"), None),
         ops_kept=sum(1 for r in records if r.status == "kept"),
         redeclared_outputs=redeclare_output_shapes(new_model) if rewritten else [],
     )
@@ -187,10 +189,14 @@ def inspect(model_or_path: ModelLike) -> InspectReport:
 
 
 def noise_feeds(model_or_path: ModelLike, dims: dict[str, int] | None = None,
-                seed: int | None = None, rng=None) -> dict:
+                seed: int | None = None, rng=None, generator: str = "numpy") -> dict:
     """The standard-noise arrays a rewritten model needs for one run, read from the graph.
 
     dims gives sizes for the symbolic dims of the noise inputs (e.g. {"batch": 4}).
+    generator: "numpy" (numpy's PCG64 from `seed`, or `rng`) or "seeded": the noise the
+    seeded rewrite of the same original draws in-graph with `seed`, so an input-noise model
+    fed it computes what the seeded model computes. A seeded model itself has no noise
+    inputs: its feed is {seed input: seed} (with either generator).
     """
     model, _ = _load(model_or_path)
-    return make_noise_feeds(model, dims=dims, seed=seed, rng=rng)
+    return make_noise_feeds(model, dims=dims, seed=seed, rng=rng, generator=generator)

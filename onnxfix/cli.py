@@ -355,6 +355,9 @@ def _summary(rep: RewriteReport, verbose: bool) -> list[str]:
         if verbose:
             lines.append(f"      distribution: {n.distribution}")
     lines.extend(_op_table(rep))
+    if rep.seed_input:
+        lines.append(f"  seed input: '{rep.seed_input}' (int64 scalar; the same seed gives the "
+                     f"same draws on every runtime)")
     lines.extend(f"  output '{c.output}' re-declared: declared {_dims_text(c.declared)}, shape "
                  f"inference proves {_dims_text(c.inferred)}" for c in rep.redeclared_outputs)
     lines.append(_parity_summary(rep))
@@ -416,6 +419,9 @@ def inspect_cmd(
         typer.echo(rep.to_json())
     elif not rep.nodes:
         typer.echo(f"{model}: no random nodes")
+    if not as_json and rep.seed_input:
+        typer.echo(f"{model}: seed input '{rep.seed_input['name']}' (int64 scalar) drives "
+                   f"{len(rep.seed_input['draws'])} seeded draw(s)")
     else:
         rows = [("graph", "op", "node", "output", "dtype", "shape", "attributes", "consumers",
                  "noise input")]

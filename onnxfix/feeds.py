@@ -1,7 +1,8 @@
 """`onnxfix.noise_feeds`: the standard noise a rewritten model needs for one run.
 
 Everything is read from the model itself (the `onnxfix.noise_inputs` metadata, else each
-noise input's doc_string), so deployment code never hard-codes names, shapes or dtypes.
+noise input's doc_string), so deployment code never hard-codes names, shapes or dtypes. A
+seeded model's feed is its seed input (the `onnxfix.seed_input` metadata names it).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import json
 import numpy as np
 import onnx
 
-from onnxfix.errors import ModelError, UsageError
+from onnxfix.errors import ModelError, UsageError, param, param_name
 from onnxfix.ops import NORMAL, UNIFORM, np_dtype
-from onnxfix.passes.tidy import NOISE_METADATA_KEY
+from onnxfix.passes.tidy import NOISE_METADATA_KEY, seed_metadata
 from onnxfix.sampler import standard_noise
+from onnxfix.seeded.algorithm import SEED_BITS
+from onnxfix.seeded.algorithm import standard_noise as seeded_noise
 
 
 def noise_inputs(model: onnx.ModelProto) -> list[dict]:
@@ -37,8 +40,10 @@ def noise_inputs(model: onnx.ModelProto) -> list[dict]:
         if t.HasField("shape"):
             shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                      for d in t.shape.dim]
+        entry = meta.get(name, {})
         found.append({"name": name, "family": family, "elem_type": t.elem_type, "shape": shape,
-                      "dims": meta.get(name, {}).get("dims") or []})
+                      "dims": entry.get("dims") or [], "seeded_key": entry.get("seeded_key"),
+                      "loops": entry.get("loops") or []})
     return found
 
 
@@ -50,10 +55,18 @@ def _family_from_doc(doc: str) -> str | None:
 
 
 def make_noise_feeds(model: onnx.ModelProto, dims: dict[str, int] | None = None,
-                     seed: int | None = None,
-                     rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+                     seed: int | None = None, rng: np.random.Generator | None = None,
+                     generator: str = "numpy") -> dict[str, np.ndarray]:
+    """generator: "numpy" (numpy's PCG64 from `seed` or `rng`) or "seeded" (what the seeded
+    rewrite of the same original draws with `seed`, element for element)."""
     dims = dict(dims or {})
-    rng = rng if rng is not None else np.random.default_rng(seed)
+    if generator not in GENERATORS:
+        raise UsageError(f"{param('generator', generator)}: choose one of "
+                         f"{', '.join(GENERATORS)}")
+    if generator == "seeded":
+        _check_seeded_request(seed, rng)
+    else:
+        rng = rng if rng is not None else np.random.default_rng(seed)
     feeds = {}
     entries = noise_inputs(model)
     dims = {**_derived_sizes(model, entries, dims), **dims}
@@ -66,9 +79,50 @@ def make_noise_feeds(model: onnx.ModelProto, dims: dict[str, int] | None = None,
             raise UsageError(f"noise input '{entry['name']}' needs a size for {names}: "
                              f"pass dims={{...}}")
         shape = [d if isinstance(d, int) else dims[d] for d in entry["shape"]]
-        feeds[entry["name"]] = standard_noise(rng, entry["family"], shape,
-                                              np_dtype(entry["elem_type"]))
+        dtype = np_dtype(entry["elem_type"])
+        if generator == "seeded":
+            feeds[entry["name"]] = _seeded_noise(entry, int(seed), shape, dtype)
+        else:
+            feeds[entry["name"]] = standard_noise(rng, entry["family"], shape, dtype)
+    seeded = seed_metadata(model)
+    if seeded is not None and seeded["name"] in {i.name for i in model.graph.input}:
+        value = seed if seed is not None else rng.integers(0, 1 << SEED_BITS)
+        feeds[seeded["name"]] = np.array(int(value), dtype=np.int64)
     return feeds
+
+
+GENERATORS = ("numpy", "seeded")
+
+
+def _check_seeded_request(seed, rng) -> None:
+    if rng is not None:
+        raise UsageError(f"{param_name('rng')} with {param('generator', 'seeded')}: the seeded "
+                         f"generator draws from {param_name('seed')} alone")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(f"{param('seed', seed)} with {param('generator', 'seeded')}: the seeded "
+                         f"generator needs a non-negative integer seed")
+
+
+def _seeded_noise(entry: dict, seed: int, shape: list[int], dtype: np.dtype) -> np.ndarray:
+    """One noise input as the seeded rewrite draws it (float16 noise: drawn in float32)."""
+    name = entry["name"]
+    if entry.get("seeded_key") is None:
+        raise ModelError(f"noise input '{name}' has no seeded_key in the {NOISE_METADATA_KEY} "
+                         f"metadata (rewritten by an older onnxfix): rewrite the model again")
+    bounded = [d for d in entry["dims"] if d.get("kind") == "bounded"]
+    if bounded:
+        raise UsageError(f"noise input '{name}' has a data-dependent dim ({bounded[0]['name']}): "
+                         f"the seeded generator draws the size each run computes, which no "
+                         f"host-side noise can know in advance; run the seeded rewrite instead")
+    loops = list(entry.get("loops") or [])
+    if len(loops) > 1 or "Scan" in loops:
+        raise UsageError(f"noise input '{name}' is drawn inside "
+                         f"{' / '.join(loops)} bodies, which seeded mode does not rewrite")
+    drawn = np.float64 if dtype == np.float64 else np.float32
+    iterations = shape[0] if loops else None
+    local = shape[1:] if loops else shape
+    return seeded_noise(entry["family"], seed, int(entry["seeded_key"]), local, drawn,
+                        iterations=iterations).astype(dtype)
 
 
 def _derived_sizes(model: onnx.ModelProto, entries: list[dict],

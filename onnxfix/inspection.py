@@ -14,6 +14,7 @@ from onnxfix.ops import attribute_refs, attrs_of, dtype_name, spec_for
 from onnxfix.passes.emit import emit
 from onnxfix.passes.plan import plan
 from onnxfix.passes.prepare import prepare
+from onnxfix.passes.tidy import seed_metadata
 
 
 @dataclass
@@ -36,6 +37,8 @@ class RandomNodeInfo:
 class InspectReport:
     model: str | None
     nodes: list[RandomNodeInfo]
+    # a seeded rewrite's seed input: {"name", "draws": [{draw, op_type, graph, family, ...}]}
+    seed_input: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,7 +79,7 @@ def inspect_model(model: onnx.ModelProto, origin: str | None = None) -> InspectR
         nodes.append(RandomNodeInfo(node.op_type, node.name, node.output[0], site.location,
                                     dtype, shape, attrs, readers.get(node.output[0], []),
                                     noise))
-    return InspectReport(origin, nodes)
+    return InspectReport(origin, nodes, seed_metadata(model))
 
 
 def _planned_noise(model: onnx.ModelProto) -> dict[str, dict]:

@@ -14,7 +14,7 @@ from onnxfix.graph.find import iter_graphs
 
 @dataclass
 class Replacement:
-    kind: str  # "input" | "initializer" | "deterministic"
+    kind: str  # "input" | "initializer" | "deterministic" | "seeded" (name: the seed input)
     name: str
     shape: list | None
     dtype: str
@@ -96,6 +96,7 @@ class RewriteReport:
     new_inputs: list[str] = field(default_factory=list)
     ops_kept: int = 0
     redeclared_outputs: list[ShapeCorrection] = field(default_factory=list)
+    seed_input: str | None = None  # seeded mode: the int64 scalar input taking the seed
 
     def to_dict(self) -> dict:
         d = asdict(self)

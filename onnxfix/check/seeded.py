@@ -12,7 +12,6 @@ normals differ from numpy's Log / Cos / Sqrt by a few float32 ulps.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
@@ -33,22 +32,18 @@ from onnxfix.check.compare import (
 )
 from onnxfix.check.twin_noise import TwinSizes, draw_shape_probe, measured_sizes
 from onnxfix.errors import ModelError
-from onnxfix.passes.tidy import SEED_METADATA_KEY
+from onnxfix.passes.tidy import SEED_METADATA_KEY, seed_metadata
 from onnxfix.report import NodeRecord, OutputCheck, Parity
 from onnxfix.seeded import algorithm as alg
 
 
 def seed_entry(model: onnx.ModelProto) -> dict:
-    """The model's `onnxfix.seed_input` metadata: {name, draws: [{draw, key, family, ...}]}."""
-    for prop in model.metadata_props:
-        if prop.key == SEED_METADATA_KEY:
-            try:
-                entry = json.loads(prop.value)
-                return {"name": str(entry["name"]), "draws": list(entry["draws"])}
-            except (ValueError, KeyError, TypeError):
-                break
-    raise ModelError(f"the model has no valid {SEED_METADATA_KEY} metadata (not a seeded "
-                     f"rewrite)")
+    """The model's seed metadata (see passes.tidy.seed_metadata); a ModelError without it."""
+    entry = seed_metadata(model)
+    if entry is None:
+        raise ModelError(f"the model has no valid {SEED_METADATA_KEY} metadata (not a seeded "
+                         f"rewrite)")
+    return entry
 
 
 def seeded_checks(parity: Parity, opener, original: onnx.ModelProto, model: onnx.ModelProto,

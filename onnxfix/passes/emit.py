@@ -211,6 +211,9 @@ def _emit_input_noise(ctx: _Context, p: SitePlan) -> SiteEmission:
                     "dims": repl.dims,
                     # what noise_feeds(generator="seeded") draws: the seeded rewrite's stream
                     "seeded_key": site_key(site.location, site.op_type, site.output)}
+    if p.lead:  # the loops the leading axes iterate over, outermost first
+        e.noise_meta["loops"] = [s.owner.op_type for s in site.scopes
+                                 if s.owner.op_type in ("Loop", "Scan")]
     return _transformed(ctx, b, e, top)
 
 

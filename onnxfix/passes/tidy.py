@@ -32,6 +32,19 @@ def tidy(before: onnx.ModelProto, after: onnx.ModelProto,
     return after
 
 
+def seed_metadata(model: onnx.ModelProto) -> dict | None:
+    """A seeded rewrite's `onnxfix.seed_input` entry: {"name": the seed input, "draws": [{draw,
+    op_type, graph, family, dtype, key, iteration}]}; None when absent or not valid."""
+    for prop in model.metadata_props:
+        if prop.key == SEED_METADATA_KEY:
+            try:
+                entry = json.loads(prop.value)
+                return {"name": str(entry["name"]), "draws": list(entry["draws"])}
+            except (ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
 def record_noise_metadata(model: onnx.ModelProto, entries: list[dict]) -> None:
     """Append `entries` to the model's `onnxfix.noise_inputs` list (other props unchanged)."""
     existing = []
