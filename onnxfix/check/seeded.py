@@ -74,9 +74,9 @@ def check_seeded(parity: Parity, opener, model: onnx.ModelProto, records: list[N
     entry = seed_entry(model)
     keys = {d["draw"]: d for d in entry["draws"]}
     try:
-        sess = opener(model)
+        # one session: the model's outputs and the shape of every draw (per Loop iteration)
         probe, exposed, exposer = draw_shape_probe(model, records, every=True)
-        probe_sess = opener(probe)
+        sess = opener(probe)
     except Exception as e:  # noqa: BLE001
         if no_kernel(e):
             raise no_kernel(e) from None
@@ -95,7 +95,7 @@ def check_seeded(parity: Parity, opener, model: onnx.ModelProto, records: list[N
             run = {**feeds, entry["name"]: np.array(s, dtype=np.int64)}
             got = _run_twice(parity, sess, run, out_names, dims, emit)
             outputs.append(got)
-            shapes = _probe(probe_sess, exposer, run)
+            shapes = _decoded(exposer, got)
             sizes = measured_sizes(records, exposed, shapes)
             twin_sess, twin_records = _twin(opener, make_twin, sizes.bounds, twins)
             noise = _reference_noise(records, twin_records, twin_sess, keys,
@@ -127,16 +127,17 @@ def _run_twice(parity, sess, run: dict, out_names, dims, emit) -> dict:
     return first
 
 
-def _probe(probe_sess, exposer, run: dict) -> dict:
-    """One run of the probe: each draw's shape, stacked per Loop iteration (None: never
-    drawn)."""
+def _decoded(exposer, got: dict) -> dict:
+    """The draw shapes of a run of the probe, stacked per Loop iteration (None: never drawn)."""
+    shapes = dict(got)
     try:
-        got = run_all(probe_sess, run)
+        exposer.decode(shapes)
+    except CheckSkipped:
+        raise
     except Exception as e:  # noqa: BLE001
         raise CheckSkipped(f"the seeded model's draw shapes cannot be read: {one_line(e)}") \
             from None
-    exposer.decode(got)
-    return got
+    return shapes
 
 
 @dataclass

@@ -1,0 +1,261 @@
+"""Seeded mode end to end (issue 13): every random node becomes the in-graph generator; the
+check proves the seeded model equals its input-noise twin fed the numpy reference's draws."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import FIXTURES, expose, full_check, parse, real_model_path, run
+
+import onnxfix
+from onnxfix.errors import ModelError, ParityError, UsageError
+from onnxfix.passes import emit_seeded
+from onnxfix.passes.tidy import seed_metadata
+from onnxfix.seeded import algorithm as alg
+
+ALL_FIXTURES = sorted(p.relative_to(FIXTURES).as_posix()
+                      for folder in (FIXTURES, FIXTURES / "edge", FIXTURES / "arch")
+                      for p in folder.glob("*.onnx"))
+
+# fixtures seeded mode refuses, and the one line saying why (input-noise handles them all)
+REFUSED = {
+    "edge/dropout_opset6_is_test0.onnx":
+        "Dropout -> 'y' (main): the seeded generator needs opset 7 or later; the model uses "
+        "opset 6: use mode='input-noise'",
+    "edge/old_dropout_op6_mask.onnx":
+        "Dropout -> 'y' (main): the seeded generator needs opset 7 or later; the model uses "
+        "opset 6: use mode='input-noise'",
+    "edge/old_random_normal_op6.onnx":
+        "RandomNormal -> 'd' (main): the seeded generator needs opset 7 or later; the model "
+        "uses opset 6: use mode='input-noise'",
+    "edge/if_in_scan.onnx":
+        "RandomNormalLike -> 'eps' (main/Scan#0.body/If#3.then_branch): a draw inside a Scan "
+        "body is not supported by seeded mode (a Scan body has no iteration number); use "
+        "mode='input-noise'",
+}
+
+REAL = ["migraphx_multinomial_autoseed_dyn_test.onnx", "migraphx_randomnormallike_test.onnx",
+        "migraphx_randomuniform_test.onnx", "mlagents_3DBallHard.onnx",
+        "mlagents_BigWallJump.onnx", "mlagents_hybrid0vis8vec_2c_2_3d_v2_0.onnx",
+        "onnx_test_bernoulli_seed_expanded_op15.onnx", "onnx_test_bernoulli_seed_op15.onnx"]
+
+NORMAL_LIKE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 3] x) => (float[batch, 3] y) {
+  r = RandomNormalLike<mean = 2.0, scale = 0.5>(x)
+  y = Add(x, r)
+}"""
+
+# a Loop whose i-th pass draws i + 1 uniforms (its trip count is an input: data-dependent)
+VARYING_LOOP = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (int64 n) => (float[m] out) {
+  t = Constant<value = bool {1}>()
+  init = Constant<value = float[1] {0.0}>()
+  out = Loop(n, t, init) <body = body (int64 i, bool c, float[k] acc) => (bool c2, float[j] acc2) {
+      c2 = Identity(c)
+      one = Constant<value = int64 {1}>()
+      i1 = Add(i, one)
+      axes = Constant<value = int64[1] {0}>()
+      len = Unsqueeze(i1, axes)
+      zeros = ConstantOfShape(len)
+      u = RandomUniformLike(zeros)
+      acc2 = Concat<axis = 0>(acc, u)
+  }>
+}"""
+
+
+def _seed_feed(model: onnx.ModelProto, seed: int) -> dict:
+    return {seed_metadata(model)["name"]: np.array(seed, dtype=np.int64)}
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_every_fixture_rewrites_seeded_and_passes_the_check(name):
+    path = FIXTURES / name
+    if name in REFUSED:
+        with pytest.raises(ModelError) as e:
+            onnxfix.rewrite(str(path), "seeded")
+        assert str(e.value) == REFUSED[name]
+        onnxfix.rewrite(str(path), "input-noise", check=False)  # the alternative it names
+        return
+    new, report = onnxfix.rewrite(str(path), "seeded")
+    assert report.parity.status == "passed", report.parity.reason
+    assert onnxfix.inspect(new).nodes == []
+    assert report.seed_input == "seed" and "seed" in report.new_inputs
+    seed_input = next(i for i in new.graph.input if i.name == "seed")
+    assert seed_input.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert len(seed_input.type.tensor_type.shape.dim) == 0
+    assert any(c.name.endswith("(seed 1)") for c in report.parity.outputs)
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_models_rewrite_seeded_and_pass(name):
+    path = real_model_path(name)
+    new, report = onnxfix.rewrite(str(path), "seeded")
+    assert report.parity.status == "passed", report.parity.reason
+    assert onnxfix.inspect(new).nodes == []
+    original = onnx.load(str(path))
+    assert new.opset_import[0].version == original.opset_import[0].version
+
+
+def test_seeded_random_normal_like_ops_and_bits():
+    new, report = onnxfix.rewrite(parse(NORMAL_LIKE), "seeded")
+    full_check(new)
+    assert [i.name for i in new.graph.input] == ["x", "seed"]
+    ops = [n.op_type for n in new.graph.node]
+    assert collections.Counter(ops) == {
+        "Add": 106, "Mod": 64, "Constant": 51, "Gather": 40, "Mul": 8, "Div": 3, "Cast": 3,
+        "Reshape": 3, "Shape": 2, "Equal": 1, "ConstantOfShape": 1, "Range": 1, "Log": 1,
+        "Sqrt": 1, "Cos": 1, "Expand": 1}
+    # Box-Muller, reshaped to the input's runtime shape, the node's transform, the model's Add
+    assert ops[-15:] == ["Constant", "Log", "Mul", "Sqrt", "Constant", "Mul", "Cos", "Mul",
+                         "Reshape", "Expand", "Constant", "Mul", "Constant", "Add", "Add"]
+    x = np.zeros([4, 3], dtype=np.float32)
+    got = run(new, {"x": x, **_seed_feed(new, 11)})["y"]
+    key = seed_metadata(new)["draws"][0]["key"]
+    want = np.float32(2.0) + np.float32(0.5) * alg.normal(11, key, [4, 3])
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    assert report.parity.status == "passed"
+
+
+def test_same_seed_same_outputs_next_seed_differs():
+    new, _ = onnxfix.rewrite(str(FIXTURES / "mixed_dynamic_dynamo.onnx"), "seeded", check=False)
+    x = np.random.default_rng(0).standard_normal([3, 10]).astype(np.float32)
+    a, b, c = (run(new, {"x": x, **_seed_feed(new, s)}) for s in (5, 5, 6))
+    for name in a:
+        assert np.array_equal(a[name], b[name])
+    assert any(not np.array_equal(a[name], c[name]) for name in a)
+
+
+def test_loop_draw_whose_shape_varies_per_iteration():
+    model = parse(VARYING_LOOP)
+    with pytest.raises(ModelError, match="data-dependent"):  # input-noise needs a bound
+        onnxfix.rewrite(model, "input-noise")
+    new, report = onnxfix.rewrite(model, "seeded")
+    assert report.parity.status == "passed"
+    key = seed_metadata(new)["draws"][0]["key"]
+    got = run(new, {"n": np.array(4, dtype=np.int64), **_seed_feed(new, 9)})["out"]
+    want = np.concatenate([[0.0]] + [alg.uniform(9, key, [i + 1], iteration=i)
+                                     for i in range(4)]).astype(np.float32)
+    assert np.array_equal(got, want)  # uniforms: bit for bit
+
+
+def test_data_dependent_vits_length_needs_no_noise_bound():
+    path = str(FIXTURES / "arch" / "transformers_vits_ts17.onnx")
+    with pytest.raises(ModelError, match="noise_bounds"):
+        onnxfix.rewrite(path, "input-noise", check=False)
+    new, report = onnxfix.rewrite(path, "seeded")
+    assert report.parity.status == "passed"
+    assert len(report.parity.sizes) == 2  # both check sizes: frames differ per run
+
+
+def test_noise_feeds_seeded_reproduces_the_seeded_model():
+    path = str(FIXTURES / "mixed_dynamic_dynamo.onnx")
+    seeded, _ = onnxfix.rewrite(path, "seeded", check=False)
+    noisy, _ = onnxfix.rewrite(path, "input-noise", check=False)
+    x = np.random.default_rng(1).standard_normal([3, 10]).astype(np.float32)
+    assert onnxfix.noise_feeds(seeded, seed=21) == {"seed": np.array(21)}
+    feeds = onnxfix.noise_feeds(noisy, dims={"batch": 3}, seed=21, generator="seeded")
+    draws = ["randn_like", "rand_like", "bernoulli"]
+    want = run(expose(seeded, draws), {"x": x, **onnxfix.noise_feeds(seeded, seed=21)})
+    got = run(expose(noisy, draws), {"x": x, **feeds})
+    assert sorted(got) == sorted(want) == ["bernoulli", "idx", "rand_like", "randn_like", "y"]
+    for name in ("rand_like", "bernoulli", "idx"):  # built from uniforms: bit for bit
+        assert np.array_equal(got[name], want[name])
+    for name in ("randn_like", "y"):  # Log / Cos / Sqrt: onnxruntime's against numpy's
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6)
+    other = onnxfix.noise_feeds(noisy, dims={"batch": 3}, seed=22, generator="seeded")
+    assert not np.array_equal(other["noise_rand_like"], feeds["noise_rand_like"])
+
+
+def test_noise_feeds_seeded_in_a_loop():
+    path = str(FIXTURES / "edge" / "ddpm_loop_script.onnx")
+    seeded, _ = onnxfix.rewrite(path, "seeded", check=False)
+    noisy, _ = onnxfix.rewrite(path, "input-noise", check=False)
+    rng = np.random.default_rng(2)
+    inputs = {"cond": rng.standard_normal([2, 2, 4, 4]).astype(np.float32),
+              "timesteps": np.arange(3, dtype=np.float32)}
+    feeds = onnxfix.noise_feeds(noisy, dims={"batch": 2, "steps": 3}, seed=4,
+                                generator="seeded")
+    want = run(seeded, {**inputs, **_seed_feed(seeded, 4)})
+    got = run(noisy, {**inputs, **feeds})
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+
+
+def test_noise_feeds_seeded_errors():
+    noisy, _ = onnxfix.rewrite(parse(NORMAL_LIKE), "input-noise", check=False)
+    with pytest.raises(UsageError) as e:
+        onnxfix.noise_feeds(noisy, dims={"batch": 2}, seed=1, generator="pcg")
+    assert str(e.value) == "generator='pcg': choose one of numpy, seeded"
+    with pytest.raises(UsageError) as e:
+        onnxfix.noise_feeds(noisy, dims={"batch": 2}, generator="seeded")
+    assert str(e.value) == ("seed=None with generator='seeded': the seeded generator needs a "
+                            "non-negative integer seed")
+    with pytest.raises(UsageError) as e:
+        onnxfix.noise_feeds(noisy, dims={"batch": 2}, seed=1, rng=np.random.default_rng(),
+                            generator="seeded")
+    assert str(e.value) == ("rng with generator='seeded': the seeded generator draws from "
+                            "seed alone")
+
+
+def test_check_fails_when_the_graph_draws_another_stream(monkeypatch):
+    real = emit_seeded.seeded_normal
+
+    def off_by_one(b, seed, key, *args, **kwargs):
+        return real(b, seed, key ^ 1, *args, **kwargs)
+
+    monkeypatch.setattr(emit_seeded, "seeded_normal", off_by_one)
+    with pytest.raises(ParityError) as e:
+        onnxfix.rewrite(parse(NORMAL_LIKE), "seeded")
+    assert e.value.report.parity.status == "failed"
+    assert any(not c.passed and c.name.startswith("y (seed") for c in
+               e.value.report.parity.outputs)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnxfix", *args], capture_output=True,
+                          text=True)
+
+
+def test_cli_seeded_prints_the_seed_input_and_inspect_reports_it(tmp_path: Path):
+    out = tmp_path / "seeded.onnx"
+    done = _cli("rewrite", str(FIXTURES / "ref1_static_ts.onnx"), str(out), "--mode", "seeded")
+    assert done.returncode == 0, done.stderr
+    assert "  seed input: 'seed' (int64 scalar; the same seed gives the same draws on every " \
+           "runtime)" in done.stdout.splitlines()
+    shown = _cli("inspect", str(out))
+    assert shown.returncode == 0
+    assert shown.stdout.splitlines() == [f"{out}: no random nodes",
+                                         f"{out}: seed input 'seed' (int64 scalar) drives 1 "
+                                         f"seeded draw(s)"]
+
+
+def test_cli_seeded_refusal_is_one_line_exit_3(tmp_path: Path):
+    out = tmp_path / "x.onnx"
+    done = _cli("rewrite", str(FIXTURES / "edge" / "old_random_normal_op6.onnx"), str(out),
+                "--mode", "seeded")
+    assert done.returncode == 3
+    assert done.stderr == ("onnxfix: error: RandomNormal -> 'd' (main): the seeded generator "
+                           "needs opset 7 or later; the model uses opset 6: use --mode "
+                           "input-noise\n")
+    assert not out.exists()
+
+
+def test_seed_input_name_is_made_unique():
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] seed) => (float[2] y) {
+      r = RandomUniformLike(seed)
+      y = Add(seed, r)
+    }""")
+    new, report = onnxfix.rewrite(model, "seeded")
+    assert report.seed_input == "seed_1"
+    assert [i.name for i in new.graph.input] == ["seed", "seed_1"]
+    assert report.parity.status == "passed"
