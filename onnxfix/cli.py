@@ -159,8 +159,10 @@ _OUTPUT = typer.Argument(..., help="Where to write the rewritten model (a folder
 _MODE = typer.Option(Mode.input_noise, "--mode", "-m",
                      help="input-noise: each draw becomes a graph input taking standard noise; "
                           "constant: a seeded draw frozen into the model; deterministic: the "
-                          "mean / most probable outcome.")
-_SEED = typer.Option(0, "--seed", help="Seed for constant-mode draws and check inputs.")
+                          "mean / most probable outcome; seeded: an in-graph generator driven "
+                          "by one int64 'seed' input (the same draws on every runtime).")
+_SEED = typer.Option(0, "--seed", help="Seed for constant-mode draws and check inputs (seeded "
+                                       "mode: the first seed its check runs).")
 _DIM = typer.Option(None, "--dim", metavar="NAME=VALUE",
                     help="Fix a symbolic dim model-wide (repeatable).")
 _NOISE_BOUND = typer.Option(None, "--noise-bound", metavar="NAME=N",

@@ -45,7 +45,7 @@ PASS_ENTRY = {
 # Pass parameters with their types and defaults; `options` forwards any other keyword of
 # `onnxfix.rewrite` (e.g. check_size, max_draw_bytes, or options added later) unchanged.
 _PARAMS = {
-    "mode": (str, "input-noise", "input-noise, constant or deterministic"),
+    "mode": (str, "input-noise", "input-noise, constant, deterministic or seeded"),
     "seed": (int, 0, "seed of constant-mode draws and of the check's inputs"),
     "dims": (dict, None, "sizes for symbolic dims, e.g. {\"batch\": 1}"),
     "only": (list, None, "glob patterns selecting the random nodes to rewrite"),

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from onnxfix.check.check_guard import make_limits
-from onnxfix.errors import UsageError, param
+from onnxfix.errors import UsageError, param, param_name
 from onnxfix.graph.find import Selector, make_selector
 from onnxfix.passes.emit import DEFAULT_MAX_DRAW_BYTES, MODES, NOISE_DTYPES
 
@@ -24,8 +24,10 @@ MAX_CHECK_SIZE = 2**16
 class RewriteOptions:
     """What to rewrite and how.
 
-    mode: "input-noise" (standard noise as new graph inputs), "constant" (seeded draws) or
-        "deterministic" (the mean / most probable outcome, no mask).
+    mode: "input-noise" (standard noise as new graph inputs), "constant" (seeded draws),
+        "deterministic" (the mean / most probable outcome, no mask) or "seeded" (an in-graph
+        counter-based generator driven by one int64 `seed` input: the same draws on every
+        runtime; noise_dtype and noise_bounds do not apply).
     seed: seeds constant-mode draws (and the check's synthetic inputs).
     dims: sizes for symbolic dims, fixed model-wide (constant mode needs concrete shapes).
     noise_dtype: "same", "float32" or "float16": the dtype noise inputs are fed in (cast
@@ -56,6 +58,8 @@ class RewriteOptions:
             object.__setattr__(self, name, tuple(getattr(self, name) or ()))
         _choose("mode", self.mode, MODES)
         _choose("noise_dtype", self.noise_dtype, tuple(NOISE_DTYPES))
+        if self.mode == "seeded":
+            _refuse_for_seeded(self.noise_dtype, self.noise_bounds)
         if self.seed < 0:
             raise UsageError(f"{param('seed', self.seed)}: the seed must be a non-negative "
                              f"integer")
@@ -106,6 +110,16 @@ class CheckSettings:
             raise UsageError(f"{param('fail_on_skip', True)} with {param('check', False)}: "
                              f"a check that is not run would always fail")
         make_limits(self.memory_mb, self.timeout)  # a bad value is refused before any work
+
+
+def _refuse_for_seeded(noise_dtype: str, noise_bounds: Mapping[str, int]) -> None:
+    seeded = param("mode", "seeded", hint=True)
+    if noise_dtype != "same":
+        raise UsageError(f"{param('noise_dtype', noise_dtype, hint=True)} with {seeded}: a "
+                         f"seeded model has no noise inputs (its draws are made in-graph)")
+    if noise_bounds:
+        raise UsageError(f"{param_name('noise_bounds')} with {seeded}: a seeded draw takes the "
+                         f"size each run computes, so it needs no bound")
 
 
 def _choose(name: str, value, allowed: tuple[str, ...]) -> None:

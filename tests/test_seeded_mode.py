@@ -259,3 +259,15 @@ def test_seed_input_name_is_made_unique():
     assert report.seed_input == "seed_1"
     assert [i.name for i in new.graph.input] == ["seed", "seed_1"]
     assert report.parity.status == "passed"
+
+
+def test_options_that_do_not_apply_to_seeded_mode_are_refused(tmp_path: Path):
+    with pytest.raises(UsageError) as e:
+        onnxfix.rewrite(parse(NORMAL_LIKE), "seeded", noise_dtype="float16")
+    assert str(e.value) == ("noise_dtype='float16' with mode='seeded': a seeded model has no "
+                            "noise inputs (its draws are made in-graph)")
+    done = _cli("rewrite", str(FIXTURES / "ref1_static_ts.onnx"), str(tmp_path / "x.onnx"),
+                "--mode", "seeded", "--noise-bound", "noise_x:1=4")
+    assert done.returncode == 2
+    assert done.stderr == ("onnxfix: error: --noise-bound with --mode seeded: a seeded draw "
+                           "takes the size each run computes, so it needs no bound\n")
