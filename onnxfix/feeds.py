@@ -115,7 +115,7 @@ def _seeded_noise(entry: dict, seed: int, shape: list[int], dtype: np.dtype) -> 
                          f"the seeded generator draws the size each run computes, which no "
                          f"host-side noise can know in advance; run the seeded rewrite instead")
     loops = list(entry.get("loops") or [])
-    if len(loops) > 1 or "Scan" in loops:
+    if len(loops) > 1:
         raise UsageError(f"noise input '{name}' is drawn inside "
                          f"{' / '.join(loops)} bodies, which seeded mode does not rewrite")
     drawn = np.float64 if dtype == np.float64 else np.float32

@@ -34,10 +34,6 @@ REFUSED = {
     "edge/old_random_normal_op6.onnx":
         "RandomNormal -> 'd' (main): the seeded generator needs opset 7 or later; the model "
         "uses opset 6: use mode='input-noise'",
-    "edge/if_in_scan.onnx":
-        "RandomNormalLike -> 'eps' (main/Scan#0.body/If#3.then_branch): a draw inside a Scan "
-        "body is not supported by seeded mode (a Scan body has no iteration number); use "
-        "mode='input-noise'",
 }
 
 REAL = ["migraphx_multinomial_autoseed_dyn_test.onnx", "migraphx_randomnormallike_test.onnx",
@@ -271,3 +267,46 @@ def test_options_that_do_not_apply_to_seeded_mode_are_refused(tmp_path: Path):
     assert done.returncode == 2
     assert done.stderr == ("onnxfix: error: --noise-bound with --mode seeded: a seeded draw "
                            "takes the size each run computes, so it needs no bound\n")
+
+
+def test_scan_body_draws_count_passes_with_an_extra_state():
+    path = str(FIXTURES / "edge" / "if_in_scan.onnx")
+    seeded, report = onnxfix.rewrite(path, "seeded")
+    assert report.parity.status == "passed"
+    scan = next(n for n in seeded.graph.node if n.op_type == "Scan")
+    body = next(a.g for a in scan.attribute if a.name == "body")
+    assert list(scan.input) == ["acc0", "onnxfix_scan_pass_start", "xs"]
+    assert list(scan.output) == ["acc", "onnxfix_scan_passes", "ys"]
+    assert [i.name for i in body.input] == ["a", "onnxfix_scan_pass", "x_t"]
+    assert [o.name for o in body.output] == ["a_out", "onnxfix_scan_pass_next", "y_t"]
+    noisy, _ = onnxfix.rewrite(path, "input-noise", check=False)
+    xs = np.array([[1, 2, 3], [-1, -2, -3], [4, 5, 6], [0.5, 0.5, 0.5]], dtype=np.float32)
+    inputs = {"acc0": np.zeros(3, dtype=np.float32), "xs": xs}
+    feeds = onnxfix.noise_feeds(noisy, dims={"T": 4}, seed=3, generator="seeded")
+    want = run(seeded, {**inputs, **_seed_feed(seeded, 3)})
+    got = run(noisy, {**inputs, **feeds})
+    for name in ("acc", "ys"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6)
+    assert not np.array_equal(want["ys"][0], xs[0])  # pass 0 drew noise
+    assert np.array_equal(want["ys"][1], xs[1])  # pass 1 took the else branch
+
+
+def test_draw_in_nested_loops_is_refused():
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (int64 n, float[2] x) => (float[2] y) {
+      t = Constant<value = bool {1}>()
+      y = Loop(n, t, x) <body = outer (int64 i, bool c, float[2] a) => (bool c1, float[2] a1) {
+          c1 = Identity(c)
+          a1 = Loop(n, c, a) <body = inner (int64 j, bool d, float[2] b) => (bool d1, float[2] b1) {
+              d1 = Identity(d)
+              r = RandomUniformLike(b)
+              b1 = Add(b, r)
+          }>
+      }>
+    }""")
+    with pytest.raises(ModelError) as e:
+        onnxfix.rewrite(model, "seeded")
+    assert str(e.value).endswith("a draw inside 2 nested Loop/Scan bodies is not supported by "
+                                 "seeded mode (one iteration index per draw); use "
+                                 "mode='input-noise'")

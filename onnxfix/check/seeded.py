@@ -75,8 +75,11 @@ def check_seeded(parity: Parity, opener, model: onnx.ModelProto, records: list[N
     keys = {d["draw"]: d for d in entry["draws"]}
     try:
         # one session: the model's outputs and the shape of every draw (per Loop iteration)
-        probe, exposed, exposer = draw_shape_probe(model, records, every=True)
+        probe, exposed, exposer = draw_shape_probe(model, records, every=True,
+                                                   skip_uncapturable=True)
         sess = opener(probe)
+    except CheckSkipped:
+        raise
     except Exception as e:  # noqa: BLE001
         if no_kernel(e):
             raise no_kernel(e) from None
@@ -178,15 +181,27 @@ def _reference_noise(records, twin_records, twin_sess, keys: dict, drawn: dict, 
         target = noise_name[rec.output]
         declared = list(input_meta(twin_sess, target).shape or [])
         dtype = input_dtype(twin_sess, target)
-        shapes = drawn.get(rec.output)
-        shapes = None if shapes is None else np.asarray(shapes, dtype=np.int64)
+        entry = keys[rec.output]
+        if rec.output not in drawn:  # not capturable: the declared shape, every iteration
+            shapes = _declared_shapes(declared, bool(entry.get("iteration")), fallback)
+        else:
+            shapes = drawn[rec.output]
+            shapes = None if shapes is None else np.asarray(shapes, dtype=np.int64)
         if shapes is None or shapes.size == 0 and declared:  # never drawn in this run
             noise[target] = np.zeros([fallback.size(d) for d in declared], dtype=dtype)
             continue
-        entry = keys[rec.output]
         noise[target] = reference_draws(entry["family"], seed, int(entry["key"]), shapes,
                                         declared, dtype)
     return noise
+
+
+def _declared_shapes(declared: list, looped: bool, fallback: _Fallback) -> np.ndarray:
+    """The draw shapes a twin noise input declares (sized like `sized_fill`), per iteration
+    when `looped` (a draw whose shape no probe could read: an If inside a Scan)."""
+    full = [fallback.size(d) for d in declared]
+    if not looped:
+        return np.array(full, dtype=np.int64)
+    return np.tile(np.array(full[1:], dtype=np.int64), (full[0], 1))
 
 
 def reference_draws(family: str, seed: int, key: int, drawn: np.ndarray, declared,

@@ -16,6 +16,7 @@ import onnx
 from onnx import helper
 
 from onnxfix.check.capture import Exposer, locate
+from onnxfix.check.compare import CheckSkipped
 from onnxfix.graph.noisedims import BOUNDED, DATA, DERIVED, INPUT, ITERATIONS
 from onnxfix.report import NodeRecord
 
@@ -34,10 +35,13 @@ def shape_probe(model: onnx.ModelProto, records: list[NodeRecord], every: bool =
     return probe, exposed
 
 
-def draw_shape_probe(model: onnx.ModelProto, records: list[NodeRecord], every: bool = False
+def draw_shape_probe(model: onnx.ModelProto, records: list[NodeRecord], every: bool = False,
+                     skip_uncapturable: bool = False
                      ) -> tuple[onnx.ModelProto, dict[str, str], Exposer]:
     """`shape_probe`, and its Exposer: a draw under an If inside a Loop is threaded, and
-    `exposer.decode(outputs)` puts its stacked shapes under its key after a run."""
+    `exposer.decode(outputs)` puts its stacked shapes under its key after a run.
+    skip_uncapturable: leave out the draws the Exposer cannot capture (an If in a Scan)
+    instead of raising CheckSkipped."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     exposer = Exposer(probe)
@@ -52,7 +56,12 @@ def draw_shape_probe(model: onnx.ModelProto, records: list[NodeRecord], every: b
         name = exposer.names.fresh(f"shape_of_{rec.output}")
         container.node.append(helper.make_node("Shape", [rec.output], [name],
                                                name=exposer.names.fresh(f"{name}_node")))
-        exposed[rec.output] = exposer.expose(name, onnx.TensorProto.INT64, scopes)
+        try:
+            exposed[rec.output] = exposer.expose(name, onnx.TensorProto.INT64, scopes)
+        except CheckSkipped:
+            if not skip_uncapturable:
+                raise
+            container.node.pop()  # the Shape node nothing reads
     return probe, exposed, exposer
 
 

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnxfix.errors import ModelError, param, param_name
 from onnxfix.graph.builder import NodeBuilder
+from onnxfix.graph.naming import sanitize
 from onnxfix.ops import dtype_name
 from onnxfix.passes.plan import SitePlan
+from onnxfix.passes.splice import ScanCounter
 from onnxfix.report import Replacement
 from onnxfix.seeded import algorithm as alg
 from onnxfix.seeded.graph import (
@@ -49,6 +51,7 @@ class SeededGraph:
     table: str = ""
     front: list[onnx.NodeProto] = field(default_factory=list)  # nodes for the main graph's top
     inputs: list[onnx.ValueInfoProto] = field(default_factory=list)
+    scan_counters: dict[int, str] = field(default_factory=dict)  # id(Scan node) -> its counter
 
 
 @dataclass
@@ -58,6 +61,8 @@ class SeededSite:
     replacement: Replacement
     nodes: list[onnx.NodeProto]
     meta: dict
+    counters: list[ScanCounter] = field(default_factory=list)  # a Scan's new pass counter
+    prepends: list[tuple] = field(default_factory=list)  # (graph, node, depth) for splice
 
 
 def shared(state: SeededGraph, names, opset: int) -> SeededGraph:
@@ -81,7 +86,8 @@ def emit_site(b: NodeBuilder, p: SitePlan, state: SeededGraph) -> SeededSite:
     """The generator and the transform replacing site `p` (nodes collected in `b`)."""
     site = p.site
     _check_opset(b.opset, p)
-    iteration = _iteration(p)
+    made = SeededSite(None, [], {})
+    iteration = _iteration(b, p, state, made)
     shape = _draw_shape(b, p)
     noise_type = p.dtypes.noise
     drawn = noise_type if noise_type in _DRAWN else onnx.TensorProto.FLOAT
@@ -100,7 +106,8 @@ def emit_site(b: NodeBuilder, p: SitePlan, state: SeededGraph) -> SeededSite:
     meta = {"draw": site.output, "op_type": site.op_type, "graph": site.location,
             "family": p.spec.family, "dtype": dtype_name(noise_type), "key": key,
             "iteration": iteration is not None}
-    return SeededSite(repl, b.nodes, meta)
+    made.replacement, made.nodes, made.meta = repl, b.nodes, meta
+    return made
 
 
 def _check_opset(opset: int, p: SitePlan) -> None:
@@ -110,8 +117,9 @@ def _check_opset(opset: int, p: SitePlan) -> None:
                          f"{param('mode', 'input-noise', hint=True)}")
 
 
-def _iteration(p: SitePlan) -> str | None:
-    """The iteration number of the enclosing Loop, or None outside loops."""
+def _iteration(b: NodeBuilder, p: SitePlan, state: SeededGraph, made: SeededSite) -> str | None:
+    """The pass number of the enclosing Loop or Scan (None outside loops): a Loop body's
+    iteration input, or a counter the Scan carries as one more state (made once per Scan)."""
     loops = [s for s in p.site.scopes if s.owner.op_type in ("Loop", "Scan")]
     if not loops:
         return None
@@ -121,14 +129,40 @@ def _iteration(p: SitePlan) -> str | None:
                          f"supported by seeded mode (one iteration index per draw); use "
                          f"{param('mode', 'input-noise', hint=True)}")
     scope = loops[0]
-    if scope.owner.op_type == "Scan":
-        raise ModelError(f"{where}: a draw inside a Scan body is not supported by seeded mode "
-                         f"(a Scan body has no iteration number); use "
+    if scope.owner.op_type == "Loop":
+        body_inputs = scope.body.input
+        if not body_inputs or not body_inputs[0].name:
+            raise ModelError(f"{where}: its Loop body has no iteration input")
+        return body_inputs[0].name
+    if b.opset < 9:
+        raise ModelError(f"{where}: a draw inside an opset-8 Scan body is not supported; use "
                          f"{param('mode', 'input-noise', hint=True)}")
-    body_inputs = scope.body.input
-    if not body_inputs or not body_inputs[0].name:
-        raise ModelError(f"{where}: its Loop body has no iteration input")
-    return body_inputs[0].name
+    key = id(scope.owner)
+    if key not in state.scan_counters:
+        state.scan_counters[key] = _scan_counter(b, p, scope, made)
+    return state.scan_counters[key]
+
+
+def _scan_counter(b: NodeBuilder, p: SitePlan, scope, made: SeededSite) -> str:
+    names, depth = b.names, p.site.scopes.index(scope)
+    stem = sanitize(scope.owner.name or "scan")
+    counter = ScanCounter(scope, names.fresh(f"onnxfix_{stem}_pass_start"),
+                          names.fresh(f"onnxfix_{stem}_pass"),
+                          names.fresh(f"onnxfix_{stem}_pass_next"),
+                          names.fresh(f"onnxfix_{stem}_passes"))
+    made.counters.append(counter)
+    made.prepends.append((scope.parent, _int_constant(names, counter.start, 0), depth))
+    one = names.fresh(f"onnxfix_{stem}_one")
+    made.prepends.append((scope.body, _int_constant(names, one, 1), depth + 1))
+    made.prepends.append((scope.body, helper.make_node(
+        "Add", [counter.inner, one], [counter.after],
+        name=names.fresh(f"onnxfix_{stem}_pass_add")), depth + 1))
+    return counter.inner
+
+
+def _int_constant(names, output: str, value: int) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [output], name=names.fresh(f"{output}_node"),
+                            value=numpy_helper.from_array(np.array(value, dtype=np.int64)))
 
 
 def _draw_shape(b: NodeBuilder, p: SitePlan):

@@ -33,6 +33,19 @@ class ScanInput:
 
 
 @dataclass
+class ScanCounter:
+    """A pass counter a Scan carries as one more state variable (a Scan body has no
+    iteration number): `start` (an outer int64 0) in, the body reads `inner` and yields
+    `after` = inner + 1; the Scan's final count goes to `final`, which nothing reads."""
+
+    scope: Scope
+    start: str
+    inner: str
+    after: str
+    final: str
+
+
+@dataclass
 class Route:
     """How a main-graph noise tensor reaches a site: nodes prepended to bodies, scan inputs."""
 
@@ -89,9 +102,25 @@ def splice(emitted) -> onnx.ModelProto:
             edits.prepend(graph, node, depth)
         for scan in e.scans:
             _add_scan_input(scan)
+        for counter in e.counters:
+            _add_scan_counter(counter)
         edits.replace(e.plan.site, e.nodes)
     edits.apply()
     return model
+
+
+def _add_scan_counter(counter: ScanCounter) -> None:
+    """One more state variable, after the Scan's own (states come first in its inputs,
+    outputs, body inputs and body outputs)."""
+    node, body = counter.scope.owner, counter.scope.body
+    n_scan = next((a.i for a in node.attribute if a.name == "num_scan_inputs"), 1)
+    states = len(node.input) - n_scan
+    node.input.insert(states, counter.start)
+    node.output.insert(states, counter.final)
+    body.input.insert(states, helper.make_tensor_value_info(counter.inner,
+                                                            onnx.TensorProto.INT64, []))
+    body.output.insert(states, helper.make_tensor_value_info(counter.after,
+                                                             onnx.TensorProto.INT64, []))
 
 
 def _add_scan_input(scan: ScanInput) -> None:
