@@ -14,10 +14,11 @@ import onnx
 
 from onnxfix.errors import ModelError, UsageError, param, param_name
 from onnxfix.ops import NORMAL, UNIFORM, np_dtype
-from onnxfix.passes.tidy import NOISE_METADATA_KEY, seed_metadata
+from onnxfix.passes.tidy import NOISE_METADATA_KEY
 from onnxfix.sampler import standard_noise
 from onnxfix.seeded.algorithm import SEED_BITS
 from onnxfix.seeded.algorithm import standard_noise as seeded_noise
+from onnxfix.seeded.metadata import seed_metadata
 
 
 def noise_inputs(model: onnx.ModelProto) -> list[dict]:

@@ -14,7 +14,7 @@ from onnxfix.ops import attribute_refs, attrs_of, dtype_name, spec_for
 from onnxfix.passes.emit import emit
 from onnxfix.passes.plan import plan
 from onnxfix.passes.prepare import prepare
-from onnxfix.passes.tidy import seed_metadata
+from onnxfix.seeded.metadata import seed_metadata
 
 
 @dataclass

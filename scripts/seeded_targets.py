@@ -1,11 +1,15 @@
 """Run the seeded generator on every installed runtime; compare with the numpy reference.
 
-    python scripts/seeded_targets.py [--out TABLE.md]
+    python scripts/seeded_targets.py [--fixtures DIR]... [--out TABLE.md]
 
 Each case is a model whose only output is one seeded draw (onnxfix.seeded), run with a few
 seeds on onnxruntime and on every runtime scripts/targets.py finds (OpenVINO, tract, MNN,
 onnx2torch). A cell reads `exact` when every uniform equals the numpy reference bit for bit,
 `max abs X` for normals (Log, Sqrt and Cos round as each runtime does), else what failed.
+With --fixtures, a second table: every model in DIR rewritten with `--mode seeded` (symbolic
+dims fixed to 2), its main-graph draws exposed, run with seeds 0, 1 and 2026 on each runtime
+and compared with onnxruntime: `exact` when every draw is bit-identical, else the largest
+normal difference (draws built from uniforms must stay exact), else what failed.
 Install the runtimes into a separate venv (see scripts/targets.py).
 """
 
@@ -27,6 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import targets  # noqa: E402
 
+import onnxfix  # noqa: E402
 from onnxfix.graph.builder import NodeBuilder  # noqa: E402
 from onnxfix.graph.naming import NameAllocator  # noqa: E402
 from onnxfix.seeded import algorithm  # noqa: E402
@@ -161,11 +166,97 @@ def table() -> str:
     return "\n".join(lines)
 
 
+# -- seeded rewrites of the fixtures (onnxfix --mode seeded) ---------------------------------
+
+FIXTURE_SEEDS = (0, 1, 2026)
+NORMAL_OPS = ("RandomNormal", "RandomNormalLike")
+
+
+def seeded_fixture(path: Path, folder: Path) -> tuple[Path, onnx.ModelProto, dict[str, bool]]:
+    """The seeded rewrite of `path` (symbolic dims fixed to 2), its main-graph draws exposed
+    as outputs; returns the file, the model and {draw: built from uniforms (exact)}."""
+    model = onnx.load(path)
+    dims = {d.dim_param: 2 for i in model.graph.input
+            for d in i.type.tensor_type.shape.dim if d.dim_param}
+    new, report = onnxfix.rewrite(model, "seeded", dims=dims, check=False)
+    types = {v.name: v for v in onnx.shape_inference.infer_shapes(new).graph.value_info
+             if v.type.tensor_type.HasField("shape")}
+    have = {o.name for o in new.graph.output}
+    draws = {}
+    for rec in report.nodes:
+        if rec.status != "rewritten" or rec.graph != "main":
+            continue
+        if rec.output not in have:
+            if rec.output not in types:
+                continue
+            new.graph.output.append(types[rec.output])
+        draws[rec.output] = rec.op_type not in NORMAL_OPS
+    out = folder / path.name
+    onnx.save(new, out)
+    return out, new, draws
+
+
+def fixture_cell(make, path: Path, model: onnx.ModelProto, draws: dict[str, bool],
+                 want: dict[int, dict], scratch: Path) -> str:
+    """Every seed's draws against onnxruntime's: uniform-based ones bit for bit."""
+    try:
+        run = make(path, model, scratch)
+    except Exception as e:  # noqa: BLE001 - the runtime's refusal is the finding
+        return "converts: no (" + targets._short(e) + ")"
+    worst = 0.0
+    for seed, expected in want.items():
+        try:
+            got = run(_seeded_feeds(model, seed))
+        except Exception as e:  # noqa: BLE001
+            return "runs: no (" + targets._short(e) + ")"
+        for name, exact in draws.items():
+            a, b = np.asarray(got[name]), np.asarray(expected[name])
+            if a.shape != b.shape:
+                return f"shape {list(a.shape)} ('{name}')"
+            diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+            if exact and diff.any():
+                return f"uniforms differ ('{name}', {np.count_nonzero(diff)}/{diff.size})"
+            worst = max(worst, float(diff.max(initial=0.0)))
+    if not any(draws.values()):
+        return f"normals max {worst:.0e}"
+    return "exact" if worst == 0 else f"uniforms exact, normals max {worst:.0e}"
+
+
+def _seeded_feeds(model: onnx.ModelProto, seed: int) -> dict:
+    feeds = targets.feeds_for(model, 0)  # the data inputs stay; the seed input changes
+    feeds.update(onnxfix.noise_feeds(model, seed=seed))
+    return feeds
+
+
+def fixture_table(models: list[Path]) -> str:
+    found = {k: v for k, v in runtimes().items() if k != "onnxruntime"}
+    lines = ["| seeded fixture (draws) | " + " | ".join(found) + " |",
+             "|---" * (len(found) + 1) + "|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        for path in models:
+            new_path, model, draws = seeded_fixture(path, scratch)
+            if not draws:
+                continue
+            ref = targets._onnxruntime(new_path, model, scratch)
+            want = {s: ref(_seeded_feeds(model, s)) for s in FIXTURE_SEEDS}
+            cells = [fixture_cell(make, new_path, model, draws, want, scratch).replace("|", "/")
+                     for make in found.values()]
+            lines.append(f"| {path.stem} ({len(draws)}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--fixtures", action="append", type=Path,
+                        help="also run the seeded rewrites of the .onnx models in this folder "
+                             "on every runtime (repeatable)")
     args = parser.parse_args(argv)
     text = table()
+    if args.fixtures:
+        models = sorted(p for f in args.fixtures for p in f.glob("*.onnx"))
+        text += "\n\n" + fixture_table(models)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -281,8 +281,8 @@ def test_validate_rejects_an_output_that_fails_the_checker():
 
 @pytest.mark.parametrize(("make", "api", "cli"), [
     (lambda: RewriteOptions(mode="noisy"),
-     "mode='noisy': choose one of input-noise, constant, deterministic",
-     "--mode 'noisy': choose one of input-noise, constant, deterministic"),
+     "mode='noisy': choose one of input-noise, constant, deterministic, seeded",
+     "--mode 'noisy': choose one of input-noise, constant, deterministic, seeded"),
     (lambda: RewriteOptions(noise_dtype="int8"),
      "noise_dtype='int8': choose one of same, float32, float16",
      "--noise-dtype 'int8': choose one of same, float32, float16"),

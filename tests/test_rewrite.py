@@ -9,6 +9,7 @@ from conftest import full_check, input_dims, op_types, parse, random_nodes, run
 
 from onnxfix import ModelError, UsageError
 from onnxfix.rewrite import NOISE_METADATA_KEY, rewrite_model
+from onnxfix.seeded import node_key
 
 EXPORTER_CHAIN = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -211,7 +212,10 @@ def test_noise_input_documents_its_distribution_and_metadata_lists_it():
     assert entries == [{"name": "noise_r", "family": "normal", "dtype": "float",
                         "shape": ["batch", 10], "draw": "r", "op_type": "RandomNormalLike",
                         "dims": [{"axis": 0, "kind": "input", "name": "batch"},
-                                 {"axis": 1, "kind": "constant", "size": 10}]}]
+                                 {"axis": 1, "kind": "constant", "size": 10}],
+                        # the stream seeded mode draws for this node (noise_feeds(generator=
+                        # "seeded")): the 48-bit key of "main/RandomNormalLike/r"
+                        "seeded_key": node_key("main/RandomNormalLike/r")}]
 
 
 def test_model_without_random_nodes_is_returned_unchanged():

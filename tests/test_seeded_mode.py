@@ -16,8 +16,8 @@ from conftest import FIXTURES, expose, full_check, parse, real_model_path, run
 import onnxfix
 from onnxfix.errors import ModelError, ParityError, UsageError
 from onnxfix.passes import emit_seeded
-from onnxfix.passes.tidy import seed_metadata
 from onnxfix.seeded import algorithm as alg
+from onnxfix.seeded.metadata import seed_metadata
 
 ALL_FIXTURES = sorted(p.relative_to(FIXTURES).as_posix()
                       for folder in (FIXTURES, FIXTURES / "edge", FIXTURES / "arch")

@@ -32,9 +32,9 @@ from onnxfix.check.compare import (
 )
 from onnxfix.check.twin_noise import TwinSizes, draw_shape_probe, measured_sizes
 from onnxfix.errors import ModelError
-from onnxfix.passes.tidy import SEED_METADATA_KEY, seed_metadata
 from onnxfix.report import NodeRecord, OutputCheck, Parity
 from onnxfix.seeded import algorithm as alg
+from onnxfix.seeded.metadata import SEED_METADATA_KEY, seed_metadata
 
 
 def seed_entry(model: onnx.ModelProto) -> dict:

@@ -13,10 +13,10 @@ import onnx
 from onnx import helper
 
 from onnxfix.graph.find import iter_graphs
+from onnxfix.seeded.metadata import SEED_METADATA_KEY
 
 _DEFAULT_DOMAINS = {"", "ai.onnx"}
 NOISE_METADATA_KEY = "onnxfix.noise_inputs"
-SEED_METADATA_KEY = "onnxfix.seed_input"
 
 
 def tidy(before: onnx.ModelProto, after: onnx.ModelProto,
@@ -30,19 +30,6 @@ def tidy(before: onnx.ModelProto, after: onnx.ModelProto,
         helper.set_model_props(after, {**props, SEED_METADATA_KEY: json.dumps(seed_meta)})
     drop_unused_opset_imports(before, after)
     return after
-
-
-def seed_metadata(model: onnx.ModelProto) -> dict | None:
-    """A seeded rewrite's `onnxfix.seed_input` entry: {"name": the seed input, "draws": [{draw,
-    op_type, graph, family, dtype, key, iteration}]}; None when absent or not valid."""
-    for prop in model.metadata_props:
-        if prop.key == SEED_METADATA_KEY:
-            try:
-                entry = json.loads(prop.value)
-                return {"name": str(entry["name"]), "draws": list(entry["draws"])}
-            except (ValueError, KeyError, TypeError):
-                return None
-    return None
 
 
 def record_noise_metadata(model: onnx.ModelProto, entries: list[dict]) -> None:
