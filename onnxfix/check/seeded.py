@@ -38,7 +38,7 @@ from onnxfix.seeded.metadata import SEED_METADATA_KEY, seed_metadata
 
 
 def seed_entry(model: onnx.ModelProto) -> dict:
-    """The model's seed metadata (see passes.tidy.seed_metadata); a ModelError without it."""
+    """The model's seed metadata (see onnxfix.seeded.metadata); a ModelError without it."""
     entry = seed_metadata(model)
     if entry is None:
         raise ModelError(f"the model has no valid {SEED_METADATA_KEY} metadata (not a seeded "
