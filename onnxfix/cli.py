@@ -421,9 +421,6 @@ def inspect_cmd(
         typer.echo(rep.to_json())
     elif not rep.nodes:
         typer.echo(f"{model}: no random nodes")
-    if not as_json and rep.seed_input:
-        typer.echo(f"{model}: seed input '{rep.seed_input['name']}' (int64 scalar) drives "
-                   f"{len(rep.seed_input['draws'])} seeded draw(s)")
     else:
         rows = [("graph", "op", "node", "output", "dtype", "shape", "attributes", "consumers",
                  "noise input")]
@@ -437,6 +434,9 @@ def inspect_cmd(
         typer.echo(f"{model}: {len(rep.nodes)} random node(s)")
         for r in rows:
             typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if not as_json and rep.seed_input:
+        typer.echo(f"{model}: seed input '{rep.seed_input['name']}' (int64 scalar) drives "
+                   f"{len(rep.seed_input['draws'])} seeded draw(s)")
     if fail_if_random and rep.nodes:
         typer.echo(f"onnxfix: {len(rep.nodes)} random node(s) remain in {model}", err=True)
         raise typer.Exit(1)
