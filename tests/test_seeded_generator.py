@@ -63,8 +63,9 @@ def run(model: onnx.ModelProto, seed: int, shape=None, iteration=None) -> np.nda
 @pytest.mark.parametrize("runtime_shape", [False, True])
 @pytest.mark.parametrize("iteration", [None, 4099])
 def test_uniform_graph_is_bit_identical_to_reference(opset, runtime_shape, iteration):
-    if opset < 11 and runtime_shape:
-        pytest.skip("a runtime shape needs Range (opset 11); refused below, tested apart")
+    if opset < 9 and runtime_shape:
+        pytest.skip("a runtime shape needs NonZero (opset 9) or Range (11); refused below, "
+                    "tested apart")
     shape = [3, 1400]  # 4200 elements: the counter's middle word is used too
     model = generator_model(opset, "shape" if runtime_shape else shape,
                             iteration=iteration is not None, rank=2)
@@ -96,7 +97,7 @@ def test_normal_graph_matches_reference_within_rounding(dtype, atol):
     np.testing.assert_allclose(got, want, rtol=0, atol=atol)
 
 
-@pytest.mark.parametrize("opset", [11, 18])
+@pytest.mark.parametrize("opset", [9, 11, 18])
 @pytest.mark.parametrize("shape", [[], [4, 0, 2], [0], [1]])
 @pytest.mark.parametrize("runtime_shape", [False, True])
 def test_edge_shapes(opset, shape, runtime_shape):
@@ -138,11 +139,13 @@ def _builder(opset: int) -> NodeBuilder:
     return NodeBuilder(NameAllocator(model), opset, "seeded")
 
 
-def test_runtime_shape_below_opset_11_is_refused():
+def test_runtime_shape_below_opset_9_is_refused():
+    """Opsets 9 and 10 count a runtime shape with NonZero (tested with the others above)."""
     with pytest.raises(ModelError) as err:
-        seeded_uniform(_builder(10), "seed", KEY, "shape")
-    assert str(err.value) == ("a seeded draw of runtime shape needs Range (opset 11); the model "
-                              "uses opset 10: fix the shape (a static shape) or use input-noise")
+        seeded_uniform(_builder(8), "seed", KEY, "shape")
+    assert str(err.value) == ("a seeded draw of runtime shape needs Range (opset 11) or NonZero "
+                              "(opset 9); the model uses opset 8: fix the shape (a static "
+                              "shape) or use input-noise")
 
 
 def test_opset_below_7_is_refused():
