@@ -230,9 +230,12 @@ def fixture_cell(make, path: Path, model: onnx.ModelProto, draws: dict[str, bool
     return "exact" if worst == 0 else f"uniforms exact, others max abs {worst:.0e}"
 
 
+CELL_TIMEOUT = 120  # seconds per runtime and model (a runtime that hangs ends its cell)
+
+
 def _isolated(fn, *args) -> str:
     """fn(*args) in a forked process: a runtime that aborts (tract panics without unwinding
-    on some graphs) ends its cell, not the table."""
+    on some graphs) or hangs ends its cell, not the table."""
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
 
@@ -241,7 +244,11 @@ def _isolated(fn, *args) -> str:
 
     proc = ctx.Process(target=child)
     proc.start()
-    proc.join()
+    proc.join(CELL_TIMEOUT)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        return f"no answer in {CELL_TIMEOUT} s"
     if proc.exitcode == 0 and receive.poll():
         return receive.recv()
     return f"crashes (process exit code {proc.exitcode})"
@@ -260,7 +267,11 @@ def fixture_table(models: list[Path]) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         for path in models:
-            new_path, model, draws = seeded_fixture(path, scratch)
+            try:
+                new_path, model, draws = seeded_fixture(path, scratch)
+            except onnxfix.OnnxfixError as e:  # seeded mode refuses it: the reason is the row
+                lines.append(f"| {path.stem} | refused: {e} |" + " |" * (len(found) - 1))
+                continue
             if not draws:
                 continue
             ref = targets._onnxruntime(new_path, model, scratch)
@@ -268,6 +279,7 @@ def fixture_table(models: list[Path]) -> str:
             cells = [_isolated(fixture_cell, make, new_path, model, draws, want, scratch)
                      .replace("|", "/") for make in found.values()]
             lines.append(f"| {path.stem} ({len(draws)}) | " + " | ".join(cells) + " |")
+            print(lines[-1], file=sys.stderr, flush=True)  # progress: rows as they come
     return "\n".join(lines)
 
 
