@@ -15,15 +15,16 @@ from onnxfix.errors import ParityError, UsageError
 from onnxfix.feeds import make_noise_feeds
 from onnxfix.graph.find import make_selector
 from onnxfix.inspection import InspectReport, inspect_model
-from onnxfix.io.model_io import (
+from onnxfix.io import (
+    LAYOUTS,
+    Skeleton,
     check_writable,
     materialize,
     open_model,
     save_model_atomic,
+    save_with_weights,
     validate_model,
 )
-from onnxfix.io.wire import Skeleton
-from onnxfix.io.wire_write import LAYOUTS, save_with_weights
 from onnxfix.passes.output_shapes import redeclare_output_shapes
 from onnxfix.report import Parity, RewriteReport, op_counts
 from onnxfix.rewrite import DEFAULT_MAX_DRAW_BYTES, MODES, rewrite_model

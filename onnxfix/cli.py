@@ -22,7 +22,7 @@ from onnxfix import api
 from onnxfix.errors import ModelError, OnnxfixError, ParityError, UsageError
 from onnxfix.graph.noisedims import parse_bound_flags
 from onnxfix.graph.shapes import parse_dim_flags
-from onnxfix.io.model_io import check_writable, write_text_atomic
+from onnxfix.io import check_writable, write_text_atomic
 from onnxfix.report import RewriteReport
 
 

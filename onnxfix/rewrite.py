@@ -20,7 +20,7 @@ import onnx
 import onnx.inliner
 from onnx import helper, numpy_helper
 
-from onnxfix.errors import ModelError, UsageError
+from onnxfix.errors import ModelError, UsageError, one_line
 from onnxfix.graph.builder import NodeBuilder
 from onnxfix.graph.find import (
     Scope,
@@ -226,7 +226,7 @@ def _has_external(model: onnx.ModelProto) -> bool:
 
 def validate_output(original: onnx.ModelProto, new: onnx.ModelProto) -> None:
     """The output must pass every check the input passed (full_check where the input does)."""
-    from onnxfix.io.wire import checkable
+    from onnxfix.io import checkable
 
     if _has_external(original):  # the checker would look for the weights file in the cwd
         original, new = checkable(original), checkable(new)
@@ -243,9 +243,8 @@ def validate_output(original: onnx.ModelProto, new: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(new, full_check=strict)
     except Exception as e:  # noqa: BLE001
-        first = " ".join(str(e).split())[:300]
         raise ModelError(f"internal error: the rewritten model fails the onnx checker "
-                         f"({'full' if strict else 'basic'} check): {first}") from None
+                         f"({'full' if strict else 'basic'} check): {one_line(e)}") from None
 
 
 def _sort_sites(sites: list[Site], select, edits: GraphEdits):

@@ -204,10 +204,3 @@ def compare_arrays(name: str, got: np.ndarray, want: np.ndarray, atol, rtol, dim
 
 def dims_text(dims: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in dims.items()) or "static shapes"
-
-
-def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text[:300] if text else type(e).__name__
-
-
