@@ -3,6 +3,7 @@ check is protobuf's own, and errors become one line through one formatter."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxfix.errors import ModelError, one_line
-from onnxfix.io import load_model, load_skeleton, parse_model_bytes, reader, save_with_weights
+from onnxfix.io import (
+    load_model,
+    load_skeleton,
+    parse_model_bytes,
+    reader,
+    save_with_weights,
+    wire,
+)
 from onnxfix.io import validate as validate_mod
-from onnxfix.io import wire
 
 FLOAT = TensorProto.FLOAT
 
@@ -144,7 +151,6 @@ def test_fields_reads_a_file_through_windows(tmp_path, monkeypatch):
     onnx.save(model, str(path))
     monkeypatch.setattr(wire.FileBytes, "WINDOW", 64)
     data = path.read_bytes()
-    import os
     fd = os.open(path, os.O_RDONLY)
     try:
         from_file = list(wire.fields(wire.FileBytes(fd, len(data)), 0, len(data)))
