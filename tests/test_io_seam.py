@@ -175,3 +175,55 @@ def test_reader_refuses_a_truncated_graph_in_one_line(tmp_path: Path):
     with pytest.raises(ModelError) as info:
         load_skeleton(path)
     assert "\n" not in str(info.value) and str(info.value).startswith(f"{path}: ")
+
+
+def test_an_input_location_that_looks_like_a_marked_stub_is_kept(tmp_path):
+    """Stubs carry '#<file name>' until the parse; an input's own external tensor that says
+    '#m.onnx' must keep it (and be refused as missing), not be read from m.onnx itself."""
+    model = _chain(2, weight=512)
+    t = model.graph.initializer[0]
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "#m.onnx"), ("offset", "0"), ("length", "2048")):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError) as info:
+        load_skeleton(path)
+    assert str(info.value) == (f"{path} (graph initializer 'c0'): external data '#m.onnx': "
+                               "No such file or directory")
+    (tmp_path / "#m.onnx").write_bytes(np.full(512, 7, np.float32).tobytes())
+    with load_skeleton(path) as sk:
+        assert sk.locations == {"#m.onnx", "m.onnx"}
+        assert sk.stubs == {"c1": sk.stubs["c1"]}
+    loaded = load_model(path)
+    assert numpy_helper.to_array(loaded.graph.initializer[0]).tolist() == [7.0] * 512
+    assert numpy_helper.to_array(loaded.graph.initializer[1]).tolist() == [1.0] * 512
+
+
+def test_open_model_runs_the_checker_once_on_bytes(tmp_path, monkeypatch):
+    """The checker and the UTF-8 check run on the serialized skeleton, before the parse."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_chain(3, weight=512), str(path))
+    seen = []
+    real = onnx.checker.check_model
+    monkeypatch.setattr(onnx.checker, "check_model",
+                        lambda m, *a, **k: seen.append(type(m).__name__) or real(m, *a, **k))
+    with reader.open_model(path) as sk:
+        assert len(sk.stubs) == 3
+    assert seen == ["bytes"]
+
+
+def test_a_model_the_checker_refuses_is_refused_in_the_same_words(tmp_path):
+    model = _chain(2)
+    model.graph.node[1].input[0] = "nobody"  # a tensor nobody produces
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError) as info:
+        reader.open_model(path)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001
+        expected = one_line(e)
+    assert str(info.value) == f"{path}: invalid ONNX model: {expected}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -27,7 +28,7 @@ from onnxfix.errors import ModelError, UsageError, one_line
 from onnxfix.io import wire
 from onnxfix.io.skeleton import Skeleton
 from onnxfix.io.tensors import EXTERNAL, check_payload_size, external_tensors
-from onnxfix.io.validate import validate_model
+from onnxfix.io.validate import precheck, validate_model
 
 # Bounded buffer when payloads are read into memory.
 READ_CHUNK = 8 * 2**20
@@ -48,10 +49,10 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
 
 def open_model(path: str | os.PathLike) -> Skeleton:
     """The model's skeleton, validated: graph parsed, large weights left in the file."""
-    skeleton = load_skeleton(path)
+    skeleton, passed = _load(path, 1024, check=True)
     try:
         model = checkable(skeleton.model) if skeleton.locations else skeleton.model
-        validate_model(model, str(path))
+        validate_model(model, str(path), passed=passed)
     except BaseException:
         skeleton.close()
         raise
@@ -74,6 +75,12 @@ def load_skeleton(path: str | os.PathLike, *, inline_limit: int = 1024) -> Skele
     Initializers already external in the input stay external (relative to the input's folder)
     after their locations and bounds are checked. Problems raise a one-line ModelError.
     """
+    return _load(path, inline_limit, check=False)[0]
+
+
+def _load(path: str | os.PathLike, inline_limit: int, check: bool
+          ) -> tuple[Skeleton, frozenset[str]]:
+    """The skeleton, and with `check` the validations passed on its bytes (precheck)."""
     p = Path(os.path.abspath(path))
     if not p.exists():
         raise ModelError(f"{path}: no such file")
@@ -91,14 +98,15 @@ def load_skeleton(path: str | os.PathLike, *, inline_limit: int = 1024) -> Skele
         os.set_blocking(fd, True)
         if st.st_size == 0:
             raise ModelError(f"{path}: empty file, not an ONNX model")
-        model, stubs, spans = _read(fd, st.st_size, inline_limit, p.name, str(path))
+        model, stubs, spans, passed = _read(fd, st.st_size, inline_limit, p.name, str(path),
+                                            check)
         skeleton = Skeleton(model=model, path=p, stubs=stubs, inline_limit=inline_limit,
                             fds={(p.name,): fd},
                             stat=(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
                             spans=spans)
         for t, where in external_tensors(model):
             skeleton.resolve(t, f"{path} ({where})")
-        return skeleton
+        return skeleton, passed
     except BaseException as e:
         if skeleton is not None:
             skeleton.close()
@@ -113,25 +121,39 @@ def load_skeleton(path: str | os.PathLike, *, inline_limit: int = 1024) -> Skele
         raise
 
 
-def _read(fd: int, size: int, inline_limit: int, location: str, origin: str):
-    """The skeleton model and its stubs; a file that is not ONNX is refused clearly."""
+def _read(fd: int, size: int, inline_limit: int, location: str, origin: str, check: bool):
+    """The skeleton model, its stubs and their spans, and with `check` the validations its
+    bytes passed; a file that is not ONNX is refused clearly."""
     src = wire.FileBytes(fd, size)
     try:
         try:
-            data, stubs, spans = _scan_model(src, inline_limit, location, origin)
+            # stubs point at "#<location>" (what the checker skips) until the model is parsed
+            data, scan = _scan_model(src, inline_limit, "#" + location, origin)
+            passed = precheck(data) if check else frozenset()
             model = wire.parse(onnx.ModelProto(), data, origin)
+            del data
         except ModelError:
             # The fast scan skips small initializers: scan them all to name what is wrong.
             _scan_model(src, inline_limit, location, origin, thorough=True)
             raise
         if not model.HasField("graph") or not model.opset_import:
             raise ModelError(f"{origin}: not an ONNX model (no graph or no opset_import)")
-        return model, stubs, spans
+        if scan.marked and len(model.graph.initializer) != scan.initializers:
+            raise ModelError(f"{origin}: cannot line up the initializers")  # not reached
+        for k in scan.marked:
+            _set_location(model.graph.initializer[k], location)
+        return model, scan.stubs, scan.spans, passed
     except (wire.Malformed, ModelError) as e:
         refuse_pytorch_checkpoint(fd, origin)  # the usual mix-up: say so, not "malformed"
         if isinstance(e, wire.Malformed):
             raise ModelError(f"{origin}: not a valid ONNX protobuf (malformed: {e})") from None
         raise
+
+
+def _set_location(t: onnx.TensorProto, location: str) -> None:
+    for e in t.external_data:
+        if e.key == "location":
+            e.value = location
 
 
 def refuse_pytorch_checkpoint(fd: int, path) -> None:
@@ -155,50 +177,60 @@ def refuse_pytorch_checkpoint(fd: int, path) -> None:
                          f"torch.onnx.export")
 
 
+@dataclass
+class _Scan:
+    """What the scan of one file found: the graph's bytes with the stubs in place, the stubs
+    by name, their (offset, length) spans, and their positions among the initializers."""
+
+    graph: bytearray = field(default_factory=bytearray)
+    stubs: dict[str, tuple[int, int]] = field(default_factory=dict)
+    spans: set[tuple[int, int]] = field(default_factory=set)
+    marked: list[int] = field(default_factory=list)
+    initializers: int = 0
+
+
 def _scan_model(src: wire.FileBytes, inline_limit: int, location: str, origin: str,
-                thorough: bool = False):
-    """The skeleton's serialized bytes, its stubs by name and their (offset, length) spans.
+                thorough: bool = False) -> tuple[bytes, _Scan]:
+    """The skeleton's serialized bytes, and what the scan found.
 
     thorough: look inside every initializer, not only those that may hold a payload over
     inline_limit (the diagnosis of a file protobuf refused).
     """
     out = bytearray()
-    graph = bytearray()
-    stubs: dict[str, tuple[int, int]] = {}
-    spans: set[tuple[int, int]] = set()
+    scan = _Scan()
     for number, wire_type, start, value, end in wire.fields(src, 0, src.size):
         if number == wire.MODEL_GRAPH and wire_type == 2:
             # Repeated occurrences of a message field merge: concatenating their contents does.
-            _scan_graph(src, (value, end), inline_limit, location, origin, thorough,
-                        (graph, stubs, spans))
+            _scan_graph(src, (value, end), inline_limit, (location, origin), thorough, scan)
         else:
             out += src.read(start, end - start)
-    if graph:
-        out += wire.TAG_GRAPH + wire.varint(len(graph)) + graph
-    return bytes(out), stubs, spans
+    if scan.graph:
+        out += wire.TAG_GRAPH + wire.varint(len(scan.graph)) + scan.graph
+    return bytes(out), scan
 
 
-def _scan_graph(src: wire.FileBytes, region: tuple[int, int], inline_limit: int, location: str,
-                origin: str, thorough: bool, into: tuple[bytearray, dict, set]) -> None:
-    out, stubs, spans = into
+def _scan_graph(src: wire.FileBytes, region: tuple[int, int], inline_limit: int,
+                names: tuple[str, str], thorough: bool, scan: _Scan) -> None:
     pos, end = region
     run = pos  # start of the current run of fields copied verbatim
     for number, wire_type, start, value, stop in wire.fields(src, pos, end):
         if number != wire.GRAPH_INITIALIZER or wire_type != 2:
             continue
+        scan.initializers += 1
         if stop - value <= inline_limit and not thorough:
             continue  # a record no longer than inline_limit cannot hold a larger raw_data
-        stub = _stub_tensor(src, value, stop, inline_limit, location, origin)
+        stub = _stub_tensor(src, value, stop, inline_limit, *names)
         if stub is None:
             continue
         tensor, span = stub
-        out += src.read(run, start - run)
+        scan.graph += src.read(run, start - run)
         body = tensor.SerializeToString()
-        out += wire.TAG_INITIALIZER + wire.varint(len(body)) + body
+        scan.graph += wire.TAG_INITIALIZER + wire.varint(len(body)) + body
         run = stop
-        stubs[tensor.name] = span
-        spans.add(span)
-    out += src.read(run, end - run)
+        scan.stubs[tensor.name] = span
+        scan.spans.add(span)
+        scan.marked.append(scan.initializers - 1)
+    scan.graph += src.read(run, end - run)
 
 
 def _stub_tensor(src: wire.FileBytes, pos: int, end: int, inline_limit: int, location: str,

@@ -15,18 +15,48 @@ from onnxfix.errors import ModelError, one_line
 MAX_DIM = 2**32
 
 
-def validate_model(model: onnx.ModelProto, origin: str, data: bytes | None = None) -> None:
+# What `precheck` can establish on the serialized model, before Python parses it.
+TEXT, CHECKER = "text", "checker"
+
+
+def validate_model(model: onnx.ModelProto, origin: str, data: bytes | None = None, *,
+                   passed: frozenset[str] = frozenset()) -> None:
     """Refuse a model onnxfix cannot work on safely. `data`, when given, is `model`
-    serialized (saves serializing it again for the UTF-8 check)."""
+    serialized (saves serializing it again for the UTF-8 check); `passed` names the checks
+    `precheck` already passed on it."""
     if not model.HasField("graph") or not model.opset_import:
         raise ModelError(f"{origin}: not an ONNX model (no graph or no opset_import)")
     _check_opsets(model, origin)
-    _check_text(model, origin, data)
-    try:
-        onnx.checker.check_model(model)
-    except Exception as e:  # noqa: BLE001 - the checker raises several types
-        raise ModelError(f"{origin}: invalid ONNX model: {one_line(e)}") from None
+    if TEXT not in passed:
+        _check_text(model, origin, data)
+    if CHECKER not in passed:
+        try:
+            onnx.checker.check_model(model)
+        except Exception as e:  # noqa: BLE001 - the checker raises several types
+            raise ModelError(f"{origin}: invalid ONNX model: {one_line(e)}") from None
     _check_declared_dims(model, origin)
+
+
+def precheck(data: bytes) -> frozenset[str]:
+    """The checks the serialized model passes (TEXT, CHECKER), run before Python parses it:
+    their own copies of the model then never coexist with Python's (half the peak memory).
+    A check that fails here is run again on the parsed model, which words the refusal, so
+    the outcome is the same as without a precheck. Stubs' locations in `data` are
+    '#'-prefixed (see reader.checkable); an input's own external tensors are not, so the
+    checker may look for their files in the current folder: passing then implies passing on
+    checkable's copy, and a failure is checked again on it."""
+    mirror = _utf8_mirror()
+    if mirror is None:
+        return frozenset()
+    try:
+        mirror().ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError):
+        return frozenset()
+    try:
+        onnx.checker.check_model(data)
+    except Exception:  # noqa: BLE001 - refused again, and worded, after the parse
+        return frozenset({TEXT})
+    return frozenset({TEXT, CHECKER})
 
 
 def _known_opsets() -> dict[str, int]:
