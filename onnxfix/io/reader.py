@@ -179,10 +179,11 @@ def refuse_pytorch_checkpoint(fd: int, path) -> None:
 
 @dataclass
 class _Scan:
-    """What the scan of one file found: the graph's bytes with the stubs in place, the stubs
-    by name, their (offset, length) spans, and their positions among the initializers."""
+    """What the scan of one file found: the graph's content as pieces (spans of the file, or
+    a stub's bytes), the stubs by name, their (offset, length) spans, and their positions
+    among the initializers."""
 
-    graph: bytearray = field(default_factory=bytearray)
+    graph: list[tuple[int, int] | bytes] = field(default_factory=list)
     stubs: dict[str, tuple[int, int]] = field(default_factory=dict)
     spans: set[tuple[int, int]] = field(default_factory=set)
     marked: list[int] = field(default_factory=list)
@@ -196,17 +197,20 @@ def _scan_model(src: wire.FileBytes, inline_limit: int, location: str, origin: s
     thorough: look inside every initializer, not only those that may hold a payload over
     inline_limit (the diagnosis of a file protobuf refused).
     """
-    out = bytearray()
+    rest: list[tuple[int, int]] = []  # the model's other fields
     scan = _Scan()
     for number, wire_type, start, value, end in wire.fields(src, 0, src.size):
         if number == wire.MODEL_GRAPH and wire_type == 2:
             # Repeated occurrences of a message field merge: concatenating their contents does.
             _scan_graph(src, (value, end), inline_limit, (location, origin), thorough, scan)
         else:
-            out += src.read(start, end - start)
-    if scan.graph:
-        out += wire.TAG_GRAPH + wire.varint(len(scan.graph)) + scan.graph
-    return bytes(out), scan
+            rest.append((start, end))
+    if not scan.stubs:
+        return src.read(0, src.size), scan  # nothing stubbed: the file is the skeleton
+    size = sum(len(p) if isinstance(p, bytes) else p[1] - p[0] for p in scan.graph)
+    pieces = [*rest, wire.TAG_GRAPH + wire.varint(size), *scan.graph]
+    return b"".join(p if isinstance(p, bytes) else src.read(p[0], p[1] - p[0])
+                    for p in pieces), scan
 
 
 def _scan_graph(src: wire.FileBytes, region: tuple[int, int], inline_limit: int,
@@ -223,14 +227,13 @@ def _scan_graph(src: wire.FileBytes, region: tuple[int, int], inline_limit: int,
         if stub is None:
             continue
         tensor, span = stub
-        scan.graph += src.read(run, start - run)
         body = tensor.SerializeToString()
-        scan.graph += wire.TAG_INITIALIZER + wire.varint(len(body)) + body
+        scan.graph += [(run, start), wire.TAG_INITIALIZER + wire.varint(len(body)) + body]
         run = stop
         scan.stubs[tensor.name] = span
         scan.spans.add(span)
         scan.marked.append(scan.initializers - 1)
-    scan.graph += src.read(run, end - run)
+    scan.graph.append((run, end))
 
 
 def _stub_tensor(src: wire.FileBytes, pos: int, end: int, inline_limit: int, location: str,

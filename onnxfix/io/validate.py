@@ -45,18 +45,20 @@ def precheck(data: bytes) -> frozenset[str]:
     '#'-prefixed (see reader.checkable); an input's own external tensors are not, so the
     checker may look for their files in the current folder: passing then implies passing on
     checkable's copy, and a failure is checked again on it."""
-    mirror = _utf8_mirror()
-    if mirror is None:
-        return frozenset()
-    try:
-        mirror().ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError):
-        return frozenset()
+    passed = set()
     try:
         onnx.checker.check_model(data)
+        passed.add(CHECKER)
     except Exception:  # noqa: BLE001 - refused again, and worded, after the parse
-        return frozenset({TEXT})
-    return frozenset({TEXT, CHECKER})
+        pass
+    mirror = _utf8_mirror()
+    if mirror is not None:
+        try:
+            mirror().ParseFromString(data)
+            passed.add(TEXT)
+        except (DecodeError, RuntimeError, ValueError):
+            pass
+    return frozenset(passed)
 
 
 def _known_opsets() -> dict[str, int]:
