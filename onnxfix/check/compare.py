@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxfix.check.input_roles import plain_sample
+from onnxfix.errors import one_line
 from onnxfix.report import OutputCheck
 
 # The check refuses to synthesize inputs larger than this (it would not fit a CI machine).
@@ -43,7 +44,7 @@ def _out_of_memory_is_a_limit():
         yield
     except Exception as e:
         if _allocation_failure(e):
-            raise CheckLimit(" ".join(str(e).split())) from None
+            raise CheckLimit(one_line(e)) from None
         raise
 
 # Tolerances when the user gives none, by the output's dtype (atol, rtol). The standardized
