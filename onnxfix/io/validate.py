@@ -10,6 +10,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from onnxfix.errors import ModelError, one_line
+from onnxfix.graph.find import iter_graphs
 
 # A declared dimension above this is refused as absurd (no real tensor has one).
 MAX_DIM = 2**32
@@ -152,8 +153,6 @@ def _as_edition(messages, old: str, new: str) -> None:
 
 
 def _check_declared_dims(model: onnx.ModelProto, origin: str) -> None:
-    from onnxfix.graph.find import iter_graphs
-
     declared = [vi for g, _ in iter_graphs(model) if isinstance(g, onnx.GraphProto)
                 for vi in (*g.input, *g.output, *g.value_info)]
     for vi in declared:
