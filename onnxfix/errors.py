@@ -31,8 +31,9 @@ class ParityError(OnnxfixError):
         self.report = report
 
 
-def one_line(e: BaseException, limit: int = 300) -> str:
+def one_line(e: BaseException, limit: int | None = 300) -> str:
     """An exception as one line for an error message: its text with runs of whitespace
-    (newlines included) collapsed, cut at `limit` characters; the type name if it has none."""
+    (newlines included) collapsed, cut at `limit` characters (None: whole); the type name if
+    it has none."""
     text = " ".join(str(e).split())
     return text[:limit] if text else type(e).__name__

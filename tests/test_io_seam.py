@@ -142,6 +142,7 @@ def test_one_line():
     assert one_line(KeyError()) == "KeyError"
     assert one_line(RuntimeError("x" * 400)) == "x" * 300
     assert one_line(RuntimeError("abcdef"), limit=3) == "abc"
+    assert one_line(RuntimeError("x " * 400), limit=None) == ("x " * 400).strip()
 
 
 def test_fields_reads_a_file_through_windows(tmp_path, monkeypatch):

@@ -44,7 +44,7 @@ def _out_of_memory_is_a_limit():
         yield
     except Exception as e:
         if _allocation_failure(e):
-            raise CheckLimit(one_line(e)) from None
+            raise CheckLimit(one_line(e, limit=None)) from None  # parsed further
         raise
 
 # Tolerances when the user gives none, by the output's dtype (atol, rtol). The standardized
