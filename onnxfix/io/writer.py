@@ -124,13 +124,13 @@ def save_with_weights(model: onnx.ModelProto, skeleton: Skeleton, out_path: str 
 
 @dataclass
 class _Parts:
-    """A model split for writing: everything but the graph (serialized), the graph, where each
-    top-level initializer's payload is, and the external tensors elsewhere (already planned
-    into the .data file)."""
+    """A model split for writing: everything but the graph (serialized), the graph, where the
+    payload of each external top-level initializer is (by position), and the external tensors
+    elsewhere (already planned into the .data file)."""
 
     head: bytes
     graph: onnx.GraphProto
-    plan: list[tuple[onnx.TensorProto, Payload | None]]
+    payloads: dict[int, Payload]
     nested: DataFile
     _graph_bytes: memoryview | None = None
     _records: list[tuple[bool, int, int]] = field(default_factory=list)
@@ -146,45 +146,52 @@ class _Parts:
                for t, _ in graph_tensors(graph, "graph", initializers=False)):
             graph = onnx.GraphProto()
             graph.CopyFrom(model.graph)
+            nested_tensors = list(graph_tensors(graph, "graph", initializers=False))
+        else:
+            nested_tensors = []
         nested = DataFile(data_name)
-        for t, where in [*graph_tensors(graph, "graph", initializers=False),
-                         *external_tensors(head)]:
+        for t, where in [*nested_tensors, *external_tensors(head)]:
             if t.data_location == EXTERNAL:
                 nested.add(t, skeleton.resolve(t, f"{origin} ({where})"))
-        plan = [(t, skeleton.resolve(t, f"{origin} (initializer)")
-                 if t.data_location == EXTERNAL else None) for t in graph.initializer]
-        return cls(head.SerializeToString(), graph, plan, nested)
+        payloads = {k: skeleton.resolve(t, f"{origin} (initializer)")
+                    for k, t in enumerate(graph.initializer) if t.data_location == EXTERNAL}
+        return cls(head.SerializeToString(), graph, payloads, nested)
 
     def assemble(self, layout: str, inline_limit: int) -> tuple[list, int, DataFile]:
         """(pieces of the model file, its size, the .data file plan) for one layout."""
         data = DataFile(self.nested.name, self.nested.items, self.nested.size)
-        swaps = [_record(t, payload, layout, inline_limit, data) for t, payload in self.plan]
-        pieces = self._splice(swaps)
+        inits = self.graph.initializer
+        # in initializer order, as the .data file is planned; in-memory payloads only move
+        # in the external layout
+        which = range(len(inits)) if layout == "external" else self.payloads
+        swaps = {k: _record(inits[k], self.payloads.get(k), layout, inline_limit, data)
+                 for k in which}
+        pieces = self._splice({k: swap for k, swap in swaps.items() if swap})
         size = sum(p.length if isinstance(p, Payload) else len(p) for p in pieces)
         total = len(self.head) + wire.len_field(wire.TAG_GRAPH, size)
         return [self.head, wire.TAG_GRAPH + wire.varint(size), *pieces], total, data
 
-    def _splice(self, swaps: list[list]) -> list:
-        """The graph as protobuf writes it (unknown fields and all), its initializer records
-        swapped for the planned ones where they differ, everything else kept byte for byte."""
+    def _splice(self, swaps: dict[int, list]) -> list:
+        """The graph as protobuf writes it (unknown fields and all), the records of the
+        initializers in `swaps` (by position) replaced, everything else kept byte for byte."""
         if self._graph_bytes is None:
             self._graph_bytes = memoryview(self.graph.SerializeToString())
         g = self._graph_bytes
-        if not any(swaps):
+        if not swaps:
             return [g]  # nothing to swap: no need to walk the graph's records
         if not self._records:
             self._records = [(number == wire.GRAPH_INITIALIZER and wire_type == 2, start, end)
                              for number, wire_type, start, _, end
                              in wire.fields(wire.MemoryBytes(g), 0, len(g))]
-        if sum(1 for is_init, _, _ in self._records if is_init) != len(swaps):
+        if sum(1 for is_init, _, _ in self._records if is_init) != len(self.graph.initializer):
             raise ModelError("cannot line up the serialized initializers")  # not reached
         pieces: list = []
-        items = iter(swaps)
+        k = -1
         run = 0  # start of the current run of records kept byte for byte
         for is_init, start, end in self._records:
-            swap = next(items) if is_init else []
-            if swap:
-                pieces += [g[run:start], *swap]
+            k += is_init
+            if is_init and k in swaps:
+                pieces += [g[run:start], *swaps[k]]
                 run = end
         pieces.append(g[run:])
         return pieces
