@@ -234,16 +234,15 @@ CELL_TIMEOUT = 120  # seconds per runtime and model (a runtime that hangs ends i
 
 
 def _isolated(fn, *args) -> str:
-    """fn(*args) in a forked process: a runtime that aborts (tract panics without unwinding
-    on some graphs) or hangs ends its cell, not the table."""
-    ctx = multiprocessing.get_context("fork")
+    """fn(*args) in a child process: a runtime that aborts (tract panics without unwinding
+    on some graphs) or hangs ends its cell, not the table. The children come from a fork
+    server (a clean process): forking this one, whose onnxruntime, torch and MNN thread pools
+    are running, can deadlock the child."""
+    ctx = multiprocessing.get_context("forkserver")
     receive, send = ctx.Pipe(duplex=False)
-
-    def child():
-        send.send(fn(*args))
-
-    proc = ctx.Process(target=child)
+    proc = ctx.Process(target=_cell_child, args=(send, fn, args))
     proc.start()
+    send.close()
     proc.join(CELL_TIMEOUT)
     if proc.is_alive():
         proc.kill()
@@ -252,6 +251,10 @@ def _isolated(fn, *args) -> str:
     if proc.exitcode == 0 and receive.poll():
         return receive.recv()
     return f"crashes (process exit code {proc.exitcode})"
+
+
+def _cell_child(send, fn, args) -> None:
+    send.send(fn(*args))
 
 
 def _seeded_feeds(model: onnx.ModelProto, seed: int) -> dict:
