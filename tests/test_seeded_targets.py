@@ -48,3 +48,19 @@ def test_same_seed_same_draws_on_every_runtime(runtime, label, runtimes, tmp_pat
         assert worst <= NORMAL_ATOL
     else:
         assert text == "exact"
+
+
+@pytest.mark.parametrize("runtime", ["OpenVINO", "tract", "MNN", "onnx2torch"])
+def test_seeded_rewrite_of_a_fixture_draws_the_same_on_every_runtime(runtime, runtimes,
+                                                                     tmp_path):
+    """`--mode seeded` end to end: RandomNormalLike, RandomUniformLike, Bernoulli and
+    Multinomial draws of the rewritten model, seeds 0, 1 and 2026, against onnxruntime's."""
+    if runtime not in runtimes:
+        pytest.skip(f"{runtime} is not installed in this Python")
+    path, model, draws = seeded_targets.seeded_fixture(ROOT / "fixtures" /
+                                                       "mixed_dynamic_dynamo.onnx", tmp_path)
+    assert draws == {"randn_like": False, "rand_like": True, "bernoulli": True, "idx": True}
+    ref = seeded_targets.targets._onnxruntime(path, model, tmp_path)
+    want = {s: ref(seeded_targets._seeded_feeds(model, s)) for s in seeded_targets.FIXTURE_SEEDS}
+    cell = seeded_targets.fixture_cell(runtimes[runtime], path, model, draws, want, tmp_path)
+    assert cell.startswith("uniforms exact, others max abs "), cell
