@@ -26,12 +26,11 @@ from onnxfix.check.compare import (
     dims_text,
     input_dtype,
     input_meta,
-    one_line,
     run_all,
     symbolic_dims,
 )
 from onnxfix.check.twin_noise import TwinSizes, draw_shape_probe, measured_sizes
-from onnxfix.errors import ModelError
+from onnxfix.errors import ModelError, one_line
 from onnxfix.report import NodeRecord, OutputCheck, Parity
 from onnxfix.seeded import algorithm as alg
 from onnxfix.seeded.metadata import SEED_METADATA_KEY, seed_metadata
