@@ -584,32 +584,45 @@ def _first_above(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 CLASSES = "onnxfix_classes"  # shape_facts key: the static class count of a Multinomial
+SMALL_CLASSES = 128  # up to here the cumulative sum is one MatMul by a triangle (64 KB)
+
+
+def _last(b: NodeBuilder, cum: str) -> tuple[str, str]:
+    """cum and its last column (opset 11 and later: Slice takes its bounds as inputs)."""
+    ends = [b.constant(np.array([v], dtype=np.int64), hint)
+            for v, hint in ((-1, "last"), (2**62, "end"), (1, "class_axis"))]
+    return cum, b.op("Slice", [cum, *ends], "total")
 
 
 def _cumulative(b: NodeBuilder, probs: str, node, attrs: dict, dt: Dtypes) -> tuple[str, str]:
     """Cumulative sums of [batch, classes] probabilities along the classes, and their total.
 
-    From opset 11: CumSum (reverse=0 spelled out: onnx2torch defaults it to 1), sequential in
+    Up to SMALL_CLASSES static classes, at any opset: MatMul by a triangle of ones (below).
+    Else from opset 11: CumSum (reverse=0 spelled out: onnx2torch defaults it to 1), sequential in
     every runtime seen, so its last value is the largest. Before opset 11, a two-level prefix
     sum by MatMul with triangular ones matrices of ceil(sqrt(C)) and C / ceil(sqrt(C)) sides:
     memory O(C), not the C x C of one triangle; its sums may round out of order, so the total
     is their ReduceMax (no class then lies above it). The padding (weight 0) repeats the total,
     which never counts as at or below u.
     """
+    classes = attrs.get(CLASSES)
+    npt = np_dtype(dt.noise)
+    if classes is not None and classes <= SMALL_CLASSES:
+        # one MatMul by the upper-triangular ones, at any opset: ncnn (through pnnx) has no
+        # CumSum and no Pad; onnxruntime sums it in order, bit-equal to CumSum (float32 and
+        # float64) up to 128 classes, and the last value is the largest
+        upper = b.constant(np.triu(np.ones((classes, classes), npt)), "upper")
+        cum = b.op("MatMul", [probs, upper], "cumsum")
+        return _last(b, cum) if b.opset >= 11 else (cum, b.reduce("ReduceMax", cum, 1, "total"))
     if b.opset >= 11:
         axis = b.constant(np.array(1, dtype=np.int64), "axis")
-        cum = b.op("CumSum", [probs, axis], "cumsum", exclusive=0, reverse=0)
-        ends = [b.constant(np.array([v], dtype=np.int64), hint)
-                for v, hint in ((-1, "last"), (2**62, "end"), (1, "class_axis"))]
-        return cum, b.op("Slice", [cum, *ends], "total")
-    classes = attrs.get(CLASSES)
+        return _last(b, b.op("CumSum", [probs, axis], "cumsum", exclusive=0, reverse=0))
     if classes is None:
         raise ModelError(f"{_label(node)}: opset {b.opset} has no CumSum and the class count "
                          f"of input '{node.input[0]}' is not static: fix it (dims=... / --dim) "
                          f"or convert the model to opset 11")
     side = max(1, math.isqrt(classes - 1) + 1) if classes > 1 else 1
     blocks = -(-classes // side)
-    npt = np_dtype(dt.noise)
     padded = probs
     if blocks * side > classes:
         padded = b.op("Pad", [probs], "pad", pads=[0, 0, 0, blocks * side - classes])
