@@ -1,7 +1,7 @@
 """Run every fixture's rewrite on each installed deployment runtime; compare with onnxruntime.
 
     python scripts/targets.py [--venv VENV]... [--fixtures DIR]... [--runtime LABEL]...
-                              [--model TEXT]... [--out TABLE.md]
+                              [--model TEXT]... [--jobs N] [--out TABLE.md]
 
 For each model: rewrite it (input-noise, every symbolic dim fixed to 2 so runtimes that need
 static shapes can compile it), feed seeded inputs (by role: ids, counts, masks, probabilities)
