@@ -190,7 +190,7 @@ def ncnn(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
     net.opt.num_threads = 1
     if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
         layers = {line.split()[0] for line in param.read_text().splitlines()[2:] if line.strip()}
-        missing = sorted(t for t in layers if nc.layer_to_index(t) < 0)
+        missing = sorted(t for t in layers if nc.create_layer(t) is None)  # absent or not built
         raise RuntimeError(f"ncnn has no layer {', '.join(missing)}" if missing
                            else "ncnn cannot load the converted model")
     ins, outs = input_names(model), output_names(model)
