@@ -188,6 +188,9 @@ def ncnn(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
     param, weights = copy.with_suffix(".ncnn.param"), copy.with_suffix(".ncnn.bin")
     net = nc.Net()
     net.opt.num_threads = 1
+    # float32 throughout: ncnn stores and computes in float16 / bfloat16 where the CPU can
+    net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
+    net.opt.use_bf16_storage = False
     if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
         layers = {line.split()[0] for line in param.read_text().splitlines()[2:] if line.strip()}
         missing = sorted(t for t in layers if nc.create_layer(t) is None)  # absent or not built
@@ -199,8 +202,12 @@ def ncnn(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
 
     def run(feeds: dict) -> dict:
         ex = net.create_extractor()
-        for i, name in enumerate(ins):
-            ex.input(f"in{i}", nc.Mat(contiguous(feeds[name], dtype=np.float32)))
+        # the extractor keeps pointers into the Mats (and they into the arrays): both must
+        # outlive the extraction, else ncnn reads freed memory (a segfault, or wrong values)
+        arrays = [contiguous(feeds[name], dtype=np.float32) for name in ins]
+        mats = [nc.Mat(a).clone() for a in arrays]
+        for i, mat in enumerate(mats):
+            ex.input(f"in{i}", mat)
         result = {}
         for i, name in enumerate(outs):
             status, mat = ex.extract(f"out{i}")
