@@ -13,7 +13,7 @@ import onnx
 
 from onnxfix.errors import ModelError, UsageError
 from onnxfix.ops import NORMAL, UNIFORM, np_dtype
-from onnxfix.rewrite import NOISE_METADATA_KEY
+from onnxfix.passes.tidy import NOISE_METADATA_KEY
 from onnxfix.sampler import standard_noise
 
 

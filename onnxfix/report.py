@@ -1,4 +1,5 @@
-"""What a rewrite did: dataclasses, their JSON form, and the printed summary."""
+"""What a rewrite did: the report's records (built last, from the emit's typed records and the
+check's verdict) and their JSON form. The CLI prints its summary from them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import onnx
+
+from onnxfix.graph.find import iter_graphs
 
 
 @dataclass
@@ -115,8 +118,6 @@ def _jsonable(x):
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Op counts over every graph and function body in the model."""
-    from onnxfix.graph.find import iter_graphs
-
     counts: Counter[str] = Counter()
     for container, _ in iter_graphs(model):
         counts.update(n.op_type for n in container.node)

@@ -56,10 +56,11 @@ from onnxfix.check.compare import (
 from onnxfix.check.tolerance import path_tolerances
 from onnxfix.check.twin_noise import TwinSizes, measured_sizes, shape_probe, sized_fill
 from onnxfix.errors import ModelError
-from onnxfix.graph.find import Site, default_opset, find_sites
+from onnxfix.graph.find import default_opset, find_sites
 from onnxfix.graph.shapes import infer_facts
 from onnxfix.ops import AffineOp, Inconsistent, attrs_of, np_dtype, spec_for
 from onnxfix.report import NodeRecord, OutputCheck, Parity
+from onnxfix.reporter import Reporter
 
 
 @dataclass
@@ -74,20 +75,25 @@ class _Captured:
     branches: list[tuple[str, bool]] = field(default_factory=list)
 
 
+# measured bounds of data-dependent noise dims -> the input-noise twin and its records
+TwinMaker = Callable[[dict[str, int]], tuple[onnx.ModelProto, list[NodeRecord]]]
+
+
 def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
                  records: list[NodeRecord], mode: str, *, size: int = 2,
                  atol: float | None = None, rtol: float | None = None, seed: int = 0,
-                 dims: dict | None = None, select: Callable[[Site], bool] | None = None,
-                 noise_bounds: dict | None = None, on_line: Callable[[str], None] | None = None,
+                 twin: TwinMaker | None = None, reporter: Reporter | None = None,
                  weights_folder: str | None = None, setup: CheckSetup | None = None) -> Parity:
     """weights_folder: where external-data weights live (a skeleton's source folder).
-    noise_bounds: the rewrite's bounds for data-dependent noise dims (its input-noise twin
-    takes them too). setup: the check's inputs (given or synthetic by role) and limits."""
+    twin: makes the input-noise twin of the rewrite from the same plan (constant and
+    deterministic checks need it), given extra bounds for data-dependent noise dims.
+    reporter: where the PASSED / FAILED lines go. setup: the check's inputs (given or
+    synthetic by role) and limits."""
     def opener(model: onnx.ModelProto):
         _refuse_aborting_draws(model)
         return make_session(model, weights_folder)
 
-    emit = on_line or (lambda _line: None)
+    emit = Reporter.of(reporter)
     parity = Parity(status="passed", atol=atol, rtol=rtol)
     done = [r for r in records if r.status == "rewritten"]
     if not done:
@@ -99,7 +105,7 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
         with warnings.catch_warnings(), np.errstate(all="ignore"), active(setup):
             warnings.simplefilter("ignore")
             _run_checks(parity, opener, original, rewritten, records, done, mode, size, seed,
-                        dims, select, noise_bounds, emit)
+                        twin, emit)
     except CheckSkipped as e:
         parity.status, parity.reason = "skipped", str(e)
         emit(f"SKIPPED | {e}")
@@ -114,20 +120,15 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
     return parity
 
 
-def _run_checks(parity, opener, original, rewritten, records, done, mode, size, seed, dims,
-                select, noise_bounds, emit) -> None:
+def _run_checks(parity, opener, original, rewritten, records, done, mode, size, seed,
+                make_twin: TwinMaker | None, emit) -> None:
     if mode == "input-noise":
         _conditional(parity, opener, original, rewritten, records, size, seed, emit)
         return
-    from onnxfix.rewrite import rewrite_model
-
+    if make_twin is None:
+        raise ValueError(f"a {mode} check needs its input-noise twin (twin=...)")
     if mode == "deterministic":  # it is not run below: whether it runs decides skip or verdict
         original_loads(opener, _inlined(original))
-
-    def make_twin(measured: dict[str, int]):
-        return rewrite_model(original, "input-noise", dims=dims, select=select,
-                             noise_bounds={**(noise_bounds or {}), **measured})
-
     twin = make_twin({}) if mode == "constant" else None
     if mode == "constant":
         _conditional(parity, opener, original, *twin, size, seed, emit)

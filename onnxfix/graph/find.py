@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -9,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxfix.errors import ModelError, UsageError, param
 from onnxfix.ops import is_random_op, spec_for
 
 Container = onnx.GraphProto | onnx.FunctionProto
@@ -93,8 +95,6 @@ def _walk(container: Container, location: str) -> Iterator[tuple[Container, str,
                 for body, body_where in bodies:
                     inner = [*scopes, Scope(node, attr.name, body, graph)]
                     if len(inner) > MAX_NESTING:
-                        from onnxfix.errors import ModelError
-
                         raise ModelError(f"subgraphs nested deeper than {MAX_NESTING} levels")
                     children.append((body, body_where, inner))
         stack.extend(reversed(children))
@@ -168,8 +168,6 @@ class Selector:
 
     @staticmethod
     def _hit(site: Site, glob: str) -> bool:
-        import fnmatch
-
         return fnmatch.fnmatchcase(site.node.name, glob) or fnmatch.fnmatchcase(site.output, glob)
 
     def __call__(self, site: Site) -> bool:
@@ -180,16 +178,14 @@ class Selector:
         """A glob that matches no random node is a typo that would silently pass CI."""
         if not sites:
             return  # nothing random (e.g. already rewritten): an unchanged copy, as always
-        flags = [("--only", g) for g in self.only] + [("--exclude", g) for g in self.exclude]
-        missed = [f"{flag} {glob!r}" for flag, glob in flags
+        globs = [("only", g) for g in self.only] + [("exclude", g) for g in self.exclude]
+        missed = [param(name, glob) for name, glob in globs
                   if not any(self._hit(s, glob) for s in sites)]
         if not missed:
             return
         shown = [f"{s.node.name!r} -> {s.output!r}" if s.node.name else repr(s.output)
                  for s in sites[:20]]
         more = f" and {len(sites) - 20} more" if len(sites) > 20 else ""
-        from onnxfix.errors import UsageError
-
         raise UsageError(f"{', '.join(missed)} matches no random node (globs match node or "
                          f"output names); the random nodes are: {', '.join(shown)}{more}")
 
