@@ -42,7 +42,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import target_runners as runners  # noqa: E402
-from target_runners import RUNTIMES, Failed, Runner, installed, output_names  # noqa: E402,F401
+
+# input_names, installed: also the API scripts/seeded_targets.py uses
+from target_runners import RUNTIMES, Failed, Runner, input_names, installed, output_names  # noqa: E402,F401,E501
 
 import onnxfix  # noqa: E402
 from onnxfix.check.input_roles import Role, input_roles  # noqa: E402
@@ -112,6 +114,12 @@ def tolerance(model: onnx.ModelProto) -> tuple[float, float]:
     if any(v.type.tensor_type.elem_type == f16 for v in inferred.graph.value_info):
         return FLOAT16_TOLERANCE
     return DEFAULT_TOLERANCE
+
+
+def _short(e: BaseException) -> str:
+    """An error as one short line (a table cell)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return (text[:90] + "...") if len(text) > 90 else text
 
 
 # -- judging one runtime's two runs -----------------------------------------------------------
