@@ -49,13 +49,12 @@ from onnxfix.check.compare import (
     input_dtype,
     input_meta,
     make_session,
-    one_line,
     run_all,
     symbolic_dims,
 )
 from onnxfix.check.tolerance import path_tolerances
 from onnxfix.check.twin_noise import TwinSizes, measured_sizes, shape_probe, sized_fill
-from onnxfix.errors import ModelError
+from onnxfix.errors import ModelError, one_line
 from onnxfix.graph.find import default_opset, find_sites
 from onnxfix.graph.shapes import infer_facts
 from onnxfix.ops import AffineOp, Inconsistent, attrs_of, np_dtype, spec_for
