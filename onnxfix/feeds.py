@@ -13,8 +13,8 @@ import onnx
 
 from onnxfix.errors import ModelError, UsageError
 from onnxfix.ops import NORMAL, UNIFORM, np_dtype
+from onnxfix.ops.noise import standard_noise
 from onnxfix.rewrite import NOISE_METADATA_KEY
-from onnxfix.sampler import standard_noise
 
 
 def noise_inputs(model: onnx.ModelProto) -> list[dict]:

@@ -29,8 +29,8 @@ from onnxfix.check.stats import ChiSquare, bernoulli_fit, goodness_of_fit, homog
 from onnxfix.graph.builder import NodeBuilder
 from onnxfix.graph.naming import NameAllocator
 from onnxfix.ops import NORMAL, AffineOp, attrs_of, np_dtype, spec_for
+from onnxfix.ops.noise import standard_noise
 from onnxfix.report import DistributionCheck
-from onnxfix.sampler import standard_noise
 
 DISCRETE = ("Bernoulli", "Multinomial", "Dropout")
 TRIALS = 200_000  # Bernoulli / Dropout: element draws per test

@@ -11,6 +11,7 @@ import numpy as np
 
 NORMAL = "normal"    # N(0, 1)
 UNIFORM = "uniform"  # U[0, 1)
+FAMILIES = (NORMAL, UNIFORM)  # every standard noise a noise input may hold
 
 
 def below_one(dtype: np.dtype) -> np.generic:

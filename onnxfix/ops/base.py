@@ -1,0 +1,179 @@
+"""What every random op shares: the RandomOp interface, dtypes, attribute helpers.
+
+Each op subclass answers, for one random node:
+- `applies`: is this node random at all (Dropout only is in training mode);
+- `dtypes`: the dtype of its draw and of the standard noise that stands for it;
+- `noise_shape`: the noise's shape, from the shapes of the node's inputs;
+- `transform`: the in-graph ops turning noise into the node's outputs (input-noise mode);
+- `forward` / `standardize`: the same transform in numpy, and its inverse, which turns draws
+  captured from the original back into standard noise (the parity check);
+- `sample`: seeded standard noise (constant mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxfix.errors import ModelError
+from onnxfix.ops.noise import UNIFORM, standard_noise
+
+if TYPE_CHECKING:  # the builder is only handed in: importing it would close a cycle
+    from onnxfix.graph.builder import NodeBuilder
+
+# No tensor has more elements than this; a shape beyond it is refused as absurd.
+MAX_ELEMENTS = 2**48
+
+FLOAT_TYPES = (TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+INDEX_TYPES = (TensorProto.INT32, TensorProto.INT64)
+
+# Standard noise families (NORMAL, UNIFORM, from the sampler) are also written into the
+# model's noise metadata.
+
+
+class Inconsistent(Exception):
+    """No standard noise reproduces a captured draw (parity cannot condition on it)."""
+
+
+def attrs_of(node: onnx.NodeProto) -> dict:
+    """Attribute values; inside a function body, a reference to the caller's attribute `s`
+    (set per call) reads "@s"."""
+    return {a.name: f"@{a.ref_attr_name}" if a.ref_attr_name else helper.get_attribute_value(a)
+            for a in node.attribute}
+
+
+def attribute_refs(attrs: dict) -> dict:
+    """The attributes a function body leaves to each call ("@name" values)."""
+    return {k: v for k, v in attrs.items() if isinstance(v, str) and v.startswith("@")}
+
+
+def distribution_of(spec: RandomOp, attrs: dict) -> dict:
+    """The node's distribution; parameters a function leaves to each call read "@name"."""
+    refs = attribute_refs(attrs)
+    plain = {k: v for k, v in attrs.items() if k not in refs}
+    return {**spec.distribution(plain), **refs}
+
+
+def np_dtype(elem_type: int) -> np.dtype:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:  # noqa: BLE001 - unknown or unsupported enum value
+        raise ModelError(f"unsupported tensor element type {elem_type}") from None
+
+
+def dtype_name(elem_type: int) -> str:
+    try:
+        return helper.tensor_dtype_to_string(elem_type).removeprefix("TensorProto.").lower()
+    except Exception:  # noqa: BLE001
+        return f"type{elem_type}"
+
+
+def label(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} '{node.name or node.output[0]}'"
+
+
+def require_float(node: onnx.NodeProto, dt: int, what: str = "dtype") -> int:
+    if dt not in FLOAT_TYPES:
+        raise ModelError(f"{label(node)}: {what} {dtype_name(dt)} is not allowed "
+                         f"(the op takes float16, float, double or bfloat16)")
+    return dt
+
+
+@dataclass(frozen=True)
+class Dtypes:
+    draw: int   # the node's first output
+    noise: int  # the standard noise input
+    param: int = 0  # the probabilities / logits / ratio as the model holds them (0: as noise)
+
+
+def wide_noise(param_type: int) -> int:
+    """The noise dtype of a discrete op: float32, or double when its parameter is double.
+
+    Its comparison (Bernoulli, Dropout) or inverse CDF (Multinomial) then runs in at least
+    float32: float16 parameters are cast up in-graph, never the noise down. float16 uniforms
+    have only 15,360 distinct values in [0, 1) and would tie and bias the sample.
+    """
+    return TensorProto.DOUBLE if param_type == TensorProto.DOUBLE else TensorProto.FLOAT
+
+
+def widened(b: NodeBuilder, name: str, dt: Dtypes, hint: str) -> str:
+    """`name` (a parameter in dt.param) cast to the noise dtype where they differ."""
+    if dt.param and dt.param != dt.noise:
+        return b.op("Cast", [name], hint, to=dt.noise)
+    return name
+
+
+class RandomOp:
+    op_type = ""
+    family = UNIFORM
+    # The draw depends on runtime tensors (probabilities, logits, data): constant mode then
+    # freezes the standard noise and keeps the transform, instead of freezing the draw.
+    data_dependent = True
+
+    def applies(self, node: onnx.NodeProto, opset: int, constant_of) -> bool:
+        return True
+
+    def check_attributes(self, node: onnx.NodeProto) -> None:
+        """Raise ModelError for attribute values no distribution has."""
+
+    def ort_can_draw(self, node: onnx.NodeProto) -> str:
+        """Why onnxruntime would abort drawing from this node ('' if it would not)."""
+        return ""
+
+    def dtypes(self, node: onnx.NodeProto, input_type) -> Dtypes:
+        raise NotImplementedError
+
+    def noise_shape(self, node: onnx.NodeProto, shape_of) -> list | None:
+        """Shape of the noise; shape_of(name) gives a shape (list of int|str|None) or None."""
+        return shape_of(node.input[0])
+
+    def draw_shape(self, noise_shape: list | None) -> list | None:
+        """Shape of the node's first output, given its noise's shape."""
+        return noise_shape
+
+    def shape_facts(self, node: onnx.NodeProto, shape_of) -> dict:
+        """Static facts the transform needs beyond the attributes (merged into them)."""
+        return {}
+
+    def capture_inputs(self, node: onnx.NodeProto) -> list[str]:
+        """Node inputs whose runtime values `standardize` needs."""
+        return [i for i in node.input[:1] if i]
+
+    def distribution(self, attrs: dict) -> dict:
+        raise NotImplementedError
+
+    def transform_text(self, attrs: dict) -> str:
+        raise NotImplementedError
+
+    def transform(self, b: NodeBuilder, noise: str, node: onnx.NodeProto, attrs: dict,
+                  dt: Dtypes) -> None:
+        raise NotImplementedError
+
+    def forward(self, noise: np.ndarray, attrs: dict, inputs: dict) -> dict[int, np.ndarray]:
+        """Output index -> value, as the transform computes it."""
+        raise NotImplementedError
+
+    def standardize(self, outputs: dict[int, np.ndarray], attrs: dict, inputs: dict,
+                    noise_dtype: np.dtype) -> np.ndarray:
+        raise NotImplementedError
+
+    def noise_dtype_problem(self, node: onnx.NodeProto, fed: int) -> str:
+        """Why noise fed as `fed` (narrower than its own dtype) would bias the draw ('' if
+        it would not)."""
+        return ""
+
+    def sample(self, rng: np.random.Generator, shape: list[int], dtype: int) -> np.ndarray:
+        return standard_noise(rng, self.family, shape, np_dtype(dtype))
+
+    def deterministic(self, b: NodeBuilder, node: onnx.NodeProto, attrs: dict,
+                      dt: Dtypes) -> str:
+        """Append nodes computing the most representative value; return a description."""
+        raise NotImplementedError
+
+    def static_shape(self, node: onnx.NodeProto) -> list[int] | None:
+        return None
+
