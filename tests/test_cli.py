@@ -24,13 +24,13 @@ from typer.testing import CliRunner
 import onnxfix
 import onnxfix.check.parity
 from onnxfix.cli import app
+from onnxfix.ops import RANDOM_OP_TYPES
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 STATIC = FIXTURES / "ref1_static_ts.onnx"  # x: float[3, 10], one RandomNormalLike
 DYNAMIC = FIXTURES / "ref1_dynamic_ts.onnx"  # x: float[batch, 10], one RandomNormalLike
 DYNAMIC3 = FIXTURES / "ref3_dynamic_dynamo.onnx"  # three RandomNormalLike, opset 18
-RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-              "Bernoulli", "Multinomial", "Dropout"}
+RANDOM_OPS = set(RANDOM_OP_TYPES)
 
 ERROR_PREFIX = "onnxfix: error: "
 
