@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from onnxfix.errors import ModelError, UsageError
-from onnxfix.ops import NORMAL, UNIFORM, np_dtype
+from onnxfix.ops import FAMILIES, np_dtype
 from onnxfix.ops.noise import standard_noise
 from onnxfix.rewrite import NOISE_METADATA_KEY
 
@@ -43,7 +43,7 @@ def noise_inputs(model: onnx.ModelProto) -> list[dict]:
 
 
 def _family_from_doc(doc: str) -> str | None:
-    for family in (NORMAL, UNIFORM):
+    for family in FAMILIES:
         if doc.startswith(f"onnxfix noise input ({family})"):
             return family
     return None

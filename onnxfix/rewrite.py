@@ -55,7 +55,6 @@ from onnxfix.graph.shapes import (
     tied_score,
 )
 from onnxfix.ops import (
-    AffineOp,
     Dtypes,
     RandomOp,
     attrs_of,
@@ -365,16 +364,13 @@ def _plan(model: onnx.ModelProto, chosen: list[tuple[Site, str]], trip_names: di
 
     for site, origin in chosen:
         spec = spec_for(site.node)
-        if isinstance(spec, AffineOp) and spec.like_input and not (site.node.input and
-                                                                   site.node.input[0]):
-            raise ModelError(f"{site.describe()}: the op needs an input")
-        if not isinstance(spec, AffineOp) and not (site.node.input and site.node.input[0]):
+        if spec.reads_input and not (site.node.input and site.node.input[0]):
             raise ModelError(f"{site.describe()}: the op needs an input")
         spec.check_attributes(site.node)
         dtypes = spec.dtypes(site.node, elem_type)
         shape = spec.noise_shape(site.node, shape_of)
         if shape is None and site.node.output:
-            shape = _output_based_shape(spec, site.node, shape_of)
+            shape = spec.noise_shape_from_output(site.node, shape_of)
         lead = [_iteration_dim(s, trip_names, fixed, lookup, shape_of) for s in site.scopes
                 if s.owner.op_type in ("Loop", "Scan")]
         attrs = {**attrs_of(site.node), **spec.shape_facts(site.node, shape_of)}
@@ -454,13 +450,6 @@ def _strictly_tied(p: Plan, strict: dict[str, TensorFacts], anchors: set[str]) -
         return base
     return [d if tied_score([d], anchors) or tied_score([c], anchors) == 0 else c
             for d, c in zip(base, cand, strict=True)]
-
-
-def _output_based_shape(spec: RandomOp, node: onnx.NodeProto, shape_of) -> Shape:
-    """For ops whose draw has the noise's shape, the output's inferred shape is as good."""
-    if isinstance(spec, AffineOp) or spec.op_type in ("Bernoulli", "Dropout"):
-        return shape_of(node.output[0])
-    return None
 
 
 def _iteration_dim(scope: Scope, trip_names: dict[str, str], fixed: dict[str, int], lookup,

@@ -1,6 +1,6 @@
 """Hostile input: every bad model gets a clean refusal through the CLI.
 
-README "Exit codes", DESIGN.md "Safety": exit 3 (2 for usage), one `onnxfix: error:` line on
+README "Exit codes": exit 3 (2 for usage), one `onnxfix: error:` line on
 stderr that names the problem, no traceback, nothing left in the output folder, the input
 byte-for-byte unchanged (and, for absurd and terabyte draws, without allocating them).
 

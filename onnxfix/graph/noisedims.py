@@ -18,6 +18,7 @@ import numpy as np
 
 from onnxfix.errors import ModelError, UsageError
 from onnxfix.graph.builder import NodeBuilder
+from onnxfix.ops import OP_TABLE
 
 CONSTANT, INPUT, ITERATIONS, DERIVED, BOUNDED, DATA = (
     "constant", "input", "iterations", "derived", "bounded", "data-dependent")
@@ -49,13 +50,8 @@ def bound_name(noise: str, axis: int) -> str:
 
 
 def source_axes(op_type: str, rank: int) -> list[int | None]:
-    """For each axis of one invocation's noise, the axis of the node's input it follows.
-
-    Multinomial's noise puts the sample count (an attribute) after the batch axis.
-    """
-    if op_type == "Multinomial":
-        return [0, None, 1][:rank]
-    return list(range(rank))
+    """For each axis of one invocation's noise, the axis of the node's input it follows."""
+    return OP_TABLE[op_type].source_axes(rank)
 
 
 def classify(noise: str, lead: list, shape: list, op_type: str, source: str | None,

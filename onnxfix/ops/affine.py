@@ -29,6 +29,7 @@ class AffineOp(RandomOp):
     """A continuous draw `offset + factor * noise` (normal: mean/scale, uniform: low/high)."""
 
     data_dependent = False
+    discrete = False  # offset + factor * noise: tested only when its noise is fed narrower
 
     def __init__(self, op_type: str, family: str, like_input: bool):
         self.op_type = op_type
@@ -56,8 +57,13 @@ class AffineOp(RandomOp):
             raise ModelError(f"{label(node)}: low={attrs.get('low', 0.0)} is above "
                              f"high={attrs.get('high', 1.0)}")
 
-    def ort_can_draw(self, node: onnx.NodeProto) -> str:
-        """Why onnxruntime would abort drawing from this node ('' if it would not).
+    @property
+    def reads_input(self) -> bool:
+        return self.like_input
+
+    def ort_abort_reason(self, node: onnx.NodeProto) -> str:
+        """Why onnxruntime would abort the process drawing from this node ('' if it would
+        not).
 
         Its kernels hand the parameters to std::normal_distribution /
         std::uniform_real_distribution, which assert (and abort the process) on scale <= 0
@@ -156,6 +162,10 @@ class AffineOp(RandomOp):
         wide = draw.astype(np.float64)
         noise = ((wide - offset) / factor if factor != 0 else wide * 0).astype(draw.dtype)
         return _refine(noise, draw, lambda n: self.forward(n, attrs)[0])
+
+    def standardize_frozen(self, draw: np.ndarray, distribution: dict) -> np.ndarray:
+        names = ("mean", "scale") if self.family == NORMAL else ("low", "high")
+        return self.standardize({0: draw}, {k: distribution[k] for k in names})
 
     def deterministic(self, b, node, attrs, dt) -> str:
         if self.family == NORMAL:

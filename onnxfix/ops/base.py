@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxfix.errors import ModelError
-from onnxfix.ops.noise import UNIFORM, standard_noise
+from onnxfix.ops.noise import NOISE_CENTRE, UNIFORM, standard_noise
 
 if TYPE_CHECKING:  # the builder is only handed in: importing it would close a cycle
     from onnxfix.graph.builder import NodeBuilder
@@ -108,11 +108,29 @@ def widened(b: NodeBuilder, name: str, dt: Dtypes, hint: str) -> str:
 
 
 class RandomOp:
+    """One random op's knowledge. The passes and the parity check call only these members;
+    a new op is a subclass in its own module plus its line in the registry."""
+
     op_type = ""
     family = UNIFORM
     # The draw depends on runtime tensors (probabilities, logits, data): constant mode then
     # freezes the standard noise and keeps the transform, instead of freezing the draw.
     data_dependent = True
+    # The transform is not the identity on its noise (a compare, an inverse CDF): the check's
+    # distribution test always runs for it, not only when the noise is fed narrower.
+    discrete = True
+    # The noise has the draw's shape (Multinomial's noise is [batch, sample_size]).
+    noise_is_draw_shaped = True
+
+    @property
+    def reads_input(self) -> bool:
+        """The node cannot be rewritten without its input 0 (probabilities, data, ...)."""
+        return True
+
+    @property
+    def deterministic_noise(self) -> float | None:
+        """The noise the transform maps onto the deterministic value (None where none does)."""
+        return NOISE_CENTRE[self.family]
 
     def applies(self, node: onnx.NodeProto, opset: int, constant_of) -> bool:
         return True
@@ -120,28 +138,41 @@ class RandomOp:
     def check_attributes(self, node: onnx.NodeProto) -> None:
         """Raise ModelError for attribute values no distribution has."""
 
-    def ort_can_draw(self, node: onnx.NodeProto) -> str:
-        """Why onnxruntime would abort drawing from this node ('' if it would not)."""
+    def ort_abort_reason(self, node: onnx.NodeProto) -> str:
+        """Why onnxruntime would abort the process drawing from this node ('' if it would
+        not)."""
         return ""
 
     def dtypes(self, node: onnx.NodeProto, input_type) -> Dtypes:
         raise NotImplementedError
 
+    def static_shape(self, node: onnx.NodeProto) -> list[int] | None:
+        """The draw's shape when an attribute fixes it (None: it follows an input)."""
+        return None
+
     def noise_shape(self, node: onnx.NodeProto, shape_of) -> list | None:
         """Shape of the noise; shape_of(name) gives a shape (list of int|str|None) or None."""
         return shape_of(node.input[0])
+
+    def noise_shape_from_output(self, node: onnx.NodeProto, shape_of) -> list | None:
+        """The noise's shape read off the draw's inferred shape, where they are the same."""
+        return shape_of(node.output[0]) if self.noise_is_draw_shaped else None
 
     def draw_shape(self, noise_shape: list | None) -> list | None:
         """Shape of the node's first output, given its noise's shape."""
         return noise_shape
 
+    def draw_axis(self, k: int) -> int | None:
+        """The draw's axis that noise axis k (within one invocation) has the size of."""
+        return k
+
+    def source_axes(self, rank: int) -> list[int | None]:
+        """For each axis of one invocation's noise, the axis of the node's input it follows."""
+        return list(range(rank))
+
     def shape_facts(self, node: onnx.NodeProto, shape_of) -> dict:
         """Static facts the transform needs beyond the attributes (merged into them)."""
         return {}
-
-    def capture_inputs(self, node: onnx.NodeProto) -> list[str]:
-        """Node inputs whose runtime values `standardize` needs."""
-        return [i for i in node.input[:1] if i]
 
     def distribution(self, attrs: dict) -> dict:
         raise NotImplementedError
@@ -151,14 +182,6 @@ class RandomOp:
 
     def transform(self, b: NodeBuilder, noise: str, node: onnx.NodeProto, attrs: dict,
                   dt: Dtypes) -> None:
-        raise NotImplementedError
-
-    def forward(self, noise: np.ndarray, attrs: dict, inputs: dict) -> dict[int, np.ndarray]:
-        """Output index -> value, as the transform computes it."""
-        raise NotImplementedError
-
-    def standardize(self, outputs: dict[int, np.ndarray], attrs: dict, inputs: dict,
-                    noise_dtype: np.dtype) -> np.ndarray:
         raise NotImplementedError
 
     def noise_dtype_problem(self, node: onnx.NodeProto, fed: int) -> str:
@@ -174,6 +197,60 @@ class RandomOp:
         """Append nodes computing the most representative value; return a description."""
         raise NotImplementedError
 
-    def static_shape(self, node: onnx.NodeProto) -> list[int] | None:
+    # -- the parity check: capture the original's draws, turn them back into noise --------
+
+    def capture_inputs(self, node: onnx.NodeProto) -> list[str]:
+        """Node inputs whose runtime values `standardize` needs."""
+        return [i for i in node.input[:1] if i]
+
+    def probability_inputs(self, node: onnx.NodeProto) -> list[str]:
+        """Inputs the check's synthetic feeds must fill with probabilities in [0, 1)."""
+        return []
+
+    def expose_outputs(self, node: onnx.NodeProto, fresh) -> None:
+        """Name optional outputs the check must capture (fresh(hint) gives a new name)."""
+
+    def output_type(self, node: onnx.NodeProto, index: int, opset: int,
+                    draw_type: int) -> int | None:
+        """The element type of output `index` where inference may not know it (None: ask
+        the model's facts); draw_type is that of output 0."""
         return None
 
+    def forward(self, noise: np.ndarray, attrs: dict, inputs: dict) -> dict[int, np.ndarray]:
+        """Output index -> value, as the transform computes it."""
+        raise NotImplementedError
+
+    def standardize(self, outputs: dict[int, np.ndarray], attrs: dict, inputs: dict,
+                    noise_dtype: np.dtype) -> np.ndarray:
+        """Standard noise the transform maps onto the captured outputs (Inconsistent if
+        none does)."""
+        raise NotImplementedError
+
+    def standardize_stacked(self, outputs: dict, attrs: dict, inputs: dict, noise_dtype,
+                            lead: int) -> np.ndarray:
+        """`standardize` for draws stacked over `lead` enclosing loop axes."""
+        if lead:
+            rank = max(v.ndim for v in outputs.values())
+            # inputs captured once per iteration (a Dropout ratio: [trips]) broadcast
+            inputs = {i: v.reshape(v.shape + (1,) * (rank - v.ndim))
+                      if lead <= v.ndim < rank else v for i, v in inputs.items()}
+        return self.standardize(outputs, attrs, inputs, noise_dtype)
+
+    def standardize_frozen(self, draw: np.ndarray, distribution: dict) -> np.ndarray:
+        """The noise for a draw constant mode froze itself (ops that are not data-dependent),
+        from its report `distribution`."""
+        raise NotImplementedError
+
+    def own_reference(self, nodes, noise: str) -> str | None:
+        """A tensor of the rewritten transform reading `noise` that the check should
+        re-standardize against (None: the captured inputs are enough)."""
+        return None
+
+    def recondition(self, outputs: dict[int, np.ndarray], reference: np.ndarray,
+                    noise_dtype) -> np.ndarray:
+        """Noise for the captured outputs, against the rewritten model's own `reference`."""
+        raise NotImplementedError
+
+    def seed_attribute(self, value: int):
+        """The op's `seed` attribute holding `value` (a float for most ops)."""
+        return float(value)

@@ -50,6 +50,9 @@ class BernoulliOp(RandomOp):
             raise ModelError(f"{label(node)}: dtype {dtype_name(draw)} is not allowed")
         return Dtypes(draw, wide_noise(p_type), p_type)
 
+    def probability_inputs(self, node) -> list[str]:
+        return [node.input[0]]
+
     def distribution(self, attrs: dict) -> dict:
         return {"family": UNIFORM, "noise": "standard uniform U[0, 1)",
                 "transform": "Ceil(Clip(p, 0, 1) - u): 1 where u < p (1 with probability p)"}

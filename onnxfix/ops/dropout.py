@@ -29,6 +29,7 @@ class DropoutOp(RandomOp):
     """Training-mode Dropout: mask = (u >= ratio), output = data * mask / (1 - ratio)."""
 
     op_type = "Dropout"
+    deterministic_noise = None  # no noise stands for 'no mask'
 
     def applies(self, node, opset, constant_of) -> bool:
         if opset < 7:  # Dropout-1/6: is_test=0 means training (a function's "@ref": maybe)
@@ -51,6 +52,21 @@ class DropoutOp(RandomOp):
 
     def capture_inputs(self, node) -> list[str]:
         return [i for i in node.input[:2] if i]
+
+    def expose_outputs(self, node, fresh) -> None:
+        """The mask is a draw too: the check conditions on it even where the model drops it."""
+        if len(node.output) < 2 or not node.output[1]:
+            while len(node.output) < 2:
+                node.output.append("")
+            node.output[1] = fresh(f"{node.output[0]}_mask")
+
+    def output_type(self, node, index: int, opset: int, draw_type: int) -> int | None:
+        if index == 1:  # the mask: bool from Dropout-10, the data's type before
+            return TensorProto.BOOL if opset >= 10 else draw_type
+        return None
+
+    def seed_attribute(self, value: int):
+        return int(value)  # Dropout's seed is an int, the others' a float
 
     def distribution(self, attrs: dict) -> dict:
         return {"family": UNIFORM, "noise": "standard uniform U[0, 1)",

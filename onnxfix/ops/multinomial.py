@@ -39,6 +39,8 @@ class MultinomialOp(RandomOp):
     """
 
     op_type = "Multinomial"
+    deterministic_noise = None  # no u is the most probable class for every logit row
+    noise_is_draw_shaped = False  # noise [batch, sample_size], logits [batch, classes]
     # relative margin (in units of the noise dtype's epsilon) a captured sample's u keeps
     # from its interval's ends, so onnxruntime's Exp (not numpy's) still maps it back
     SAFE_ULPS = 8
@@ -68,6 +70,13 @@ class MultinomialOp(RandomOp):
         logits = shape_of(node.input[0])
         batch = logits[0] if logits is not None and len(logits) == 2 else None
         return [batch, self._samples(node)]
+
+    def draw_axis(self, k: int) -> int | None:
+        return k if k < 2 else None
+
+    def source_axes(self, rank: int) -> list[int | None]:
+        """The sample count (an attribute) follows the batch axis of the logits."""
+        return [0, None, 1][:rank]
 
     def shape_facts(self, node, shape_of) -> dict:
         logits = shape_of(node.input[0])
@@ -154,6 +163,23 @@ class MultinomialOp(RandomOp):
 
     def standardize(self, outputs, attrs, inputs, noise_dtype) -> np.ndarray:
         return self.noise_for(outputs[0], self.cdf(inputs[0], noise_dtype), noise_dtype)
+
+    def standardize_stacked(self, outputs, attrs, inputs, noise_dtype, lead) -> np.ndarray:
+        """Loop axes folded into the batch: the cdf is computed per row of logits."""
+        if not lead:
+            return self.standardize(outputs, attrs, inputs, noise_dtype)
+        picks, logits = outputs[0], inputs[0]
+        u = self.standardize({0: picks.reshape(-1, picks.shape[-1])}, attrs,
+                             {0: logits.reshape(-1, logits.shape[-1])}, noise_dtype)
+        return u.reshape(*picks.shape[:lead], picks.shape[lead], *u.shape[1:])
+
+    def own_reference(self, nodes, noise: str) -> str | None:
+        """The rewritten model's normalized cdf: an ulp of difference in it moves class
+        boundaries, so the check re-standardizes against the very values it compares with."""
+        return self.cdf_tensor(nodes, noise)
+
+    def recondition(self, outputs, reference, noise_dtype) -> np.ndarray:
+        return self.noise_for(outputs[0], reference, noise_dtype, safe_ulps=0)
 
     @staticmethod
     def cdf_tensor(nodes, noise: str) -> str | None:

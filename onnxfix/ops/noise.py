@@ -12,6 +12,8 @@ import numpy as np
 NORMAL = "normal"    # N(0, 1)
 UNIFORM = "uniform"  # U[0, 1)
 FAMILIES = (NORMAL, UNIFORM)  # every standard noise a noise input may hold
+# The centre of each family: the noise an affine transform maps onto its mean / midpoint.
+NOISE_CENTRE = {NORMAL: 0.0, UNIFORM: 0.5}
 
 
 def below_one(dtype: np.dtype) -> np.generic:
