@@ -18,7 +18,9 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import NoArgsIsHelpError
     from click.exceptions import UsageError as _ClickUsageError
 
-from onnxfix import api
+import json
+
+from onnxfix import __version__, api
 from onnxfix.errors import ModelError, OnnxfixError, ParityError, UsageError
 from onnxfix.graph.noisedims import parse_bound_flags
 from onnxfix.graph.shapes import parse_dim_flags
@@ -81,8 +83,6 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from onnxfix import __version__
-
         typer.echo(f"onnxfix {__version__}")
         raise typer.Exit()
 
@@ -116,7 +116,7 @@ class _Printer:
     def step(self, text: str):
         if not self.tty:
             return contextlib.nullcontext()
-        from rich.console import Console
+        from rich.console import Console  # noqa: PLC0415 - a spinner, only on a terminal
 
         return Console(stderr=True).status(text)
 
@@ -268,8 +268,6 @@ def _rewrite_folder(src: Path, dst: Path, options: dict, report: Path | None,
         f"({tally['passed']} checked and passed, {tally['skipped']} check skipped), "
         f"{tally['failed']} failed")
     if report is not None:
-        import json
-
         write_text_atomic(report, json.dumps({"models": reports}, indent=2, default=str))
     return worst
 

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from onnxfix.errors import ModelError, UsageError
+from onnxfix.graph.shapes import fix_dims, infer_facts, model_dim_names, ort_symbolic_facts
 from onnxfix.ops import FAMILIES, np_dtype
 from onnxfix.ops.noise import standard_noise
 from onnxfix.rewrite import NOISE_METADATA_KEY
@@ -75,8 +76,6 @@ def _derived_sizes(model: onnx.ModelProto, entries: list[dict],
                    dims: dict[str, int]) -> dict[str, int]:
     """Sizes of derived noise dims (tied to the input dims only through the graph's shapes),
     from shape inference with the caller's concrete input dims."""
-    from onnxfix.graph.shapes import fix_dims, infer_facts, model_dim_names, ort_symbolic_facts
-
     wanted = [d for e in entries for d in e["dims"]
               if d.get("kind") == "derived" and d.get("source") and d.get("name") not in dims]
     if not wanted:

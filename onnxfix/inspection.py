@@ -11,6 +11,7 @@ from onnxfix.errors import OnnxfixError
 from onnxfix.graph.find import find_sites, iter_scoped
 from onnxfix.graph.shapes import infer_facts
 from onnxfix.ops import attribute_refs, attrs_of, dtype_name, spec_for
+from onnxfix.rewrite import rewrite_model
 
 
 @dataclass
@@ -78,8 +79,6 @@ def inspect_model(model: onnx.ModelProto, origin: str | None = None) -> InspectR
 
 def _planned_noise(model: onnx.ModelProto) -> dict[str, dict]:
     """Draw name -> the noise input an input-noise rewrite would declare for it."""
-    from onnxfix.rewrite import rewrite_model
-
     try:
         _, records = rewrite_model(model, "input-noise", allow_unbounded=True)
     except OnnxfixError:  # the rewrite refuses this model; inspect still lists its nodes

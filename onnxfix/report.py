@@ -1,4 +1,4 @@
-"""What a rewrite did: dataclasses, their JSON form, and the printed summary."""
+"""What a rewrite did: its records as dataclasses, their JSON form, and a model's op counts."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import onnx
+
+from onnxfix.graph.find import iter_graphs
 
 
 @dataclass
@@ -115,8 +117,6 @@ def _jsonable(x):
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Op counts over every graph and function body in the model."""
-    from onnxfix.graph.find import iter_graphs
-
     counts: Counter[str] = Counter()
     for container, _ in iter_graphs(model):
         counts.update(n.op_type for n in container.node)

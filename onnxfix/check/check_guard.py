@@ -14,6 +14,7 @@ Lines the check prints travel through the same pipe, in order, as they are made.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import faulthandler
 import math
 import os
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from onnxfix.check.compare import CheckLimit
+from onnxfix.errors import UsageError
 from onnxfix.report import Parity
 
 MiB = 2**20
@@ -56,8 +58,6 @@ def default_memory_bytes(model_bytes: int = 0) -> int:
 
 def make_limits(memory_mb: float | None, timeout_s: float | None,
                 model_bytes: int = 0) -> CheckLimits:
-    from onnxfix.errors import UsageError
-
     if memory_mb is not None and not (math.isfinite(memory_mb) and memory_mb >= 64):
         raise UsageError(f"--check-memory-mb {memory_mb}: must be a number of MiB, at least 64")
     if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
@@ -198,8 +198,6 @@ def _outlive_nobody(timeout_s: float) -> None:
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # default action: terminate
     signal.alarm(max(1, math.ceil(timeout_s)) + 5)
     with contextlib.suppress(Exception):
-        import ctypes
-
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 

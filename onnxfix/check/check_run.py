@@ -10,6 +10,7 @@ import onnx
 from onnxfix.check.check_guard import INPUTS_HINT, CheckLimits, run_guarded
 from onnxfix.check.check_inputs import GivenInputs
 from onnxfix.check.check_setup import CheckSetup
+from onnxfix.check.parity import check_parity
 from onnxfix.report import NodeRecord, Parity
 
 SKIP_MEANING = ("the rewrite was written but not verified: the parity check did not run to a "
@@ -33,8 +34,6 @@ def run_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, records: li
               on_line: Callable[[str], None] | None = None,
               weights_folder: str | None = None) -> Parity:
     """The conditional parity check, under the memory cap and time limit of `options`."""
-    from onnxfix.check.parity import check_parity  # onnxruntime is imported only when it is needed
-
     emit = on_line or (lambda _line: None)
     given = options.given
     hint = ("raise --check-memory-mb / --check-timeout, or give smaller inputs" if given

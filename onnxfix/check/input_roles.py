@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from onnxfix.graph.find import iter_graphs
+from onnxfix.graph.shapes import infer_facts
 
 
 class Role(Enum):
@@ -188,8 +189,6 @@ class _RowCounter:
         if name in self._inits:
             return self._inits[name]
         if self._facts is None:
-            from onnxfix.graph.shapes import infer_facts
-
             self._facts = infer_facts(self.model)
         f = self._facts.get(name)
         return f.shape if f is not None else None

@@ -30,6 +30,7 @@ from onnxfix.check.twin import twin_check as _twin_check
 from onnxfix.graph.find import Site, find_sites
 from onnxfix.ops import spec_for
 from onnxfix.report import NodeRecord, Parity
+from onnxfix.rewrite import rewrite_model
 
 
 def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
@@ -77,8 +78,6 @@ def _run_checks(parity, opener, original, rewritten, records, done, mode, size, 
     if mode == "input-noise":
         _conditional(parity, opener, original, rewritten, records, size, seed, emit)
         return
-    from onnxfix.rewrite import rewrite_model
-
     if mode == "deterministic":  # it is not run below: whether it runs decides skip or verdict
         original_loads(opener, _inlined(original))
 

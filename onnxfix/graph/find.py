@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -9,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxfix.errors import ModelError, UsageError
 from onnxfix.ops import is_random_op, spec_for
 
 Container = onnx.GraphProto | onnx.FunctionProto
@@ -44,10 +46,6 @@ class Site:
         return self.node.output[0]
 
     @property
-    def in_main_graph(self) -> bool:
-        return self.location == "main"
-
-    @property
     def in_function(self) -> bool:
         return self.location.startswith("function ")
 
@@ -68,9 +66,10 @@ def iter_scoped(model: onnx.ModelProto) -> Iterator[tuple[Container, str, list[S
         yield from _walk(f, f"function {f.domain}::{f.name}")
 
 
-def walk_graph(container: Container, location: str = "") -> Iterator[tuple[Container, str]]:
-    for g, where, _ in _walk(container, location):
-        yield g, where
+def walk_graph(container: Container) -> Iterator[Container]:
+    """`container` and every subgraph inside it, outermost first."""
+    for g, _, _ in _walk(container, ""):
+        yield g
 
 
 def _walk(container: Container, location: str) -> Iterator[tuple[Container, str, list[Scope]]]:
@@ -93,8 +92,6 @@ def _walk(container: Container, location: str) -> Iterator[tuple[Container, str,
                 for body, body_where in bodies:
                     inner = [*scopes, Scope(node, attr.name, body, graph)]
                     if len(inner) > MAX_NESTING:
-                        from onnxfix.errors import ModelError
-
                         raise ModelError(f"subgraphs nested deeper than {MAX_NESTING} levels")
                     children.append((body, body_where, inner))
         stack.extend(reversed(children))
@@ -168,8 +165,6 @@ class Selector:
 
     @staticmethod
     def _hit(site: Site, glob: str) -> bool:
-        import fnmatch
-
         return fnmatch.fnmatchcase(site.node.name, glob) or fnmatch.fnmatchcase(site.output, glob)
 
     def __call__(self, site: Site) -> bool:
@@ -188,8 +183,6 @@ class Selector:
         shown = [f"{s.node.name!r} -> {s.output!r}" if s.node.name else repr(s.output)
                  for s in sites[:20]]
         more = f" and {len(sites) - 20} more" if len(sites) > 20 else ""
-        from onnxfix.errors import UsageError
-
         raise UsageError(f"{', '.join(missed)} matches no random node (globs match node or "
                          f"output names); the random nodes are: {', '.join(shown)}{more}")
 

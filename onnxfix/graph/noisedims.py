@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from onnx import numpy_helper
 
 from onnxfix.errors import ModelError, UsageError
 from onnxfix.graph.builder import NodeBuilder
@@ -187,8 +188,6 @@ def _gather_prefix(b: NodeBuilder, noise: str, need: str, bounded: list[NoiseDim
                    n_lead: int) -> str:
     """Before opset 10 Slice ends are attributes: gather indices 0..n-1 instead, made as
     NonZero(ConstantOfShape([n])) (Gather fails loudly past the bound)."""
-    from onnx import numpy_helper
-
     current = noise
     for d in bounded:
         src = b.constant(np.array([d.source_axis], dtype=np.int64), "bounded_src")

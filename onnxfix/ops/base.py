@@ -190,7 +190,14 @@ class RandomOp:
         return ""
 
     def sample(self, rng: np.random.Generator, shape: list[int], dtype: int) -> np.ndarray:
+        """Seeded standard noise (constant mode freezes it where the op is data-dependent)."""
         return standard_noise(rng, self.family, shape, np_dtype(dtype))
+
+    def sample_draw(self, rng: np.random.Generator, shape: list[int], attrs: dict,
+                    dtype: int) -> np.ndarray:
+        """One seeded draw of the node's own distribution (constant mode freezes it where
+        the op is not data-dependent)."""
+        raise NotImplementedError
 
     def deterministic(self, b: NodeBuilder, node: onnx.NodeProto, attrs: dict,
                       dt: Dtypes) -> str:

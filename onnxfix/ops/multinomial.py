@@ -140,7 +140,7 @@ class MultinomialOp(RandomOp):
         onnxruntime rounds an ulp apart from one graph to another: the check conditions on
         the rewritten model's own cdf where it can, and keeps a margin here.)
         """
-        from onnxfix.check.compare import make_session
+        from onnxfix.check.compare import make_session  # noqa: PLC0415 - onnxruntime, lazily
 
         elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
         ints = {n: numpy_helper.from_array(np.array(v, np.int64), n)
