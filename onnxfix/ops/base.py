@@ -210,6 +210,11 @@ class RandomOp:
         """Node inputs whose runtime values `standardize` needs."""
         return [i for i in node.input[:1] if i]
 
+    def input_role(self, index: int) -> str | None:
+        """What the check's synthetic inputs must hold where they reach input `index`:
+        "probability" (in [0, 1)), "switch" (a training flag, true), or None."""
+        return None
+
     def probability_inputs(self, node: onnx.NodeProto) -> list[str]:
         """Inputs the check's synthetic feeds must fill with probabilities in [0, 1)."""
         return []

@@ -50,6 +50,9 @@ class BernoulliOp(RandomOp):
             raise ModelError(f"{label(node)}: dtype {dtype_name(draw)} is not allowed")
         return Dtypes(draw, wide_noise(p_type), p_type)
 
+    def input_role(self, index: int) -> str | None:
+        return "probability" if index == 0 else None
+
     def probability_inputs(self, node) -> list[str]:
         return [node.input[0]]
 

@@ -53,6 +53,9 @@ class DropoutOp(RandomOp):
     def capture_inputs(self, node) -> list[str]:
         return [i for i in node.input[:2] if i]
 
+    def input_role(self, index: int) -> str | None:
+        return {1: "probability", 2: "switch"}.get(index)
+
     def expose_outputs(self, node, fresh) -> None:
         """The mask is a draw too: the check conditions on it even where the model drops it."""
         if len(node.output) < 2 or not node.output[1]:
