@@ -1,9 +1,13 @@
-"""The Python API behind the CLI: rewrite a model, check it, report what was done."""
+"""The Python API behind the CLI: rewrite a model, check it, report what was done.
+
+`rewrite` takes loose keyword parameters (the documented API) and builds the typed options;
+`run` takes them typed (what the CLI calls): plan the rewrite once, emit the mode, check it
+against the same plan's input-noise twin, write the output only after the check passed.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -11,9 +15,8 @@ import onnx
 from onnxfix.check.check_guard import make_limits, model_bytes
 from onnxfix.check.check_inputs import load_check_inputs
 from onnxfix.check.check_run import CheckOptions, run_check
-from onnxfix.errors import ParityError, UsageError
+from onnxfix.errors import ParityError, UsageError, param
 from onnxfix.feeds import make_noise_feeds
-from onnxfix.graph.find import make_selector
 from onnxfix.inspection import InspectReport, inspect_model
 from onnxfix.io.model_io import (
     check_writable,
@@ -24,13 +27,16 @@ from onnxfix.io.model_io import (
 )
 from onnxfix.io.wire import Skeleton
 from onnxfix.io.wire_write import LAYOUTS, save_with_weights
+from onnxfix.options import MAX_CHECK_SIZE, CheckSettings, RewriteOptions
+from onnxfix.passes.emit import DEFAULT_MAX_DRAW_BYTES
 from onnxfix.passes.output_shapes import redeclare_output_shapes
+from onnxfix.passes.plan import ModelPlan
 from onnxfix.report import Parity, RewriteReport, op_counts
-from onnxfix.rewrite import DEFAULT_MAX_DRAW_BYTES, MODES, rewrite_model
+from onnxfix.reporter import Reporter, Sink
+from onnxfix.rewrite import apply_plan, plan_model
 
 ModelLike = onnx.ModelProto | str | os.PathLike
-# Sizes the check gives symbolic dims: beyond this, synthetic inputs stop being a test.
-MAX_CHECK_SIZE = 2**16
+__all__ = ["MAX_CHECK_SIZE", "inspect", "noise_feeds", "rewrite", "run"]
 
 
 def _open(model_or_path: ModelLike) -> tuple[onnx.ModelProto, str | None, Skeleton | None]:
@@ -61,32 +67,33 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
             fail_on_skip: bool = False,
             max_draw_bytes: int = DEFAULT_MAX_DRAW_BYTES,
             output: str | os.PathLike | None = None, weights: str = "same",
-            load_weights: bool = True,
-            on_line: Callable[[str], None] | None = None,
-            ) -> tuple[onnx.ModelProto, RewriteReport]:
+            load_weights: bool = True, on_line: Sink | None = None,
+            reporter: Reporter | None = None) -> tuple[onnx.ModelProto, RewriteReport]:
     """Rewrite every random node of a model; return the new model and the report.
 
-    mode: "input-noise" (standard noise as new graph inputs), "constant" (seeded draws) or
-        "deterministic" (the mean / most probable outcome, no mask).
-    dims: sizes for symbolic dims, fixed model-wide (constant mode needs concrete shapes).
-    noise_dtype: "same", "float32" or "float16": the dtype noise inputs are fed in (cast
-        in-graph to what the transform computes in: float32 or wider for Bernoulli,
-        Multinomial and Dropout). float16 is refused (UsageError) for Bernoulli and
-        Multinomial, whose samples it would bias.
-    noise_bounds: upper bounds of data-dependent noise dims, by the name the error and the
-        report give (`<noise input>:<axis>`), e.g. {"noise_z:2": 400}: that axis is declared
-        with the bound and the graph slices what each run needs.
-    only / exclude: glob patterns over node names and output names selecting the nodes to
-        rewrite; unselected random nodes stay as they are (the report says so).
-    check: run the conditional parity check in onnxruntime; raises ParityError on failure.
-    check_size: the size symbolic dims take in the check (synthetic inputs); a dynamic model
-        runs again at check_size + 1 when the first size was cheap.
-    check_inputs: real inputs for the check instead of synthetic ones: a path to an .npz
-        file or a dict input name -> array; the check then runs once, on them.
-    check_memory_mb / check_timeout: the check's memory cap (default min(8 GiB, half the
-        RAM)) and time limit (default 300 s); a check that exceeds them is skipped.
-    fail_on_skip: a skipped check raises ParityError (and nothing is written) instead of
-        writing the output unverified.
+    mode, seed, dims, noise_dtype, noise_bounds, max_draw_bytes, only, exclude: see
+    onnxfix.options.RewriteOptions. check (run it), atol, rtol, check_size, check_inputs,
+    check_memory_mb, check_timeout, fail_on_skip: see onnxfix.options.CheckSettings.
+    output, weights, load_weights: see `run`. reporter (or on_line, a callable taking one
+    line): where the check's PASSED / FAILED lines go.
+    """
+    options = RewriteOptions(mode=mode, seed=seed, dims=dims or {}, noise_dtype=noise_dtype,
+                             noise_bounds=noise_bounds or {}, max_draw_bytes=max_draw_bytes,
+                             only=tuple(only or ()), exclude=tuple(exclude or ()))
+    settings = CheckSettings(enabled=check, atol=atol, rtol=rtol, size=check_size,
+                             inputs=check_inputs, memory_mb=check_memory_mb,
+                             timeout=check_timeout, fail_on_skip=fail_on_skip)
+    return run(model_or_path, options, settings, output=output, weights=weights,
+               load_weights=load_weights, reporter=Reporter.of(reporter or on_line))
+
+
+def run(model_or_path: ModelLike, options: RewriteOptions,
+        settings: CheckSettings | None = None, *,
+        output: str | os.PathLike | None = None, weights: str = "same",
+        load_weights: bool = True, reporter: Reporter | None = None,
+        ) -> tuple[onnx.ModelProto, RewriteReport]:
+    """`rewrite` with typed options (settings None: CheckSettings' defaults).
+
     output: if given, the model is written there atomically (only after the check passed).
     weights: how the written file stores the weights: "same" layout as the input (embedded
         stays embedded, external data goes to one `<output>.data` beside it), "embedded", or
@@ -95,35 +102,14 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
         with the weights as external references into the input file (cheap; what the CLI
         uses), valid only while that file is unchanged.
     """
-    if mode not in MODES:
-        raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
-    if not 1 <= check_size <= MAX_CHECK_SIZE:
-        raise UsageError(f"--check-size {check_size}: must be an integer from 1 to "
-                         f"{MAX_CHECK_SIZE}")
-    for flag, value in (("--atol", atol), ("--rtol", rtol)):
-        if value is not None and not value >= 0:
-            raise UsageError(f"{flag} {value}: a tolerance must be a non-negative number")
     if weights not in LAYOUTS:
-        raise UsageError(f"--weights {weights!r}: choose one of {', '.join(LAYOUTS)}")
-    if fail_on_skip and not check:
-        raise UsageError("--fail-on-skip with --no-check: a check that is not run would "
-                         "always fail")
-    make_limits(check_memory_mb, check_timeout)  # a bad value is refused before any work
+        raise UsageError(f"{param('weights', weights)}: choose one of {', '.join(LAYOUTS)}")
     if output is not None:
         check_writable(output)
     original, source, skeleton = _open(model_or_path)
     try:
-        limits = make_limits(check_memory_mb, check_timeout, model_bytes(original, source))
-        given = (load_check_inputs(check_inputs, original, dims or {})
-                 if check_inputs is not None else None)
-        options = CheckOptions(size=check_size, atol=atol, rtol=rtol, seed=seed, given=given,
-                               limits=limits, fail_on_skip=fail_on_skip)
-        new_model, report = _rewrite(original, source, skeleton, mode, seed=seed, dims=dims,
-                                     select=make_selector(only, exclude),
-                                     noise_dtype=noise_dtype, noise_bounds=noise_bounds,
-                                     check=check, check_options=options,
-                                     max_draw_bytes=max_draw_bytes,
-                                     output=output, on_line=on_line)
+        new_model, report = _rewrite(original, source, skeleton, options,
+                                     settings or CheckSettings(), output, Reporter.of(reporter))
         if output is not None:
             if skeleton is not None:
                 save_with_weights(new_model, skeleton, output, layout=weights)
@@ -137,40 +123,61 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
             skeleton.close()
 
 
-def _rewrite(original, source, skeleton, mode, *, seed, dims, select, noise_dtype, noise_bounds,
-             check, check_options, max_draw_bytes, output, on_line):
-    new_model, records = rewrite_model(original, mode, seed=seed, dims=dims,
-                                       max_draw_bytes=max_draw_bytes, select=select,
-                                       noise_dtype=noise_dtype, noise_bounds=noise_bounds)
-    redeclared = (redeclare_output_shapes(new_model)
-                  if any(r.status == "rewritten" for r in records) else [])
+def _rewrite(original, source, skeleton, options: RewriteOptions, settings: CheckSettings,
+             output, reporter: Reporter) -> tuple[onnx.ModelProto, RewriteReport]:
+    model_plan = plan_model(original, options)
+    new_model, records = apply_plan(original, model_plan, options.mode, seed=options.seed,
+                                    noise_dtype=options.noise_dtype,
+                                    max_draw_bytes=options.max_draw_bytes)
+    rewritten = any(r.status == "rewritten" for r in records)
     report = RewriteReport(
-        mode=mode, input=source, output=str(output) if output is not None else None,
+        mode=options.mode, input=source, output=str(output) if output is not None else None,
         nodes=records, ops_before=op_counts(original), ops_after=op_counts(new_model),
         new_inputs=[r.replacement.name for r in records
                     if r.replacement and r.replacement.kind == "input"],
-        ops_kept=sum(1 for r in records if r.status == "kept"), redeclared_outputs=redeclared,
+        ops_kept=sum(1 for r in records if r.status == "kept"),
+        redeclared_outputs=redeclare_output_shapes(new_model) if rewritten else [],
     )
     if not records:
         report.parity = Parity(status="skipped", reason="the model has no random nodes")
-    elif not any(r.status == "rewritten" for r in records):
+    elif not rewritten:
         removed = sum(r.status == "removed" for r in records)
         why = (f"no random node was rewritten ({removed} removed as dead)" if removed
                else "no random node was selected")
         report.parity = Parity(status="skipped", reason=why)
-    elif check:
-        report.parity = run_check(
-            original, new_model, records, mode, check_options, dims=dims, select=select,
-            noise_bounds=noise_bounds, on_line=on_line,
-            weights_folder=str(skeleton.folder) if skeleton is not None else None)
-        if report.parity.status == "failed":
-            raise ParityError(f"parity check failed: {report.parity.reason}", report)
-        if report.parity.status == "skipped" and check_options.fail_on_skip:
-            raise ParityError(f"parity check skipped and fail_on_skip is set: "
-                              f"{report.parity.reason}", report)
+    elif settings.enabled:
+        report.parity = _check(original, new_model, records, model_plan, options, settings,
+                               source, skeleton, reporter)
+        _raise_unless_passed(report, settings)
     else:
         report.parity = Parity(status="skipped", reason="--no-check")
     return new_model, report
+
+
+def _check(original, new_model, records, model_plan: ModelPlan, options: RewriteOptions,
+           settings: CheckSettings, source, skeleton, reporter: Reporter) -> Parity:
+    """The parity check of the emitted model against the same plan's input-noise twin."""
+    limits = make_limits(settings.memory_mb, settings.timeout, model_bytes(original, source))
+    given = (load_check_inputs(settings.inputs, original, options.dims)
+             if settings.inputs is not None else None)
+    check_options = CheckOptions(size=settings.size, atol=settings.atol, rtol=settings.rtol,
+                                 seed=options.seed, given=given, limits=limits,
+                                 fail_on_skip=settings.fail_on_skip)
+
+    def twin(measured: dict[str, int]):
+        return apply_plan(original, model_plan.with_bounds(measured), "input-noise")
+
+    return run_check(original, new_model, records, options.mode, check_options, twin=twin,
+                     reporter=reporter,
+                     weights_folder=str(skeleton.folder) if skeleton is not None else None)
+
+
+def _raise_unless_passed(report: RewriteReport, settings: CheckSettings) -> None:
+    if report.parity.status == "failed":
+        raise ParityError(f"parity check failed: {report.parity.reason}", report)
+    if report.parity.status == "skipped" and settings.fail_on_skip:
+        raise ParityError(f"parity check skipped and fail_on_skip is set: "
+                          f"{report.parity.reason}", report)
 
 
 def inspect(model_or_path: ModelLike) -> InspectReport:

@@ -1,10 +1,14 @@
-"""The `onnxfix` command: parse flags, call the API, print. Nothing else lives here."""
+"""The `onnxfix` command: flags -> typed options (onnxfix.options) -> onnxfix.api -> printed
+lines. Also here: the one table from API parameter names to flags (errors name parameters,
+the CLI prints flags), the one-line usage errors, and the printed summary of a report."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -18,14 +22,15 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import NoArgsIsHelpError
     from click.exceptions import UsageError as _ClickUsageError
 
-import json
 
 from onnxfix import __version__, api
-from onnxfix.errors import ModelError, OnnxfixError, ParityError, UsageError
+from onnxfix.errors import ModelError, OnnxfixError, ParityError, UsageError, api_words
 from onnxfix.graph.noisedims import parse_bound_flags
 from onnxfix.graph.shapes import parse_dim_flags
 from onnxfix.io.model_io import check_writable, write_text_atomic
+from onnxfix.options import CheckSettings, RewriteOptions
 from onnxfix.report import RewriteReport
+from onnxfix.reporter import Reporter
 
 
 class Mode(StrEnum):
@@ -98,20 +103,15 @@ def _error(message: str, code: int):
     sys.exit(code)
 
 
-class _Printer:
-    """Lines on stdout unless --quiet; a transient progress spinner only on a terminal."""
+class _Printer(Reporter):
+    """Lines on stdout unless --quiet; detail lines only with --verbose; a transient progress
+    spinner only on a terminal."""
 
     def __init__(self, quiet: bool, verbose: bool):
+        super().__init__(None if quiet else typer.echo,
+                         typer.echo if verbose and not quiet else None)
         self.quiet, self.verbose = quiet, verbose
         self.tty = sys.stderr.isatty() and not quiet
-
-    def __call__(self, line: str) -> None:
-        if not self.quiet:
-            typer.echo(line)
-
-    def detail(self, line: str) -> None:
-        if self.verbose and not self.quiet:
-            typer.echo(line)
 
     def step(self, text: str):
         if not self.tty:
@@ -121,64 +121,109 @@ class _Printer:
         return Console(stderr=True).status(text)
 
 
+# API parameter -> the flag that sets it: core errors name parameters, the CLI prints flags.
+FLAGS = {
+    "mode": "--mode", "seed": "--seed", "dims": "--dim", "noise_dtype": "--noise-dtype",
+    "noise_bounds": "--noise-bound", "max_draw_bytes": "--max-draw-mb", "only": "--only",
+    "exclude": "--exclude", "weights": "--weights", "check": "--no-check",
+    "atol": "--atol", "rtol": "--rtol", "check_size": "--check-size",
+    "check_inputs": "--check-inputs", "check_memory_mb": "--check-memory-mb",
+    "check_timeout": "--check-timeout", "fail_on_skip": "--fail-on-skip",
+}
+
+
+def _flag_words(name: str, kind: str, payload: str) -> str:
+    """A parameter reference of an error message in the CLI's words (see errors.param)."""
+    flag = FLAGS.get(name)
+    if flag is None:
+        return api_words(name, kind, payload)
+    if kind == "n":
+        return flag
+    if kind == "e":
+        items = [item.split("\x02", 1) for item in payload.split("\x03") if item]
+        return " ".join(f"{flag} {k}={v}" for k, v in items)
+    api_value, cli_value = payload.split("\x02", 1)
+    if api_value in ("True", "False"):  # a switch: the flag alone says it
+        return flag
+    return f"{flag} {cli_value}"
+
+
+def _fail(e: OnnxfixError):
+    _error(e.render(_flag_words), e.exit_code)
+
+
+_INPUT = typer.Argument(..., help="The .onnx model to rewrite (never modified), or a folder: "
+                                  "every .onnx below it is rewritten.")
+_OUTPUT = typer.Argument(..., help="Where to write the rewritten model (a folder when INPUT is "
+                                   "one).")
+_MODE = typer.Option(Mode.input_noise, "--mode", "-m",
+                     help="input-noise: each draw becomes a graph input taking standard noise; "
+                          "constant: a seeded draw frozen into the model; deterministic: the "
+                          "mean / most probable outcome.")
+_SEED = typer.Option(0, "--seed", help="Seed for constant-mode draws and check inputs.")
+_DIM = typer.Option(None, "--dim", metavar="NAME=VALUE",
+                    help="Fix a symbolic dim model-wide (repeatable).")
+_NOISE_BOUND = typer.Option(None, "--noise-bound", metavar="NAME=N",
+                            help="Upper bound of a data-dependent noise dim, named as the error "
+                                 "or report gives it, e.g. noise_z:2=400 (repeatable).")
+_ONLY = typer.Option(None, "--only", metavar="GLOB",
+                     help="Rewrite only random nodes whose node name or output name matches "
+                          "(repeatable).")
+_EXCLUDE = typer.Option(None, "--exclude", metavar="GLOB",
+                        help="Leave matching random nodes as they are (repeatable).")
+_NOISE_DTYPE = typer.Option(NoiseDtype.same, "--noise-dtype",
+                            help="dtype of the noise inputs (cast in-graph): same as the "
+                                 "transform computes in, float32 or float16 (refused for "
+                                 "Bernoulli and Multinomial: it would bias them).")
+_WEIGHTS = typer.Option(Weights.same, "--weights",
+                        help="How OUT stores the weights: same layout as IN, embedded, or "
+                             "external (OUT.data beside it).")
+_REPORT = typer.Option(None, "--report", help="Write a JSON report here.")
+_NO_CHECK = typer.Option(False, "--no-check", help="Skip the parity check.")
+_ATOL = typer.Option(None, "--atol", help="Absolute tolerance (default by dtype: 1e-5 for "
+                                          "float32).")
+_RTOL = typer.Option(None, "--rtol", help="Relative tolerance (default by dtype: 1e-5 for "
+                                          "float32).")
+_CHECK_SIZE = typer.Option(2, "--check-size", help="Size given to symbolic dims in the check; "
+                                                   "it runs again at size+1 when the first size "
+                                                   "was cheap.")
+_CHECK_INPUTS = typer.Option(None, "--check-inputs", metavar="FILE.npz",
+                             help="Real inputs for the check (one array per input name); the "
+                                  "check runs once, on them.")
+_CHECK_MEMORY = typer.Option(None, "--check-memory-mb",
+                             help="Memory cap of the check in MiB (default min(8192, half the "
+                                  "RAM)); over it, the check is skipped.")
+_CHECK_TIMEOUT = typer.Option(None, "--check-timeout",
+                              help="Time limit of the check in seconds (default 300); over it, "
+                                   "it is skipped.")
+_FAIL_ON_SKIP = typer.Option(False, "--fail-on-skip",
+                             help="A skipped check fails (exit 1, nothing written) instead of "
+                                  "writing the output unverified.")
+_MAX_DRAW_MB = typer.Option(256.0, "--max-draw-mb", help="Cap on constant-mode draws, in MiB.")
+_QUIET = typer.Option(False, "--quiet", "-q", help="Print errors only.")
+_VERBOSE = typer.Option(False, "--verbose", "-v",
+                        help="Also print each node's replacement in full.")
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every model of a run is rewritten with."""
+
+    options: RewriteOptions
+    settings: CheckSettings
+    weights: str
+
+
 @app.command("rewrite")
 def rewrite_cmd(
-    input: Path = typer.Argument(..., help="The .onnx model to rewrite (never modified), or a "
-                                           "folder: every .onnx below it is rewritten."),
-    output: Path = typer.Argument(..., help="Where to write the rewritten model (a folder "
-                                            "when INPUT is one)."),
-    mode: Mode = typer.Option(Mode.input_noise, "--mode", "-m",
-                              help="input-noise: each draw becomes a graph input taking standard "
-                                   "noise; constant: a seeded draw frozen into the model; "
-                                   "deterministic: the mean / most probable outcome."),
-    seed: int = typer.Option(0, "--seed", help="Seed for constant-mode draws and check inputs."),
-    dim: list[str] = typer.Option(None, "--dim", metavar="NAME=VALUE",
-                                  help="Fix a symbolic dim model-wide (repeatable)."),
-    noise_bound: list[str] = typer.Option(None, "--noise-bound", metavar="NAME=N",
-                                          help="Upper bound of a data-dependent noise dim, "
-                                               "named as the error or report gives it, e.g. "
-                                               "noise_z:2=400 (repeatable)."),
-    only: list[str] = typer.Option(None, "--only", metavar="GLOB",
-                                   help="Rewrite only random nodes whose node name or output "
-                                        "name matches (repeatable)."),
-    exclude: list[str] = typer.Option(None, "--exclude", metavar="GLOB",
-                                      help="Leave matching random nodes as they are "
-                                           "(repeatable)."),
-    noise_dtype: NoiseDtype = typer.Option(NoiseDtype.same, "--noise-dtype",
-                                           help="dtype of the noise inputs (cast in-graph): "
-                                                "same as the transform computes in, float32 "
-                                                "or float16 (refused for Bernoulli and "
-                                                "Multinomial: it would bias them)."),
-    weights: Weights = typer.Option(Weights.same, "--weights",
-                                    help="How OUT stores the weights: same layout as IN, "
-                                         "embedded, or external (OUT.data beside it)."),
-    report: Path | None = typer.Option(None, "--report", help="Write a JSON report here."),
-    no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check."),
-    atol: float | None = typer.Option(None, "--atol", help="Absolute tolerance (default by "
-                                                            "dtype: 1e-5 for float32)."),
-    rtol: float | None = typer.Option(None, "--rtol", help="Relative tolerance (default by "
-                                                            "dtype: 1e-5 for float32)."),
-    check_size: int = typer.Option(2, "--check-size", help="Size given to symbolic dims in the "
-                                                           "check; it runs again at size+1 when "
-                                                           "the first size was cheap."),
-    check_inputs: Path | None = typer.Option(None, "--check-inputs", metavar="FILE.npz",
-                                             help="Real inputs for the check (one array per "
-                                                  "input name); the check runs once, on them."),
-    check_memory_mb: float | None = typer.Option(None, "--check-memory-mb",
-                                                 help="Memory cap of the check in MiB (default "
-                                                      "min(8192, half the RAM)); over it, the "
-                                                      "check is skipped."),
-    check_timeout: float | None = typer.Option(None, "--check-timeout",
-                                               help="Time limit of the check in seconds "
-                                                    "(default 300); over it, it is skipped."),
-    fail_on_skip: bool = typer.Option(False, "--fail-on-skip",
-                                      help="A skipped check fails (exit 1, nothing written) "
-                                           "instead of writing the output unverified."),
-    max_draw_mb: float = typer.Option(256.0, "--max-draw-mb",
-                                      help="Cap on constant-mode draws, in MiB."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print errors only."),
-    verbose: bool = typer.Option(False, "--verbose", "-v",
-                                 help="Also print each node's replacement in full."),
+    input: Path = _INPUT, output: Path = _OUTPUT, mode: Mode = _MODE, seed: int = _SEED,
+    dim: list[str] = _DIM, noise_bound: list[str] = _NOISE_BOUND, only: list[str] = _ONLY,
+    exclude: list[str] = _EXCLUDE, noise_dtype: NoiseDtype = _NOISE_DTYPE,
+    weights: Weights = _WEIGHTS, report: Path | None = _REPORT, no_check: bool = _NO_CHECK,
+    atol: float | None = _ATOL, rtol: float | None = _RTOL, check_size: int = _CHECK_SIZE,
+    check_inputs: Path | None = _CHECK_INPUTS, check_memory_mb: float | None = _CHECK_MEMORY,
+    check_timeout: float | None = _CHECK_TIMEOUT, fail_on_skip: bool = _FAIL_ON_SKIP,
+    max_draw_mb: float = _MAX_DRAW_MB, quiet: bool = _QUIET, verbose: bool = _VERBOSE,
 ) -> None:
     """Rewrite every random node of INPUT and write the result to OUTPUT."""
     say = _Printer(quiet, verbose)
@@ -188,35 +233,37 @@ def rewrite_cmd(
             raise UsageError(f"--max-draw-mb {max_draw_mb}: must be a positive number")
         if report is not None:
             check_writable(report, "--report")
-        options = dict(mode=mode.value, seed=seed, dims=dims, only=only, exclude=exclude,
-                       noise_bounds=parse_bound_flags(noise_bound),
-                       noise_dtype=noise_dtype.value, weights=weights.value,
-                       check=not no_check, atol=atol, rtol=rtol, check_size=check_size,
-                       check_inputs=check_inputs, check_memory_mb=check_memory_mb,
-                       check_timeout=check_timeout, fail_on_skip=fail_on_skip,
-                       max_draw_bytes=int(max_draw_mb * 2**20))
+        options = RewriteOptions(mode=mode.value, seed=seed, dims=dims,
+                                 noise_dtype=noise_dtype.value,
+                                 noise_bounds=parse_bound_flags(noise_bound),
+                                 max_draw_bytes=int(max_draw_mb * 2**20),
+                                 only=tuple(only or ()), exclude=tuple(exclude or ()))
+        settings = CheckSettings(enabled=not no_check, atol=atol, rtol=rtol, size=check_size,
+                                 inputs=check_inputs, memory_mb=check_memory_mb,
+                                 timeout=check_timeout, fail_on_skip=fail_on_skip)
+        job = _Job(options, settings, weights.value)
         if input.is_dir():
-            code = _rewrite_folder(input, output, options, report, say)
-            raise typer.Exit(code)
-        code, rep = _rewrite_one(input, output, options, say)
+            raise typer.Exit(_rewrite_folder(input, output, job, report, say))
+        code, rep = _rewrite_one(input, output, job, say)
         if report is not None and rep is not None:
             write_text_atomic(report, rep.to_json())
         if code:
             raise typer.Exit(code)
     except OnnxfixError as e:
-        _error(str(e), e.exit_code)
+        _fail(e)
 
 
-def _rewrite_one(src: Path, dst: Path, options: dict, say: _Printer,
+def _rewrite_one(src: Path, dst: Path, job: _Job, say: _Printer,
                  folder_mode: bool = False) -> tuple[int, RewriteReport | None]:
     try:
         with say.step(f"rewriting {src} and checking parity in onnxruntime"):
-            _, rep = api.rewrite(src, output=dst, load_weights=False,
-                                 on_line=say if not folder_mode else say.detail, **options)
+            _, rep = api.run(src, job.options, job.settings, output=dst, weights=job.weights,
+                             load_weights=False,
+                             reporter=say if not folder_mode else Reporter(say.detail))
     except ParityError as e:
         if not folder_mode:
             say(_parity_summary(e.report))
-        message = f"{e} ({dst} not written)"
+        message = f"{e.render(_flag_words)} ({dst} not written)"
         if folder_mode:
             say(f"FAILED  {src}: {message}")
             return e.exit_code, e.report
@@ -240,7 +287,7 @@ def _check_skipped(rep: RewriteReport | None) -> bool:
         and bool(rep.parity.note)
 
 
-def _rewrite_folder(src: Path, dst: Path, options: dict, report: Path | None,
+def _rewrite_folder(src: Path, dst: Path, job: _Job, report: Path | None,
                     say: _Printer) -> int:
     if dst.exists() and not dst.is_dir():
         raise UsageError(f"{dst}: INPUT is a folder, so OUTPUT must be a folder too")
@@ -252,9 +299,9 @@ def _rewrite_folder(src: Path, dst: Path, options: dict, report: Path | None,
         target = dst / path.relative_to(src)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            code, rep = _rewrite_one(path, target, options, say, folder_mode=True)
+            code, rep = _rewrite_one(path, target, job, say, folder_mode=True)
         except OnnxfixError as e:
-            say(f"ERROR   {path}: {e}")
+            say(f"ERROR   {path}: {e.render(_flag_words)}")
             code, rep = e.exit_code, None
         except OSError as e:
             say(f"ERROR   {path}: cannot create {target.parent}: {e.strerror or e}")
@@ -364,7 +411,7 @@ def inspect_cmd(
     try:
         rep = api.inspect(model)
     except OnnxfixError as e:
-        _error(str(e), e.exit_code)
+        _fail(e)
     if as_json:
         typer.echo(rep.to_json())
     elif not rep.nodes:

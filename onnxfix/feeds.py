@@ -15,7 +15,7 @@ from onnxfix.errors import ModelError, UsageError
 from onnxfix.graph.shapes import fix_dims, infer_facts, model_dim_names, ort_symbolic_facts
 from onnxfix.ops import FAMILIES, np_dtype
 from onnxfix.ops.noise import standard_noise
-from onnxfix.rewrite import NOISE_METADATA_KEY
+from onnxfix.passes.tidy import NOISE_METADATA_KEY
 
 
 def noise_inputs(model: onnx.ModelProto) -> list[dict]:

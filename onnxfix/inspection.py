@@ -11,7 +11,9 @@ from onnxfix.errors import OnnxfixError
 from onnxfix.graph.find import find_sites, iter_scoped
 from onnxfix.graph.shapes import infer_facts
 from onnxfix.ops import attribute_refs, attrs_of, dtype_name, spec_for
-from onnxfix.rewrite import rewrite_model
+from onnxfix.passes.emit import emit
+from onnxfix.passes.plan import plan
+from onnxfix.passes.prepare import prepare
 
 
 @dataclass
@@ -78,14 +80,15 @@ def inspect_model(model: onnx.ModelProto, origin: str | None = None) -> InspectR
 
 
 def _planned_noise(model: onnx.ModelProto) -> dict[str, dict]:
-    """Draw name -> the noise input an input-noise rewrite would declare for it."""
+    """Draw name -> the noise input an input-noise rewrite would declare for it: the plan and
+    one input-noise emit (nothing is spliced, checked or written)."""
     try:
-        _, records = rewrite_model(model, "input-noise", allow_unbounded=True)
+        emitted = emit(plan(prepare(model)), "input-noise", allow_unbounded=True)
     except OnnxfixError:  # the rewrite refuses this model; inspect still lists its nodes
         return {}
     return {r.output: {"input": r.replacement.name, "shape": r.replacement.shape,
                        "dims": r.replacement.dims}
-            for r in records if r.replacement is not None}
+            for r in emitted.records if r.replacement is not None}
 
 
 def _named_like_noise(shape: list, noise: dict, draw_shaped: bool) -> list:

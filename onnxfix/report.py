@@ -1,4 +1,5 @@
-"""What a rewrite did: its records as dataclasses, their JSON form, and a model's op counts."""
+"""What a rewrite did: the report's records (built last, from the emit's typed records and the
+check's verdict) and their JSON form. The CLI prints its summary from them."""
 
 from __future__ import annotations
 

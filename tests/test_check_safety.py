@@ -288,18 +288,18 @@ def test_a_capture_model_that_does_not_load_is_onnxfix_s_problem(monkeypatch):
 
 
 def test_an_input_noise_twin_that_does_not_load_is_onnxfix_s_problem(monkeypatch):
-    import onnxfix.check.parity as parity_module  # where the check builds its twin
+    import onnxfix.api as api_module  # the API emits the twin from its plan
 
-    real = parity_module.rewrite_model
+    real = api_module.apply_plan
 
-    def broken_twin(model, mode, **kwargs):
-        twin, records = real(model, mode, **kwargs)
+    def broken_twin(original, model_plan, mode, **kwargs):
+        twin, records = real(original, model_plan, mode, **kwargs)
         if mode == "input-noise":
             twin.graph.node.append(onnx.helper.make_node("Twice", ["x"], ["bad"],
                                                          domain="custom.example"))
         return twin, records
 
-    monkeypatch.setattr(parity_module, "rewrite_model", broken_twin)
+    monkeypatch.setattr(api_module, "apply_plan", broken_twin)
     _, report = onnxfix.rewrite(parse(DYNAMIC), "deterministic")
     assert report.parity.status == "skipped"
     assert report.parity.reason.startswith(
@@ -375,7 +375,7 @@ def test_check_inputs_must_agree_with_fixed_dims():
     with pytest.raises(onnxfix.UsageError) as e:
         onnxfix.rewrite(parse(DYNAMIC), "constant", dims={"batch": 2},
                         check_inputs={"x": np.zeros((3, 10), np.float32)})
-    assert str(e.value) == "check_inputs: dim 'batch' is 3 in the inputs but --dim batch=2"
+    assert str(e.value) == "check_inputs: dim 'batch' is 3 in the inputs but dims={'batch': 2}"
 
 
 # -- honest sizes ----------------------------------------------------------------------------
@@ -388,7 +388,7 @@ def test_the_second_size_is_dropped_when_the_first_was_costly(monkeypatch):
     new, records = rewrite_model(model, "input-noise")
     lines = []
     setup = CheckSetup(limits=CheckLimits(memory_bytes=2**31, timeout_s=300))
-    p = check_parity(model, new, records, "input-noise", size=1, on_line=lines.append,
+    p = check_parity(model, new, records, "input-noise", size=1, reporter=lines.append,
                      setup=setup)
     assert p.status == "passed" and p.sizes == [{"batch": 1}]
     assert ("NOTE | the check did not run again at size 2: the first size took 1024 MiB, over "

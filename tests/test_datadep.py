@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -83,8 +84,7 @@ def test_without_a_bound_the_rewrite_stops_naming_input_dim_origin_and_flag():
         "RandomNormalLike -> 'z' (main): axis 2 of its noise 'noise_z' is data-dependent (the "
         "size of 'base' axis 2 comes from the values of 'zs' (the draw RandomNormalLike -> "
         "'e')), so it cannot be sized from the model's inputs; set an upper bound with "
-        "--noise-bound noise_z:2=N (API: noise_bounds={'noise_z:2': N}) or use --mode "
-        "deterministic")
+        "noise_bounds={'noise_z:2': N} or use mode='deterministic'")
 
 
 def test_cli_without_a_bound_exits_3_with_one_line_and_writes_nothing(tmp_path):
@@ -152,7 +152,7 @@ def test_a_run_needing_more_than_the_bound_fails_in_onnxruntime():
 
 
 def test_a_bound_for_a_dim_that_is_not_data_dependent_is_a_usage_error(tmp_path):
-    with pytest.raises(UsageError, match=r"^--noise-bound: no data-dependent noise dim "
+    with pytest.raises(UsageError, match=r"^noise_bounds: no data-dependent noise dim "
                                          r"'noise_e:1' \(data-dependent dims: noise_z:2\)$"):
         rewrite_model(parse(VITS), "input-noise", noise_bounds={"noise_e:1": 4, **BOUND})
     src = tmp_path / "vits.onnx"
@@ -166,8 +166,8 @@ def test_constant_mode_names_the_data_dependent_dim_not_a_dim_flag():
     with pytest.raises(ModelError) as err:
         rewrite_model(parse(VITS), "constant", dims={"batch": 1})
     text = str(err.value)
-    assert "is data-dependent" in text and "--noise-bound noise_z:2=N" in text
-    assert "--dim" not in text and "unk__" not in text
+    assert "is data-dependent" in text and "noise_bounds={'noise_z:2': N}" in text
+    assert "dims=" not in text and "unk__" not in text
     new, report = onnxfix.rewrite(parse(VITS), "constant", dims={"batch": 1},
                                   noise_bounds=BOUND)
     assert report.parity.status == "passed"
@@ -290,7 +290,7 @@ def test_a_loop_draw_whose_shape_changes_per_iteration_is_refused_without_a_boun
     with pytest.raises(ModelError, match=r"axis 1 of its noise 'noise_r' is data-dependent "
                                          r"\(the size of 'base' axis 0 comes from the values "
                                          r"of 'nn' \(the iteration number of Loop -> "
-                                         r"'acc_out'\)\).*--noise-bound noise_r:1=N"):
+                                         r"'acc_out'\)\).*noise_bounds=\{'noise_r:1': N\}"):
         rewrite_model(parse(LOOP_BY_ITERATION), "input-noise")
     with pytest.raises(ModelError, match=r"comes from loop state 'g_in' of Loop -> 'acc_out', "
                                          r"whose shape can change between iterations"):
@@ -406,7 +406,7 @@ def test_exported_vits_rewrites_with_a_bound_and_runs_on_feeds_from_input_dims(n
     path = FIXTURES / name
     if not path.exists():
         pytest.skip(f"{name} is not in this checkout")
-    with pytest.raises(ModelError, match=f"--noise-bound {bound}=N"):
+    with pytest.raises(ModelError, match=re.escape(f"noise_bounds={{'{bound}': N}}")):
         onnxfix.rewrite(path, "input-noise", check=False)
     new, report = onnxfix.rewrite(path, "input-noise", noise_bounds={bound: 2048})
     assert report.parity.status == "passed"
@@ -455,7 +455,8 @@ def test_constant_mode_with_a_derived_dim_asks_for_the_input_dims_only():
                                          r"needs a concrete shape, but its shape "
                                          r"\[noise_r_d0, 4\] has a dim that shape inference "
                                          r"cannot compute from the input dims; fix the model's "
-                                         r"input dims with --dim NAME=N \(its dims: batch\)$"):
+                                         r"input dims with dims=\{'NAME': N\} "
+                                         r"\(its dims: batch\)$"):
         rewrite_model(parse(DERIVED), "constant")
     new, report = onnxfix.rewrite(parse(DERIVED), "constant", dims={"batch": 2})
     assert report.nodes[0].replacement.shape == [4, 4]
@@ -578,8 +579,8 @@ def test_a_loop_over_an_input_value_refuses_its_iteration_axis_without_a_bound()
         f"(main//Loop.body//If.then_branch): axis 0 of its noise '{LOOP_NOISE}' is "
         f"data-dependent (the iterations of Loop '/Loop' come from the values of input "
         f"'steps'), so it cannot be sized from the model's inputs; "
-        f"set an upper bound with --noise-bound {LOOP_NOISE}:0=N (API: noise_bounds="
-        f"{{'{LOOP_NOISE}:0': N}}) or use --mode deterministic")
+        f"set an upper bound with noise_bounds={{'{LOOP_NOISE}:0': N}} or use "
+        f"mode='deterministic'")
     with pytest.raises(ModelError, match=r"axis 0 of its noise .* is data-dependent \(the "
                                          r"iterations of Loop '/Loop' come from the values of "
                                          r"input 'steps'\)"):

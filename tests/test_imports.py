@@ -51,8 +51,12 @@ def _top_level_imports(name: str, path: Path) -> set[str]:
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names)
+            subs = {f"{node.module}.{a.name}" for a in node.names}
+            found.update(subs)
+            # `from pkg import submodule` needs only the submodule; a name defined in
+            # pkg/__init__ needs that __init__ to have run to its end
+            if not subs <= set(MODULES):
+                found.add(node.module)
     return {m for m in found if m in MODULES and m != name}
 
 
@@ -77,6 +81,13 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 path.append(nxt)
                 iters.append(iter(sorted(graph.get(nxt, ()))))
     return None
+
+
+def test_the_import_scan_tells_a_submodule_from_a_name_of_the_package():
+    assert "onnxfix.seeded" not in _top_level_imports("onnxfix.seeded.graph",
+                                                     MODULES["onnxfix.seeded.graph"])
+    assert "onnxfix.ops" in _top_level_imports("onnxfix.graph.find",
+                                               MODULES["onnxfix.graph.find"])
 
 
 def test_the_cycle_finder_finds_a_cycle_and_only_one():

@@ -118,7 +118,7 @@ def test_options_are_those_of_rewrite():
 
 
 def test_a_bad_option_value_is_the_core_usage_error():
-    with pytest.raises(onnxfix.UsageError, match=r"^--mode 'noisy': choose one of"):
+    with pytest.raises(onnxfix.UsageError, match=r"^mode='noisy': choose one of"):
         RewritePass("noisy")(ir.load(str(REF3)))
 
 

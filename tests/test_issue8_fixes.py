@@ -40,7 +40,7 @@ def test_a_glob_matching_no_random_node_is_a_usage_error_listing_them(flags, mis
 
 
 def test_the_api_raises_the_same_usage_error():
-    with pytest.raises(onnxfix.UsageError, match=r"^--only 'x' matches no random node"):
+    with pytest.raises(onnxfix.UsageError, match=r"^only='x' matches no random node"):
         onnxfix.rewrite(MIXED, only=["x"], check=False)
 
 

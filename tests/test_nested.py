@@ -156,7 +156,8 @@ def test_constant_mode_needs_the_trip_count_and_takes_it_from_dim():
     model = parse(LOOP_DYNAMIC)
     with pytest.raises(ModelError, match=r"axis 0 of its noise 'noise_r' is data-dependent "
                                          r"\(the iterations of Loop -> 'acc' come from the "
-                                         r"values of input 'trips'\).*--noise-bound noise_r:0=N"):
+                                         r"values of input 'trips'\).*"
+                                         r"noise_bounds=\{'noise_r:0': N\}"):
         rewrite_model(model, "constant")
     bounded, _ = onnxfix.rewrite(model, "constant", noise_bounds={"noise_r:0": 5}, check=False)
     assert onnx.numpy_helper.to_array(next(

@@ -279,7 +279,7 @@ def test_constant_draw_follows_mean_scale_and_dtype():
 
 
 def test_constant_mode_needs_concrete_dims_and_names_them():
-    with pytest.raises(ModelError, match=r"dim batch is symbolic; fix it with --dim batch=N"):
+    with pytest.raises(ModelError, match=r"dim batch is symbolic; fix it with dims=\{'batch': N\}"):
         rewrite_model(parse(EXPORTER_CHAIN), "constant")
 
 

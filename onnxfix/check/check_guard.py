@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from onnxfix.check.compare import CheckLimit
-from onnxfix.errors import UsageError
+from onnxfix.errors import UsageError, param
 from onnxfix.report import Parity
 
 MiB = 2**20
@@ -59,9 +59,11 @@ def default_memory_bytes(model_bytes: int = 0) -> int:
 def make_limits(memory_mb: float | None, timeout_s: float | None,
                 model_bytes: int = 0) -> CheckLimits:
     if memory_mb is not None and not (math.isfinite(memory_mb) and memory_mb >= 64):
-        raise UsageError(f"--check-memory-mb {memory_mb}: must be a number of MiB, at least 64")
+        raise UsageError(f"{param('check_memory_mb', memory_mb)}: must be a number of MiB, "
+                         f"at least 64")
     if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
-        raise UsageError(f"--check-timeout {timeout_s}: must be a positive number of seconds")
+        raise UsageError(f"{param('check_timeout', timeout_s)}: must be a positive number of "
+                         f"seconds")
     memory = default_memory_bytes(model_bytes) if memory_mb is None else int(memory_mb * MiB)
     return CheckLimits(memory, DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s))
 

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxfix.errors import UsageError
-
-FLAG = "--check-inputs"
+from onnxfix.errors import UsageError, entries, param
 
 
 @dataclass
@@ -27,7 +25,7 @@ class GivenInputs:
 
 def load_check_inputs(value, model: onnx.ModelProto, fixed: dict[str, int]) -> GivenInputs:
     """value: a path to an .npz file or a dict name -> array; validated against the model
-    and the dims fixed with --dim (`fixed`)."""
+    and the dims fixed with `dims` (`fixed`)."""
     if isinstance(value, (str, os.PathLike)):
         arrays, source = _read_npz(value), str(value)
     elif isinstance(value, dict):
@@ -39,27 +37,28 @@ def load_check_inputs(value, model: onnx.ModelProto, fixed: dict[str, int]) -> G
     for name, size in fixed.items():
         if dims.get(name, size) != size:
             raise UsageError(f"{_where(source)}: dim '{name}' is {dims[name]} in the inputs but "
-                             f"--dim {name}={size}")
+                             f"{entries('dims', {name: size})}")
     return GivenInputs(arrays, dims, source)
 
 
 def _where(source: str) -> str:
-    return f"{FLAG} {source}" if source != "check_inputs" else "check_inputs"
+    """The parameter that gave the inputs: `check_inputs='f.npz'` (CLI: --check-inputs f.npz)."""
+    return param("check_inputs", source, hint=True) if source != "check_inputs" else "check_inputs"
 
 
 def _read_npz(path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):
-                raise UsageError(f"{FLAG} {path}: not an .npz archive (one array per input "
+                raise UsageError(f"{_where(str(path))}: not an .npz archive (one array per input "
                                  f"name, as numpy.savez writes)")
             return {name: data[name] for name in data.files}
     except UsageError:
         raise
     except FileNotFoundError:
-        raise UsageError(f"{FLAG} {path}: no such file") from None
+        raise UsageError(f"{_where(str(path))}: no such file") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise UsageError(f"{FLAG} {path}: cannot be read as an .npz archive "
+        raise UsageError(f"{_where(str(path))}: cannot be read as an .npz archive "
                          f"({' '.join(str(e).split())[:200]})") from None
 
 

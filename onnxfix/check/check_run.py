@@ -12,6 +12,7 @@ from onnxfix.check.check_inputs import GivenInputs
 from onnxfix.check.check_setup import CheckSetup
 from onnxfix.check.parity import check_parity
 from onnxfix.report import NodeRecord, Parity
+from onnxfix.reporter import Reporter
 
 SKIP_MEANING = ("the rewrite was written but not verified: the parity check did not run to a "
                 "verdict (fail_on_skip / --fail-on-skip turns this into a failure)")
@@ -29,12 +30,13 @@ class CheckOptions:
 
 
 def run_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, records: list[NodeRecord],
-              mode: str, options: CheckOptions, *, dims=None, select=None,
-              noise_bounds: dict[str, int] | None = None,
-              on_line: Callable[[str], None] | None = None,
+              mode: str, options: CheckOptions, *, twin=None, reporter: Reporter | None = None,
               weights_folder: str | None = None) -> Parity:
-    """The conditional parity check, under the memory cap and time limit of `options`."""
-    emit = on_line or (lambda _line: None)
+    """The conditional parity check, under the memory cap and time limit of `options`.
+
+    twin: measured bounds -> the input-noise twin from the rewrite's plan (see check_parity).
+    """
+    emit = Reporter.of(reporter)
     given = options.given
     hint = ("raise --check-memory-mb / --check-timeout, or give smaller inputs" if given
             else INPUTS_HINT)
@@ -43,8 +45,8 @@ def run_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, records: li
 
     def check(line: Callable[[str], None]) -> Parity:
         return check_parity(original, rewritten, records, mode, size=options.size,
-                            atol=options.atol, rtol=options.rtol, seed=options.seed, dims=dims,
-                            select=select, noise_bounds=noise_bounds, on_line=line,
+                            atol=options.atol, rtol=options.rtol, seed=options.seed,
+                            twin=twin, reporter=Reporter.of(line),
                             weights_folder=weights_folder, setup=setup)
 
     if options.limits is None:

@@ -5,7 +5,7 @@ check conditions on the draws: onnxruntime runs the original with every random n
 (and the inputs its distribution depends on) exposed, which captures the draws it made.
 - input-noise: each captured draw is turned back into standard noise consistent with it and
   fed to the rewritten model; every output, and every draw, must match.
-- constant: the model is also rewritten in input-noise mode and checked as above; then the
+- constant: its input-noise twin (emitted from the same plan) is checked as above; then the
   constant model must equal that model fed with the frozen noise, and two runs must agree.
 - deterministic: the model must equal its input-noise twin fed each op's deterministic noise.
 The input-noise comparison lives in `conditional`, the twin comparison in `twin`.
@@ -27,26 +27,30 @@ from onnxfix.check.check_setup import CheckSetup, active, prepare
 from onnxfix.check.compare import CheckLimit, CheckSkipped, make_session
 from onnxfix.check.conditional import conditional as _conditional
 from onnxfix.check.twin import twin_check as _twin_check
-from onnxfix.graph.find import Site, find_sites
+from onnxfix.graph.find import find_sites
 from onnxfix.ops import spec_for
 from onnxfix.report import NodeRecord, Parity
-from onnxfix.rewrite import rewrite_model
+from onnxfix.reporter import Reporter
+
+# measured bounds of data-dependent noise dims -> the input-noise twin and its records
+TwinMaker = Callable[[dict[str, int]], tuple[onnx.ModelProto, list[NodeRecord]]]
 
 
 def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
                  records: list[NodeRecord], mode: str, *, size: int = 2,
                  atol: float | None = None, rtol: float | None = None, seed: int = 0,
-                 dims: dict | None = None, select: Callable[[Site], bool] | None = None,
-                 noise_bounds: dict | None = None, on_line: Callable[[str], None] | None = None,
+                 twin: TwinMaker | None = None, reporter: Reporter | None = None,
                  weights_folder: str | None = None, setup: CheckSetup | None = None) -> Parity:
     """weights_folder: where external-data weights live (a skeleton's source folder).
-    noise_bounds: the rewrite's bounds for data-dependent noise dims (its input-noise twin
-    takes them too). setup: the check's inputs (given or synthetic by role) and limits."""
+    twin: makes the input-noise twin of the rewrite from the same plan (constant and
+    deterministic checks need it), given extra bounds for data-dependent noise dims.
+    reporter: where the PASSED / FAILED lines go. setup: the check's inputs (given or
+    synthetic by role) and limits."""
     def opener(model: onnx.ModelProto):
         _refuse_aborting_draws(model)
         return make_session(model, weights_folder)
 
-    emit = on_line or (lambda _line: None)
+    emit = Reporter.of(reporter)
     parity = Parity(status="passed", atol=atol, rtol=rtol)
     done = [r for r in records if r.status == "rewritten"]
     if not done:
@@ -58,7 +62,7 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
         with warnings.catch_warnings(), np.errstate(all="ignore"), active(setup):
             warnings.simplefilter("ignore")
             _run_checks(parity, opener, original, rewritten, records, done, mode, size, seed,
-                        dims, select, noise_bounds, emit)
+                        twin, emit)
     except CheckSkipped as e:
         parity.status, parity.reason = "skipped", str(e)
         emit(f"SKIPPED | {e}")
@@ -73,18 +77,15 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
     return parity
 
 
-def _run_checks(parity, opener, original, rewritten, records, done, mode, size, seed, dims,
-                select, noise_bounds, emit) -> None:
+def _run_checks(parity, opener, original, rewritten, records, done, mode, size, seed,
+                make_twin: TwinMaker | None, emit) -> None:
     if mode == "input-noise":
         _conditional(parity, opener, original, rewritten, records, size, seed, emit)
         return
+    if make_twin is None:
+        raise ValueError(f"a {mode} check needs its input-noise twin (twin=...)")
     if mode == "deterministic":  # it is not run below: whether it runs decides skip or verdict
         original_loads(opener, _inlined(original))
-
-    def make_twin(measured: dict[str, int]):
-        return rewrite_model(original, "input-noise", dims=dims, select=select,
-                             noise_bounds={**(noise_bounds or {}), **measured})
-
     twin = make_twin({}) if mode == "constant" else None
     if mode == "constant":
         _conditional(parity, opener, original, *twin, size, seed, emit)

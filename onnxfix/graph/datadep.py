@@ -132,7 +132,7 @@ def _first(*texts: str | None) -> str | None:
     return next((t for t in texts if t), None)
 
 
-def _label(node: onnx.NodeProto) -> str:
+def node_label(node: onnx.NodeProto) -> str:
     if node.name:
         return f"{node.op_type} '{node.name}'"
     return f"{node.op_type} -> '{node.output[0]}'" if node.output else node.op_type
@@ -176,12 +176,12 @@ def _plain_node(node: onnx.NodeProto, prov: Provenance) -> None:
     else:  # unknown or value-dependent (NonZero, Unique, Compress, custom ops, ...)
         by_value = [f"the values of '{n}' ({v})" for n, v in zip(node.input, in_values,
                                                                  strict=True) if v]
-        shape = _first(*in_shapes, *(f"{_label(node)}, whose output size depends on {t}"
+        shape = _first(*in_shapes, *(f"{node_label(node)}, whose output size depends on {t}"
                                      for t in by_value[:1]))
     if op in SHAPE_READERS:
         value = in_shapes[0] if in_shapes else None
     elif op in RANDOM:
-        value = f"the draw {_label(node)}" if node.output else None
+        value = f"the draw {node_label(node)}" if node.output else None
     elif op in VALUE_FREE:
         value = shape
     else:
@@ -204,7 +204,7 @@ def _same_shape(facts, a: str, b: str) -> bool:
 
 def _with_bodies(node: onnx.NodeProto, prov: Provenance, facts, fixed) -> None:
     ins = [_read(prov, i) for i in node.input]
-    label = _label(node)
+    label = node_label(node)
     op = node.op_type
     outs_shape: list[str | None] = []
     if op == "Loop":

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxfix.errors import ModelError, UsageError
+from onnxfix.errors import ModelError, UsageError, param
 from onnxfix.ops import is_random_op, spec_for
 
 Container = onnx.GraphProto | onnx.FunctionProto
@@ -175,8 +175,8 @@ class Selector:
         """A glob that matches no random node is a typo that would silently pass CI."""
         if not sites:
             return  # nothing random (e.g. already rewritten): an unchanged copy, as always
-        flags = [("--only", g) for g in self.only] + [("--exclude", g) for g in self.exclude]
-        missed = [f"{flag} {glob!r}" for flag, glob in flags
+        globs = [("only", g) for g in self.only] + [("exclude", g) for g in self.exclude]
+        missed = [param(name, glob) for name, glob in globs
                   if not any(self._hit(s, glob) for s in sites)]
         if not missed:
             return

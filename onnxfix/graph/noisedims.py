@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from onnx import numpy_helper
 
-from onnxfix.errors import ModelError, UsageError
+from onnxfix.errors import ModelError, UsageError, entries, param, param_name
 from onnxfix.graph.builder import NodeBuilder
 from onnxfix.ops import OP_TABLE
 
@@ -97,25 +97,25 @@ def unbounded_error(where: str, noise: str, dims: list[NoiseDim], mode: str) -> 
     """One line: the noise input, the dims, what they come from, how to bound them."""
     first = dims[0]
     axes = ", ".join(str(d.axis) for d in dims)
-    fix = " ".join(f"--noise-bound {d.name}=N" for d in dims)
-    api = ", ".join(f"'{d.name}': N" for d in dims)
-    other = "--mode deterministic" if mode != "deterministic" else "a bound"
+    fix = entries("noise_bounds", {d.name: "N" for d in dims})
+    other = param("mode", "deterministic", hint=True) if mode != "deterministic" else "a bound"
     why = (f"the size of '{first.source}' axis {first.source_axis} comes from {first.origin}"
            if first.source else first.origin)  # a loop's iteration axis: no source tensor
     return ModelError(
         f"{where}: axis {axes} of its noise '{noise}' {'is' if len(dims) == 1 else 'are'} "
         f"data-dependent ({why}), so it cannot be sized from the model's inputs; set an upper "
-        f"bound with {fix} (API: noise_bounds={{{api}}}) or use {other}")
+        f"bound with {fix} or use {other}")
 
 
 def check_bound_names(bounds: dict[str, int], known: set[str]) -> None:
     for name, value in bounds.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise UsageError(f"--noise-bound {name}={value}: a bound must be a positive integer")
+            raise UsageError(f"{entries('noise_bounds', {name: value})}: a bound must be a "
+                             f"positive integer")
     unknown = sorted(set(bounds) - known)
     if unknown:
         have = ", ".join(sorted(known)) or "none"
-        raise UsageError(f"--noise-bound: no data-dependent noise dim "
+        raise UsageError(f"{param_name('noise_bounds')}: no data-dependent noise dim "
                          f"{', '.join(map(repr, unknown))} (data-dependent dims: {have})")
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from onnxfix.errors import UsageError
+from onnxfix.errors import UsageError, entries, param_name
 from onnxfix.graph.find import iter_graphs
 from onnxfix.graph.naming import sanitize
 
@@ -175,11 +175,13 @@ def fix_dims(model: onnx.ModelProto, dims: dict[str, int],
     unknown = sorted(set(dims) - known)
     if unknown:
         have = ", ".join(sorted(known)) or "none"
-        raise UsageError(f"--dim: the model has no symbolic dim {', '.join(map(repr, unknown))}"
+        raise UsageError(f"{param_name('dims')}: the model has no symbolic dim "
+                         f"{', '.join(map(repr, unknown))}"
                          f" (its dims: {have})")
     for name, value in dims.items():
         if value < 1:
-            raise UsageError(f"--dim {name}={value}: a dim must be a positive integer")
+            raise UsageError(f"{entries('dims', {name: value})}: a dim must be a positive "
+                             f"integer")
     for container, _ in iter_graphs(model):
         if not isinstance(container, onnx.GraphProto):
             continue

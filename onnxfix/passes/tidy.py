@@ -1,12 +1,45 @@
-"""Tidy pass: what the rewrite made unused goes, nothing else changes."""
+"""Tidy pass: what the rewrite made unused goes, the noise inputs are listed in metadata.
+
+Effect, in place on the spliced model: opset imports that only the inlined functions used are
+dropped, and the `onnxfix.noise_inputs` metadata entry lists every noise input (appended to
+what an earlier rewrite recorded). Nothing else changes.
+"""
 
 from __future__ import annotations
 
+import json
+
 import onnx
+from onnx import helper
 
 from onnxfix.graph.find import iter_graphs
 
 _DEFAULT_DOMAINS = {"", "ai.onnx"}
+NOISE_METADATA_KEY = "onnxfix.noise_inputs"
+
+
+def tidy(before: onnx.ModelProto, after: onnx.ModelProto,
+         noise_meta: list[dict] | None = None) -> onnx.ModelProto:
+    """call(after) -> after, tidied in place (`before`: the model the rewrite read)."""
+    if noise_meta:
+        record_noise_metadata(after, noise_meta)
+    drop_unused_opset_imports(before, after)
+    return after
+
+
+def record_noise_metadata(model: onnx.ModelProto, entries: list[dict]) -> None:
+    """Append `entries` to the model's `onnxfix.noise_inputs` list (other props unchanged)."""
+    existing = []
+    props = {}
+    for prop in model.metadata_props:
+        if prop.key == NOISE_METADATA_KEY:
+            try:
+                existing = json.loads(prop.value)
+            except ValueError:
+                existing = []
+        else:
+            props[prop.key] = prop.value
+    helper.set_model_props(model, {**props, NOISE_METADATA_KEY: json.dumps(existing + entries)})
 
 
 def used_domains(model: onnx.ModelProto) -> set[str]:

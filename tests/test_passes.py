@@ -1,0 +1,316 @@
+"""Each pass of the rewrite alone (prepare, plan, emit, splice, tidy, validate), the plan
+computed once for a rewrite and its check, typed options and the reporter."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import FIXTURES, op_types, parse, run
+
+import onnxfix
+import onnxfix.passes.plan as plan_module
+import onnxfix.passes.prepare as prepare_module
+from onnxfix.cli import _flag_words
+from onnxfix.errors import ModelError, UsageError
+from onnxfix.options import CheckSettings, RewriteOptions
+from onnxfix.passes.emit import emit
+from onnxfix.passes.plan import plan
+from onnxfix.passes.prepare import prepare
+from onnxfix.passes.splice import splice
+from onnxfix.passes.tidy import tidy
+from onnxfix.passes.validate import validate
+from onnxfix.reporter import Reporter
+from onnxfix.rewrite import apply_plan, plan_model, rewrite_model
+
+rewrite_module = importlib.import_module("onnxfix.rewrite")  # onnxfix.rewrite: the API function
+
+UNNAMED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[?, 4] x) => (float[?, 4] y) {
+  r = RandomNormalLike<mean=1.0, scale=2.0>(x)
+  y = Add(x, r)
+}
+"""
+
+LOOP = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[3] x) => (float[3] acc) {
+  trips = Constant<value=int64 {4}>()
+  cond = Constant<value=bool {1}>()
+  acc = Loop (trips, cond, x) <
+    body = b (int64 i, bool c_in, float[3] a_in) => (bool c_out, float[3] a_out) {
+      c_out = Identity(c_in)
+      r = RandomUniformLike<low=0.0, high=1.0>(a_in)
+      a_out = Add(a_in, r)
+    }
+  >
+}
+"""
+
+VITS_LIKE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 2, ?] y) {
+  e = RandomNormalLike(x)
+  d = Abs(e)
+  c = Ceil(d)
+  n = ReduceSum<keepdims=0>(c)
+  ni = Cast<to=7>(n)
+  zero = Constant<value=float {0.0}>()
+  b = Shape<start=0, end=1>(x)
+  two = Constant<value=int64[1] {2}>()
+  one = Constant<value=int64[1] {1}>()
+  nr = Reshape(ni, one)
+  shp = Concat<axis=0>(b, two, nr)
+  base = ConstantOfShape(shp)
+  z = RandomNormalLike(base)
+  y = Add(base, z)
+}
+"""
+
+
+def _ref3() -> onnx.ModelProto:
+    return onnx.load(FIXTURES / "ref3_dynamic_ts.onnx")
+
+
+# -- prepare ---------------------------------------------------------------------------------
+
+def test_prepare_names_unnamed_input_dims_on_a_copy():
+    model = parse(UNNAMED)
+    before = model.SerializeToString()
+    prepared = prepare(model)
+    dim = prepared.model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert prepared.random and dim.dim_param == "x_dim0"
+    assert model.SerializeToString() == before
+
+
+def test_prepare_fixes_dims_and_leaves_a_model_without_draws_alone():
+    model = parse(UNNAMED.replace("r = RandomNormalLike<mean=1.0, scale=2.0>(x)", "r = Neg(x)"))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    prepared = prepare(model, {"batch": 3})
+    assert not prepared.random
+    assert prepared.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3
+
+
+# -- plan ------------------------------------------------------------------------------------
+
+def test_plan_describes_each_site_without_changing_the_model():
+    prepared = prepare(_ref3())
+    before = prepared.model.SerializeToString()
+    model_plan = plan(prepared)
+    assert [p.noise for p in model_plan.sites] == [
+        "noise_RandomNormalLike_output_0", "noise_RandomNormalLike_1_output_0",
+        "noise_RandomNormalLike_2_output_0"]
+    assert [[d.kind for d in p.dims] for p in model_plan.sites] == [["input", "constant"]] * 3
+    assert prepared.model.SerializeToString() == before
+
+
+class _Calls:
+    """Counts calls of a module-level function in a file: the check runs in a forked child."""
+
+    def __init__(self, monkeypatch, tmp_path: Path, module, name: str):
+        self.log = tmp_path / f"{module.__name__}.{name}.calls"
+        self.log.write_text("")
+        real = getattr(module, name)
+
+        def counted(*args, **kwargs):
+            with open(self.log, "a") as f:
+                f.write("x")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+
+    @property
+    def count(self) -> int:
+        return len(self.log.read_text())
+
+
+@pytest.mark.parametrize("mode", ["constant", "deterministic"])
+def test_the_plan_is_computed_once_for_a_rewrite_and_its_check(monkeypatch, tmp_path, mode):
+    counters = [_Calls(monkeypatch, tmp_path, plan_module, "infer_facts"),
+                _Calls(monkeypatch, tmp_path, plan_module, "find_sites"),
+                _Calls(monkeypatch, tmp_path, plan_module, "trace"),
+                _Calls(monkeypatch, tmp_path, prepare_module, "inline_random_functions")]
+    _, report = onnxfix.rewrite(_ref3(), mode, dims={"batch": 2})
+    assert report.parity.status == "passed"
+    assert [c.count for c in counters] == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("mode", ["constant", "deterministic"])
+def test_the_check_never_calls_the_rewrite(monkeypatch, mode):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the check re-ran the rewrite")
+
+    model_plan = plan_model(_ref3(), RewriteOptions(mode=mode, dims={"batch": 2}))
+    monkeypatch.setattr(rewrite_module, "rewrite_model", refuse)
+    monkeypatch.setattr(rewrite_module, "rewrite_with", refuse)
+    monkeypatch.setattr(prepare_module, "inline_random_functions", refuse)
+    monkeypatch.setattr(plan_module, "infer_facts", refuse)
+    new, records = apply_plan(_ref3(), model_plan, mode)
+    from onnxfix.check.parity import check_parity
+
+    twin_calls = []
+
+    def twin(measured):
+        twin_calls.append(measured)
+        return apply_plan(_ref3(), model_plan.with_bounds(measured), "input-noise")
+
+    parity = check_parity(_ref3(), new, records, mode, twin=twin)
+    assert parity.status == "passed" and twin_calls
+
+
+def test_the_check_package_imports_neither_the_rewrite_nor_its_passes():
+    check = Path(onnxfix.__file__).parent / "check"
+    imported = set()
+    for path in check.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
+    assert not {m for m in imported
+                if m.startswith(("onnxfix.rewrite", "onnxfix.passes", "onnxfix.api"))}
+
+
+def test_with_bounds_reclassifies_without_inference(monkeypatch):
+    model_plan = plan(prepare(parse(VITS_LIKE)))
+    z = model_plan.sites[1]
+    assert [d.kind for d in z.dims] == ["input", "constant", "data-dependent"]
+    with pytest.raises(ModelError, match=r"noise_bounds=\{'noise_z:2': N\}"):
+        emit(model_plan, "input-noise")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("inference ran again")
+
+    for name in ("infer_facts", "trace", "ort_symbolic_facts"):
+        monkeypatch.setattr(plan_module, name, refuse)
+    bounded = model_plan.with_bounds({"noise_z:2": 16})
+    assert [d.kind for d in bounded.sites[1].dims] == ["input", "constant", "bounded"]
+    assert [p.noise for p in bounded.sites] == [p.noise for p in model_plan.sites]
+    assert [d.kind for d in model_plan.sites[1].dims][2] == "data-dependent"  # unchanged
+    new, records = apply_plan(parse(VITS_LIKE), bounded, "input-noise")
+    assert records[1].replacement.shape == ["batch", 2, 16]
+
+
+# -- emit ------------------------------------------------------------------------------------
+
+def test_emitting_twice_from_one_plan_gives_identical_models():
+    model = _ref3()
+    model_plan = plan_model(model, RewriteOptions(dims={"batch": 2}))
+    prepared = model_plan.model.SerializeToString()
+    one, records_one = apply_plan(model, model_plan, "input-noise")
+    constant, _ = apply_plan(model, model_plan, "constant", seed=3)
+    two, records_two = apply_plan(model, model_plan, "input-noise")
+    assert one.SerializeToString() == two.SerializeToString()
+    assert records_one == records_two
+    assert model_plan.model.SerializeToString() == prepared
+    fresh, _ = rewrite_model(model, "input-noise", dims={"batch": 2})
+    assert one.SerializeToString() == fresh.SerializeToString()
+    assert "RandomNormalLike" not in op_types(constant)
+
+
+def test_emit_gives_typed_records_and_leaves_the_prepared_model_alone():
+    with pytest.raises(ModelError, match=r"dim x_dim0 is symbolic; fix it with "
+                                         r"dims=\{'x_dim0': N\}$"):
+        emit(plan(prepare(parse(UNNAMED))), "constant", seed=1)
+    emitted = emit(plan(prepare(parse(UNNAMED), {"x_dim0": 2})), "constant", seed=1)
+    [site] = emitted.sites
+    [frozen] = site.frozen
+    assert frozen.name == "r" and frozen.elem_type == onnx.TensorProto.FLOAT
+    assert frozen.array.shape == (2, 4) and frozen.array.dtype == np.float32
+    assert site.nodes == [] and emitted.records[0].replacement.dtype == "float"
+
+
+# -- splice ----------------------------------------------------------------------------------
+
+def test_splice_routes_noise_into_a_loop_body():
+    emitted = emit(plan(prepare(parse(LOOP))), "input-noise")
+    new = splice(emitted)
+    noise = new.graph.input[-1]
+    assert noise.name == "noise_r"
+    assert [d.dim_value for d in noise.type.tensor_type.shape.dim] == [4, 3]
+    body = next(a.g for a in new.graph.node[-1].attribute if a.name == "body")
+    gather = body.node[0]
+    assert gather.op_type == "Gather" and list(gather.input) == ["noise_r", "i"]
+    assert "RandomUniformLike" not in op_types(new)
+    u = np.random.default_rng(0).random((4, 3)).astype(np.float32)
+    got = run(new, {"x": np.zeros(3, np.float32), "noise_r": u})
+    np.testing.assert_allclose(got["acc"], u.sum(axis=0), rtol=1e-6)
+
+
+# -- tidy ------------------------------------------------------------------------------------
+
+def test_tidy_drops_an_opset_import_only_removed_nodes_used():
+    before = parse("""
+<ir_version: 8, opset_import: ["" : 17, "custom.example" : 1]>
+g (float[2] x) => (float[2] y) {
+  t = custom.example.Twice(x)
+  y = Identity(x)
+}
+""")
+    after = onnx.ModelProto()
+    after.CopyFrom(before)
+    del after.graph.node[0]
+    tidy(before, after, [{"name": "noise_y"}])
+    assert [i.domain for i in after.opset_import] == [""]
+    assert {p.key for p in after.metadata_props} == {"onnxfix.noise_inputs"}
+    untouched = onnx.ModelProto()
+    untouched.CopyFrom(before)
+    tidy(before, untouched)
+    assert [i.domain for i in untouched.opset_import] == ["", "custom.example"]
+
+
+# -- validate --------------------------------------------------------------------------------
+
+def test_validate_rejects_an_output_that_fails_the_checker():
+    original = parse(UNNAMED)
+    broken = onnx.ModelProto()
+    broken.CopyFrom(original)
+    broken.graph.node[1].input[1] = "nowhere"
+    with pytest.raises(ModelError, match=r"^internal error: the rewritten model fails the onnx "
+                                         r"checker \(full check\): "):
+        validate(original, broken)
+    assert validate(original, original) is original
+
+
+# -- options and reporter --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("make", "api", "cli"), [
+    (lambda: RewriteOptions(mode="noisy"),
+     "mode='noisy': choose one of input-noise, constant, deterministic",
+     "--mode 'noisy': choose one of input-noise, constant, deterministic"),
+    (lambda: RewriteOptions(noise_dtype="int8"),
+     "noise_dtype='int8': choose one of same, float32, float16",
+     "--noise-dtype 'int8': choose one of same, float32, float16"),
+    (lambda: RewriteOptions(seed=-1),
+     "seed=-1: the seed must be a non-negative integer",
+     "--seed -1: the seed must be a non-negative integer"),
+    (lambda: CheckSettings(size=0),
+     "check_size=0: must be an integer from 1 to 65536",
+     "--check-size 0: must be an integer from 1 to 65536"),
+    (lambda: CheckSettings(enabled=False, fail_on_skip=True),
+     "fail_on_skip=True with check=False: a check that is not run would always fail",
+     "--fail-on-skip with --no-check: a check that is not run would always fail"),
+    (lambda: rewrite_model(parse(UNNAMED), "input-noise", dims={"batch": 2}),
+     "dims: the model has no symbolic dim 'batch' (its dims: x_dim0)",
+     "--dim: the model has no symbolic dim 'batch' (its dims: x_dim0)"),
+])
+def test_options_errors_name_api_parameters_and_the_cli_flags(make, api, cli):
+    with pytest.raises(UsageError) as err:
+        make()
+    assert str(err.value) == api
+    assert err.value.render(_flag_words) == cli
+
+
+def test_the_reporter_takes_one_line_and_drops_details_unless_asked():
+    lines, details = [], []
+    Reporter.of(lines.append)("PASSED | x")
+    reporter = Reporter(lines.append, details.append)
+    reporter.detail("d")
+    Reporter.of(None)("dropped")
+    assert Reporter.of(reporter) is reporter
+    assert lines == ["PASSED | x"] and details == ["d"]
