@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxfix.errors import ModelError
-from onnxfix.ops.noise import NOISE_CENTRE, UNIFORM, standard_noise
+from onnxfix.ops.noise import NOISE_CENTRE, UNIFORM, below_one, standard_noise
 
 if TYPE_CHECKING:  # the builder is only handed in: importing it would close a cycle
     from onnxfix.graph.builder import NodeBuilder
@@ -81,6 +81,25 @@ def require_float(node: onnx.NodeProto, dt: int, what: str = "dtype") -> int:
         raise ModelError(f"{label(node)}: {what} {dtype_name(dt)} is not allowed "
                          f"(the op takes float16, float, double or bfloat16)")
     return dt
+
+
+def float_input_type(node: onnx.NodeProto, input_type) -> int:
+    """The element type of the node's input 0, which must be known and a float type."""
+    elem = input_type(node.input[0])
+    if not elem:
+        raise ModelError(f"{label(node)}: cannot tell the element type of its input")
+    return require_float(node, elem, "input type")
+
+
+def narrow_uniform_problem(node: onnx.NodeProto, fed: int, why) -> str:
+    """'' unless noise fed as `fed` is a 16-bit float; else the refusal, naming noise_dtype,
+    with why(dtype name, its largest step below 1) as the reason."""
+    if fed not in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
+        return ""
+    name = dtype_name(fed)
+    step = 1 - float(below_one(np_dtype(fed)))
+    return (f"{label(node)}: noise_dtype=\"{name}\" cannot represent its noise faithfully: "
+            f"{why(name, step)}; use noise_dtype=\"float32\" or \"same\"")
 
 
 @dataclass(frozen=True)

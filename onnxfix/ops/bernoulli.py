@@ -16,13 +16,14 @@ from onnxfix.ops.base import (
     RandomOp,
     attrs_of,
     dtype_name,
+    float_input_type,
     label,
+    narrow_uniform_problem,
     np_dtype,
-    require_float,
     wide_noise,
     widened,
 )
-from onnxfix.ops.noise import UNIFORM, below_one
+from onnxfix.ops.noise import UNIFORM
 
 _CASTABLE = {
     TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.BFLOAT16,
@@ -40,10 +41,7 @@ class BernoulliOp(RandomOp):
     op_type = "Bernoulli"
 
     def dtypes(self, node: onnx.NodeProto, input_type) -> Dtypes:
-        p_type = input_type(node.input[0])
-        if not p_type:
-            raise ModelError(f"{label(node)}: cannot tell the element type of its input")
-        require_float(node, p_type, "input type")
+        p_type = float_input_type(node, input_type)
         attrs = attrs_of(node)
         draw = int(attrs.get("dtype", p_type))
         if draw in (TensorProto.STRING, TensorProto.UNDEFINED) or draw not in _CASTABLE:
@@ -62,14 +60,9 @@ class BernoulliOp(RandomOp):
 
     def noise_dtype_problem(self, node, fed: int) -> str:
         """p is data and may lie anywhere in [0, 1]: a grid of float16 uniforms rounds it."""
-        if fed not in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
-            return ""
-        name = dtype_name(fed)
-        step = 1 - float(below_one(np_dtype(fed)))
-        return (f"{label(node)}: noise_dtype=\"{name}\" cannot represent its noise "
-                f"faithfully: {name} uniforms step by up to {step:.2g} below 1, so every p "
-                f"is rounded to that grid (p above {1 - step:.5g} always draws 1); use "
-                f"noise_dtype=\"float32\" or \"same\"")
+        return narrow_uniform_problem(node, fed, lambda name, step: (
+            f"{name} uniforms step by up to {step:.2g} below 1, so every p is rounded to "
+            f"that grid (p above {1 - step:.5g} always draws 1)"))
 
     def transform_text(self, attrs: dict) -> str:
         return "Ceil(Clip(p, 0, 1) - noise)"

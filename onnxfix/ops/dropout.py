@@ -7,15 +7,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from onnx import TensorProto
 
-from onnxfix.errors import ModelError
 from onnxfix.ops.base import (
     Dtypes,
     Inconsistent,
     RandomOp,
     attrs_of,
-    label,
+    float_input_type,
     np_dtype,
-    require_float,
     wide_noise,
     widened,
 )
@@ -43,10 +41,7 @@ class DropoutOp(RandomOp):
         return flag is None or bool(np.asarray(flag).reshape(-1)[0])
 
     def dtypes(self, node, input_type) -> Dtypes:
-        data = input_type(node.input[0])
-        if not data:
-            raise ModelError(f"{label(node)}: cannot tell the element type of its input")
-        require_float(node, data, "input type")
+        data = float_input_type(node, input_type)
         ratio = input_type(node.input[1]) if len(node.input) > 1 and node.input[1] else None
         return Dtypes(data, wide_noise(ratio or data), ratio or data)
 

@@ -16,13 +16,14 @@ from onnxfix.ops.base import (
     RandomOp,
     attrs_of,
     dtype_name,
+    float_input_type,
     label,
+    narrow_uniform_problem,
     np_dtype,
-    require_float,
     wide_noise,
     widened,
 )
-from onnxfix.ops.noise import UNIFORM, below_one
+from onnxfix.ops.noise import UNIFORM
 
 if TYPE_CHECKING:  # the builder is only handed in: importing it would close a cycle
     from onnxfix.graph.builder import NodeBuilder
@@ -46,10 +47,7 @@ class MultinomialOp(RandomOp):
     SAFE_ULPS = 8
 
     def dtypes(self, node, input_type) -> Dtypes:
-        in_type = input_type(node.input[0])
-        if not in_type:
-            raise ModelError(f"{label(node)}: cannot tell the element type of its input")
-        require_float(node, in_type, "input type")
+        in_type = float_input_type(node, input_type)
         draw = int(attrs_of(node).get("dtype", TensorProto.INT32))
         if draw not in INDEX_TYPES:
             raise ModelError(f"{label(node)}: dtype {dtype_name(draw)} is not allowed "
@@ -57,14 +55,10 @@ class MultinomialOp(RandomOp):
         return Dtypes(draw, wide_noise(in_type), in_type)
 
     def noise_dtype_problem(self, node, fed: int) -> str:
-        if fed not in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
-            return ""
-        name = dtype_name(fed)
-        return (f"{label(node)}: noise_dtype=\"{name}\" cannot represent its noise "
-                f"faithfully: {name} has only {_units_below_one(fed):,} distinct values in "
-                f"[0, 1), so the inverse-CDF sample cannot tell classes apart whose "
-                f"probabilities are below {1 - float(below_one(np_dtype(fed))):.2g}; use "
-                f"noise_dtype=\"float32\" or \"same\"")
+        return narrow_uniform_problem(node, fed, lambda name, step: (
+            f"{name} has only {_units_below_one(fed):,} distinct values in [0, 1), so the "
+            f"inverse-CDF sample cannot tell classes apart whose probabilities are below "
+            f"{step:.2g}"))
 
     def noise_shape(self, node, shape_of) -> list | None:
         logits = shape_of(node.input[0])
