@@ -18,15 +18,16 @@ from onnxfix.check.check_run import CheckOptions, run_check
 from onnxfix.errors import ParityError, UsageError, param
 from onnxfix.feeds import make_noise_feeds
 from onnxfix.inspection import InspectReport, inspect_model
-from onnxfix.io.model_io import (
+from onnxfix.io import (
+    LAYOUTS,
+    Skeleton,
     check_writable,
     materialize,
     open_model,
     save_model_atomic,
+    save_with_weights,
     validate_model,
 )
-from onnxfix.io.wire import Skeleton
-from onnxfix.io.wire_write import LAYOUTS, save_with_weights
 from onnxfix.options import MAX_CHECK_SIZE, CheckSettings, RewriteOptions
 from onnxfix.passes.emit import DEFAULT_MAX_DRAW_BYTES
 from onnxfix.passes.output_shapes import redeclare_output_shapes

@@ -27,7 +27,7 @@ from onnxfix import __version__, api
 from onnxfix.errors import ModelError, OnnxfixError, ParityError, UsageError, api_words
 from onnxfix.graph.noisedims import parse_bound_flags
 from onnxfix.graph.shapes import parse_dim_flags
-from onnxfix.io.model_io import check_writable, write_text_atomic
+from onnxfix.io import check_writable, write_text_atomic
 from onnxfix.options import CheckSettings, RewriteOptions
 from onnxfix.report import RewriteReport
 from onnxfix.reporter import Reporter

@@ -81,3 +81,11 @@ class ParityError(OnnxfixError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+def one_line(e: BaseException, limit: int | None = 300) -> str:
+    """An exception as one line for an error message: its text with runs of whitespace
+    (newlines included) collapsed, cut at `limit` characters (None: whole); the type name if
+    it has none."""
+    text = " ".join(str(e).split())
+    return text[:limit] if text else type(e).__name__

@@ -1,4 +1,4 @@
-"""model_io: loading with one-line errors, and atomic writes that leave nothing half-written.
+"""onnxfix.io: loading with one-line errors, and atomic writes that leave nothing half-written.
 
 DESIGN.md "Safety": the input is never modified; the output appears atomically (temp file in
 the same folder, then rename); external-data locations that are absolute, escape the model
@@ -18,8 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper, parser
 
 from onnxfix.errors import ModelError, OnnxfixError, UsageError
-from onnxfix.io import model_io
-from onnxfix.io.model_io import load_model, parse_model_bytes, save_model_atomic, write_text_atomic
+from onnxfix.io import load_model, parse_model_bytes, save_model_atomic, wire, write_text_atomic
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 FIXTURE = FIXTURES / "ref1_dynamic_ts.onnx"
@@ -324,7 +323,7 @@ def test_save_refuses_models_over_the_protobuf_limit(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch):
     out = tmp_path / "out.onnx"
     out.write_bytes(b"previous contents")
-    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 16)
+    monkeypatch.setattr(wire, "PROTOBUF_LIMIT", 16)
     with pytest.raises(ModelError, match="2 GB") as info:
         save_model_atomic(onnx.load(str(FIXTURE)), out)
     assert info.value.exit_code == 3

@@ -20,15 +20,15 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxfix.errors import ModelError, UsageError
-from onnxfix.io import wire, wire_write
-from onnxfix.io.wire import load_skeleton
-from onnxfix.io.wire_write import save_with_weights
+from onnxfix.io import kernel_copy, reader, wire
+from onnxfix.io.reader import load_skeleton
+from onnxfix.io.writer import save_with_weights
 
 BIG = 1024  # 1024 x 1024 float32 = 4 MiB per weight
 
 
 def _varint(n: int) -> bytes:
-    return wire._varint(n)
+    return wire.varint(n)
 
 
 def _ld(field: int, payload: bytes) -> bytes:
@@ -117,7 +117,7 @@ def test_skeleton_stubs_point_into_the_source(big):
             "length": str(BIG * BIG * 4)}
         assert list(stub.dims) == [BIG, BIG] and stub.data_type == TensorProto.FLOAT
         # the stubs' structure passes onnx's checker without touching the weights
-        onnx.checker.check_model(wire.checkable(sk.model), full_check=True)
+        onnx.checker.check_model(reader.checkable(sk.model), full_check=True)
 
 
 def test_skeleton_runs_in_ort_straight_from_the_original_file(big):
@@ -147,7 +147,7 @@ def test_ort_reads_small_payloads_at_any_offset(tmp_path, size):
         x = np.random.default_rng(3).standard_normal((2, size)).astype(np.float32)
         want = _sess(path).run(None, {"x": x})[0]
         # from memory: the session options point ORT at the source folder
-        opts = wire.session_options(sk)
+        opts = reader.session_options(sk)
         opts.log_severity_level = 3
         got = ort.InferenceSession(_modify(sk.model).SerializeToString(), opts,
                                    providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
@@ -190,7 +190,7 @@ def test_renamed_and_removed_stubs(big, tmp_path):
 
 
 def test_external_output_above_the_limit(big, tmp_path, monkeypatch):
-    monkeypatch.setattr(wire_write, "EMBED_LIMIT", 1_000_000)
+    monkeypatch.setattr(wire, "PROTOBUF_LIMIT", 1_000_000)
     out = tmp_path / "out.onnx"
     with load_skeleton(big) as sk:
         saved = save_with_weights(_modify(sk.model), sk, out)
@@ -211,8 +211,8 @@ def test_external_output_above_the_limit(big, tmp_path, monkeypatch):
 def test_copy_fallbacks_write_the_same_bytes(big, tmp_path, monkeypatch, methods):
     with load_skeleton(big) as sk:
         save_with_weights(sk.model, sk, tmp_path / "fast.onnx")
-        monkeypatch.setattr(wire_write, "COPY_METHODS", methods)
-        monkeypatch.setattr(wire_write, "COPY_CHUNK", 1 << 20)
+        monkeypatch.setattr(kernel_copy, "COPY_METHODS", methods)
+        monkeypatch.setattr(kernel_copy, "COPY_CHUNK", 1 << 20)
         save_with_weights(sk.model, sk, tmp_path / "slow.onnx")
     assert (tmp_path / "fast.onnx").read_bytes() == (tmp_path / "slow.onnx").read_bytes()
 
@@ -245,7 +245,7 @@ def test_a_failed_write_leaves_nothing(big, tmp_path, monkeypatch):
         os.write(dst, b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(wire_write, "_copy_range", broken)
+    monkeypatch.setattr(kernel_copy, "copy_range", broken)
     with load_skeleton(big) as sk, pytest.raises(UsageError, match="No space left"):
         save_with_weights(sk.model, sk, out)
     assert _names(tmp_path) == ["out.onnx"] and out.read_bytes() == b"previous"

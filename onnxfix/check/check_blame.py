@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 from onnxfix.check.check_setup import inputs_word
-from onnxfix.check.compare import CheckSkipped, dims_text, one_line, run_all
+from onnxfix.check.compare import CheckSkipped, dims_text, run_all
+from onnxfix.errors import one_line
 
 CAPTURE = "the capture model (the original with its draws exposed as outputs)"
 TWIN = "the input-noise twin the check compares with"

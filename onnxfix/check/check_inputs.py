@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxfix.errors import UsageError, entries, param
+from onnxfix.errors import UsageError, entries, one_line, param
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _read_npz(path) -> dict[str, np.ndarray]:
         raise UsageError(f"{_where(str(path))}: no such file") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise UsageError(f"{_where(str(path))}: cannot be read as an .npz archive "
-                         f"({' '.join(str(e).split())[:200]})") from None
+                         f"({one_line(e, 200)})") from None
 
 
 def _validate(arrays: dict, model: onnx.ModelProto, source: str) -> dict[str, int]:

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxfix.check.input_roles import plain_sample
+from onnxfix.errors import one_line
 from onnxfix.report import OutputCheck
 
 # The check refuses to synthesize inputs larger than this (it would not fit a CI machine).
@@ -43,7 +44,7 @@ def _out_of_memory_is_a_limit():
         yield
     except Exception as e:
         if _allocation_failure(e):
-            raise CheckLimit(" ".join(str(e).split())) from None
+            raise CheckLimit(one_line(e, limit=None)) from None  # parsed further
         raise
 
 # Tolerances when the user gives none, by the output's dtype (atol, rtol). The standardized
@@ -204,10 +205,3 @@ def compare_arrays(name: str, got: np.ndarray, want: np.ndarray, atol, rtol, dim
 
 def dims_text(dims: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in dims.items()) or "static shapes"
-
-
-def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text[:300] if text else type(e).__name__
-
-

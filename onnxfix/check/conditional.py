@@ -30,7 +30,6 @@ from onnxfix.check.compare import (
     dims_text,
     filler,
     input_dtype,
-    one_line,
     run_all,
     symbolic_dims,
 )
@@ -38,6 +37,7 @@ from onnxfix.check.distribution_check import check_distributions, wants_test
 from onnxfix.check.draw_noise import over_bound, own_references, recondition, standard_noise
 from onnxfix.check.tolerance import path_tolerances
 from onnxfix.check.verdicts import fail, record, run_and_compare
+from onnxfix.errors import one_line
 from onnxfix.graph.find import default_opset
 from onnxfix.report import NodeRecord, Parity
 

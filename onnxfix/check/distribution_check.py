@@ -26,6 +26,7 @@ from onnx import helper
 
 from onnxfix.check.compare import make_session, run_all
 from onnxfix.check.stats import ChiSquare, bernoulli_fit, goodness_of_fit, homogeneity, merge_cells
+from onnxfix.errors import one_line
 from onnxfix.graph.builder import NodeBuilder
 from onnxfix.graph.naming import NameAllocator
 from onnxfix.ops import (
@@ -191,7 +192,7 @@ def _dropout(ctx: _Context):
             theirs = _original_outcome(ctx, probe, arrays, probe.output[1])
         except Exception as e:  # noqa: BLE001 - onnxruntime may not run it
             notes.append(f"onnxruntime cannot run the original for a two-sample test: "
-                         f"{_short(e)}")
+                         f"{one_line(e, 200)}")
         else:
             counts = np.array([theirs.sum(), theirs.size - theirs.sum()])
             results.append(("original", homogeneity(ours, counts), keep.size))
@@ -237,7 +238,7 @@ def _multinomial(ctx: _Context):
         theirs = _class_counts(_original_outcome(ctx, probe, {name: rows}, out), rows.shape[1])
     except Exception as e:  # noqa: BLE001
         return results, [f"onnxruntime cannot run the original for a two-sample test: "
-                         f"{_short(e)}"]
+                         f"{one_line(e, 200)}"]
     two = ChiSquare(0.0, 0)
     for a, t, p in zip(ours, theirs, probs, strict=True):
         order = _by_probability(p)
@@ -320,7 +321,7 @@ def _affine(ctx: _Context):
         theirs = _value_counts(_original_outcome(ctx, probe, arrays, out), edges)
     except Exception as e:  # noqa: BLE001
         return results, [f"onnxruntime cannot run the original for a two-sample test: "
-                         f"{_short(e)}"]
+                         f"{one_line(e, 200)}"]
     return [*results, ("original", homogeneity(ours, theirs), AFFINE_SAMPLES)], []
 
 
@@ -328,11 +329,6 @@ def _value_counts(values: np.ndarray, edges: list[float]) -> np.ndarray:
     cells = np.searchsorted(np.asarray(edges), values.astype(np.float64).reshape(-1),
                             side="right")
     return np.bincount(cells, minlength=len(edges) + 1)
-
-
-def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text[:200] if text else type(e).__name__
 
 
 # Each op class's test (keyed by class: the affine ops share one).
@@ -363,7 +359,7 @@ def check_distributions(parity, draws, opset: int, ir_version: int, seed: int, e
                                       ir_version, seed)
         except Exception as e:  # noqa: BLE001 - onnxfix's own test model failed
             _failed(parity, f"the distribution test of {label} could not run (onnxfix's "
-                            f"test model, not yours): {_short(e)}", emit)
+                            f"test model, not yours): {one_line(e, 200)}", emit)
             ok = False
             continue
         for note in notes:

@@ -24,13 +24,12 @@ from onnxfix.check.compare import (
     filler,
     input_dtype,
     input_meta,
-    one_line,
     run_all,
     symbolic_dims,
 )
 from onnxfix.check.twin_noise import TwinSizes, measured_sizes, shape_probe, sized_fill
 from onnxfix.check.verdicts import fail, record
-from onnxfix.errors import ModelError
+from onnxfix.errors import ModelError, one_line
 from onnxfix.ops import OP_TABLE
 from onnxfix.ops.noise import NOISE_CENTRE
 from onnxfix.report import OutputCheck

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from onnxfix.check.compare import compare_arrays, dims_text, one_line, run_all
+from onnxfix.check.compare import compare_arrays, dims_text, run_all
+from onnxfix.errors import one_line
 from onnxfix.report import OutputCheck, Parity
 
 

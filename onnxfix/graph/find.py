@@ -80,6 +80,8 @@ def _walk(container: Container, location: str) -> Iterator[tuple[Container, str,
         yield graph, where, scopes
         children = []
         for i, node in enumerate(graph.node):
+            if not node.attribute:
+                continue  # most nodes: no subgraph, and no label to build
             label = node.name or f"{node.op_type}#{i}"
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:

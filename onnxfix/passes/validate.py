@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import onnx
 
-from onnxfix.errors import ModelError
-from onnxfix.io.wire import checkable
+from onnxfix.errors import ModelError, one_line
+from onnxfix.io import checkable
 
 
 def validate(original: onnx.ModelProto, new: onnx.ModelProto) -> onnx.ModelProto:
@@ -32,9 +32,8 @@ def validate(original: onnx.ModelProto, new: onnx.ModelProto) -> onnx.ModelProto
     try:
         onnx.checker.check_model(checked, full_check=strict)
     except Exception as e:  # noqa: BLE001
-        first = " ".join(str(e).split())[:300]
         raise ModelError(f"internal error: the rewritten model fails the onnx checker "
-                         f"({'full' if strict else 'basic'} check): {first}") from None
+                         f"({'full' if strict else 'basic'} check): {one_line(e)}") from None
     return new
 
 
