@@ -221,7 +221,8 @@ def fixture_cell(make, path: Path, model: onnx.ModelProto, draws: dict[str, bool
             diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
             if exact and diff.any():
                 return f"uniforms differ ('{name}', {np.count_nonzero(diff)}/{diff.size})"
-            atol, rtol = targets.TOLERANCE.get(b.dtype, targets.DEFAULT_TOLERANCE)
+            atol, rtol = (targets.FLOAT16_TOLERANCE if b.dtype == np.float16
+                          else targets.DEFAULT_TOLERANCE)
             if not np.all(diff <= atol + rtol * np.abs(b.astype(np.float64))):
                 return f"differs ('{name}', max {diff.max():.1e})"
             worst = max(worst, float(diff.max(initial=0.0)))
