@@ -46,10 +46,11 @@ class InspectReport:
 
 def inspect_model(model: onnx.ModelProto, origin: str | None = None) -> InspectReport:
     facts = infer_facts(model)
-    readers = _consumers(model)
+    sites = find_sites(model)
+    readers = _consumers(model, {s.node.output[0] for s in sites} - {""})
     planned = _planned_noise(model)
     nodes = []
-    for site in find_sites(model):
+    for site in sites:
         node = site.node
         spec = spec_for(node)
 
@@ -129,16 +130,21 @@ def _plain(value):
     return str(value)
 
 
-def _consumers(model: onnx.ModelProto) -> dict[str, list[str]]:
+def _consumers(model: onnx.ModelProto, wanted: set[str]) -> dict[str, list[str]]:
+    """Who reads each of the `wanted` names (node labels and graph outputs), in graph order."""
     readers: dict[str, list[str]] = {}
     for container, where, _ in iter_scoped(model):
         for node in container.node:
+            if wanted.isdisjoint(node.input):
+                continue
             label = f"{node.op_type} '{node.name}'" if node.name else node.op_type
             for name in set(node.input):
-                if name:
+                if name in wanted:
                     readers.setdefault(name, []).append(label)
         if isinstance(container, onnx.GraphProto):
             for o in container.output:
+                if o.name not in wanted:
+                    continue
                 what = "graph output" if where == "main" else f"output of {where}"
                 readers.setdefault(o.name, []).append(what)
     return readers

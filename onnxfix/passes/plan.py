@@ -11,7 +11,6 @@ re-classifies the noise dims with extra bounds without re-running inference or t
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field, replace
 
 import onnx
@@ -116,7 +115,7 @@ class ModelPlan:
             return self
         sites = [replace(p, dims=[]) for p in self.sites]
         out = replace(self, sites=sites, bounds={**self.bounds, **extra})
-        out.names = _classify_all(sites, copy.deepcopy(self.names_before), out.anchors,
+        out.names = _classify_all(sites, self.names_before.copy(), out.anchors,
                                   out.bounds)
         return out
 
@@ -139,7 +138,7 @@ def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None) 
     result.anchors = set(input_dim_names(model)) | set(prepared.trip_names.values())
     _trace_sources(model, result.sites, result.anchors)
     result.names_before = NameAllocator(model)
-    result.names = _classify_all(result.sites, copy.deepcopy(result.names_before),
+    result.names = _classify_all(result.sites, result.names_before.copy(),
                                  result.anchors, result.bounds)
     return result
 
@@ -300,12 +299,16 @@ def _iteration_dim(scope: Scope, prepared: Prepared, lookup, shape_of):
 
 def _trace_sources(model: onnx.ModelProto, plans: list[SitePlan], anchors: set[str]) -> None:
     """Where each draw's shape comes from (see graph.datadep); run once per plan."""
-    prov = trace(model)
-    strict = None
     for p in plans:
         node = p.site.node
         static = p.spec.static_shape(node)
         p.source = "" if static is not None or not node.input else node.input[0]
+    wanted = {p.source for p in plans if p.source}
+    wanted |= {s.owner.input[0] for p in plans for s in p.site.scopes
+               if s.owner.op_type == "Loop" and s.owner.input}
+    prov = trace(model, wanted)
+    strict = None
+    for p in plans:
         p.trip_origins = _trip_origins(p.site, prov)
         if p.shape is None:
             continue
