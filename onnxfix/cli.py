@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import NoArgsIsHelpError
     from click.exceptions import UsageError as _ClickUsageError
 
+
 from onnxfix import __version__, api
 from onnxfix.errors import ModelError, OnnxfixError, ParityError, UsageError, api_words
 from onnxfix.graph.noisedims import parse_bound_flags
@@ -115,7 +116,7 @@ class _Printer(Reporter):
     def step(self, text: str):
         if not self.tty:
             return contextlib.nullcontext()
-        from rich.console import Console
+        from rich.console import Console  # noqa: PLC0415 - a spinner, only on a terminal
 
         return Console(stderr=True).status(text)
 

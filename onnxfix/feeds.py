@@ -12,9 +12,10 @@ import numpy as np
 import onnx
 
 from onnxfix.errors import ModelError, UsageError
-from onnxfix.ops import NORMAL, UNIFORM, np_dtype
+from onnxfix.graph.shapes import fix_dims, infer_facts, model_dim_names, ort_symbolic_facts
+from onnxfix.ops import FAMILIES, np_dtype
+from onnxfix.ops.noise import standard_noise
 from onnxfix.passes.tidy import NOISE_METADATA_KEY
-from onnxfix.sampler import standard_noise
 
 
 def noise_inputs(model: onnx.ModelProto) -> list[dict]:
@@ -43,7 +44,7 @@ def noise_inputs(model: onnx.ModelProto) -> list[dict]:
 
 
 def _family_from_doc(doc: str) -> str | None:
-    for family in (NORMAL, UNIFORM):
+    for family in FAMILIES:
         if doc.startswith(f"onnxfix noise input ({family})"):
             return family
     return None
@@ -75,8 +76,6 @@ def _derived_sizes(model: onnx.ModelProto, entries: list[dict],
                    dims: dict[str, int]) -> dict[str, int]:
     """Sizes of derived noise dims (tied to the input dims only through the graph's shapes),
     from shape inference with the caller's concrete input dims."""
-    from onnxfix.graph.shapes import fix_dims, infer_facts, model_dim_names, ort_symbolic_facts
-
     wanted = [d for e in entries for d in e["dims"]
               if d.get("kind") == "derived" and d.get("source") and d.get("name") not in dims]
     if not wanted:

@@ -67,13 +67,13 @@ def inspect_model(model: onnx.ModelProto, origin: str | None = None) -> InspectR
                 dtype = f"invalid ({e})"
         out = facts.get(node.output[0])
         shape = out.shape if out is not None else None
-        if shape is None and spec.op_type != "Multinomial" and not attribute_refs(
+        if shape is None and spec.noise_is_draw_shaped and not attribute_refs(
                 attrs_of(node)):
             shape = spec.noise_shape(node, lambda n: facts[n].shape if n in facts else None)
         attrs = {k: _plain(v) for k, v in attrs_of(node).items()}
         noise = planned.get(node.output[0])
         if noise is not None and shape is not None:
-            shape = _named_like_noise(shape, noise, node.op_type)
+            shape = _named_like_noise(shape, noise, spec.noise_is_draw_shaped)
         nodes.append(RandomNodeInfo(node.op_type, node.name, node.output[0], site.location,
                                     dtype, shape, attrs, readers.get(node.output[0], []),
                                     noise))
@@ -92,9 +92,9 @@ def _planned_noise(model: onnx.ModelProto) -> dict[str, dict]:
             for r in emitted.records if r.replacement is not None}
 
 
-def _named_like_noise(shape: list, noise: dict, op_type: str) -> list:
+def _named_like_noise(shape: list, noise: dict, draw_shaped: bool) -> list:
     """The draw's shape with the dim names the rewrite gives (same rank, per axis)."""
-    lead = len(noise["dims"]) - len(shape) if op_type != "Multinomial" else None
+    lead = len(noise["dims"]) - len(shape) if draw_shaped else None
     if lead is None or lead < 0:
         return shape
     named = list(shape)

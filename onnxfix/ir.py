@@ -22,7 +22,7 @@ import os
 import tempfile
 
 try:
-    import onnx_ir as ir
+    import onnx_ir as ir  # noqa: PLC0415 - optional and heavy: only this entry point
     from onnx_ir import passes as ir_passes
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     raise ImportError("onnxfix.ir needs onnx-ir >= 1.1: pip install 'onnxfix[ir]'") from error

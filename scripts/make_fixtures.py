@@ -43,6 +43,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from onnxfix.ops import RANDOM_OP_TYPES
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TS_OPSET = 17
 DYNAMO_OPSET = 18
@@ -50,15 +52,7 @@ FEATURES = 10
 EXAMPLE_BATCH = 3
 MAX_FILE_BYTES = 50 * 1024
 
-RANDOM_OPS = (
-    "RandomNormal",
-    "RandomNormalLike",
-    "RandomUniform",
-    "RandomUniformLike",
-    "Bernoulli",
-    "Multinomial",
-    "Dropout",
-)
+RANDOM_OPS = RANDOM_OP_TYPES
 
 # Node metadata keys that embed machine-specific absolute paths.
 STRIP_METADATA_KEYS = ("pkg.torch.onnx.stack_trace",)

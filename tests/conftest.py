@@ -9,12 +9,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from onnxfix.ops import RANDOM_OP_TYPES
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 REAL_MODELS = ROOT.parent / "shared" / "real-models"
 
-RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-              "Bernoulli", "Multinomial", "Dropout"}
+RANDOM_OPS = set(RANDOM_OP_TYPES)
 
 
 def fixture_path(name: str) -> Path:

@@ -18,7 +18,7 @@ from conftest import parse
 from typer.testing import CliRunner
 
 import onnxfix
-import onnxfix.check.parity
+import onnxfix.check.conditional
 from onnxfix import ParityError
 from onnxfix.check.check_guard import CheckLimits, run_guarded
 from onnxfix.check.check_setup import CheckSetup
@@ -250,7 +250,7 @@ def test_deterministic_cli_on_an_unloadable_original_exits_0(tmp_path):
 
 def _broken_capture(monkeypatch, *nodes: onnx.NodeProto):
     """The check's capture model gets `nodes`, the last one's output exposed."""
-    real = onnxfix.check.parity._capture_model
+    real = onnxfix.check.conditional.capture_model
 
     def capture(base, records):
         captures, model, *rest = real(base, records)
@@ -259,7 +259,7 @@ def _broken_capture(monkeypatch, *nodes: onnx.NodeProto):
             onnx.helper.make_tensor_value_info(nodes[-1].output[0], 1, None))
         return (captures, model, *rest)
 
-    monkeypatch.setattr(onnxfix.check.parity, "_capture_model", capture)
+    monkeypatch.setattr(onnxfix.check.conditional, "capture_model", capture)
 
 
 @pytest.mark.parametrize("mode", ["input-noise", "constant"])

@@ -1,6 +1,6 @@
 """The `onnxfix` command line, driven through typer's CliRunner (plus a few real processes).
 
-Every run checks the contract of DESIGN.md "Interfaces" and "Safety": exact exit codes, errors
+Every run checks the contract of README "Reference" and "Exit codes": exact exit codes, errors
 as one `onnxfix: error: ...` line on stderr without a traceback, the input file byte-for-byte
 unchanged, and no output or temp file (`.out.onnx.*.tmp`) left behind when a run fails.
 """
@@ -22,15 +22,15 @@ from onnx import parser
 from typer.testing import CliRunner
 
 import onnxfix
-import onnxfix.check.parity
+import onnxfix.check.conditional
 from onnxfix.cli import app
+from onnxfix.ops import RANDOM_OP_TYPES
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 STATIC = FIXTURES / "ref1_static_ts.onnx"  # x: float[3, 10], one RandomNormalLike
 DYNAMIC = FIXTURES / "ref1_dynamic_ts.onnx"  # x: float[batch, 10], one RandomNormalLike
 DYNAMIC3 = FIXTURES / "ref3_dynamic_dynamo.onnx"  # three RandomNormalLike, opset 18
-RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-              "Bernoulli", "Multinomial", "Dropout"}
+RANDOM_OPS = set(RANDOM_OP_TYPES)
 
 ERROR_PREFIX = "onnxfix: error: "
 
@@ -356,7 +356,7 @@ def test_model_without_random_nodes_constant_mode(tmp_path: Path, out_dir: Path)
 @pytest.mark.parametrize("name", ["bernoulli_dynamic_ts.onnx", "multinomial_dynamic_ts.onnx",
                                   "dropout_train_dynamic_ts.onnx", "mixed_dynamic_dynamo.onnx"])
 def test_other_random_ops_are_rewritten(name: str, out_dir: Path):
-    """Bernoulli, Multinomial and Dropout are random nodes too (DESIGN.md), never "absent"."""
+    """Bernoulli, Multinomial and Dropout are random nodes too (README), never "absent"."""
     out = out_dir / "out.onnx"
     result = invoke("rewrite", FIXTURES / name, out)
     assert_ok(result)
@@ -443,19 +443,15 @@ def test_in_place_keeps_file_mode(tmp_path: Path):
 def _break_parity(monkeypatch: pytest.MonkeyPatch) -> None:
     """Feed the rewritten model noise that is off by one: every compared output must differ.
 
-    The hook is the parity check's "captured draw -> standard noise" step (named
-    `_standard_noise` or, in older code, `_standardize`).
+    The hook is the conditional check's "captured draw -> standard noise" step.
     """
-    hook = next((n for n in ("_standard_noise", "_standardize")
-                 if hasattr(onnxfix.check.parity, n)), None)
-    assert hook is not None, "onnxfix.check.parity has no standardization hook to break"
-    real = getattr(onnxfix.check.parity, hook)
+    real = onnxfix.check.conditional.standard_noise
 
     def off_by_one(*args, **kwargs):
         noise = np.asarray(real(*args, **kwargs))
         return (noise + np.asarray(1.0, dtype=noise.dtype)).astype(noise.dtype)
 
-    monkeypatch.setattr(onnxfix.check.parity, hook, off_by_one)
+    monkeypatch.setattr(onnxfix.check.conditional, "standard_noise", off_by_one)
 
 
 def test_parity_failure_exits_1_and_writes_nothing(tmp_path: Path, out_dir: Path,

@@ -328,7 +328,7 @@ def test_noise_feeds_and_metadata_follow_the_float32_noise_of_a_float16_bernoull
 
 
 def test_the_shared_sampler_clamps_below_one_in_the_target_dtype():
-    from onnxfix.sampler import UNIFORM, standard_noise
+    from onnxfix.ops.noise import UNIFORM, standard_noise
 
     rng = np.random.default_rng(0)
     for dtype in (np.float16, np.float32):

@@ -27,12 +27,12 @@ from typer.testing import CliRunner
 
 import onnxfix
 from onnxfix.cli import app
+from onnxfix.ops import RANDOM_OP_TYPES
 
 EDGE = FIXTURES / "edge"
 EDGE_FILES = sorted(p.stem for p in EDGE.glob("*.onnx"))
 MODES = ("input-noise", "constant", "deterministic")
-RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-              "Bernoulli", "Multinomial", "Dropout"}
+RANDOM_OPS = set(RANDOM_OP_TYPES)
 runner = CliRunner()
 
 

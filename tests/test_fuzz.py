@@ -16,9 +16,8 @@ The examples run in a worker subprocess (this file run as a script): onnxruntime
 whole process on some distributions (see test_hostile.py), and that must fail the test, not
 kill pytest. The worker's address space is capped so a huge declared size fails fast.
 
-Known bugs, each pinned by a strict xfail in tests/test_hostile.py, are tolerated here (and
-counted as hypothesis events) so the suite stays green; set ONNXFIX_FUZZ_STRICT=1 to see them
-fail. When a bug is fixed, drop its KNOWN_BUGS entry.
+Nothing is tolerated: any outcome other than a rewrite or one clean refusal fails the test
+(a bug found here gets its own regression test and fix, not an allow-list entry).
 
 Budget: about 60 s for the whole file (`python -m pytest tests/test_fuzz.py --durations=0`);
 ONNXFIX_FUZZ_SCALE multiplies the number of examples for a longer hunt.
@@ -42,6 +41,8 @@ import time
 import traceback
 import warnings
 from pathlib import Path
+
+from onnxfix.ops import RANDOM_OP_TYPES
 
 WORKER_FLAG = "--onnxfix-fuzz-worker"
 EXAMPLE_TIMEOUT = 20.0  # seconds per example before it counts as a hang
@@ -126,9 +127,7 @@ FUZZ_FIXTURES = [  # small, covering every random op, both exporters, static and
     "normal_dynamic_ts.onnx", "rand_like_dynamic_dynamo.onnx", "fp16_randn_like_static_ts.onnx",
     "mixed_dynamic_ts.onnx",
 ]
-RANDOM_OPS = ["RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-              "Bernoulli", "Multinomial", "Dropout"]
-STRICT = os.environ.get("ONNXFIX_FUZZ_STRICT") == "1"
+RANDOM_OPS = list(RANDOM_OP_TYPES)
 # ONNXFIX_FUZZ_SCALE=10 runs ten times the examples (a longer local hunt); CI uses 1.
 SCALE = float(os.environ.get("ONNXFIX_FUZZ_SCALE", "1"))
 
@@ -140,11 +139,6 @@ DERANDOMIZE = SCALE <= 1
 
 def examples(n: int) -> int:
     return max(1, int(n * SCALE))
-
-
-# (outcome type, regex over "module.type: message | where | worker stderr", the xfail test in
-# test_hostile.py that pins the bug). A crash has type "CRASH".
-KNOWN_BUGS: list[tuple[str, str, str]] = []  # none pinned right now
 
 
 def event(text: str) -> None:
@@ -218,17 +212,6 @@ def scratch():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _known_bug(reply: dict) -> str | None:
-    if STRICT:
-        return None
-    text = (f"{reply.get('module', '')}.{reply.get('type', '')}: {reply.get('message', '')}"
-            f" | {reply.get('where', '')} | {reply.get('stderr', '')}")
-    for typ, pattern, test in KNOWN_BUGS:
-        if typ in ("*", reply.get("type")) and re.search(pattern, text, re.S):
-            return test
-    return None
-
-
 def _describe(reply: dict) -> str:
     return "\n".join(str(reply.get(k, "")) for k in
                      ("outcome", "type", "message", "where", "traceback", "stderr") if k in reply)
@@ -282,10 +265,6 @@ def check_example(worker: Worker, scratch: Path, data: bytes, mode: str,
             assert left == [], f"{reply['type']} left files behind: {left}"
             event(f"refused: {reply['type']}")
             return "error"
-        known = _known_bug(reply)
-        if known is not None:
-            event(f"known bug: {known}")
-            return "known"
         pytest.fail(f"not a clean outcome ({mode}):\n{_describe(reply)}")
     finally:
         shutil.rmtree(case, ignore_errors=True)
@@ -474,9 +453,6 @@ def test_fuzz_cli(worker, scratch, data: bytes, mode: str):
         reply = worker.call({"kind": "cli", "argv": argv})
         if reply["outcome"] != "cli" or reply["exception"] is not None:
             problem = reply if reply["outcome"] != "cli" else reply["exception"]
-            if _known_bug(problem) is not None:
-                event(f"known bug: {_known_bug(problem)}")
-                return
             pytest.fail(f"not a clean outcome ({mode}):\n{_describe(problem)}")
         assert "Traceback" not in reply["stderr"] + reply["stdout"]
         stderr = reply["stderr"]
@@ -511,32 +487,6 @@ def test_worker_turns_crashes_and_hangs_into_outcomes(worker, monkeypatch: pytes
     assert worker.proc is None
     monkeypatch.undo()
     assert worker.call({"kind": "cli", "argv": ["--version"]})["exit_code"] == 0
-
-
-def test_known_bug_patterns_match_only_the_pinned_failures():
-    """Each tolerance matches what its xfail test shows, nothing broader (and with no bug
-    pinned right now, nothing at all is tolerated)."""
-    if STRICT:
-        pytest.skip("ONNXFIX_FUZZ_STRICT=1 tolerates nothing")
-    assert not _known_bug({"type": "UnicodeDecodeError", "module": "builtins",
-                           "message": "'utf-8' codec can't decode byte 0x80 in position 0",
-                           "where": "api.py:rewrite > compare.py:symbolic_dims"})
-    assert not _known_bug({"type": "ValueError", "module": "builtins",
-                           "message": "negative dimensions are not allowed",
-                           "where": "api.py:rewrite > ops.py:sample_draw"})
-    assert not _known_bug({"type": "KeyError", "module": "builtins", "message": "'a'",
-                           "where": "api.py:rewrite > parity.py:_twin_check"})
-    assert not _known_bug({"type": "KeyError", "module": "builtins", "message": "'x'",
-                           "where": "api.py:rewrite > rewrite.py:_plan"})
-    assert not _known_bug({"type": "TypeError", "module": "builtins",
-                           "message": "'NoneType' object does not support item assignment",
-                           "where": "api.py:rewrite > rewrite.py:rewrite_model"})
-    assert not _known_bug({"type": "TypeError", "module": "builtins",
-                           "message": "cannot use a string pattern on a bytes-like object",
-                           "where": "api.py:rewrite > naming.py:sanitize"})
-    assert not _known_bug({"type": "CRASH", "stderr": "random.h:2138: "
-                           "std::normal_distribution ... Assertion failed"})
-    assert not _known_bug({"type": "HANG", "message": "no answer"})
 
 
 def test_unmutated_fixtures_rewrite(worker, scratch):

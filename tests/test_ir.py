@@ -14,7 +14,7 @@ from conftest import ROOT, fixture_path, session
 from typer.testing import CliRunner
 
 import onnxfix
-import onnxfix.check.parity
+import onnxfix.check.conditional
 from onnxfix.cli import app
 from onnxfix.feeds import noise_inputs
 
@@ -142,13 +142,13 @@ def test_model_without_random_nodes_is_not_modified():
 
 
 def test_parity_failure_raises_with_the_report(monkeypatch: pytest.MonkeyPatch):
-    real = onnxfix.check.parity._standard_noise
+    real = onnxfix.check.conditional.standard_noise
 
     def off_by_one(*args, **kwargs):
         noise = np.asarray(real(*args, **kwargs))
         return (noise + np.asarray(1.0, dtype=noise.dtype)).astype(noise.dtype)
 
-    monkeypatch.setattr(onnxfix.check.parity, "_standard_noise", off_by_one)
+    monkeypatch.setattr(onnxfix.check.conditional, "standard_noise", off_by_one)
     rewrite = RewritePass()
     with pytest.raises(onnxfix.ParityError) as caught:
         rewrite(ir.load(str(REF3)))

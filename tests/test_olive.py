@@ -104,19 +104,19 @@ def test_olive_records_no_telemetry(olive_run: Path):
 
 def test_a_parity_failure_fails_the_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Olive logs the ParityError and the workflow has no output model (nothing is written)."""
-    import onnxfix.check.parity
+    import onnxfix.check.conditional
 
     for name, value in (("CI", "1"), ("OLIVE_DISABLE_TELEMETRY", "1"),
                         ("HOME", str(tmp_path / "home")),
                         ("XDG_CACHE_HOME", str(tmp_path / "home" / ".cache"))):
         monkeypatch.setenv(name, value)
-    real = onnxfix.check.parity._standard_noise
+    real = onnxfix.check.conditional.standard_noise
 
     def off_by_one(*args, **kwargs):
         noise = np.asarray(real(*args, **kwargs))
         return (noise + np.asarray(1.0, dtype=noise.dtype)).astype(noise.dtype)
 
-    monkeypatch.setattr(onnxfix.check.parity, "_standard_noise", off_by_one)
+    monkeypatch.setattr(onnxfix.check.conditional, "standard_noise", off_by_one)
     from olive.workflows import run
 
     monkeypatch.chdir(tmp_path)  # Olive's default cache is .olive-cache in the working folder

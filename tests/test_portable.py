@@ -207,9 +207,10 @@ def _multinomial(opset: int, classes: int | str, samples: int) -> onnx.ModelProt
                              ir_version=7)
 
 
-@pytest.mark.parametrize("classes", [1, 2, 7, 10, 101])
+@pytest.mark.parametrize("classes", [129, 130, 169, 1000])
 def test_multinomial_before_opset_11_equals_the_cumsum_form(classes):
-    # opset 10 has no CumSum: a two-level MatMul prefix sum stands in (memory O(classes))
+    # opset 10 has no CumSum: above 128 classes a two-level MatMul prefix sum stands in
+    # (memory O(classes))
     old, _ = onnxfix.rewrite(_multinomial(10, classes, 64), check=False)
     new, _ = onnxfix.rewrite(_multinomial(11, classes, 64), check=False)
     full_check(old)
@@ -224,6 +225,57 @@ def test_multinomial_before_opset_11_equals_the_cumsum_form(classes):
     b = run(new, {"logits": logits, "noise_y": u})["y"]
     np.testing.assert_array_equal(a, b)  # the sums may round apart; not on these logits
     assert a.max() < classes and a.min() >= 0
+
+
+def _cumsum_form(classes: int, samples: int, elem: int) -> onnx.ModelProto:
+    """The form the rewrite emitted for every class count before (CumSum, Slice, Div...)."""
+    ints = {n: onnx.numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (
+        ("axis", 1), ("last", [-1]), ("end", [2**62]), ("one", [1]), ("two", [2]))}
+    nodes = [helper.make_node("Softmax", ["logits"], ["p"], axis=1),
+             helper.make_node("CumSum", ["p", "axis"], ["c"], exclusive=0, reverse=0),
+             helper.make_node("Slice", ["c", "last", "end", "one"], ["t"]),
+             helper.make_node("Div", ["c", "t"], ["cdf"]),
+             helper.make_node("Unsqueeze", ["cdf", "one"], ["cdf3"]),
+             helper.make_node("Unsqueeze", ["u", "two"], ["u3"]),
+             helper.make_node("Sub", ["cdf3", "u3"], ["d"]),
+             helper.make_node("Ceil", ["d"], ["above"]),
+             helper.make_node("ArgMax", ["above"], ["y"], axis=2, keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "old", [helper.make_tensor_value_info("logits", elem, [None, classes]),
+                       helper.make_tensor_value_info("u", elem, [None, samples])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [None, samples])],
+        initializer=list(ints.values()))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("elem", [TensorProto.FLOAT, TensorProto.DOUBLE])
+@pytest.mark.parametrize("classes", [1, 2, 5, 33, 127, 128])
+def test_multinomial_up_to_128_classes_is_one_matmul_bit_equal_to_the_cumsum_form(classes,
+                                                                                  elem):
+    # ncnn (through pnnx) has no CumSum and no Pad: a triangle of ones stands in, at any opset
+    dtype = helper.tensor_dtype_to_np_dtype(elem).type
+    rng = np.random.default_rng(classes)
+    logits = (rng.standard_normal((4, classes)) * 3).astype(dtype)
+    logits[1, : classes // 2] = -np.inf if classes > 1 else 0.0  # zero-probability classes
+    # u at every cdf boundary of the old form's own cdf, one ulp either side, 0, below 1
+    old = _cumsum_form(classes, 1, elem)
+    old.graph.output.append(helper.make_tensor_value_info("cdf", elem, [None, classes]))
+    cdf = run(old, {"logits": logits, "u": np.zeros((4, 1), dtype)})["cdf"]
+    u = np.concatenate([cdf, np.nextafter(cdf, 0), np.nextafter(cdf, 1),
+                        np.zeros((4, 1), dtype), np.full((4, 1), np.nextafter(dtype(1), 0))],
+                       axis=1)
+    u = np.clip(u, 0, np.nextafter(dtype(1), 0))
+    samples = u.shape[1]
+    model = _multinomial(17, classes, samples)
+    model.graph.input[0].type.tensor_type.elem_type = elem
+    for opset in (17, 10):
+        model.opset_import[0].version = opset
+        new, _ = onnxfix.rewrite(model, check=False)
+        ops = [n.op_type for n in new.graph.node]
+        assert "MatMul" in ops and "CumSum" not in ops and "Pad" not in ops, ops
+        got = run(new, {"logits": logits, "noise_y": u})["y"]
+        want = run(_cumsum_form(classes, samples, elem), {"logits": logits, "u": u})["y"]
+        np.testing.assert_array_equal(got, want)
 
 
 def test_multinomial_before_opset_11_with_dynamic_classes_is_refused_naming_the_fix():

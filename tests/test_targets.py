@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +222,7 @@ def _targets_script():
     path = FIXTURES.parent / "scripts" / "targets.py"
     spec = importlib.util.spec_from_file_location("onnxfix_targets_script", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

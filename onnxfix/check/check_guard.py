@@ -14,6 +14,7 @@ Lines the check prints travel through the same pipe, in order, as they are made.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import faulthandler
 import math
 import os
@@ -198,8 +199,6 @@ def _outlive_nobody(timeout_s: float) -> None:
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # default action: terminate
     signal.alarm(max(1, math.ceil(timeout_s)) + 5)
     with contextlib.suppress(Exception):
-        import ctypes
-
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 

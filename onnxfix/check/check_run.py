@@ -10,6 +10,7 @@ import onnx
 from onnxfix.check.check_guard import INPUTS_HINT, CheckLimits, run_guarded
 from onnxfix.check.check_inputs import GivenInputs
 from onnxfix.check.check_setup import CheckSetup
+from onnxfix.check.parity import check_parity
 from onnxfix.report import NodeRecord, Parity
 from onnxfix.reporter import Reporter
 
@@ -35,8 +36,6 @@ def run_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, records: li
 
     twin: measured bounds -> the input-noise twin from the rewrite's plan (see check_parity).
     """
-    from onnxfix.check.parity import check_parity  # onnxruntime is imported only when it is needed
-
     emit = Reporter.of(reporter)
     given = options.given
     hint = ("raise --check-memory-mb / --check-timeout, or give smaller inputs" if given

@@ -29,11 +29,20 @@ from onnxfix.check.stats import ChiSquare, bernoulli_fit, goodness_of_fit, homog
 from onnxfix.errors import one_line
 from onnxfix.graph.builder import NodeBuilder
 from onnxfix.graph.naming import NameAllocator
-from onnxfix.ops import NORMAL, AffineOp, attrs_of, np_dtype, spec_for
+from onnxfix.ops import (
+    NORMAL,
+    OP_TABLE,
+    AffineOp,
+    BernoulliOp,
+    DropoutOp,
+    MultinomialOp,
+    attrs_of,
+    np_dtype,
+    spec_for,
+)
+from onnxfix.ops.noise import standard_noise
 from onnxfix.report import DistributionCheck
-from onnxfix.sampler import standard_noise
 
-DISCRETE = ("Bernoulli", "Multinomial", "Dropout")
 TRIALS = 200_000  # Bernoulli / Dropout: element draws per test
 MAX_ELEMENTS = 65_536  # of p or of the dropout data, the first ones are tested
 MULTINOMIAL_NOISE = 16_000_000  # sample x class comparisons per Multinomial test, over all runs
@@ -68,7 +77,7 @@ class _Context:
 
 def needs_test(op_type: str, fed: int, natural: int) -> bool:
     """Discrete transforms, and any noise fed narrower than its in-graph dtype."""
-    return op_type in DISCRETE or _WIDTH.get(fed, 4) < _WIDTH.get(natural, 4)
+    return OP_TABLE[op_type].discrete or _WIDTH.get(fed, 4) < _WIDTH.get(natural, 4)
 
 
 def test_draw(draw: DrawUnderTest, opset: int, ir_version: int, seed: int) -> tuple[
@@ -76,9 +85,7 @@ def test_draw(draw: DrawUnderTest, opset: int, ir_version: int, seed: int) -> tu
     """The draw's tests, and notes on what was not tested."""
     key = zlib.crc32(draw.node.output[0].encode())
     ctx = _Context(draw, opset, ir_version, np.random.default_rng([seed, key]), seed)
-    runner = {"Bernoulli": _bernoulli, "Multinomial": _multinomial, "Dropout": _dropout}.get(
-        draw.node.op_type, _affine)
-    results, notes = runner(ctx)
+    results, notes = _RUNNERS[type(spec_for(draw.node))](ctx)
     checks = [DistributionCheck(draw.node.output[0], draw.node.op_type, against,
                                 chi.statistic, chi.threshold, chi.df, samples, chi.passed)
               for against, chi, samples in results]
@@ -113,8 +120,7 @@ def _original_outcome(ctx: _Context, node: onnx.NodeProto, arrays: dict[str, np.
     """Run the original node in onnxruntime, seeded."""
     seeded = onnx.NodeProto()
     seeded.CopyFrom(node)
-    value = ctx.seed % 2**24  # Dropout's seed is an int, the others' a float
-    _set_attr(seeded, "seed", value if node.op_type == "Dropout" else float(value))
+    _set_attr(seeded, "seed", spec_for(node).seed_attribute(ctx.seed % 2**24))
     return _run(ctx, [seeded], arrays, output)
 
 
@@ -290,7 +296,6 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def _affine(ctx: _Context):
     spec = spec_for(ctx.node)
-    assert isinstance(spec, AffineOp)
     attrs = attrs_of(ctx.node)
     offset, factor = spec.offset_factor(attrs)
     if factor <= 0:
@@ -324,6 +329,11 @@ def _value_counts(values: np.ndarray, edges: list[float]) -> np.ndarray:
     cells = np.searchsorted(np.asarray(edges), values.astype(np.float64).reshape(-1),
                             side="right")
     return np.bincount(cells, minlength=len(edges) + 1)
+
+
+# Each op class's test (keyed by class: the affine ops share one).
+_RUNNERS = {AffineOp: _affine, BernoulliOp: _bernoulli, MultinomialOp: _multinomial,
+            DropoutOp: _dropout}
 
 
 # -- inside the parity check --------------------------------------------------------------

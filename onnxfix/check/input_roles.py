@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 
 from onnxfix.graph.find import iter_graphs
+from onnxfix.graph.shapes import infer_facts
+from onnxfix.ops import OP_TABLE
 
 
 class Role(Enum):
@@ -118,10 +120,11 @@ def _role(name: str, elem: int, reached, rows_of) -> InputRole:
     if rows and (integer or elem in _FLOAT_TYPES):
         known = [r for r in rows if r]
         return InputRole(Role.IDS, min(known) if known else None)
-    if any(node.op_type == "Dropout" and k == 2 for node, k in reached):
-        return InputRole(Role.SWITCH)
-    if any((node.op_type, k) in (("Dropout", 1), ("Bernoulli", 0)) for node, k in reached):
-        return InputRole(Role.PROBABILITY)
+    random_roles = {OP_TABLE[node.op_type].input_role(k) for node, k in reached
+                    if node.op_type in OP_TABLE}
+    for role in (Role.SWITCH, Role.PROBABILITY):  # a training flag first
+        if role.value in random_roles:
+            return InputRole(role)
     lower = name.lower()
     if "mask" in lower or elem == onnx.TensorProto.BOOL:
         return InputRole(Role.MASK)
@@ -188,8 +191,6 @@ class _RowCounter:
         if name in self._inits:
             return self._inits[name]
         if self._facts is None:
-            from onnxfix.graph.shapes import infer_facts
-
             self._facts = infer_facts(self.model)
         f = self._facts.get(name)
         return f.shape if f is not None else None

@@ -17,6 +17,7 @@ from onnx import helper
 
 from onnxfix.check.capture import Exposer, locate
 from onnxfix.graph.noisedims import BOUNDED, DATA, DERIVED, INPUT, ITERATIONS
+from onnxfix.ops import OP_TABLE
 from onnxfix.report import NodeRecord
 
 
@@ -47,13 +48,6 @@ def shape_probe(model: onnx.ModelProto, records: list[NodeRecord]
     return probe, exposed
 
 
-def draw_axis(op_type: str, k: int) -> int | None:
-    """The draw's axis that noise axis k (within one invocation) has the size of."""
-    if op_type == "Multinomial":  # noise [batch, samples, classes], draw [batch, samples]
-        return k if k < 2 else None
-    return k
-
-
 def measured_sizes(records: list[NodeRecord], exposed: dict[str, str],
                    got: dict[str, np.ndarray]) -> TwinSizes:
     sizes = TwinSizes()
@@ -75,7 +69,7 @@ def measured_sizes(records: list[NodeRecord], exposed: dict[str, str],
                 elif d["kind"] in (DATA, BOUNDED):  # a trip count read from an input's values
                     sizes.bounds[d["name"]] = max(int(lead[axis]), 1)
                 continue
-            k = draw_axis(rec.op_type, axis - n_lead)
+            k = OP_TABLE[rec.op_type].draw_axis(axis - n_lead)
             if rows is None or k is None or k >= rows.shape[1]:
                 continue
             seen = int(rows[:, k].max()) if len(rows) else 0

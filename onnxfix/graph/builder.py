@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxfix.errors import ModelError
 from onnxfix.graph.naming import NameAllocator
 
 
@@ -36,8 +37,6 @@ class NodeBuilder:
         """Constant-1 holds floats only: integers and bools before opset 9 are cast from double."""
         wide = value.astype(np.float64)
         if not np.array_equal(wide.astype(value.dtype), value):
-            from onnxfix.errors import ModelError
-
             raise ModelError(f"a constant of {value.dtype} is not exact in double, which is all "
                              f"a Constant holds before opset 9 (the model uses opset "
                              f"{self.opset})")
@@ -60,8 +59,6 @@ class NodeBuilder:
             return self.op("ConstantOfShape", [shape], "fill", output=output,
                            value=numpy_helper.from_array(value))
         if self.opset < 6:
-            from onnxfix.errors import ModelError
-
             raise ModelError(f"deterministic mode needs opset 6 or later (Cast and Tile take "
                              f"their current form there); the model uses opset {self.opset}")
         if static is not None:

@@ -17,6 +17,7 @@ import onnx
 
 from onnxfix.graph.find import constant_values, iter_graphs
 from onnxfix.graph.shapes import TensorFacts, infer_facts, ort_symbolic_facts
+from onnxfix.ops import RANDOM_OP_TYPES
 
 # Output shape follows the input *shapes* (and attributes) only, never input values.
 SHAPE_FROM_SHAPES = frozenset({
@@ -55,8 +56,7 @@ SHAPE_FROM_VALUES = {
 SHAPE_READERS = frozenset({"Shape", "Size"})
 # Ops whose output values are fixed by attributes (and the shape of what they make).
 VALUE_FREE = frozenset({"Constant", "ConstantOfShape"})
-RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                    "Bernoulli", "Multinomial", "Dropout"})
+RANDOM = frozenset(RANDOM_OP_TYPES)
 
 
 @dataclass

@@ -46,10 +46,6 @@ class Site:
         return self.node.output[0]
 
     @property
-    def in_main_graph(self) -> bool:
-        return self.location == "main"
-
-    @property
     def in_function(self) -> bool:
         return self.location.startswith("function ")
 
@@ -70,9 +66,10 @@ def iter_scoped(model: onnx.ModelProto) -> Iterator[tuple[Container, str, list[S
         yield from _walk(f, f"function {f.domain}::{f.name}")
 
 
-def walk_graph(container: Container, location: str = "") -> Iterator[tuple[Container, str]]:
-    for g, where, _ in _walk(container, location):
-        yield g, where
+def walk_graph(container: Container) -> Iterator[Container]:
+    """`container` and every subgraph inside it, outermost first."""
+    for g, _, _ in _walk(container, ""):
+        yield g
 
 
 def _walk(container: Container, location: str) -> Iterator[tuple[Container, str, list[Scope]]]:

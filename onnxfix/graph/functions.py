@@ -18,21 +18,21 @@ def inline_random_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     funcs = {(f.domain, f.name): f for f in model.functions}
     random_funcs = {key for key, f in funcs.items()
-                    if any(is_random_op(n) for g, _ in walk_graph(f) for n in g.node)}
+                    if any(is_random_op(n) for g in walk_graph(f) for n in g.node)}
     changed = True
     while changed:  # a function calling a random function must be inlined too
         changed = False
         for key, f in funcs.items():
             if key in random_funcs:
                 continue
-            if any((n.domain, n.op_type) in random_funcs for g, _ in walk_graph(f)
+            if any((n.domain, n.op_type) in random_funcs for g in walk_graph(f)
                    for n in g.node):
                 random_funcs.add(key)
                 changed = True
     if not random_funcs or not _called(model, random_funcs):
         return model
     for key in random_funcs:
-        for g, _ in walk_graph(funcs[key]):
+        for g in walk_graph(funcs[key]):
             for n in g.node:
                 if is_random_op(n):
                     n.doc_string = f"{_ORIGIN_MARK}function {key[0]}::{key[1]}\n{n.doc_string}"

@@ -62,7 +62,7 @@ def names_read(node: onnx.NodeProto) -> set[str]:
         else:
             continue
         for body in bodies:
-            for g, _ in walk_graph(body):
+            for g in walk_graph(body):
                 for n in g.node:
                     names.update(i for i in n.input if i)
                 names.update(o.name for o in g.output)

@@ -6,6 +6,8 @@ import re
 
 import onnx
 
+from onnxfix.graph.find import iter_graphs
+
 _NOT_IDENT = re.compile(r"[^0-9A-Za-z_]+")
 
 
@@ -69,15 +71,11 @@ class NameAllocator:
 
 
 def _all_containers(model: onnx.ModelProto):
-    from onnxfix.graph.find import iter_graphs
-
     for container, _ in iter_graphs(model):
         yield container
 
 
 def _all_dim_params(model: onnx.ModelProto):
-    from onnxfix.graph.find import iter_graphs
-
     for container, _ in iter_graphs(model):
         if not isinstance(container, onnx.GraphProto):
             continue

@@ -15,9 +15,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from onnx import numpy_helper
 
 from onnxfix.errors import ModelError, UsageError, entries, param, param_name
 from onnxfix.graph.builder import NodeBuilder
+from onnxfix.ops import OP_TABLE
 
 CONSTANT, INPUT, ITERATIONS, DERIVED, BOUNDED, DATA = (
     "constant", "input", "iterations", "derived", "bounded", "data-dependent")
@@ -49,13 +51,8 @@ def bound_name(noise: str, axis: int) -> str:
 
 
 def source_axes(op_type: str, rank: int) -> list[int | None]:
-    """For each axis of one invocation's noise, the axis of the node's input it follows.
-
-    Multinomial's noise puts the sample count (an attribute) after the batch axis.
-    """
-    if op_type == "Multinomial":
-        return [0, None, 1][:rank]
-    return list(range(rank))
+    """For each axis of one invocation's noise, the axis of the node's input it follows."""
+    return OP_TABLE[op_type].source_axes(rank)
 
 
 def classify(noise: str, lead: list, shape: list, op_type: str, source: str | None,
@@ -191,8 +188,6 @@ def _gather_prefix(b: NodeBuilder, noise: str, need: str, bounded: list[NoiseDim
                    n_lead: int) -> str:
     """Before opset 10 Slice ends are attributes: gather indices 0..n-1 instead, made as
     NonZero(ConstantOfShape([n])) (Gather fails loudly past the bound)."""
-    from onnx import numpy_helper
-
     current = noise
     for d in bounded:
         src = b.constant(np.array([d.source_axis], dtype=np.int64), "bounded_src")

@@ -16,6 +16,7 @@ import onnx
 
 from onnxfix.errors import UsageError, entries, param_name
 from onnxfix.graph.find import iter_graphs
+from onnxfix.graph.naming import sanitize
 
 Dim = int | str | None  # a size, a symbolic name, or unknown
 Shape = list[Dim] | None  # None: rank unknown
@@ -125,15 +126,15 @@ def _symbolic_shape_inference():
     runs `onnxruntime/tools/__init__.py`, which imports torch whenever torch is installed
     (seconds of start-up for a module that does not need it).
     """
-    import onnxruntime
+    import onnxruntime  # noqa: PLC0415 - heavy: only this inference path needs it
 
     name = "onnxfix._ort_symbolic_shape_infer"
     try:
         path = next(iter(onnxruntime.__path__)) + "/tools/symbolic_shape_infer.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        module_spec.loader.exec_module(module)
         return module.SymbolicShapeInference
     except Exception:  # noqa: BLE001 - optional fallback
         sys.modules.pop(name, None)
@@ -194,8 +195,6 @@ def name_unnamed_input_dims(model: onnx.ModelProto) -> None:
     A dim with neither a size nor a name cannot be tied to a noise input or fixed with --dim;
     naming it `<input>_dim<k>` makes both possible and changes nothing else.
     """
-    from onnxfix.graph.naming import sanitize
-
     taken = model_dim_names(model)
     for vi in model.graph.input:
         if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):

@@ -30,7 +30,7 @@ from onnxfix.graph.shapes import (
     ort_symbolic_facts,
     tied_score,
 )
-from onnxfix.ops import AffineOp, Dtypes, RandomOp, attrs_of, distribution_of, spec_for
+from onnxfix.ops import Dtypes, RandomOp, attrs_of, distribution_of, spec_for
 from onnxfix.passes.prepare import Prepared, scope_key
 from onnxfix.report import NodeRecord
 
@@ -232,7 +232,7 @@ def _describe(model: onnx.ModelProto, chosen: list[tuple[Site, str]],
         dtypes = spec.dtypes(site.node, elem_type)
         shape = spec.noise_shape(site.node, shape_of)
         if shape is None and site.node.output:
-            shape = _output_based_shape(spec, site.node, shape_of)
+            shape = spec.noise_shape_from_output(site.node, shape_of)
         lead = [_iteration_dim(s, prepared, lookup, shape_of) for s in site.scopes
                 if s.owner.op_type in ("Loop", "Scan")]
         attrs = {**attrs_of(site.node), **spec.shape_facts(site.node, shape_of)}
@@ -244,7 +244,7 @@ def _describe(model: onnx.ModelProto, chosen: list[tuple[Site, str]],
 
 def _check_inputs(site: Site, spec: RandomOp) -> None:
     has_input = bool(site.node.input and site.node.input[0])
-    if (not isinstance(spec, AffineOp) or spec.like_input) and not has_input:
+    if spec.reads_input and not has_input:
         raise ModelError(f"{site.describe()}: the op needs an input")
 
 
@@ -265,13 +265,6 @@ def _tie_with_ort(model: onnx.ModelProto, plans: list[SitePlan], anchors: set[st
         cand = p.spec.noise_shape(p.site.node, sym_shape)
         if tied_score(cand, anchors) > tied_score(p.shape, anchors):
             p.onnx_shape, p.shape = p.shape, cand
-
-
-def _output_based_shape(spec: RandomOp, node: onnx.NodeProto, shape_of) -> Shape:
-    """For ops whose draw has the noise's shape, the output's inferred shape is as good."""
-    if isinstance(spec, AffineOp) or spec.op_type in ("Bernoulli", "Dropout"):
-        return shape_of(node.output[0])
-    return None
 
 
 def _iteration_dim(scope: Scope, prepared: Prepared, lookup, shape_of):

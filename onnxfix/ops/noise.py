@@ -7,10 +7,14 @@ then draw zeros. So uniforms are clamped to the largest value below 1 *in the ta
 
 from __future__ import annotations
 
+import ml_dtypes  # onnx's own dependency: the bfloat16 dtype
 import numpy as np
 
 NORMAL = "normal"    # N(0, 1)
 UNIFORM = "uniform"  # U[0, 1)
+FAMILIES = (NORMAL, UNIFORM)  # every standard noise a noise input may hold
+# The centre of each family: the noise an affine transform maps onto its mean / midpoint.
+NOISE_CENTRE = {NORMAL: 0.0, UNIFORM: 0.5}
 
 
 def below_one(dtype: np.dtype) -> np.generic:
@@ -19,8 +23,6 @@ def below_one(dtype: np.dtype) -> np.generic:
     try:
         epsneg = np.finfo(dtype).epsneg
     except ValueError:  # bfloat16 and other ml_dtypes types
-        import ml_dtypes
-
         epsneg = ml_dtypes.finfo(dtype).epsneg
     return np.asarray(1 - epsneg, dtype=dtype)[()]
 

@@ -1,0 +1,62 @@
+"""The registry of random ops: one class per op (one module each), one table, one op list.
+
+Adding an op is one module here (a RandomOp subclass) and one line in OP_TABLE; every pass
+and the parity check ask the op's class, never its op_type.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from onnxfix.ops.affine import AffineOp
+from onnxfix.ops.base import (
+    FLOAT_TYPES,
+    INDEX_TYPES,
+    MAX_ELEMENTS,
+    Dtypes,
+    Inconsistent,
+    RandomOp,
+    attribute_refs,
+    attrs_of,
+    distribution_of,
+    dtype_name,
+    np_dtype,
+    wide_noise,
+)
+from onnxfix.ops.bernoulli import BernoulliOp
+from onnxfix.ops.dropout import DropoutOp
+from onnxfix.ops.multinomial import MultinomialOp
+from onnxfix.ops.noise import FAMILIES, NORMAL, UNIFORM, below_one, standard_noise
+
+OP_TABLE: dict[str, RandomOp] = {
+    "RandomNormal": AffineOp("RandomNormal", NORMAL, like_input=False),
+    "RandomNormalLike": AffineOp("RandomNormalLike", NORMAL, like_input=True),
+    "RandomUniform": AffineOp("RandomUniform", UNIFORM, like_input=False),
+    "RandomUniformLike": AffineOp("RandomUniformLike", UNIFORM, like_input=True),
+    "Bernoulli": BernoulliOp(),
+    "Multinomial": MultinomialOp(),
+    "Dropout": DropoutOp(),
+}
+
+# THE list of random op types (table order); everything else imports it.
+RANDOM_OP_TYPES: tuple[str, ...] = tuple(OP_TABLE)
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def is_random_op(node: onnx.NodeProto) -> bool:
+    """The node's op type is one of the table's (Dropout may still be in inference mode)."""
+    return node.domain in _DEFAULT_DOMAINS and node.op_type in OP_TABLE
+
+
+def spec_for(node: onnx.NodeProto) -> RandomOp:
+    return OP_TABLE[node.op_type]
+
+
+__all__ = [
+    "FAMILIES", "FLOAT_TYPES", "INDEX_TYPES", "MAX_ELEMENTS", "NORMAL", "OP_TABLE",
+    "RANDOM_OP_TYPES", "UNIFORM", "AffineOp", "BernoulliOp", "DropoutOp", "Dtypes",
+    "Inconsistent", "MultinomialOp", "RandomOp", "attribute_refs", "attrs_of", "below_one",
+    "distribution_of", "dtype_name", "is_random_op", "np_dtype", "spec_for", "standard_noise",
+    "wide_noise",
+]
