@@ -126,7 +126,7 @@ def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None) 
     if not prepared.random:
         return result
     model = prepared.model
-    sites = find_sites(model)
+    sites = prepared.sites if prepared.sites is not None else find_sites(model)
     result.n_sites = len(sites)
     if select is not None and hasattr(select, "check_matches"):
         select.check_matches(sites)
