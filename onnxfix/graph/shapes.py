@@ -189,12 +189,14 @@ def model_dim_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def name_unnamed_input_dims(model: onnx.ModelProto) -> None:
-    """Give every unnamed dynamic dim of a graph input a readable name (in place).
+def name_unnamed_input_dims(model: onnx.ModelProto) -> int:
+    """Give every unnamed dynamic dim of a graph input a readable name (in place); return
+    how many were named.
 
     A dim with neither a size nor a name cannot be tied to a noise input or fixed with --dim;
     naming it `<input>_dim<k>` makes both possible and changes nothing else.
     """
+    named = 0
     taken = model_dim_names(model)
     for vi in model.graph.input:
         if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
@@ -209,6 +211,8 @@ def name_unnamed_input_dims(model: onnx.ModelProto) -> None:
                 name = f"{base}_{i}"
             taken.add(name)
             d.dim_param = name
+            named += 1
+    return named
 
 
 def fix_dims(model: onnx.ModelProto, dims: dict[str, int],

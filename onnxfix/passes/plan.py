@@ -11,6 +11,7 @@ re-classifies the noise dims with extra bounds without re-running inference or t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import onnx
@@ -103,6 +104,7 @@ class ModelPlan:
     anchors: set[str] = field(default_factory=set)  # input dims and iteration dims
     names_before: NameAllocator | None = None  # before noise naming (replayed by with_bounds)
     names: NameAllocator | None = None  # after it: emits allocate from a copy
+    facts: Mapping | None = None  # shape inference on the prepared model (None: not run)
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -134,7 +136,8 @@ def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None) 
     result.dead = [(site_path(s), s.location) for s in dead]
     if not chosen:
         return result
-    result.sites = _describe(model, chosen, prepared)
+    result.facts = infer_facts(model)
+    result.sites = _describe(model, chosen, prepared, result.facts)
     result.anchors = set(input_dim_names(model)) | set(prepared.trip_names.values())
     _trace_sources(model, result.sites, result.anchors)
     result.names_before = NameAllocator(model)
@@ -212,8 +215,7 @@ def resolve(model: onnx.ModelProto, path: tuple, location: str) -> Site:
 # -- describing the chosen sites ---------------------------------------------------------
 
 def _describe(model: onnx.ModelProto, chosen: list[tuple[Site, str]],
-              prepared: Prepared) -> list[SitePlan]:
-    facts = infer_facts(model)
+              prepared: Prepared, facts: Mapping) -> list[SitePlan]:
     lookup = constant_lookup(model)
 
     def elem_type(name: str) -> int | None:

@@ -35,6 +35,9 @@ class Prepared:
     fixed_trips: dict[str, int] = field(default_factory=dict)  # iteration dims fixed by `dims`
     # the random nodes of `model`, found once (fixing dims changes no node): None = not yet
     sites: list[Site] | None = None
+    # same graph as the input (nothing inlined, no dim named or fixed): facts inferred on
+    # `model` hold for the input too
+    as_input: bool = False
 
 
 def prepare(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> Prepared:
@@ -48,10 +51,10 @@ def prepare(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> Prepa
     inlined = inline_random_functions(out)
     if inlined is not out:  # new nodes: find them again
         out, sites = inlined, find_sites(inlined)
-    name_unnamed_input_dims(out)
+    same = inlined is out and not name_unnamed_input_dims(out) and not dims
     trip_names = iteration_dim_names(out, sites)
     fixed = fix_dims(out, dims or {}, extra=set(trip_names.values()))
-    return Prepared(out, True, trip_names, fixed, sites)
+    return Prepared(out, True, trip_names, fixed, sites, same)
 
 
 def scope_key(scope: Scope) -> str:
