@@ -86,7 +86,7 @@ def _planned_noise(model: onnx.ModelProto) -> tuple[dict[str, dict], Mapping | N
     one input-noise emit (nothing is spliced, checked or written). Also the plan's shape facts
     when they hold for `model` as it is (else None: the caller infers them)."""
     try:
-        model_plan = plan(prepare(model))
+        model_plan = plan(prepare(model), keep_facts=True)
         emitted = emit(model_plan, "input-noise", allow_unbounded=True)
     except OnnxfixError:  # the rewrite refuses this model; inspect still lists its nodes
         return {}, None

@@ -104,7 +104,9 @@ class ModelPlan:
     anchors: set[str] = field(default_factory=set)  # input dims and iteration dims
     names_before: NameAllocator | None = None  # before noise naming (replayed by with_bounds)
     names: NameAllocator | None = None  # after it: emits allocate from a copy
-    facts: Mapping | None = None  # shape inference on the prepared model (None: not run)
+    # shape inference on the prepared model, kept only when asked for (plan(keep_facts=True)):
+    # it holds the inferred copy of the whole graph
+    facts: Mapping | None = None
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -122,7 +124,8 @@ class ModelPlan:
         return out
 
 
-def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None) -> ModelPlan:
+def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None, *,
+         keep_facts: bool = False) -> ModelPlan:
     """call(prepared) -> ModelPlan: find, sort and describe every random node, once."""
     result = ModelPlan(prepared, bounds=dict(bounds or {}))
     if not prepared.random:
@@ -136,8 +139,9 @@ def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None) 
     result.dead = [(site_path(s), s.location) for s in dead]
     if not chosen:
         return result
-    result.facts = infer_facts(model)
-    result.sites = _describe(model, chosen, prepared, result.facts)
+    facts = infer_facts(model)
+    result.facts = facts if keep_facts else None
+    result.sites = _describe(model, chosen, prepared, facts)
     result.anchors = set(input_dim_names(model)) | set(prepared.trip_names.values())
     _trace_sources(model, result.sites, result.anchors)
     result.names_before = NameAllocator(model)
