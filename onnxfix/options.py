@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from onnxfix.check.check_guard import make_limits
 from onnxfix.errors import UsageError, param
 from onnxfix.graph.find import Selector, make_selector
+from onnxfix.ops import MULTINOMIAL_FORMS
 from onnxfix.passes.emit import DEFAULT_MAX_DRAW_BYTES, MODES, NOISE_DTYPES
 
 # Sizes the check gives symbolic dims: beyond this, synthetic inputs stop being a test.
@@ -36,6 +37,9 @@ class RewriteOptions:
         report give (`<noise input>:<axis>`), e.g. {"noise_z:2": 400}: that axis is declared
         with the bound and the graph slices what each run needs.
     max_draw_bytes: cap on the bytes constant-mode draws may take.
+    multinomial: "inverse-cdf" (noise [batch, sample_size]: one uniform per sample) or
+        "gumbel" (Gumbel-max, noise [batch, sample_size, classes]: one Add and an ArgMax,
+        the same class on every runtime).
     only / exclude: glob patterns over node names and output names selecting the nodes to
         rewrite; unselected random nodes stay as they are (the report says so).
     """
@@ -46,6 +50,7 @@ class RewriteOptions:
     noise_dtype: str = "same"
     noise_bounds: Mapping[str, int] = field(default_factory=dict)
     max_draw_bytes: int = DEFAULT_MAX_DRAW_BYTES
+    multinomial: str = "inverse-cdf"
     only: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
@@ -56,6 +61,7 @@ class RewriteOptions:
             object.__setattr__(self, name, tuple(getattr(self, name) or ()))
         _choose("mode", self.mode, MODES)
         _choose("noise_dtype", self.noise_dtype, tuple(NOISE_DTYPES))
+        _choose("multinomial", self.multinomial, MULTINOMIAL_FORMS)
         if self.seed < 0:
             raise UsageError(f"{param('seed', self.seed)}: the seed must be a non-negative "
                              f"integer")

@@ -121,8 +121,11 @@ class ModelPlan:
         return out
 
 
-def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None) -> ModelPlan:
-    """call(prepared) -> ModelPlan: find, sort and describe every random node, once."""
+def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None,
+         forms: dict[str, str] | None = None) -> ModelPlan:
+    """call(prepared) -> ModelPlan: find, sort and describe every random node, once.
+
+    forms: op type -> the alternative rewrite form to use (e.g. {"Multinomial": "gumbel"})."""
     result = ModelPlan(prepared, bounds=dict(bounds or {}))
     if not prepared.random:
         return result
@@ -135,7 +138,7 @@ def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None) 
     result.dead = [(site_path(s), s.location) for s in dead]
     if not chosen:
         return result
-    result.sites = _describe(model, chosen, prepared)
+    result.sites = _describe(model, chosen, prepared, dict(forms or {}))
     result.anchors = set(input_dim_names(model)) | set(prepared.trip_names.values())
     _trace_sources(model, result.sites, result.anchors)
     result.names_before = NameAllocator(model)
@@ -213,7 +216,7 @@ def resolve(model: onnx.ModelProto, path: tuple, location: str) -> Site:
 # -- describing the chosen sites ---------------------------------------------------------
 
 def _describe(model: onnx.ModelProto, chosen: list[tuple[Site, str]],
-              prepared: Prepared) -> list[SitePlan]:
+              prepared: Prepared, forms: dict[str, str]) -> list[SitePlan]:
     facts = infer_facts(model)
     lookup = constant_lookup(model)
 
@@ -227,7 +230,7 @@ def _describe(model: onnx.ModelProto, chosen: list[tuple[Site, str]],
 
     plans = []
     for site, origin in chosen:
-        spec = spec_for(site.node)
+        spec = spec_for(site.node, forms.get(site.op_type))
         _check_inputs(site, spec)
         spec.check_attributes(site.node)
         dtypes = spec.dtypes(site.node, elem_type)
