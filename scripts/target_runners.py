@@ -163,7 +163,10 @@ def iree(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
     try:
         ic.compile_file(str(mlir), output_file=str(vmfb), input_type="onnx",
                         target_backends=["llvm-cpu"],
-                        extra_args=["--iree-llvmcpu-target-cpu=host"])
+                        # float64 stays float64 (the default demotes it to float32,
+                        # and the float64 inputs fed then read as garbage)
+                        extra_args=["--iree-llvmcpu-target-cpu=host",
+                                    "--iree-input-demote-f64-to-f32=false"])
     except ic.CompilerToolError as e:  # the diagnostics start with paths: keep the error
         found = re.search(r"error: (.*)", str(e))
         raise RuntimeError(found.group(1) if found else str(e)) from None
