@@ -55,6 +55,7 @@ from onnxfix.check.input_roles import Role, input_roles  # noqa: E402
 FLOAT16_TOLERANCE = (2e-3, 2e-3)
 DEFAULT_TOLERANCE = (1e-4, 1e-4)
 SIZE = 2  # every symbolic dim, and the size count inputs are drawn up to
+NOISE_BOUND = 64  # the default upper bound of a data-dependent noise dim
 STAGE_TIMEOUT = 600  # seconds one conversion or one pair of runs may take
 Cells = dict[str, dict[str, list]]  # model row -> runtime label -> [passed, cell]
 
@@ -67,10 +68,25 @@ def rewritten(path: Path, folder: Path, multinomial: str = "inverse-cdf") -> tup
     model = onnx.load(path)
     dims = {d.dim_param: SIZE for i in model.graph.input
             for d in i.type.tensor_type.shape.dim if d.dim_param}
+    bounds, loops = _open_noise_dims(path)
     out = folder / path.name
-    new, _ = onnxfix.rewrite(model, dims=dims, check=False, output=out,
-                             multinomial=multinomial)
+    new, _ = onnxfix.rewrite(model, dims={**dims, **loops}, noise_bounds=bounds, check=False,
+                             output=out, multinomial=multinomial)
     return out, new
+
+
+def _open_noise_dims(path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Sizes the rewrite cannot take from the inputs, as `inspect` names them: each
+    data-dependent noise dim bounded by NOISE_BOUND (the graph slices what a run needs), each
+    loop iteration axis fixed to SIZE (the count inputs are drawn up to SIZE)."""
+    bounds, loops = {}, {}
+    for node in onnxfix.inspect(path).nodes:
+        for d in (node.noise or {}).get("dims", []):
+            if d["kind"] == "data-dependent":
+                bounds[d["name"]] = NOISE_BOUND
+            elif d["kind"] == "iterations":
+                loops[d["name"]] = SIZE
+    return bounds, loops
 
 
 def feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict:
