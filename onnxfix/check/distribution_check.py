@@ -234,7 +234,7 @@ def _multinomial(ctx: _Context):
         return [], ["no row of finite logits to test"]
     samples = int(np.clip(MULTINOMIAL_NOISE // rows.size, 50, 4000))
     name, out = ctx.node.input[0], ctx.node.output[0]
-    ours = _multinomial_counts(ctx, rows, samples)
+    ours = _multinomial_counts(ctx, rows, samples, ctx.spec.noise_dims)
     probs = _softmax(rows.astype(np.float64))
     total = samples * rows.shape[0]
     # cells by probability rank catch a bias by class weight; cells in class order catch a
@@ -258,14 +258,16 @@ def _multinomial(ctx: _Context):
     return [*results, ("original", two, total)], []
 
 
-def _multinomial_counts(ctx: _Context, rows: np.ndarray, samples: int) -> np.ndarray:
-    """Per row, how often the rewritten transform picked each class in `samples` draws."""
+def _multinomial_counts(ctx: _Context, rows: np.ndarray, samples: int,
+                        noise_dims) -> np.ndarray:
+    """Per row, how often the rewritten transform picked each class in `samples` draws
+    (noise_dims(rows, samples, classes): the noise shape of the form under test)."""
     name, out = ctx.node.input[0], ctx.node.output[0]
     chunk = max(1, CHUNK_NOISE // rows.size)
     ours = np.zeros(rows.shape, dtype=np.int64)
     for start in range(0, samples, chunk):
         n = min(chunk, samples - start)
-        shape = ctx.spec.noise_dims(rows.shape[0], n, rows.shape[1])
+        shape = noise_dims(rows.shape[0], n, rows.shape[1])
         picks = _transform_outcome(ctx, _noise(ctx, shape), {name: rows}, ctx.node, out)
         ours += _class_counts(picks, rows.shape[1])
     return ours
