@@ -12,9 +12,6 @@ from pathlib import Path
 
 import onnx
 
-from onnxfix.check.check_guard import make_limits, model_bytes
-from onnxfix.check.check_inputs import load_check_inputs
-from onnxfix.check.check_run import CheckOptions, run_check
 from onnxfix.errors import ParityError, UsageError, param
 from onnxfix.feeds import make_noise_feeds
 from onnxfix.inspection import InspectReport, inspect_model
@@ -160,6 +157,12 @@ def _rewrite(original, source, skeleton, options: RewriteOptions, settings: Chec
 def _check(original, new_model, records, model_plan: ModelPlan, options: RewriteOptions,
            settings: CheckSettings, source, skeleton, reporter: Reporter) -> Parity:
     """The parity check of the emitted model against the same plan's input-noise twin."""
+    # the check package pulls in onnxruntime: imported only when a check runs, so
+    # `--help`, `inspect` and `--no-check` start as fast as onnx itself
+    from onnxfix.check.check_guard import make_limits, model_bytes  # noqa: PLC0415
+    from onnxfix.check.check_inputs import load_check_inputs  # noqa: PLC0415
+    from onnxfix.check.check_run import CheckOptions, run_check  # noqa: PLC0415
+
     limits = make_limits(settings.memory_mb, settings.timeout, model_bytes(original, source))
     given = (load_check_inputs(settings.inputs, original, options.dims)
              if settings.inputs is not None else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import onnx
@@ -45,11 +46,12 @@ class InspectReport:
 
 
 def inspect_model(model: onnx.ModelProto, origin: str | None = None) -> InspectReport:
-    facts = infer_facts(model)
-    readers = _consumers(model)
-    planned = _planned_noise(model)
+    planned, facts = _planned_noise(model)
+    facts = facts if facts is not None else infer_facts(model)
+    sites = find_sites(model)
+    readers = _consumers(model, {s.node.output[0] for s in sites} - {""})
     nodes = []
-    for site in find_sites(model):
+    for site in sites:
         node = site.node
         spec = spec_for(node)
 
@@ -79,16 +81,19 @@ def inspect_model(model: onnx.ModelProto, origin: str | None = None) -> InspectR
     return InspectReport(origin, nodes)
 
 
-def _planned_noise(model: onnx.ModelProto) -> dict[str, dict]:
+def _planned_noise(model: onnx.ModelProto) -> tuple[dict[str, dict], Mapping | None]:
     """Draw name -> the noise input an input-noise rewrite would declare for it: the plan and
-    one input-noise emit (nothing is spliced, checked or written)."""
+    one input-noise emit (nothing is spliced, checked or written). Also the plan's shape facts
+    when they hold for `model` as it is (else None: the caller infers them)."""
     try:
-        emitted = emit(plan(prepare(model)), "input-noise", allow_unbounded=True)
+        model_plan = plan(prepare(model), keep_facts=True)
+        emitted = emit(model_plan, "input-noise", allow_unbounded=True)
     except OnnxfixError:  # the rewrite refuses this model; inspect still lists its nodes
-        return {}
+        return {}, None
+    facts = model_plan.facts if model_plan.prepared.as_input else None
     return {r.output: {"input": r.replacement.name, "shape": r.replacement.shape,
                        "dims": r.replacement.dims}
-            for r in emitted.records if r.replacement is not None}
+            for r in emitted.records if r.replacement is not None}, facts
 
 
 def _named_like_noise(shape: list, noise: dict, draw_shaped: bool) -> list:
@@ -129,16 +134,21 @@ def _plain(value):
     return str(value)
 
 
-def _consumers(model: onnx.ModelProto) -> dict[str, list[str]]:
+def _consumers(model: onnx.ModelProto, wanted: set[str]) -> dict[str, list[str]]:
+    """Who reads each of the `wanted` names (node labels and graph outputs), in graph order."""
     readers: dict[str, list[str]] = {}
     for container, where, _ in iter_scoped(model):
         for node in container.node:
+            if wanted.isdisjoint(node.input):
+                continue
             label = f"{node.op_type} '{node.name}'" if node.name else node.op_type
             for name in set(node.input):
-                if name:
+                if name in wanted:
                     readers.setdefault(name, []).append(label)
         if isinstance(container, onnx.GraphProto):
             for o in container.output:
+                if o.name not in wanted:
+                    continue
                 what = "graph output" if where == "main" else f"output of {where}"
                 readers.setdefault(o.name, []).append(what)
     return readers

@@ -128,7 +128,9 @@ FUZZ_FIXTURES = [  # small, covering every random op, both exporters, static and
     "mixed_dynamic_ts.onnx",
 ]
 RANDOM_OPS = list(RANDOM_OP_TYPES)
-# ONNXFIX_FUZZ_SCALE=10 runs ten times the examples (a longer local hunt); CI uses 1.
+# ONNXFIX_FUZZ_SCALE=10 runs ten times the examples (a longer local hunt); CI uses 1, which
+# keeps the replay near a minute of the suite's ~5 min budget (2500/3500 examples took ~4 min
+# under load once the reader grew its up-front checks).
 SCALE = float(os.environ.get("ONNXFIX_FUZZ_SCALE", "1"))
 
 
@@ -298,7 +300,7 @@ def mutate_bytes(data: bytes, edits) -> bytes:
     return bytes(b)
 
 
-@settings(max_examples=examples(2500), deadline=None, database=None, derandomize=DERANDOMIZE,
+@settings(max_examples=examples(1500), deadline=None, database=None, derandomize=DERANDOMIZE,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(FUZZ_FIXTURES), edits=byte_edits, mode=st.sampled_from(MODES),
@@ -417,7 +419,7 @@ def mutated_models(draw) -> bytes:
     return model.SerializeToString()
 
 
-@settings(max_examples=examples(3500), deadline=None, database=None, derandomize=DERANDOMIZE,
+@settings(max_examples=examples(1500), deadline=None, database=None, derandomize=DERANDOMIZE,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(data=mutated_models(), mode=st.sampled_from(MODES), with_dims=st.booleans())

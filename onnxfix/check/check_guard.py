@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from onnxfix.check.compare import CheckLimit
 from onnxfix.errors import UsageError, param
 from onnxfix.report import Parity
 
@@ -223,6 +222,9 @@ class _Emitter:
 
 
 def _in_process(check, emit, hint: str, limits: CheckLimits | None = None) -> Parity:
+    # compare pulls in onnxruntime; options validation imports this module on every run
+    from onnxfix.check.compare import CheckLimit  # noqa: PLC0415
+
     try:
         return check(emit)
     except (CheckLimit, MemoryError) as e:  # outside the passes: building a model, say

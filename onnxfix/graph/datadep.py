@@ -78,11 +78,51 @@ class Provenance:
         return self.shape[name]
 
 
-def trace(model: onnx.ModelProto) -> Provenance:
-    """Trace every tensor of the main graph and its bodies (model-local functions excluded)."""
-    facts = _Inferences(model)
+def trace(model: onnx.ModelProto, wanted: set[str] | None = None) -> Provenance:
+    """Trace every tensor of the main graph and its bodies (model-local functions excluded).
+
+    wanted: the names the caller will ask about. When the main graph holds no subgraph, only
+    the nodes they depend on are walked (each node's facts follow from its inputs' alone, so
+    the answers for `wanted` are the same); other names may then be missing."""
+    sliced = _ancestors(model.graph, wanted) if wanted is not None else None
+    prov = _start(model)
+    if sliced is not None:
+        for init in model.graph.initializer:
+            prov.value.setdefault(init.name, None)
+            prov.shape.setdefault(init.name, None)
+        for node in sliced:
+            _plain_node(node, prov)
+        return prov
+    _walk(model.graph, prov, _Inferences(model), constant_values(model))
+    return prov
+
+
+def _ancestors(graph: onnx.GraphProto, wanted: set[str]) -> list[onnx.NodeProto] | None:
+    """The nodes `wanted` depends on, in graph order; None when the graph holds a subgraph."""
+    producer: dict[str, int] = {}
+    for k, node in enumerate(graph.node):
+        if node.attribute and any(a.type in (onnx.AttributeProto.GRAPH,
+                                             onnx.AttributeProto.GRAPHS)
+                                  for a in node.attribute):
+            return None
+        for o in node.output:
+            producer.setdefault(o, k)
+    keep: set[int] = set()
+    seen: set[str] = set()
+    pending = list(wanted)
+    while pending:
+        name = pending.pop()
+        k = producer.get(name)
+        if name in seen or k is None or k in keep:
+            continue
+        seen.add(name)
+        keep.add(k)
+        pending.extend(graph.node[k].input)
+    return [graph.node[k] for k in sorted(keep)]
+
+
+def _start(model: onnx.ModelProto) -> Provenance:
     prov = Provenance()
-    fixed = constant_values(model)
     overridable = {i.name for i in model.graph.input}
     for vi in model.graph.input:
         prov.value[vi.name] = f"the values of input '{vi.name}'"
@@ -91,7 +131,6 @@ def trace(model: onnx.ModelProto) -> Provenance:
         if init.name not in overridable:
             prov.value[init.name] = None
             prov.shape[init.name] = None
-    _walk(model.graph, prov, facts, fixed)
     return prov
 
 

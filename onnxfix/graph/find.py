@@ -115,12 +115,18 @@ def constant_values(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 
 
 def constant_lookup(model: onnx.ModelProto):
-    """A function name -> numpy value (or None) over the model's fixed tensors."""
-    values = constant_values(model)
-    # Graph inputs shadow initializers of the same name (they are overridable defaults).
-    overridable = {i.name for i in model.graph.input}
+    """A function name -> numpy value (or None) over the model's fixed tensors.
+
+    The tensors are indexed on the first call (most lookups are never made: a graph without
+    Dropout or Loop asks nothing), so the model must not change between the first call and
+    the last."""
+    cache: list = []
 
     def lookup(name: str):
+        if not cache:
+            # Graph inputs shadow initializers of the same name (overridable defaults).
+            cache.extend([constant_values(model), {i.name for i in model.graph.input}])
+        values, overridable = cache
         t = values.get(name)
         if t is None or name in overridable:
             return None

@@ -73,8 +73,18 @@ def names_used(graph: onnx.GraphProto) -> set[str]:
     """Every name a node of `graph` (or of its subgraphs) reads, and the graph's outputs."""
     used = {o.name for o in graph.output}
     for node in graph.node:
-        used |= names_read(node)
+        used.update(node.input)
+        if node.attribute:  # only then can it hold a subgraph
+            used |= names_read(node)
+    used.discard("")
     return used
+
+
+def _any_unread(graph: onnx.GraphProto, freed: list[str]) -> bool:
+    """Whether a freed name is read by no node and is no graph input or output: the common
+    case (the input of a *Like op still feeds the rest of the graph) needs no reader counts."""
+    read = names_used(graph) | {i.name for i in graph.input}
+    return any(name not in read for name in freed)
 
 
 def remove_dead_producers(graph: onnx.GraphProto, freed: list[str]) -> None:
@@ -83,7 +93,7 @@ def remove_dead_producers(graph: onnx.GraphProto, freed: list[str]) -> None:
     Only what the rewrite made dead goes: nodes and initializers that were dead before stay.
     A subgraph's outputs and inputs stay, and so does anything read from an inner scope.
     """
-    if not freed:
+    if not freed or not _any_unread(graph, freed):
         return
     keep_alive = {o.name for o in graph.output} | {i.name for i in graph.input}
     readers: dict[str, int] = {}

@@ -50,6 +50,15 @@ class NameAllocator:
             taken.update(graph.input)
             taken.update(graph.output)
 
+    def copy(self) -> NameAllocator:
+        """An independent allocator holding the same names (a set copy, not a deepcopy)."""
+        other = NameAllocator.__new__(NameAllocator)
+        other.taken = set(self.taken)
+        return other
+
+    def __deepcopy__(self, memo) -> NameAllocator:
+        return self.copy()
+
     def fresh(self, base: str) -> str:
         """`base` (sanitized) if free, else `base_1`, `base_2`, ..."""
         stem = sanitize(base)

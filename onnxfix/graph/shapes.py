@@ -9,6 +9,7 @@ import io
 import logging
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import onnx
@@ -44,29 +45,77 @@ def _facts_from_type(tp: onnx.TypeProto) -> TensorFacts | None:
     return TensorFacts(t.elem_type or None, shape)
 
 
-def collect_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
+class Facts(Mapping):
+    """name -> TensorFacts over the values a model declares (all graphs share one namespace).
+
+    Read lazily: the declarations are indexed by name (the last one wins, as in graph order)
+    and turned into TensorFacts only when asked for, so a 100k-node graph whose plan reads a
+    handful of shapes does not convert 200k declarations. A name whose last declaration is
+    not a tensor falls back to its last tensor declaration."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self._decl: dict[str, object] = {}
+        self._graphs = [g for g, _ in iter_graphs(model) if isinstance(g, onnx.GraphProto)]
+        for g in self._graphs:
+            self._decl.update((t.name, t) for t in g.initializer)
+            for seq in (g.input, g.output, g.value_info):
+                self._decl.update((vi.name, vi) for vi in seq)
+        self._done: dict[str, TensorFacts | None] = {}
+
+    def _convert(self, decl) -> TensorFacts | None:
+        if isinstance(decl, onnx.TensorProto):
+            return TensorFacts(decl.data_type, [int(d) for d in decl.dims])
+        return _facts_from_type(decl.type)
+
+    def _lookup(self, name: str) -> TensorFacts | None:
+        if name not in self._done:
+            decl = self._decl.get(name)
+            fact = None if decl is None else self._convert(decl)
+            if fact is None and decl is not None:
+                fact = self._last_tensor(name)
+            self._done[name] = fact
+        return self._done[name]
+
+    def _last_tensor(self, name: str) -> TensorFacts | None:
+        found = None
+        for g in self._graphs:
+            for t in g.initializer:
+                if t.name == name:
+                    found = self._convert(t)
+            for seq in (g.input, g.output, g.value_info):
+                for vi in seq:
+                    fact = _facts_from_type(vi.type) if vi.name == name else None
+                    found = fact if fact is not None else found
+        return found
+
+    def __getitem__(self, name: str) -> TensorFacts:
+        fact = self._lookup(name)
+        if fact is None:
+            raise KeyError(name)
+        return fact
+
+    def __iter__(self):
+        return (n for n in self._decl if self._lookup(n) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def collect_facts(model: onnx.ModelProto) -> Facts:
     """Types and shapes declared anywhere in the model (all graphs share one namespace)."""
-    facts: dict[str, TensorFacts] = {}
-    for container, _ in iter_graphs(model):
-        if not isinstance(container, onnx.GraphProto):
-            continue
-        for init in container.initializer:
-            facts[init.name] = TensorFacts(init.data_type, [int(d) for d in init.dims])
-        for seq in (container.input, container.output, container.value_info):
-            for vi in seq:
-                f = _facts_from_type(vi.type)
-                if f is not None:
-                    facts[vi.name] = f
-    return facts
+    return Facts(model)
 
 
-def infer_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
-    """onnx shape inference with data propagation; declared facts if inference fails."""
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort here; checks come later
-        inferred = model
-    return collect_facts(inferred)
+        return model
+
+
+def infer_facts(model: onnx.ModelProto) -> Facts:
+    """onnx shape inference with data propagation; declared facts if inference fails."""
+    return collect_facts(_inferred(model))
 
 
 @functools.cache
@@ -140,12 +189,14 @@ def model_dim_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def name_unnamed_input_dims(model: onnx.ModelProto) -> None:
-    """Give every unnamed dynamic dim of a graph input a readable name (in place).
+def name_unnamed_input_dims(model: onnx.ModelProto) -> int:
+    """Give every unnamed dynamic dim of a graph input a readable name (in place); return
+    how many were named.
 
     A dim with neither a size nor a name cannot be tied to a noise input or fixed with --dim;
     naming it `<input>_dim<k>` makes both possible and changes nothing else.
     """
+    named = 0
     taken = model_dim_names(model)
     for vi in model.graph.input:
         if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
@@ -160,6 +211,8 @@ def name_unnamed_input_dims(model: onnx.ModelProto) -> None:
                 name = f"{base}_{i}"
             taken.add(name)
             d.dim_param = name
+            named += 1
+    return named
 
 
 def fix_dims(model: onnx.ModelProto, dims: dict[str, int],

@@ -126,7 +126,9 @@ def emit(model_plan: ModelPlan, mode: str, *, seed: int = 0, noise_dtype: str = 
                 raise unbounded_error(p.site.describe(), p.noise, p.unbounded, mode)
     if mode == "constant":
         check_constant_budget(plans, max_draw_bytes, input_dim_names(out))
-    ctx = _Context(copy.deepcopy(model_plan.names), default_opset(out), constant_lookup(out),
+    lookup = constant_lookup(out)
+    lookup("")  # indexed now, before any emitter touches `out`
+    ctx = _Context(model_plan.names.copy(), default_opset(out), lookup,
                    seed, NOISE_DTYPES[noise_dtype], out.graph)
     result.sites = [EMITTERS[mode](ctx, p) for p in plans]
     return result

@@ -11,7 +11,7 @@ re-classifies the noise dims with extra bounds without re-running inference or t
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import onnx
@@ -104,6 +104,9 @@ class ModelPlan:
     anchors: set[str] = field(default_factory=set)  # input dims and iteration dims
     names_before: NameAllocator | None = None  # before noise naming (replayed by with_bounds)
     names: NameAllocator | None = None  # after it: emits allocate from a copy
+    # shape inference on the prepared model, kept only when asked for (plan(keep_facts=True)):
+    # it holds the inferred copy of the whole graph
+    facts: Mapping | None = None
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -116,13 +119,13 @@ class ModelPlan:
             return self
         sites = [replace(p, dims=[]) for p in self.sites]
         out = replace(self, sites=sites, bounds={**self.bounds, **extra})
-        out.names = _classify_all(sites, copy.deepcopy(self.names_before), out.anchors,
+        out.names = _classify_all(sites, self.names_before.copy(), out.anchors,
                                   out.bounds)
         return out
 
 
-def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None,
-         forms: dict[str, str] | None = None) -> ModelPlan:
+def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None, *,
+         keep_facts: bool = False, forms: dict[str, str] | None = None) -> ModelPlan:
     """call(prepared) -> ModelPlan: find, sort and describe every random node, once.
 
     forms: op type -> the alternative rewrite form to use (e.g. {"Multinomial": "gumbel"})."""
@@ -130,7 +133,7 @@ def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None,
     if not prepared.random:
         return result
     model = prepared.model
-    sites = find_sites(model)
+    sites = prepared.sites if prepared.sites is not None else find_sites(model)
     result.n_sites = len(sites)
     if select is not None and hasattr(select, "check_matches"):
         select.check_matches(sites)
@@ -138,11 +141,13 @@ def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None,
     result.dead = [(site_path(s), s.location) for s in dead]
     if not chosen:
         return result
-    result.sites = _describe(model, chosen, prepared, dict(forms or {}))
+    facts = infer_facts(model)
+    result.facts = facts if keep_facts else None
+    result.sites = _describe(model, chosen, prepared, facts, dict(forms or {}))
     result.anchors = set(input_dim_names(model)) | set(prepared.trip_names.values())
     _trace_sources(model, result.sites, result.anchors)
     result.names_before = NameAllocator(model)
-    result.names = _classify_all(result.sites, copy.deepcopy(result.names_before),
+    result.names = _classify_all(result.sites, result.names_before.copy(),
                                  result.anchors, result.bounds)
     return result
 
@@ -216,8 +221,8 @@ def resolve(model: onnx.ModelProto, path: tuple, location: str) -> Site:
 # -- describing the chosen sites ---------------------------------------------------------
 
 def _describe(model: onnx.ModelProto, chosen: list[tuple[Site, str]],
-              prepared: Prepared, forms: dict[str, str]) -> list[SitePlan]:
-    facts = infer_facts(model)
+              prepared: Prepared, facts: Mapping,
+              forms: dict[str, str]) -> list[SitePlan]:
     lookup = constant_lookup(model)
 
     def elem_type(name: str) -> int | None:
@@ -296,12 +301,16 @@ def _iteration_dim(scope: Scope, prepared: Prepared, lookup, shape_of):
 
 def _trace_sources(model: onnx.ModelProto, plans: list[SitePlan], anchors: set[str]) -> None:
     """Where each draw's shape comes from (see graph.datadep); run once per plan."""
-    prov = trace(model)
-    strict = None
     for p in plans:
         node = p.site.node
         static = p.spec.static_shape(node)
         p.source = "" if static is not None or not node.input else node.input[0]
+    wanted = {p.source for p in plans if p.source}
+    wanted |= {s.owner.input[0] for p in plans for s in p.site.scopes
+               if s.owner.op_type == "Loop" and s.owner.input}
+    prov = trace(model, wanted)
+    strict = None
+    for p in plans:
         p.trip_origins = _trip_origins(p.site, prov)
         if p.shape is None:
             continue

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnxfix.graph.find import Scope, as_int, constant_lookup, find_sites
+from onnxfix.graph.find import Scope, Site, as_int, constant_lookup, find_sites
 from onnxfix.graph.functions import inline_random_functions
 from onnxfix.graph.naming import sanitize
 from onnxfix.graph.shapes import (
@@ -33,27 +33,36 @@ class Prepared:
     random: bool  # it holds random nodes (else it is only a copy with dims fixed)
     trip_names: dict[str, str] = field(default_factory=dict)  # scope key -> iteration dim
     fixed_trips: dict[str, int] = field(default_factory=dict)  # iteration dims fixed by `dims`
+    # the random nodes of `model`, found once (fixing dims changes no node): None = not yet
+    sites: list[Site] | None = None
+    # same graph as the input (nothing inlined, no dim named or fixed): facts inferred on
+    # `model` hold for the input too
+    as_input: bool = False
 
 
 def prepare(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> Prepared:
     """call(model) -> Prepared: copy, inline random functions, name dims, fix dims."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    if not find_sites(out):
+    sites = find_sites(out)
+    if not sites:
         fix_dims(out, dims or {})
         return Prepared(out, random=False)
-    out = inline_random_functions(out)
-    name_unnamed_input_dims(out)
-    trip_names = iteration_dim_names(out)
+    inlined = inline_random_functions(out)
+    if inlined is not out:  # new nodes: find them again
+        out, sites = inlined, find_sites(inlined)
+    same = inlined is out and not name_unnamed_input_dims(out) and not dims
+    trip_names = iteration_dim_names(out, sites)
     fixed = fix_dims(out, dims or {}, extra=set(trip_names.values()))
-    return Prepared(out, True, trip_names, fixed)
+    return Prepared(out, True, trip_names, fixed, sites, same)
 
 
 def scope_key(scope: Scope) -> str:
     return "\0".join(scope.owner.output) + "\0" + scope.attr
 
 
-def iteration_dim_names(model: onnx.ModelProto) -> dict[str, str]:
+def iteration_dim_names(model: onnx.ModelProto,
+                        sites: list[Site] | None = None) -> dict[str, str]:
     """A readable, stable dim name for the iteration axis of each Loop/Scan holding a draw.
 
     A Loop whose trip count is one of the graph inputs' dims (`Shape(timesteps)[0]`) takes
@@ -63,7 +72,7 @@ def iteration_dim_names(model: onnx.ModelProto) -> dict[str, str]:
     used: set[str] = set()
     inputs = set(input_dim_names(model))
     declared = None
-    for site in find_sites(model):
+    for site in find_sites(model) if sites is None else sites:
         for scope in site.scopes:
             if scope.owner.op_type not in ("Loop", "Scan"):
                 continue
