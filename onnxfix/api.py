@@ -58,7 +58,8 @@ def _load(model_or_path: ModelLike) -> tuple[onnx.ModelProto, str | None]:
 def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 0,
             dims: dict[str, int] | None = None, only: list[str] | None = None,
             exclude: list[str] | None = None, noise_dtype: str = "same",
-            noise_bounds: dict[str, int] | None = None, check: bool = True,
+            noise_bounds: dict[str, int] | None = None, multinomial: str = "inverse-cdf",
+            check: bool = True,
             atol: float | None = None, rtol: float | None = None, check_size: int = 2,
             check_inputs: str | os.PathLike | dict | None = None,
             check_memory_mb: float | None = None, check_timeout: float | None = None,
@@ -69,7 +70,7 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
             reporter: Reporter | None = None) -> tuple[onnx.ModelProto, RewriteReport]:
     """Rewrite every random node of a model; return the new model and the report.
 
-    mode, seed, dims, noise_dtype, noise_bounds, max_draw_bytes, only, exclude: see
+    mode, seed, dims, noise_dtype, noise_bounds, multinomial, max_draw_bytes, only, exclude: see
     onnxfix.options.RewriteOptions. check (run it), atol, rtol, check_size, check_inputs,
     check_memory_mb, check_timeout, fail_on_skip: see onnxfix.options.CheckSettings.
     output, weights, load_weights: see `run`. reporter (or on_line, a callable taking one
@@ -77,6 +78,7 @@ def rewrite(model_or_path: ModelLike, mode: str = "input-noise", *, seed: int = 
     """
     options = RewriteOptions(mode=mode, seed=seed, dims=dims or {}, noise_dtype=noise_dtype,
                              noise_bounds=noise_bounds or {}, max_draw_bytes=max_draw_bytes,
+                             multinomial=multinomial,
                              only=tuple(only or ()), exclude=tuple(exclude or ()))
     settings = CheckSettings(enabled=check, atol=atol, rtol=rtol, size=check_size,
                              inputs=check_inputs, memory_mb=check_memory_mb,

@@ -40,6 +40,11 @@ class Mode(StrEnum):
     seeded = "seeded"
 
 
+class MultinomialForm(StrEnum):
+    inverse_cdf = "inverse-cdf"
+    gumbel = "gumbel"
+
+
 class NoiseDtype(StrEnum):
     same = "same"
     float32 = "float32"
@@ -125,6 +130,7 @@ class _Printer(Reporter):
 # API parameter -> the flag that sets it: core errors name parameters, the CLI prints flags.
 FLAGS = {
     "mode": "--mode", "seed": "--seed", "dims": "--dim", "noise_dtype": "--noise-dtype",
+    "multinomial": "--multinomial",
     "noise_bounds": "--noise-bound", "max_draw_bytes": "--max-draw-mb", "only": "--only",
     "exclude": "--exclude", "weights": "--weights", "check": "--no-check",
     "atol": "--atol", "rtol": "--rtol", "check_size": "--check-size",
@@ -178,6 +184,10 @@ _NOISE_DTYPE = typer.Option(NoiseDtype.same, "--noise-dtype",
                             help="dtype of the noise inputs (cast in-graph): same as the "
                                  "transform computes in, float32 or float16 (refused for "
                                  "Bernoulli and Multinomial: it would bias them).")
+_MULTINOMIAL = typer.Option(MultinomialForm.inverse_cdf, "--multinomial",
+                            help="Multinomial's rewrite: inverse-cdf (one uniform per sample) "
+                                 "or gumbel (ArgMax(logits + Gumbel noise), noise [batch, "
+                                 "samples, classes]: the same class on every runtime).")
 _WEIGHTS = typer.Option(Weights.same, "--weights",
                         help="How OUT stores the weights: same layout as IN, embedded, or "
                              "external (OUT.data beside it).")
@@ -222,7 +232,8 @@ def rewrite_cmd(
     input: Path = _INPUT, output: Path = _OUTPUT, mode: Mode = _MODE, seed: int = _SEED,
     dim: list[str] = _DIM, noise_bound: list[str] = _NOISE_BOUND, only: list[str] = _ONLY,
     exclude: list[str] = _EXCLUDE, noise_dtype: NoiseDtype = _NOISE_DTYPE,
-    weights: Weights = _WEIGHTS, report: Path | None = _REPORT, no_check: bool = _NO_CHECK,
+    multinomial: MultinomialForm = _MULTINOMIAL, weights: Weights = _WEIGHTS,
+    report: Path | None = _REPORT, no_check: bool = _NO_CHECK,
     atol: float | None = _ATOL, rtol: float | None = _RTOL, check_size: int = _CHECK_SIZE,
     check_inputs: Path | None = _CHECK_INPUTS, check_memory_mb: float | None = _CHECK_MEMORY,
     check_timeout: float | None = _CHECK_TIMEOUT, fail_on_skip: bool = _FAIL_ON_SKIP,
@@ -238,6 +249,7 @@ def rewrite_cmd(
             check_writable(report, "--report")
         options = RewriteOptions(mode=mode.value, seed=seed, dims=dims,
                                  noise_dtype=noise_dtype.value,
+                                 multinomial=multinomial.value,
                                  noise_bounds=parse_bound_flags(noise_bound),
                                  max_draw_bytes=int(max_draw_mb * 2**20),
                                  only=tuple(only or ()), exclude=tuple(exclude or ()))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from onnxfix.check.check_guard import make_limits
 from onnxfix.errors import UsageError, param, param_name
 from onnxfix.graph.find import Selector, make_selector
+from onnxfix.ops import MULTINOMIAL_FORMS
 from onnxfix.passes.emit import DEFAULT_MAX_DRAW_BYTES, MODES, NOISE_DTYPES
 
 # Sizes the check gives symbolic dims: beyond this, synthetic inputs stop being a test.
@@ -38,6 +39,9 @@ class RewriteOptions:
         report give (`<noise input>:<axis>`), e.g. {"noise_z:2": 400}: that axis is declared
         with the bound and the graph slices what each run needs.
     max_draw_bytes: cap on the bytes constant-mode draws may take.
+    multinomial: "inverse-cdf" (noise [batch, sample_size]: one uniform per sample) or
+        "gumbel" (Gumbel-max, noise [batch, sample_size, classes]: one Add and an ArgMax,
+        the same class on every runtime).
     only / exclude: glob patterns over node names and output names selecting the nodes to
         rewrite; unselected random nodes stay as they are (the report says so).
     """
@@ -48,6 +52,7 @@ class RewriteOptions:
     noise_dtype: str = "same"
     noise_bounds: Mapping[str, int] = field(default_factory=dict)
     max_draw_bytes: int = DEFAULT_MAX_DRAW_BYTES
+    multinomial: str = "inverse-cdf"
     only: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
@@ -58,8 +63,9 @@ class RewriteOptions:
             object.__setattr__(self, name, tuple(getattr(self, name) or ()))
         _choose("mode", self.mode, MODES)
         _choose("noise_dtype", self.noise_dtype, tuple(NOISE_DTYPES))
+        _choose("multinomial", self.multinomial, MULTINOMIAL_FORMS)
         if self.mode == "seeded":
-            _refuse_for_seeded(self.noise_dtype, self.noise_bounds)
+            _refuse_for_seeded(self.noise_dtype, self.noise_bounds, self.multinomial)
         if self.seed < 0:
             raise UsageError(f"{param('seed', self.seed)}: the seed must be a non-negative "
                              f"integer")
@@ -112,8 +118,13 @@ class CheckSettings:
         make_limits(self.memory_mb, self.timeout)  # a bad value is refused before any work
 
 
-def _refuse_for_seeded(noise_dtype: str, noise_bounds: Mapping[str, int]) -> None:
+def _refuse_for_seeded(noise_dtype: str, noise_bounds: Mapping[str, int],
+                       multinomial: str) -> None:
     seeded = param("mode", "seeded", hint=True)
+    if multinomial != "inverse-cdf":
+        raise UsageError(f"{param('multinomial', multinomial, hint=True)} with {seeded}: the "
+                         f"in-graph generator draws uniform and normal noise only; use the "
+                         f"inverse-cdf form, or the gumbel form with input-noise mode")
     if noise_dtype != "same":
         raise UsageError(f"{param('noise_dtype', noise_dtype, hint=True)} with {seeded}: a "
                          f"seeded model has no noise inputs (its draws are made in-graph)")

@@ -29,7 +29,8 @@ def plan_model(model: onnx.ModelProto, options: RewriteOptions,
                select: Callable[[Site], bool] | None = None) -> ModelPlan:
     """prepare -> plan: what every random node is, computed once (`model` is not changed)."""
     chooser = select if select is not None else options.select
-    return plan(prepare(model, options.dims), chooser, options.noise_bounds)
+    return plan(prepare(model, options.dims), chooser, options.noise_bounds,
+                forms={"Multinomial": options.multinomial})
 
 
 def apply_plan(original: onnx.ModelProto, model_plan: ModelPlan, mode: str, *, seed: int = 0,

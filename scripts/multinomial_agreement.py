@@ -1,6 +1,7 @@
 """How often each runtime picks another class than onnxruntime for the same Multinomial noise.
 
-    python scripts/multinomial_agreement.py [--classes 50257] [--samples 2000] [--venv V]...
+    python scripts/multinomial_agreement.py [--classes 50257] [--samples 2000]
+                                            [--gumbel-samples 200] [--venv V]...
 
 Writes two models with one [1, classes] row of logits N(0, 2^2) (seeded, a constant) and
 `samples` uniforms as the input, then runs scripts/targets.py on them (every installed runtime,
@@ -14,7 +15,12 @@ and each --venv's), which prints per runtime how many samples differ from onnxru
   multiple of 2^-23), integer-valued sums below 2^24 (exact in float32 in any order), and
   u * total (one correctly rounded product); the sample is the first class whose q-cumsum
   lies above u * total. Classes of probability below 2^-23 are never drawn, and every class's
-  probability moves by less than 2^-23 (float32 cdfs already round by 2^-24 near 1).
+  probability moves by less than 2^-23 (float32 cdfs already round by 2^-24 near 1);
+- multinomial_gumbel (a second targets.py run, `--multinomial gumbel`): the same Multinomial
+  rewritten to Gumbel-max, ArgMax(logits + g) with g [1, samples, classes] standard Gumbel
+  noise fed from the host: one correctly rounded Add, so no runtime should differ. Its noise
+  is `classes` floats per sample, hence fewer samples (--gumbel-samples: 200 x 50,257 floats
+  is 40 MB per feed).
 """
 
 from __future__ import annotations
@@ -83,17 +89,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=50257)
     parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--gumbel-samples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args, rest = parser.parse_known_args(argv)
     with tempfile.TemporaryDirectory(prefix="onnxfix-multinomial-") as tmp:
-        folder = Path(tmp) / "fixtures"
-        folder.mkdir()
-        for name, make in (("multinomial_float_cdf", float_cdf_model),
-                           ("multinomial_integer_cdf", integer_cdf_model)):
-            model = make(args.classes, args.samples, args.seed)
+        cdf, gumbel = Path(tmp) / "fixtures", Path(tmp) / "gumbel" / "fixtures"
+        gumbel.mkdir(parents=True)
+        cdf.mkdir()
+        for folder, name, make, samples in (
+                (cdf, "multinomial_float_cdf", float_cdf_model, args.samples),
+                (cdf, "multinomial_integer_cdf", integer_cdf_model, args.samples),
+                (gumbel, "multinomial_gumbel", float_cdf_model, args.gumbel_samples)):
+            model = make(args.classes, samples, args.seed)
             onnx.checker.check_model(model, full_check=True)
             onnx.save(model, folder / f"{name}.onnx")
-        return targets.main(["--fixtures", str(folder), *rest])
+        first = targets.main(["--fixtures", str(cdf), *rest])
+        second = targets.main(["--fixtures", str(gumbel), "--multinomial", "gumbel", *rest])
+        return max(first, second)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,10 @@ def iree(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
     try:
         ic.compile_file(str(mlir), output_file=str(vmfb), input_type="onnx",
                         target_backends=["llvm-cpu"],
-                        extra_args=["--iree-llvmcpu-target-cpu=host"])
+                        # float64 stays float64 (the default demotes it to float32,
+                        # and the float64 inputs fed then read as garbage)
+                        extra_args=["--iree-llvmcpu-target-cpu=host",
+                                    "--iree-input-demote-f64-to-f32=false"])
     except ic.CompilerToolError as e:  # the diagnostics start with paths: keep the error
         found = re.search(r"error: (.*)", str(e))
         raise RuntimeError(found.group(1) if found else str(e)) from None
@@ -263,15 +266,36 @@ def litert(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
     shapes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim]
               for o in model.graph.output}
 
+    # onnx2tf makes float16 inputs float32 ones: feed each input in the interpreter's dtype
+    wanted = {k: d["dtype"] for k, d in signature.get_input_details().items()}
+    constants = _constant_outputs(model)
+
     def run(feeds: dict) -> dict:
-        got = signature(**{_tf_name(n): contiguous(feeds[n]) for n in ins})
+        got = signature(**{_tf_name(n): contiguous(np.asarray(feeds[n]).astype(
+            wanted.get(_tf_name(n), np.asarray(feeds[n]).dtype))) for n in ins})
         by_name = {_tf_name(k): v for k, v in got.items()}
-        values = ([by_name[_tf_name(n)] for n in outs] if all(_tf_name(n) in by_name
-                                                               for n in outs)
-                  else list(got.values()))
-        return {n: _channels_first(np.asarray(v), shapes[n]) for n, v in zip(outs, values,
-                                                                             strict=True)}
+        computed = [n for n in outs if n not in constants]
+        values = ([by_name[_tf_name(n)] for n in computed]
+                  if all(_tf_name(n) in by_name for n in computed) else list(got.values()))
+        if len(values) != len(computed):
+            raise RuntimeError(f"the .tflite has {len(values)} outputs, the model "
+                               f"{len(computed)} computed ones")
+        result = {n: _channels_first(np.asarray(v), shapes[n])
+                  for n, v in zip(computed, values, strict=True)}
+        return {n: result[n] if n in result else constants[n] for n in outs}
     return run
+
+
+def _constant_outputs(model: onnx.ModelProto) -> dict:
+    """Graph outputs that are constants (an initializer, or a Constant node's value tensor):
+    onnx2tf drops them from the .tflite, so their value is read off the model."""
+    from onnx import numpy_helper
+
+    found = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            found[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return {o.name: found[o.name] for o in model.graph.output if o.name in found}
 
 
 def _tf_name(name: str) -> str:

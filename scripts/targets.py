@@ -2,6 +2,7 @@
 
     python scripts/targets.py [--venv VENV]... [--fixtures DIR]... [--runtime LABEL]...
                               [--model TEXT]... [--jobs N] [--out TABLE.md]
+                              [--multinomial inverse-cdf|gumbel]
 
 For each model: rewrite it (input-noise, every symbolic dim fixed to 2 so runtimes that need
 static shapes can compile it), feed seeded inputs (by role: ids, counts, masks, probabilities)
@@ -54,20 +55,38 @@ from onnxfix.check.input_roles import Role, input_roles  # noqa: E402
 FLOAT16_TOLERANCE = (2e-3, 2e-3)
 DEFAULT_TOLERANCE = (1e-4, 1e-4)
 SIZE = 2  # every symbolic dim, and the size count inputs are drawn up to
+NOISE_BOUND = 64  # the default upper bound of a data-dependent noise dim
 STAGE_TIMEOUT = 600  # seconds one conversion or one pair of runs may take
 Cells = dict[str, dict[str, list]]  # model row -> runtime label -> [passed, cell]
 
 
 # -- one model: rewrite, inputs, reference ---------------------------------------------------
 
-def rewritten(path: Path, folder: Path) -> tuple[Path, onnx.ModelProto]:
+def rewritten(path: Path, folder: Path, multinomial: str = "inverse-cdf") -> tuple[
+        Path, onnx.ModelProto]:
     """The input-noise rewrite of `path` with every symbolic dim fixed to SIZE."""
     model = onnx.load(path)
     dims = {d.dim_param: SIZE for i in model.graph.input
             for d in i.type.tensor_type.shape.dim if d.dim_param}
+    bounds, loops = _open_noise_dims(path)
     out = folder / path.name
-    new, _ = onnxfix.rewrite(model, dims=dims, check=False, output=out)
+    new, _ = onnxfix.rewrite(model, dims={**dims, **loops}, noise_bounds=bounds, check=False,
+                             output=out, multinomial=multinomial)
     return out, new
+
+
+def _open_noise_dims(path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Sizes the rewrite cannot take from the inputs, as `inspect` names them: each
+    data-dependent noise dim bounded by NOISE_BOUND (the graph slices what a run needs), each
+    loop iteration axis fixed to SIZE (the count inputs are drawn up to SIZE)."""
+    bounds, loops = {}, {}
+    for node in onnxfix.inspect(path).nodes:
+        for d in (node.noise or {}).get("dims", []):
+            if d["kind"] == "data-dependent":
+                bounds[d["name"]] = NOISE_BOUND
+            elif d["kind"] == "iterations":
+                loops[d["name"]] = SIZE
+    return bounds, loops
 
 
 def feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict:
@@ -176,7 +195,8 @@ def label(path: Path) -> str:
     return path.stem if folder == "fixtures" else f"{folder}/{path.stem}"
 
 
-def prepare(models: list[Path], work: Path) -> tuple[dict[str, Case], dict[str, str]]:
+def prepare(models: list[Path], work: Path, multinomial: str = "inverse-cdf") -> tuple[
+        dict[str, Case], dict[str, str]]:
     """Rewrite each model into work/N.onnx with its feeds and reference; and the models that
     never reach a runtime (the rewrite or onnxruntime refused them), with why."""
     cases: dict[str, Case] = {}
@@ -187,7 +207,7 @@ def prepare(models: list[Path], work: Path) -> tuple[dict[str, Case], dict[str, 
         try:
             folder = work / f"src{n}"
             folder.mkdir()
-            new_path, model = rewritten(path, folder)
+            new_path, model = rewritten(path, folder, multinomial)
             new_path.rename(work / f"{n}.onnx")
             feeds = feeds_for(model)
             want = _onnxruntime(work / f"{n}.onnx", model, work)(feeds)
@@ -304,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", help="only rows whose name has this")
     parser.add_argument("--jobs", type=int, default=1, help="runtimes run at once (default 1)")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    parser.add_argument("--multinomial", choices=["inverse-cdf", "gumbel"],
+                        default="inverse-cdf", help="Multinomial's rewrite form")
     args = parser.parse_args(argv)
     models = sorted(p for f in args.fixtures or default_folders() for p in f.glob("*.onnx"))
     models = [p for p in models if not args.model or any(m in label(p) for m in args.model)]
@@ -315,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = [r for r in RUNTIMES if r in where]
     with tempfile.TemporaryDirectory(prefix="onnxfix-targets-") as tmp:
         work = Path(tmp)
-        cases, skipped = prepare(models, work)
+        cases, skipped = prepare(models, work, args.multinomial)
         with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
             done = {r: pool.submit(run_runtime, where[r], r, cases, work) for r in columns}
             by_runtime = {r: future.result() for r, future in done.items()}

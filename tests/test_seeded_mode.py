@@ -267,6 +267,16 @@ def test_options_that_do_not_apply_to_seeded_mode_are_refused(tmp_path: Path):
     assert done.returncode == 2
     assert done.stderr == ("onnxfix: error: --noise-bound with --mode seeded: a seeded draw "
                            "takes the size each run computes, so it needs no bound\n")
+    with pytest.raises(UsageError) as e:
+        onnxfix.rewrite(parse(NORMAL_LIKE), "seeded", multinomial="gumbel")
+    assert str(e.value) == ("multinomial='gumbel' with mode='seeded': the in-graph generator "
+                            "draws uniform and normal noise only; use the inverse-cdf form, or "
+                            "the gumbel form with input-noise mode")
+    done = _cli("rewrite", str(FIXTURES / "ref1_static_ts.onnx"), str(tmp_path / "y.onnx"),
+                "--mode", "seeded", "--multinomial", "gumbel")
+    assert done.returncode == 2
+    assert done.stderr.startswith("onnxfix: error: --multinomial gumbel with --mode seeded: ")
+    assert not (tmp_path / "y.onnx").exists()
 
 
 def test_scan_body_draws_count_passes_with_an_extra_state():

@@ -91,3 +91,28 @@ def test_a_runtime_child_that_crashes_costs_one_cell(targets, tmp_path):
 def test_rows_are_named_by_folder(targets):
     assert targets.label(Path("x/fixtures/ref1_static_ts.onnx")) == "ref1_static_ts"
     assert targets.label(Path("x/fixtures/edge/gan_ts.onnx")) == "edge/gan_ts"
+
+
+def test_open_noise_dims_get_a_default_bound_and_loop_axes_the_check_size(targets):
+    edge = FIXTURES / "edge"
+    assert targets._open_noise_dims(edge / "loop_varying_draw.onnx") == (
+        {"noise_eps:1": targets.NOISE_BOUND}, {})
+    assert targets._open_noise_dims(edge / "ddim_loop_script.onnx") == (
+        {}, {"Loop_iterations": targets.SIZE})
+
+
+def test_constant_outputs_onnx2tf_drops_are_read_off_the_model():
+    runners = _load("target_runners")
+    value = helper.make_tensor("v", TensorProto.INT64, [1], [3])
+    nodes = [helper.make_node("Constant", [], ["version"], value=value),
+             helper.make_node("Identity", ["x"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("version", TensorProto.INT64, [1]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [1])],
+        initializer=[onnx.numpy_helper.from_array(np.float32([0.5]), "w")])
+    found = runners._constant_outputs(helper.make_model(graph))
+    assert sorted(found) == ["version", "w"]
+    np.testing.assert_array_equal(found["version"], [3])
+    np.testing.assert_array_equal(found["w"], np.float32([0.5]))

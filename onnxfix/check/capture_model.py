@@ -41,7 +41,7 @@ class Captured:
 
     @property
     def spec(self):
-        return spec_for(self.node)
+        return spec_for(self.node, self.record.distribution)
 
     def ran(self, got: dict) -> bool:
         """Its If branches ran and its inputs exist (None: under an If in a Loop, the
@@ -77,7 +77,7 @@ def capture_model(base: onnx.ModelProto, records: list[NodeRecord]) -> tuple[
 
 def _capture(model, site, rec: NodeRecord, facts, opset: int, exposer: Exposer) -> Captured:
     node = site.node
-    spec = spec_for(node)
+    spec = spec_for(node, rec.distribution)
     spec.expose_outputs(node, exposer.names.fresh)
     lead = sum(1 for s in site.scopes if s.owner.op_type in LOOPS)
     cap = Captured(rec, node, lead)
@@ -106,7 +106,7 @@ def _bounds_padder(model, site, rec, lead: int, facts, names):
     bounded = [d for d in rec.replacement.dims if d["kind"] == BOUNDED and d["axis"] >= lead]
     if not lead or not bounded:
         return lambda name, role: name
-    spec = spec_for(site.node)
+    spec = spec_for(site.node, rec.distribution)
 
     def pad(name: str, role: str) -> str:
         f = facts.get(name)

@@ -190,7 +190,7 @@ def _distributions(parity, cond: _Conditioning, got, emit, seed) -> bool:
             emit(f"NOTE | distribution | {c.node.op_type} '{c.record.output}': not tested, "
                  f"its If branch did not run on the check's inputs")
     draws = [(c.node, c.lead, {i: got[name] for i, name in c.inputs.items()},
-              c.record.replacement) for c in ran]
+              c.record.replacement, c.spec) for c in ran]
     return check_distributions(parity, draws, default_opset(cond.base), cond.base.ir_version,
                                seed, emit)
 

@@ -36,6 +36,7 @@ from onnxfix.ops import (
     BernoulliOp,
     DropoutOp,
     MultinomialOp,
+    RandomOp,
     attrs_of,
     np_dtype,
     spec_for,
@@ -60,6 +61,11 @@ class DrawUnderTest:
     inputs: dict[int, np.ndarray]  # its captured inputs for one invocation
     fed: int  # elem type of the noise input
     natural: int  # elem type the noise is cast to in-graph (= fed without --noise-dtype)
+    spec: RandomOp | None = None  # the op class that wrote the transform (None: the default)
+
+    def __post_init__(self):
+        if self.spec is None:
+            self.spec = spec_for(self.node)
 
 
 @dataclass
@@ -74,6 +80,10 @@ class _Context:
     def node(self) -> onnx.NodeProto:
         return self.draw.node
 
+    @property
+    def spec(self) -> RandomOp:
+        return self.draw.spec
+
 
 def needs_test(op_type: str, fed: int, natural: int) -> bool:
     """Discrete transforms, and any noise fed narrower than its in-graph dtype."""
@@ -85,7 +95,8 @@ def test_draw(draw: DrawUnderTest, opset: int, ir_version: int, seed: int) -> tu
     """The draw's tests, and notes on what was not tested."""
     key = zlib.crc32(draw.node.output[0].encode())
     ctx = _Context(draw, opset, ir_version, np.random.default_rng([seed, key]), seed)
-    results, notes = _RUNNERS[type(spec_for(draw.node))](ctx)
+    runner = next(_RUNNERS[cls] for cls in type(draw.spec).__mro__ if cls in _RUNNERS)
+    results, notes = runner(ctx)
     checks = [DistributionCheck(draw.node.output[0], draw.node.op_type, against,
                                 chi.statistic, chi.threshold, chi.df, samples, chi.passed)
               for against, chi, samples in results]
@@ -97,7 +108,7 @@ def test_draw(draw: DrawUnderTest, opset: int, ir_version: int, seed: int) -> tu
 def _transform_outcome(ctx: _Context, noise: np.ndarray, arrays: dict[str, np.ndarray],
                        node: onnx.NodeProto, output: str) -> np.ndarray:
     """Run the rewritten transform of `node` on `noise` (fed dtype) and the node's inputs."""
-    spec = spec_for(node)
+    spec = ctx.spec
     elem = {n: helper.np_dtype_to_tensor_dtype(a.dtype) for n, a in arrays.items()}
     dtypes = spec.dtypes(node, lambda name: elem.get(name, ctx.draw.natural))
     shell = helper.make_model(helper.make_graph([node], "shell", [], []))
@@ -146,7 +157,7 @@ def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
 
 
 def _noise(ctx: _Context, shape) -> np.ndarray:
-    return standard_noise(ctx.rng, spec_for(ctx.node).family, shape, np_dtype(ctx.draw.fed))
+    return standard_noise(ctx.rng, ctx.spec.family, shape, np_dtype(ctx.draw.fed))
 
 
 # -- per op -----------------------------------------------------------------------------
@@ -223,7 +234,7 @@ def _multinomial(ctx: _Context):
         return [], ["no row of finite logits to test"]
     samples = int(np.clip(MULTINOMIAL_NOISE // rows.size, 50, 4000))
     name, out = ctx.node.input[0], ctx.node.output[0]
-    ours = _multinomial_counts(ctx, rows, samples)
+    ours = _multinomial_counts(ctx, rows, samples, ctx.spec.noise_dims)
     probs = _softmax(rows.astype(np.float64))
     total = samples * rows.shape[0]
     # cells by probability rank catch a bias by class weight; cells in class order catch a
@@ -247,15 +258,17 @@ def _multinomial(ctx: _Context):
     return [*results, ("original", two, total)], []
 
 
-def _multinomial_counts(ctx: _Context, rows: np.ndarray, samples: int) -> np.ndarray:
-    """Per row, how often the rewritten transform picked each class in `samples` draws."""
+def _multinomial_counts(ctx: _Context, rows: np.ndarray, samples: int,
+                        noise_dims) -> np.ndarray:
+    """Per row, how often the rewritten transform picked each class in `samples` draws
+    (noise_dims(rows, samples, classes): the noise shape of the form under test)."""
     name, out = ctx.node.input[0], ctx.node.output[0]
     chunk = max(1, CHUNK_NOISE // rows.size)
     ours = np.zeros(rows.shape, dtype=np.int64)
     for start in range(0, samples, chunk):
         n = min(chunk, samples - start)
-        picks = _transform_outcome(ctx, _noise(ctx, [rows.shape[0], n]), {name: rows},
-                                   ctx.node, out)
+        shape = noise_dims(rows.shape[0], n, rows.shape[1])
+        picks = _transform_outcome(ctx, _noise(ctx, shape), {name: rows}, ctx.node, out)
         ours += _class_counts(picks, rows.shape[1])
     return ours
 
@@ -295,7 +308,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _affine(ctx: _Context):
-    spec = spec_for(ctx.node)
+    spec = ctx.spec
     attrs = attrs_of(ctx.node)
     offset, factor = spec.offset_factor(attrs)
     if factor <= 0:
@@ -341,11 +354,12 @@ _RUNNERS = {AffineOp: _affine, BernoulliOp: _bernoulli, MultinomialOp: _multinom
 def check_distributions(parity, draws, opset: int, ir_version: int, seed: int, emit) -> bool:
     """Test every draw that needs it; record and print each verdict. False if any failed.
 
-    draws: (node, leading iteration axes, captured inputs by index, its Replacement), for
+    draws: (node, leading iteration axes, captured inputs by index, its Replacement, the op
+    class that wrote its transform), for
     the nodes that ran; inside loops, the first iteration's inputs are used.
     """
     ok = True
-    for node, lead, inputs, repl in draws:
+    for node, lead, inputs, repl, spec in draws:
         if not wants_test(node.op_type, repl):
             continue
         fed, natural = _noise_types(repl)
@@ -355,7 +369,7 @@ def check_distributions(parity, draws, opset: int, ir_version: int, seed: int, e
             continue
         one = {i: a[(0,) * lead] for i, a in inputs.items()}
         try:
-            checks, notes = test_draw(DrawUnderTest(node, one, fed, natural), opset,
+            checks, notes = test_draw(DrawUnderTest(node, one, fed, natural, spec), opset,
                                       ir_version, seed)
         except Exception as e:  # noqa: BLE001 - onnxfix's own test model failed
             _failed(parity, f"the distribution test of {label} could not run (onnxfix's "

@@ -26,6 +26,7 @@ from onnxfix.ops.base import (
 from onnxfix.ops.bernoulli import BernoulliOp
 from onnxfix.ops.dropout import DropoutOp
 from onnxfix.ops.multinomial import MultinomialOp
+from onnxfix.ops.multinomial_gumbel import MultinomialGumbelOp
 from onnxfix.ops.noise import FAMILIES, NORMAL, UNIFORM, below_one, standard_noise
 
 OP_TABLE: dict[str, RandomOp] = {
@@ -38,6 +39,11 @@ OP_TABLE: dict[str, RandomOp] = {
     "Dropout": DropoutOp(),
 }
 
+# Alternative forms of an op's rewrite, chosen by an option and recorded in the node's
+# distribution as "form" (RewriteOptions(multinomial=...)); the table holds the default.
+MULTINOMIAL_FORMS = ("inverse-cdf", "gumbel")
+FORMS: dict[tuple[str, str], RandomOp] = {("Multinomial", "gumbel"): MultinomialGumbelOp()}
+
 # THE list of random op types (table order); everything else imports it.
 RANDOM_OP_TYPES: tuple[str, ...] = tuple(OP_TABLE)
 
@@ -49,14 +55,19 @@ def is_random_op(node: onnx.NodeProto) -> bool:
     return node.domain in _DEFAULT_DOMAINS and node.op_type in OP_TABLE
 
 
-def spec_for(node: onnx.NodeProto) -> RandomOp:
-    return OP_TABLE[node.op_type]
+def spec_for(node: onnx.NodeProto, form: str | dict | None = None) -> RandomOp:
+    """The node's op class; `form` (a form name, or a record's distribution holding one)
+    picks an alternative rewrite of it."""
+    if isinstance(form, dict):
+        form = form.get("form")
+    return FORMS.get((node.op_type, form or ""), OP_TABLE[node.op_type])
 
 
 __all__ = [
-    "FAMILIES", "FLOAT_TYPES", "INDEX_TYPES", "MAX_ELEMENTS", "NORMAL", "OP_TABLE",
+    "FAMILIES", "FLOAT_TYPES", "FORMS", "INDEX_TYPES", "MAX_ELEMENTS", "NORMAL", "OP_TABLE",
     "RANDOM_OP_TYPES", "UNIFORM", "AffineOp", "BernoulliOp", "DropoutOp", "Dtypes",
-    "Inconsistent", "MultinomialOp", "RandomOp", "attribute_refs", "attrs_of", "below_one",
+    "Inconsistent", "MULTINOMIAL_FORMS", "MultinomialGumbelOp", "MultinomialOp", "RandomOp",
+    "attribute_refs", "attrs_of", "below_one",
     "distribution_of", "dtype_name", "is_random_op", "np_dtype", "spec_for", "standard_noise",
     "wide_noise",
 ]

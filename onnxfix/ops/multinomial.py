@@ -65,6 +65,10 @@ class MultinomialOp(RandomOp):
         batch = logits[0] if logits is not None and len(logits) == 2 else None
         return [batch, self._samples(node)]
 
+    def noise_dims(self, batch: int, samples: int, classes: int) -> list[int]:
+        """The noise shape of `samples` draws from each of `batch` rows of `classes` logits."""
+        return [batch, samples]
+
     def draw_axis(self, k: int) -> int | None:
         return k if k < 2 else None
 

@@ -12,9 +12,10 @@ import numpy as np
 
 NORMAL = "normal"    # N(0, 1)
 UNIFORM = "uniform"  # U[0, 1)
-FAMILIES = (NORMAL, UNIFORM)  # every standard noise a noise input may hold
+GUMBEL = "gumbel"    # standard Gumbel(0, 1): Multinomial's Gumbel-max form
+FAMILIES = (NORMAL, UNIFORM, GUMBEL)  # every standard noise a noise input may hold
 # The centre of each family: the noise an affine transform maps onto its mean / midpoint.
-NOISE_CENTRE = {NORMAL: 0.0, UNIFORM: 0.5}
+NOISE_CENTRE = {NORMAL: 0.0, UNIFORM: 0.5, GUMBEL: float(np.euler_gamma)}
 
 
 def below_one(dtype: np.dtype) -> np.generic:
@@ -35,10 +36,12 @@ def standard_uniform(rng: np.random.Generator, shape, dtype) -> np.ndarray:
 
 
 def standard_noise(rng: np.random.Generator, family: str, shape, dtype) -> np.ndarray:
-    """Standard noise of `family` (N(0, 1) or U[0, 1)) in `dtype`, as an array (never a
-    numpy scalar: onnxruntime refuses those for 0-d inputs)."""
+    """Standard noise of `family` (N(0, 1), U[0, 1) or Gumbel(0, 1)) in `dtype`, as an
+    array (never a numpy scalar: onnxruntime refuses those for 0-d inputs)."""
     if family == NORMAL:
         return np.asarray(np.asarray(rng.standard_normal(shape)).astype(np.dtype(dtype)))
     if family == UNIFORM:
         return np.asarray(standard_uniform(rng, shape, dtype))
+    if family == GUMBEL:  # drawn in float64, rounded once: every runtime adds the same values
+        return np.asarray(np.asarray(rng.gumbel(size=shape)).astype(np.dtype(dtype)))
     raise ValueError(f"unknown noise family {family!r}")

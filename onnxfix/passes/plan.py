@@ -125,8 +125,10 @@ class ModelPlan:
 
 
 def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None, *,
-         keep_facts: bool = False) -> ModelPlan:
-    """call(prepared) -> ModelPlan: find, sort and describe every random node, once."""
+         keep_facts: bool = False, forms: dict[str, str] | None = None) -> ModelPlan:
+    """call(prepared) -> ModelPlan: find, sort and describe every random node, once.
+
+    forms: op type -> the alternative rewrite form to use (e.g. {"Multinomial": "gumbel"})."""
     result = ModelPlan(prepared, bounds=dict(bounds or {}))
     if not prepared.random:
         return result
@@ -141,7 +143,7 @@ def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None, 
         return result
     facts = infer_facts(model)
     result.facts = facts if keep_facts else None
-    result.sites = _describe(model, chosen, prepared, facts)
+    result.sites = _describe(model, chosen, prepared, facts, dict(forms or {}))
     result.anchors = set(input_dim_names(model)) | set(prepared.trip_names.values())
     _trace_sources(model, result.sites, result.anchors)
     result.names_before = NameAllocator(model)
@@ -219,7 +221,8 @@ def resolve(model: onnx.ModelProto, path: tuple, location: str) -> Site:
 # -- describing the chosen sites ---------------------------------------------------------
 
 def _describe(model: onnx.ModelProto, chosen: list[tuple[Site, str]],
-              prepared: Prepared, facts: Mapping) -> list[SitePlan]:
+              prepared: Prepared, facts: Mapping,
+              forms: dict[str, str]) -> list[SitePlan]:
     lookup = constant_lookup(model)
 
     def elem_type(name: str) -> int | None:
@@ -232,7 +235,7 @@ def _describe(model: onnx.ModelProto, chosen: list[tuple[Site, str]],
 
     plans = []
     for site, origin in chosen:
-        spec = spec_for(site.node)
+        spec = spec_for(site.node, forms.get(site.op_type))
         _check_inputs(site, spec)
         spec.check_attributes(site.node)
         dtypes = spec.dtypes(site.node, elem_type)
