@@ -30,6 +30,7 @@ from onnxfix.check.compare import (
     symbolic_dims,
 )
 from onnxfix.check.twin_noise import TwinSizes, draw_shape_probe, measured_sizes
+from onnxfix.check.verdicts import fail, record
 from onnxfix.errors import ModelError, one_line
 from onnxfix.report import NodeRecord, OutputCheck, Parity
 from onnxfix.seeded import algorithm as alg
@@ -82,7 +83,7 @@ def check_seeded(parity: Parity, opener, model: onnx.ModelProto, records: list[N
     except Exception as e:  # noqa: BLE001
         if no_kernel(e):
             raise no_kernel(e) from None
-        _fail(parity, f"the seeded model does not load in onnxruntime: {one_line(e)}", emit)
+        fail(parity, f"the seeded model does not load in onnxruntime: {one_line(e)}", emit)
         return
     data_inputs = [i for i in sess.get_inputs() if i.name != entry["name"]]
     out_names = [o.name for o in model.graph.output]
@@ -238,15 +239,6 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _record(parity: Parity, check: OutputCheck, emit) -> None:
-    parity.outputs.append(check)
+    record(parity, check, emit)
     if not check.passed:
         parity.status = "failed"
-    word = "PASSED" if check.passed else "FAILED"
-    note = f" | {check.note}" if check.note else ""
-    emit(f"{word} | {dims_text(check.dims)} | Output: '{check.name}' {check.shape} | "
-         f"max abs err {check.max_abs_err:.3g} | max rel err {check.max_rel_err:.3g}{note}")
-
-
-def _fail(parity: Parity, reason: str, emit) -> None:
-    parity.status, parity.reason = "failed", reason
-    emit(f"FAILED | {reason}")
