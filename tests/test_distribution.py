@@ -273,7 +273,7 @@ def test_the_50k_vocabulary_check_runs_the_distribution_test_in_one_run():
 
 
 def test_chi2_threshold_is_at_least_the_exact_quantile():
-    from onnxfix.check.stats import chi2_quantile
+    from onnxfix.stats import chi2_quantile
 
     # exact 1 - 1e-6 quantiles of chi-square (scipy.stats.chi2.isf(1e-6, df))
     exact = {1: 23.928127, 2: 27.631021, 3: 30.664850, 5: 35.888187, 20: 65.420681,
@@ -302,7 +302,7 @@ def test_float16_noise_for_a_dropout_whose_mask_is_an_output_passes_the_check():
 
 
 def test_a_sample_of_probability_zero_fails_the_fit_whatever_its_count():
-    from onnxfix.check.stats import bernoulli_fit, goodness_of_fit, merge_cells
+    from onnxfix.stats import bernoulli_fit, goodness_of_fit, merge_cells
 
     probs = np.array([0.5, 0.5, 0.0])
     cells = merge_cells(probs, 1000)

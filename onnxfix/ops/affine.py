@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 
-from onnxfix.errors import ModelError
+from onnxfix.errors import ModelError, one_line
 from onnxfix.ops.base import (
     MAX_ELEMENTS,
     Dtypes,
@@ -18,8 +19,10 @@ from onnxfix.ops.base import (
     label,
     np_dtype,
     require_float,
+    with_attr,
 )
 from onnxfix.ops.noise import NORMAL, UNIFORM, standard_noise
+from onnxfix.stats import goodness_of_fit, homogeneity
 
 if TYPE_CHECKING:  # the builder is only handed in: importing it would close a cycle
     from onnxfix.graph.builder import NodeBuilder
@@ -188,6 +191,32 @@ class AffineOp(RandomOp):
             draw = np.minimum(draw, _below(offset + factor, draw.dtype))
         return draw
 
+    def distribution_test(self, h):
+        offset, factor = self.offset_factor(attrs_of(h.node))
+        if factor <= 0:
+            return [], ["a degenerate distribution (zero width)"]
+        n, bins = h.affine_samples, h.affine_bins
+        arrays = {}
+        if self.like_input:
+            probe = h.node
+            arrays[probe.input[0]] = np.zeros(n, np_dtype(h.draw.natural))
+        else:
+            probe = with_attr(h.node, "shape", [n])
+        out = probe.output[0]
+        draws = h.transform(h.noise([n]), arrays, probe, out)
+        if self.family == NORMAL:
+            dist = NormalDist(offset, factor)
+            edges = [dist.inv_cdf(j / bins) for j in range(1, bins)]
+        else:
+            edges = [offset + factor * j / bins for j in range(1, bins)]
+        ours = _value_counts(draws, edges)
+        results = [("ideal", goodness_of_fit(ours, np.full(bins, 1 / bins)), n)]
+        try:
+            theirs = _value_counts(h.original(probe, arrays, out), edges)
+        except Exception as e:  # noqa: BLE001
+            return results, [f"onnxruntime cannot run the original for a two-sample test: "
+                             f"{one_line(e, 200)}"]
+        return [*results, ("original", homogeneity(ours, theirs), n)], []
 
 def _below(value: float, dtype: np.dtype) -> np.ndarray:
     """The largest value of `dtype` below `value`."""
@@ -241,3 +270,10 @@ def _distance(got: np.ndarray, target: np.ndarray) -> np.ndarray:
     d[both_nan] = 0.0
     d[np.isnan(d)] = np.inf
     return d
+
+
+def _value_counts(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    """How many values fall in each cell between the edges."""
+    cells = np.searchsorted(np.asarray(edges), values.astype(np.float64).reshape(-1),
+                            side="right")
+    return np.bincount(cells, minlength=len(edges) + 1)

@@ -72,6 +72,16 @@ def dtype_name(elem_type: int) -> str:
         return f"type{elem_type}"
 
 
+def with_attr(node: onnx.NodeProto, name: str, value) -> onnx.NodeProto:
+    """A copy of `node` with attribute `name` set to `value` (replaced if present)."""
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    kept = [a for a in copy.attribute if a.name != name]
+    del copy.attribute[:]
+    copy.attribute.extend([*kept, helper.make_attribute(name, value)])
+    return copy
+
+
 def label(node: onnx.NodeProto) -> str:
     return f"{node.op_type} '{node.name or node.output[0]}'"
 
@@ -266,6 +276,12 @@ class RandomOp:
             inputs = {i: v.reshape(v.shape + (1,) * (rank - v.ndim))
                       if lead <= v.ndim < rank else v for i, v in inputs.items()}
         return self.standardize(outputs, attrs, inputs, noise_dtype)
+
+    def distribution_test(self, h) -> tuple[list, list[str]]:
+        """The check's distribution test of this op's transform: ([(against, ChiSquare,
+        samples)], notes). `h` is check/distribution_check's Harness: the draw under test,
+        seeded noise, and onnxruntime runs of the transform and of the original node."""
+        raise NotImplementedError
 
     def standardize_frozen(self, draw: np.ndarray, distribution: dict) -> np.ndarray:
         """The noise for a draw constant mode froze itself (ops that are not data-dependent),

@@ -24,6 +24,7 @@ from onnxfix.ops.base import (
     widened,
 )
 from onnxfix.ops.noise import UNIFORM
+from onnxfix.stats import bernoulli_fit
 
 _CASTABLE = {
     TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.BFLOAT16,
@@ -108,4 +109,19 @@ class BernoulliOp(RandomOp):
             raise Inconsistent("a Bernoulli outcome is impossible for its probability "
                                "(p outside [0, 1])")
         return u
+
+    def distribution_test(self, h):
+        node = h.node
+        p = h.draw.inputs[0].reshape(-1)[:h.max_elements]
+        p = p[np.isfinite(p) & (p >= 0) & (p <= 1)]
+        if not p.size:
+            return [], ["no probability in [0, 1] to test"]
+        trials = max(1, h.trials // p.size)
+        y = h.transform(h.noise([trials, p.size]), {node.input[0]: p}, node, node.output[0])
+        hits = (y != 0).sum(axis=0)
+        chi = bernoulli_fit(hits, p.astype(np.float64), trials)
+        return [("ideal", chi, trials * p.size)], [
+            "not compared with onnxruntime's own draws: they are 1 with probability 1 - p (the "
+            "op's function body), onnxfix's 1 with probability p (the op's text)"]
+
 

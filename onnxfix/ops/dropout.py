@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 from onnx import TensorProto
 
+from onnxfix.errors import one_line
 from onnxfix.ops.base import (
     Dtypes,
     Inconsistent,
@@ -18,6 +20,7 @@ from onnxfix.ops.base import (
     widened,
 )
 from onnxfix.ops.noise import UNIFORM
+from onnxfix.stats import goodness_of_fit, homogeneity
 
 if TYPE_CHECKING:  # the builder is only handed in: importing it would close a cycle
     from onnxfix.graph.builder import NodeBuilder
@@ -144,3 +147,43 @@ class DropoutOp(RandomOp):
         if not np.array_equal(u >= np.asarray(ratio, dtype=noise_dtype), keep):
             raise Inconsistent("a Dropout mask is impossible for its ratio")
         return u
+
+    def distribution_test(self, h):
+        node, attrs = h.node, attrs_of(h.node)
+        data = h.draw.inputs[0].reshape(-1)[:h.max_elements]
+        if not data.size:
+            return [], ["no data to test"]
+        ratio_in = node.input[1] if len(node.input) > 1 and node.input[1] else ""
+        ratio = h.draw.inputs[1] if ratio_in else np.asarray(attrs.get("ratio", 0.5))
+        r = float(np.asarray(ratio, dtype=np.float64).reshape(-1)[0])
+        trials = max(1, h.trials // data.size)
+        arrays = {node.input[0]: np.ones(data.size, data.dtype)}
+        if ratio_in:
+            arrays[ratio_in] = np.asarray(ratio)
+        if len(node.input) > 2 and node.input[2]:
+            arrays[node.input[2]] = np.asarray(True)
+        probe = _with_mask(node)
+        keep = h.transform(h.noise([trials, data.size]), arrays, probe, probe.output[1])
+        ours = np.array([keep.sum(), keep.size - keep.sum()])
+        results = [("ideal", goodness_of_fit(ours, [1 - r, r]), keep.size)]
+        if h.opset < 12:
+            return results, []
+        arrays[node.input[0]] = np.ones((trials, data.size), data.dtype)
+        try:
+            theirs = h.original(probe, arrays, probe.output[1])
+        except Exception as e:  # noqa: BLE001 - onnxruntime may not run it
+            return results, [f"onnxruntime cannot run the original for a two-sample test: "
+                             f"{one_line(e, 200)}"]
+        counts = np.array([theirs.sum(), theirs.size - theirs.sum()])
+        return [*results, ("original", homogeneity(ours, counts), keep.size)], []
+
+
+def _with_mask(node: onnx.NodeProto) -> onnx.NodeProto:
+    """A copy of the Dropout node that also writes its mask."""
+    probe = onnx.NodeProto()
+    probe.CopyFrom(node)
+    while len(probe.output) < 2:
+        probe.output.append("")
+    if not probe.output[1]:
+        probe.output[1] = "onnxfix_dist_mask"
+    return probe

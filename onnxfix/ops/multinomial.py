@@ -9,7 +9,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxfix.ops.base as base
-from onnxfix.errors import ModelError
+from onnxfix.errors import ModelError, one_line
 from onnxfix.ops.base import (
     INDEX_TYPES,
     Dtypes,
@@ -19,8 +19,10 @@ from onnxfix.ops.base import (
     dtype_name,
     label,
     np_dtype,
+    with_attr,
 )
 from onnxfix.ops.noise import UNIFORM
+from onnxfix.stats import ChiSquare, goodness_of_fit, homogeneity, merge_cells
 
 if TYPE_CHECKING:  # the builder is only handed in: importing it would close a cycle
     from onnxfix.graph.builder import NodeBuilder
@@ -216,6 +218,40 @@ class MultinomialOp(RandomOp):
                                f"{dt.name} inverse-CDF noise")
         return u
 
+    def distribution_test(self, h):
+        logits = h.draw.inputs[0]
+        classes = logits.shape[-1]
+        # a huge vocabulary tests fewer rows: at least 50 samples per row within the budget
+        rows = logits[:int(np.clip(h.multinomial_noise // (50 * max(classes, 1)), 1,
+                                   h.multinomial_rows))]
+        with np.errstate(invalid="ignore"):
+            usable = ~np.isnan(rows).any(axis=1) & ~np.isposinf(rows).any(axis=1) & \
+                np.isfinite(rows.max(axis=1, initial=-np.inf))
+        rows = rows[usable]
+        if not rows.size:
+            return [], ["no row of finite logits to test"]
+        samples = int(np.clip(h.multinomial_noise // rows.size, 50, 4000))
+        ours = _dist_counts(h, rows, samples, self.noise_dims)
+        probs = _softmax(rows.astype(np.float64))
+        total = samples * rows.shape[0]
+        # cells by probability rank catch a bias by class weight; cells in class order catch a
+        # positional one (an inverse CDF on skewed noise favours low class ids)
+        results = [(against, _fit_ideal(ours, probs, samples, order), total)
+                   for against, order in (("ideal", _by_probability),
+                                          ("ideal, class order", _by_class))]
+        probe = with_attr(h.node, "sample_size", samples)
+        try:
+            picks = h.original(probe, {h.node.input[0]: rows}, h.node.output[0])
+        except Exception as e:  # noqa: BLE001
+            return results, [f"onnxruntime cannot run the original for a two-sample test: "
+                             f"{one_line(e, 200)}"]
+        theirs = _class_counts(picks, rows.shape[1])
+        two = ChiSquare(0.0, 0)
+        for a, t, p in zip(ours, theirs, probs, strict=True):
+            order = _by_probability(p)
+            cell = merge_cells(p[order], samples)
+            two = two + homogeneity(_binned(a, p, cell, order)[0], _binned(t, p, cell, order)[0])
+        return [*results, ("original", two, total)], []
 
 def _first_above(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Per row, the first class whose cdf exceeds u (ArgMax of Ceil(cdf - u)), row by row:
@@ -291,3 +327,51 @@ def _units_below_one(elem_type: int) -> int:
     return (negative_exponents + 1) * 2**bits
 
 
+# -- the distribution test's counting ---------------------------------------------------
+
+def _dist_counts(h, rows: np.ndarray, samples: int, noise_dims) -> np.ndarray:
+    """Per row, how often the rewritten transform picked each class in `samples` draws
+    (noise_dims(rows, samples, classes): the noise shape of the form under test)."""
+    name, out = h.node.input[0], h.node.output[0]
+    chunk = max(1, h.chunk_noise // rows.size)
+    ours = np.zeros(rows.shape, dtype=np.int64)
+    for start in range(0, samples, chunk):
+        n = min(chunk, samples - start)
+        shape = noise_dims(rows.shape[0], n, rows.shape[1])
+        picks = h.transform(h.noise(shape), {name: rows}, h.node, out)
+        ours += _class_counts(picks, rows.shape[1])
+    return ours
+
+
+def _by_probability(p: np.ndarray) -> np.ndarray:
+    return np.argsort(-p, kind="stable")
+
+
+def _by_class(p: np.ndarray) -> np.ndarray:
+    return np.arange(p.size)
+
+
+def _fit_ideal(ours: np.ndarray, probs: np.ndarray, samples: int, order_of) -> ChiSquare:
+    fit = ChiSquare(0.0, 0)
+    for c, p in zip(ours, probs, strict=True):
+        order = order_of(p)
+        fit = fit + goodness_of_fit(*_binned(c, p, merge_cells(p[order], samples), order))
+    return fit
+
+
+def _class_counts(picks: np.ndarray, classes: int) -> np.ndarray:
+    picks = picks.astype(np.int64)
+    if picks.size and (picks.min() < 0 or picks.max() >= classes):
+        return np.full((picks.shape[0], classes), -1, dtype=np.int64)  # cannot fit anything
+    return np.stack([np.bincount(row, minlength=classes) for row in picks])
+
+
+def _binned(counts: np.ndarray, probs: np.ndarray, cells: np.ndarray, order: np.ndarray):
+    k = int(cells.max()) + 1
+    return (np.bincount(cells, weights=counts[order], minlength=k),
+            np.bincount(cells, weights=probs[order], minlength=k))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
