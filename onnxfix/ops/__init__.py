@@ -1,10 +1,15 @@
 """The registry of random ops: one class per op (one module each), one table, one op list.
 
-Adding an op is one module here (a RandomOp subclass) and one line in OP_TABLE; every pass
-and the parity check ask the op's class, never its op_type.
+Adding an op is one module here: a RandomOp subclass (its shape, noise, transforms, capture
+and distribution test) and a module-level `OPS = (TheOp(),)` with a `RANK` (table order); the
+registry below collects every module's OPS and FORMS. Every pass and the parity check ask the
+op's class, never its op_type.
 """
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 import onnx
 
@@ -29,20 +34,22 @@ from onnxfix.ops.multinomial import MultinomialOp
 from onnxfix.ops.multinomial_gumbel import MultinomialGumbelOp
 from onnxfix.ops.noise import FAMILIES, NORMAL, UNIFORM, below_one, standard_noise
 
-OP_TABLE: dict[str, RandomOp] = {
-    "RandomNormal": AffineOp("RandomNormal", NORMAL, like_input=False),
-    "RandomNormalLike": AffineOp("RandomNormalLike", NORMAL, like_input=True),
-    "RandomUniform": AffineOp("RandomUniform", UNIFORM, like_input=False),
-    "RandomUniformLike": AffineOp("RandomUniformLike", UNIFORM, like_input=True),
-    "Bernoulli": BernoulliOp(),
-    "Multinomial": MultinomialOp(),
-    "Dropout": DropoutOp(),
-}
+
+def _collect() -> tuple[dict[str, RandomOp], dict[tuple[str, str], RandomOp]]:
+    """Every op module's OPS (ordered by the module's RANK) and alternative FORMS."""
+    modules = [importlib.import_module(f"{__name__}.{info.name}")
+               for info in pkgutil.iter_modules(__path__)]
+    modules.sort(key=lambda m: (getattr(m, "RANK", 100), m.__name__))
+    table = {op.op_type: op for m in modules for op in getattr(m, "OPS", ())}
+    forms = {key: op for m in modules for key, op in getattr(m, "FORMS", {}).items()}
+    return table, forms
+
+
+OP_TABLE, FORMS = _collect()
 
 # Alternative forms of an op's rewrite, chosen by an option and recorded in the node's
-# distribution as "form" (RewriteOptions(multinomial=...)); the table holds the default.
-MULTINOMIAL_FORMS = ("inverse-cdf", "gumbel")
-FORMS: dict[tuple[str, str], RandomOp] = {("Multinomial", "gumbel"): MultinomialGumbelOp()}
+# distribution as "form" (RewriteOptions(multinomial=...)); OP_TABLE holds the default.
+MULTINOMIAL_FORMS = ("inverse-cdf", *sorted(f for t, f in FORMS if t == "Multinomial"))
 
 # THE list of random op types (table order); everything else imports it.
 RANDOM_OP_TYPES: tuple[str, ...] = tuple(OP_TABLE)

@@ -277,3 +277,11 @@ def _value_counts(values: np.ndarray, edges: list[float]) -> np.ndarray:
     cells = np.searchsorted(np.asarray(edges), values.astype(np.float64).reshape(-1),
                             side="right")
     return np.bincount(cells, minlength=len(edges) + 1)
+
+
+# The registry (ops/__init__) collects every module's OPS, ordered by RANK.
+RANK = 0
+OPS = (AffineOp("RandomNormal", NORMAL, like_input=False),
+       AffineOp("RandomNormalLike", NORMAL, like_input=True),
+       AffineOp("RandomUniform", UNIFORM, like_input=False),
+       AffineOp("RandomUniformLike", UNIFORM, like_input=True))

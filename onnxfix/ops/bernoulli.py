@@ -125,3 +125,6 @@ class BernoulliOp(RandomOp):
             "op's function body), onnxfix's 1 with probability p (the op's text)"]
 
 
+# The registry (ops/__init__) collects every module's OPS, ordered by RANK.
+RANK = 1
+OPS = (BernoulliOp(),)

@@ -187,3 +187,8 @@ def _with_mask(node: onnx.NodeProto) -> onnx.NodeProto:
     if not probe.output[1]:
         probe.output[1] = "onnxfix_dist_mask"
     return probe
+
+
+# The registry (ops/__init__) collects every module's OPS, ordered by RANK.
+RANK = 3
+OPS = (DropoutOp(),)

@@ -375,3 +375,8 @@ def _binned(counts: np.ndarray, probs: np.ndarray, cells: np.ndarray, order: np.
 def _softmax(x: np.ndarray) -> np.ndarray:
     z = np.exp(x - x.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
+
+
+# The registry (ops/__init__) collects every module's OPS, ordered by RANK.
+RANK = 2
+OPS = (MultinomialOp(),)

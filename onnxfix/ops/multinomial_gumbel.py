@@ -137,3 +137,7 @@ def _strict(g: np.ndarray, logits: np.ndarray, picks: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["FORM", "MultinomialGumbelOp"]
+
+
+# Alternative forms of an op's rewrite, chosen by an option (the registry collects them).
+FORMS = {("Multinomial", "gumbel"): MultinomialGumbelOp()}
