@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-import onnxfix.ops.base as base
 from onnxfix.errors import ModelError, one_line
 from onnxfix.ops.base import (
     INDEX_TYPES,
@@ -17,8 +16,12 @@ from onnxfix.ops.base import (
     RandomOp,
     attrs_of,
     dtype_name,
+    float_input_type,
     label,
+    narrow_uniform_problem,
     np_dtype,
+    wide_noise,
+    widened,
     with_attr,
 )
 from onnxfix.ops.noise import UNIFORM
@@ -46,15 +49,15 @@ class MultinomialOp(RandomOp):
     SAFE_ULPS = 8
 
     def dtypes(self, node, input_type) -> Dtypes:
-        in_type = base.float_input_type(node, input_type)
+        in_type = float_input_type(node, input_type)
         draw = int(attrs_of(node).get("dtype", TensorProto.INT32))
         if draw not in INDEX_TYPES:
             raise ModelError(f"{label(node)}: dtype {dtype_name(draw)} is not allowed "
                              f"(the op takes int32 or int64)")
-        return Dtypes(draw, base.wide_noise(in_type), in_type)
+        return Dtypes(draw, wide_noise(in_type), in_type)
 
     def noise_dtype_problem(self, node, fed: int) -> str:
-        return base.narrow_uniform_problem(node, fed, lambda name, step: (
+        return narrow_uniform_problem(node, fed, lambda name, step: (
             f"{name} has only {_units_below_one(fed):,} distinct values in [0, 1), so the "
             f"inverse-CDF sample cannot tell classes apart whose probabilities are below "
             f"{step:.2g}"))
@@ -97,7 +100,7 @@ class MultinomialOp(RandomOp):
         return "count of cumsum(softmax(logits)) <= noise (inverse CDF)"
 
     def transform(self, b, noise, node, attrs, dt) -> None:
-        logits = base.widened(b, node.input[0], dt, "logits_wide")
+        logits = widened(b, node.input[0], dt, "logits_wide")
         # Softmax, not ReduceMax + Exp: onnx2torch has no ReduceMax with axes as an input
         probs = b.op("Softmax", [logits], "probs", axis=1)  # 2-D: one meaning at every opset
         cdf, total = _cumulative(b, probs, node, attrs, dt)
