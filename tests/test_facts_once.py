@@ -103,13 +103,15 @@ def test_the_sliced_trace_answers_as_the_full_one():
     assert "y" in full.value and "y" not in sliced.value  # nothing asked needs it
 
 
-def test_the_trace_walks_everything_when_a_subgraph_is_present():
-    model = parse("""
+IF_MODEL = """
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[2] x, bool c) => (float[2] y) {
       y = If(c) <then_branch = t () => (float[2] a) { a = Relu(x) },
                  else_branch = e () => (float[2] b) { b = Neg(x) }>
-    }""")
+    }"""
+
+def test_the_trace_walks_everything_when_a_subgraph_is_present():
+    model = parse(IF_MODEL)
     assert set(trace(model, {"x"}).value) == set(trace(model).value)
 
 
@@ -129,12 +131,7 @@ def test_lazy_facts_read_like_the_eager_walk():
 
 
 def test_names_used_skips_empty_names_and_sees_into_bodies():
-    model = parse("""
-    <ir_version: 8, opset_import: ["" : 17]>
-    g (float[2] x, bool c) => (float[2] y) {
-      y = If(c) <then_branch = t () => (float[2] a) { a = Relu(x) },
-                 else_branch = e () => (float[2] b) { b = Neg(x) }>
-    }""")
+    model = parse(IF_MODEL)
     node = model.graph.node.add()
     node.op_type, node.input[:] = "Clip", ["x", "", ""]
     assert names_used(model.graph) == {"c", "x", "y", "a", "b"}
