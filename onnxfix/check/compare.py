@@ -205,3 +205,10 @@ def compare_arrays(name: str, got: np.ndarray, want: np.ndarray, atol, rtol, dim
 
 def dims_text(dims: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in dims.items()) or "static shapes"
+def identical(a, b) -> bool:
+    """Two runs' values are the same array (NaN equal to NaN where the dtype has NaN)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and np.array_equal(
+        a, b, equal_nan=np.issubdtype(a.dtype, np.floating))
+
+

@@ -24,11 +24,13 @@ from onnxfix.check.compare import (
     CheckSkipped,
     compare_arrays,
     dims_text,
+    identical,
     input_dtype,
     input_meta,
     run_all,
     symbolic_dims,
 )
+from onnxfix.check.twin import open_twin
 from onnxfix.check.twin_noise import TwinSizes, draw_shape_probe, measured_sizes
 from onnxfix.check.verdicts import fail, record
 from onnxfix.errors import ModelError, one_line
@@ -111,7 +113,7 @@ def check_seeded(parity: Parity, opener, model: onnx.ModelProto, records: list[N
             for name in out_names:
                 _record(parity, compare_arrays(f"{name} (seed {s})", got[name], want[name],
                                                parity.atol, parity.rtol, dims), emit)
-        if all(_same(outputs[0][o], outputs[1][o]) for o in out_names):
+        if all(identical(outputs[0][o], outputs[1][o]) for o in out_names):
             emit(f"NOTE | {dims_text(dims)} | seeds {seed} and {seed + 1} give the same "
                  f"outputs (no output depends on a draw at these inputs)")
 
@@ -123,7 +125,7 @@ def _run_twice(parity, sess, run: dict, out_names, dims, emit) -> dict:
         raise CheckSkipped(f"the seeded model fails on {inputs_word()} ({dims_text(dims)}): "
                            f"{one_line(e)}") from None
     for name in out_names:
-        if not _same(first[name], second[name]):
+        if not identical(first[name], second[name]):
             _record(parity, OutputCheck(name, dims, list(first[name].shape), math.inf,
                                         math.inf, False, "two runs with the same seed differ"),
                     emit)
@@ -165,10 +167,7 @@ def _twin(opener, make_twin, bounds: dict[str, int], cache: dict) -> tuple:
         except ModelError as e:
             raise CheckSkipped(f"the seeded check cannot size its input-noise twin: {e}") \
                 from None
-        try:
-            cache[key] = opener(model), twin_records
-        except Exception as e:  # noqa: BLE001
-            raise twin_fails(e, "does not load in onnxruntime") from None
+        cache[key] = open_twin(opener, (model, twin_records)), twin_records
     return cache[key]
 
 
@@ -230,12 +229,6 @@ def reference_draws(family: str, seed: int, key: int, drawn: np.ndarray, declare
         region = tuple(slice(0, int(d)) for d in one)
         out[(i, *region) if looped else region] = value.astype(dtype)
     return out
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    return a.shape == b.shape and np.array_equal(
-        a, b, equal_nan=np.issubdtype(a.dtype, np.floating))
 
 
 def _record(parity: Parity, check: OutputCheck, emit) -> None:

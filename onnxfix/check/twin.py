@@ -22,6 +22,7 @@ from onnxfix.check.compare import (
     compare_arrays,
     dims_text,
     filler,
+    identical,
     input_dtype,
     input_meta,
     run_all,
@@ -62,7 +63,7 @@ def twin_check(parity, opener, model, records, twin, make_twin, mode, size, seed
         return
     wanted = {r.replacement.name for r in records}
     run = _TwinRun(mode, sess, probe, records, twin, make_twin,
-                   _open_twin(opener, twin) if twin is not None else None,
+                   open_twin(opener, twin) if twin is not None else None,
                    {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer
                     if t.name in wanted},  # the new, in-memory ones: weights stay unread
                    _not_compared(model, records, mode, emit),
@@ -106,7 +107,7 @@ def _at_size(parity, opener, run: _TwinRun, data_inputs, k: int, n: int, seed: i
         except ModelError as e:  # e.g. a data-dependent dim it could not measure
             raise CheckSkipped(f"the deterministic check cannot size its input-noise "
                                f"twin: {e}") from None
-        run.noise_sess = _open_twin(opener, run.twin)
+        run.noise_sess = open_twin(opener, run.twin)
     noise = _twin_noise(run, sizes, n)
     try:
         want = run_all(run.noise_sess, {**feeds, **noise})
@@ -124,15 +125,15 @@ def _at_size(parity, opener, run: _TwinRun, data_inputs, k: int, n: int, seed: i
 
 def _two_runs_agree(parity, run: _TwinRun, first, second, dims, emit) -> None:
     for name in run.out_names:
-        if not np.array_equal(first[name], second[name],
-                              equal_nan=np.issubdtype(first[name].dtype, np.floating)):
+        if not identical(first[name], second[name]):
             record(parity, OutputCheck(name, dims, list(first[name].shape), math.inf,
                                        math.inf, False, f"two runs of the {run.mode} model "
                                                         f"differ"), emit)
             parity.status = "failed"
 
 
-def _open_twin(opener, twin):
+def open_twin(opener, twin):
+    """A session of the input-noise twin (model, records); a load failure is blamed on it."""
     try:
         return opener(twin[0])
     except Exception as e:  # noqa: BLE001
