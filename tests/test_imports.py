@@ -136,6 +136,13 @@ print(json.dumps(results))
 """
 
 
+# Modules of optional extras: (the package they need, the import error they then raise).
+OPTIONAL = {
+    "onnxfix.olive_pass": ("olive", "onnxfix.olive_pass needs olive-ai: pip install olive-ai"),
+    "onnxfix.ir": ("onnx_ir", "onnxfix.ir needs onnx-ir >= 1.1: pip install 'onnxfix[ir]'"),
+}
+
+
 @pytest.fixture(scope="module")
 def import_errors() -> dict[str, str]:
     proc = subprocess.run([sys.executable, "-c", _FORKER, *sorted(MODULES)],
@@ -147,9 +154,8 @@ def import_errors() -> dict[str, str]:
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_module_imports_alone(module: str, import_errors: dict[str, str]):
     error = import_errors[module]
-    if module == "onnxfix.olive_pass" and importlib.util.find_spec("olive") is None:
+    if module in OPTIONAL and importlib.util.find_spec(OPTIONAL[module][0]) is None:
         # optional dependency: refused with the install hint, not a bare ModuleNotFoundError
-        assert error.rstrip().endswith(
-            "ImportError: onnxfix.olive_pass needs olive-ai: pip install olive-ai"), error
+        assert error.rstrip().endswith(f"ImportError: {OPTIONAL[module][1]}"), error
         return
     assert error == "", error
