@@ -181,13 +181,76 @@ def iree(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
 
 
 def ncnn(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
-    """pnnx converts the ONNX model to ncnn's param/bin; ncnn runs it (float32 only, no batch
-    axis: an output is given the reference's shape when its element count matches)."""
+    """pnnx converts the ONNX model to ncnn's param/bin; ncnn runs it in float32. ncnn has no
+    batch axis (pnnx drops a leading 1): a model with a batch-1 twin (scripts/targets.py
+    writes N.batch1.onnx) whose every input and output leads with the batch runs one sample at
+    a time, the results stacked; else the whole tensors go in. An output takes the reference's
+    shape (N.outputs.json, else the declared one) when its element count matches."""
+    single = path.with_name(f"{path.stem}.batch1.onnx")
+    twin = onnx.load(single, load_external_data=False) if single.exists() else None
+    shapes = output_shapes(path, model)
+    ins = input_names(model)
+    batch = twin is not None and batch_size(model, twin, shapes)
+    if not batch:
+        extract = _ncnn_net(path, scratch)
+        return lambda feeds: {n: _reshaped(v, shapes[n]) for n, v in zip(
+            shapes, extract([feeds[n] for n in ins]), strict=True)}
+    extract = _ncnn_net(single, scratch)
+
+    def run(feeds: dict) -> dict:
+        samples = [extract([feeds[n][b] for n in ins]) for b in range(batch)]
+        return {n: np.concatenate([_reshaped(s[k], [1, *shapes[n][1:]]) for s in samples])
+                for k, n in enumerate(shapes)}
+    return run
+
+
+ONE_SAMPLE = {"ncnn (pnnx)"}  # runtimes given a batch-1 twin (scripts/targets.py)
+
+
+def output_shapes(path: Path, model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Each output's shape as onnxruntime computed it (N.outputs.json beside N.onnx, written
+    by scripts/targets.py), else as declared (0 for a symbolic dim)."""
+    found = path.with_name(f"{path.stem}.outputs.json")
+    if found.exists():
+        return json.loads(found.read_text())
+    return {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim]
+            for o in model.graph.output}
+
+
+def batch_size(model: onnx.ModelProto, twin: onnx.ModelProto,
+               outputs: dict[str, list[int]]) -> int:
+    """The batch: the leading axis of every input of `model` (1 in its batch-1 `twin`, the
+    other axes alike) and of every output's shape; 0 when one does not lead with it."""
+    def inputs(m: onnx.ModelProto) -> list[list[int]]:
+        known = {t.name for t in m.graph.initializer}
+        return [[d.dim_value for d in i.type.tensor_type.shape.dim]
+                for i in m.graph.input if i.name not in known]
+    whole, one = inputs(model), inputs(twin)
+    if not whole or len(whole) != len(one) or len(twin.graph.output) != len(outputs):
+        return 0
+    if not all(w and o and o[0] == 1 and w[1:] == o[1:] and all(o)
+               for w, o in zip(whole, one, strict=True)):
+        return 0
+    sizes = {w[0] for w in whole} | {s[0] if s else 0 for s in outputs.values()}
+    return sizes.pop() if len(sizes) == 1 else 0
+
+
+def _reshaped(value: np.ndarray, want: list[int]) -> np.ndarray:
+    """ncnn's output in the reference's shape when the element count matches (it drops the
+    batch axis and keeps at most 4 axes)."""
+    return value.reshape(want) if all(want) and value.size == int(np.prod(want)) else value
+
+
+def _ncnn_net(path: Path, scratch: Path) -> Callable[[list], list]:
+    """pnnx's conversion of `path` loaded in ncnn, as a function from the inputs (graph order)
+    to the outputs (graph order), float32 throughout."""
     import ncnn as nc
     import pnnx
 
     copy = _own_folder(path, scratch, "ncnn")
-    _checked([pnnx.EXEC_PATH, copy.name], copy.parent, "pnnx")
+    # fp16=0: pnnx stores the weights as float16 by default, which moved plain models'
+    # outputs by 1.5e-4 to 2.6e-4 from onnxruntime's
+    _checked([pnnx.EXEC_PATH, copy.name, "fp16=0"], copy.parent, "pnnx")
     param, weights = copy.with_suffix(".ncnn.param"), copy.with_suffix(".ncnn.bin")
     net = nc.Net()
     net.opt.num_threads = 1
@@ -199,30 +262,24 @@ def ncnn(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
         missing = sorted(t for t in layers if nc.create_layer(t) is None)  # absent or not built
         raise RuntimeError(f"ncnn has no layer {', '.join(missing)}" if missing
                            else "ncnn cannot load the converted model")
-    ins, outs = input_names(model), output_names(model)
-    shapes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim]
-              for o in model.graph.output}
+    outputs = len(onnx.load(path, load_external_data=False).graph.output)
 
-    def run(feeds: dict) -> dict:
+    def extract(values: list) -> list:
         ex = net.create_extractor()
         # the extractor keeps pointers into the Mats (and they into the arrays): both must
         # outlive the extraction, else ncnn reads freed memory (a segfault, or wrong values)
-        arrays = [contiguous(feeds[name], dtype=np.float32) for name in ins]
+        arrays = [contiguous(v, dtype=np.float32) for v in values]
         mats = [nc.Mat(a).clone() for a in arrays]
         for i, mat in enumerate(mats):
             ex.input(f"in{i}", mat)
-        result = {}
-        for i, name in enumerate(outs):
+        result = []
+        for i in range(outputs):
             status, mat = ex.extract(f"out{i}")
             if status != 0:
                 raise RuntimeError(f"ncnn extract out{i} returned {status}")
-            value = np.array(mat)
-            want = shapes[name]
-            if all(want) and value.size == int(np.prod(want)):
-                value = value.reshape(want)
-            result[name] = value
+            result.append(np.array(mat))
         return result
-    return run
+    return extract
 
 
 def tvm(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
