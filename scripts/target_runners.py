@@ -49,11 +49,12 @@ def input_names(model: onnx.ModelProto) -> list[str]:
 
 
 @contextlib.contextmanager
-def quiet():
-    """Silence file descriptor 1 (native code writes there, not to sys.stdout)."""
+def quiet(into: Path | None = None):
+    """Silence file descriptor 1 (native code writes there, not to sys.stdout), or send it
+    into a file."""
     sys.stdout.flush()
     saved = os.dup(1)
-    with open(os.devnull, "w") as sink:
+    with open(into or os.devnull, "w") as sink:
         os.dup2(sink.fileno(), 1)
         try:
             yield
@@ -113,15 +114,18 @@ def tract(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
 
 
 def mnn(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
-    with quiet():  # the converter prints its progress on the process's stdout
+    log = scratch / (path.stem + ".mnnconvert.log")
+    with quiet(log):  # the converter prints its progress, and why it failed, on stdout
         import _tools  # MNN's converter extension; MNN.tools.mnnconvert would log remotely
         import MNN
 
         target = scratch / (path.stem + ".mnn")
         _tools.mnnconvert(["mnnconvert", "-f", "ONNX", "--modelFile", str(path),
                            "--MNNModel", str(target), "--bizCode", "onnxfix"])
-    if not target.exists():
-        raise RuntimeError("mnnconvert wrote no model")
+    if not target.exists():  # e.g. "[16:44:11] :220: These Op Not Support: ONNX::IsNaN"
+        why = [re.sub(r"^\[[\d:]+\] :\d+: ", "", line).strip()
+               for line in log.read_text(errors="replace").splitlines() if "Not Support" in line]
+        raise RuntimeError(f"mnnconvert wrote no model{': ' + why[-1] if why else ''}")
     ins, outs = input_names(model), output_names(model)
     net = MNN.nn.load_module_from_file(str(target), ins, outs)
 
@@ -301,8 +305,11 @@ def tvm(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
 
 
 def litert(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
-    """onnx2tf converts to a float32 .tflite (NCHW inputs kept), LiteRT's interpreter runs it;
-    a 4-D output onnx2tf left channels-last is transposed back when that gives ORT's shape."""
+    """onnx2tf converts to a float32 .tflite, LiteRT's interpreter runs it. 4-D inputs go
+    channels-last, as onnx2tf converts them by default (kept NCHW, a [B, 1, H, W] noise input
+    was broadcast against the NHWC feature map along H: StyleGAN's noise differed by 1.4e-1),
+    the others keep their shape; a 4-D output onnx2tf left channels-last is transposed back
+    when that gives ORT's shape."""
     import onnx2tf
     import onnx2tf.onnx2tf as converter
     from ai_edge_litert.interpreter import Interpreter
@@ -312,24 +319,29 @@ def litert(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
     converter.download_test_image_data = lambda: np.zeros((20, 128, 128, 3), np.float32)
     copy = _own_folder(path, scratch, "litert")
     ins, outs = input_names(model), output_names(model)
+    ranks = {i.name: len(i.type.tensor_type.shape.dim) for i in model.graph.input}
+    nhwc = {n for n in ins if ranks[n] == 4}
     with quiet():
         onnx2tf.convert(input_onnx_file_path=str(copy), output_folder_path=str(copy.parent / "tf"),
-                        non_verbose=True, keep_shape_absolutely_input_names=ins,
-                        copy_onnx_input_output_names_to_tflite=True)
+                        non_verbose=True, copy_onnx_input_output_names_to_tflite=True,
+                        keep_shape_absolutely_input_names=[n for n in ins if n not in nhwc]
+                        or None)
     flat = sorted((copy.parent / "tf").glob("*_float32.tflite"))
     if not flat:
         raise RuntimeError("onnx2tf wrote no float32 .tflite")
     signature = Interpreter(model_path=str(flat[0])).get_signature_runner()
-    shapes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim]
-              for o in model.graph.output}
+    shapes = output_shapes(path, model)
 
     # onnx2tf makes float16 inputs float32 ones: feed each input in the interpreter's dtype
     wanted = {k: d["dtype"] for k, d in signature.get_input_details().items()}
     constants = _constant_outputs(model)
 
+    def fed(value: np.ndarray, name: str) -> np.ndarray:
+        value = np.asarray(value).transpose(0, 2, 3, 1) if name in nhwc else np.asarray(value)
+        return contiguous(value.astype(wanted.get(_tf_name(name), value.dtype)))
+
     def run(feeds: dict) -> dict:
-        got = signature(**{_tf_name(n): contiguous(np.asarray(feeds[n]).astype(
-            wanted.get(_tf_name(n), np.asarray(feeds[n]).dtype))) for n in ins})
+        got = signature(**{_tf_name(n): fed(feeds[n], n) for n in ins})
         by_name = {_tf_name(k): v for k, v in got.items()}
         computed = [n for n in outs if n not in constants]
         values = ([by_name[_tf_name(n)] for n in computed]
