@@ -272,7 +272,10 @@ def _ncnn_net(path: Path, scratch: Path) -> Callable[[list], list]:
         ex = net.create_extractor()
         # the extractor keeps pointers into the Mats (and they into the arrays): both must
         # outlive the extraction, else ncnn reads freed memory (a segfault, or wrong values)
-        arrays = [contiguous(v, dtype=np.float32) for v in values]
+        # a 0-d input goes in as one element (a 0-d Mat cannot be made: pybind11's
+        # "factory function returned nullptr")
+        arrays = [contiguous(v, dtype=np.float32).reshape(np.shape(v) or (1,))
+                  for v in values]
         mats = [nc.Mat(a).clone() for a in arrays]
         for i, mat in enumerate(mats):
             ex.input(f"in{i}", mat)
