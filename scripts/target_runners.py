@@ -332,11 +332,8 @@ def litert(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
     flat = sorted((copy.parent / "tf").glob("*_float32.tflite"))
     if not flat:
         raise RuntimeError("onnx2tf wrote no float32 .tflite")
-    signature = Interpreter(model_path=str(flat[0])).get_signature_runner()
+    signature, wanted = _tflite_runner(Interpreter(model_path=str(flat[0])))
     shapes = output_shapes(path, model)
-
-    # onnx2tf makes float16 inputs float32 ones: feed each input in the interpreter's dtype
-    wanted = {k: d["dtype"] for k, d in signature.get_input_details().items()}
     constants = _constant_outputs(model)
 
     def fed(value: np.ndarray, name: str) -> np.ndarray:
@@ -356,6 +353,24 @@ def litert(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
                   for n, v in zip(computed, values, strict=True)}
         return {n: result[n] if n in result else constants[n] for n in outs}
     return run
+
+
+def _tflite_runner(interpreter) -> tuple[Callable[..., dict], dict]:
+    """A function from inputs (by name) to outputs (by name), and each input's dtype (onnx2tf
+    makes float16 inputs float32 ones: each is fed in the interpreter's dtype). Through the
+    model's signature, or, when onnx2tf wrote none (ConvNeXt), through its tensors in order."""
+    if interpreter.get_signature_list():
+        signature = interpreter.get_signature_runner()
+        return signature, {k: d["dtype"] for k, d in signature.get_input_details().items()}
+    interpreter.allocate_tensors()
+    ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
+
+    def run(**feeds) -> dict:
+        for d in ins:
+            interpreter.set_tensor(d["index"], feeds[d["name"]])
+        interpreter.invoke()
+        return {d["name"]: interpreter.get_tensor(d["index"]) for d in outs}
+    return run, {d["name"]: d["dtype"] for d in ins}
 
 
 def _constant_outputs(model: onnx.ModelProto) -> dict:
