@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
 from onnxfix.errors import ParityError, UsageError, param
-from onnxfix.feeds import make_noise_feeds
-from onnxfix.inspection import InspectReport, inspect_model
 from onnxfix.io import (
     LAYOUTS,
     Skeleton,
@@ -32,6 +31,9 @@ from onnxfix.passes.plan import ModelPlan
 from onnxfix.report import Parity, RewriteReport, op_counts
 from onnxfix.reporter import Reporter, Sink
 from onnxfix.rewrite import apply_plan, plan_model
+
+if TYPE_CHECKING:
+    from onnxfix.inspection import InspectReport
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 __all__ = ["MAX_CHECK_SIZE", "inspect", "noise_feeds", "rewrite", "run"]
@@ -190,6 +192,8 @@ def _raise_unless_passed(report: RewriteReport, settings: CheckSettings) -> None
 
 def inspect(model_or_path: ModelLike) -> InspectReport:
     """Every random node of a model: where it lives, op, attributes, shape, dtype, readers."""
+    from onnxfix.inspection import inspect_model  # noqa: PLC0415 - not needed by a rewrite
+
     model, source = _load(model_or_path)
     return inspect_model(model, source)
 
@@ -204,5 +208,7 @@ def noise_feeds(model_or_path: ModelLike, dims: dict[str, int] | None = None,
     fed it computes what the seeded model computes. A seeded model itself has no noise
     inputs: its feed is {seed input: seed} (with either generator).
     """
+    from onnxfix.feeds import make_noise_feeds  # noqa: PLC0415 - not needed by a rewrite
+
     model, _ = _load(model_or_path)
     return make_noise_feeds(model, dims=dims, seed=seed, rng=rng, generator=generator)

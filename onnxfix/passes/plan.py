@@ -305,6 +305,8 @@ def _trace_sources(model: onnx.ModelProto, plans: list[SitePlan], anchors: set[s
         node = p.site.node
         static = p.spec.static_shape(node)
         p.source = "" if static is not None or not node.input else node.input[0]
+    if not any(_needs_trace(p, anchors) for p in plans) and not _holds_subgraph(model.graph):
+        return  # every answer is known without it (see _needs_trace)
     wanted = {p.source for p in plans if p.source}
     wanted |= {s.owner.input[0] for p in plans for s in p.site.scopes
                if s.owner.op_type == "Loop" and s.owner.input}
@@ -320,6 +322,25 @@ def _trace_sources(model: onnx.ModelProto, plans: list[SitePlan], anchors: set[s
             p.shape = _strictly_tied(p, strict, anchors)
         p.per_iteration = bool(p.shape_origin) and any(t in p.shape_origin
                                                        for t in prov.per_iteration)
+
+
+def _needs_trace(p: SitePlan, anchors: set[str]) -> bool:
+    """Whether the trace can change what `p` is classified as. It cannot for a draw outside
+    loops whose shape onnx inference proved from constants and the inputs' dims: every axis
+    is then a constant or an input dim whatever the shape's origin, and with no subgraph in
+    the main graph no origin varies per iteration. A 100k-node graph then skips a walk of
+    the draws' ancestors (issue 10)."""
+    if p.site.scopes:
+        return True
+    if p.shape is None:
+        return False  # nothing is classified (and no loop: no trip origin)
+    return p.onnx_shape is not None or not all(
+        isinstance(d, int) or (isinstance(d, str) and d in anchors) for d in p.shape)
+
+
+def _holds_subgraph(graph: onnx.GraphProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for n in graph.node if n.attribute for a in n.attribute)
 
 
 def _classify_all(plans: list[SitePlan], names: NameAllocator, anchors: set[str],
