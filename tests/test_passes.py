@@ -138,8 +138,10 @@ def test_the_plan_is_computed_once_for_a_rewrite_and_its_check(monkeypatch, tmp_
                 _Calls(monkeypatch, tmp_path, prepare_module, "inline_random_functions")]
     _, report = onnxfix.rewrite(_ref3(), mode, dims={"batch": 2})
     assert report.parity.status == "passed"
-    # the sites are found once, by prepare (which inlines nothing here), and the plan reuses them
-    assert [c.count for c in counters] == [1, 1, 0, 1, 1]
+    # the sites are found once, by prepare (which inlines nothing here), and the plan reuses
+    # them; with --dim batch=2 every noise dim is a constant, so the trace is not needed
+    # (test_perfgraph: it runs once when a dim is not known from the inputs)
+    assert [c.count for c in counters] == [1, 1, 0, 0, 1]
 
 
 @pytest.mark.parametrize("mode", ["constant", "deterministic"])

@@ -1,0 +1,120 @@
+"""Issue 10, node-count axis and start-up: work skipped must be work whose answer is known.
+
+Speed itself is measured by scripts/bench.py (no timing asserts here); these tests pin what
+makes it fast - which modules a command imports, which analyses a plan runs - and that the
+answers stay the same.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import parse
+
+import onnxfix.passes.plan as plan_module
+from onnxfix.passes.plan import plan
+from onnxfix.passes.prepare import prepare
+
+CHAIN = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 4] y) {
+  a = Relu(x)
+  e = RandomNormalLike<scale=0.5>(a)
+  y = Add(a, e)
+}
+"""
+
+# the draw's last dim is the sum of values computed at run time
+DATA_DEPENDENT = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, ?] y) {
+  n = ReduceSum<keepdims=0>(x)
+  ni = Cast<to=7>(n)
+  one = Constant<value=int64[1] {1}>()
+  nr = Reshape(ni, one)
+  b = Shape<start=0, end=1>(x)
+  shp = Concat<axis=0>(b, nr)
+  base = ConstantOfShape(shp)
+  z = RandomNormalLike(base)
+  y = Add(base, z)
+}
+"""
+
+
+def _count_traces(monkeypatch) -> list:
+    calls = []
+    real = plan_module.trace
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plan_module, "trace", counted)
+    return calls
+
+
+def test_the_trace_is_skipped_when_every_noise_dim_is_known(monkeypatch):
+    calls = _count_traces(monkeypatch)
+    model_plan = plan(prepare(parse(CHAIN)))
+    assert calls == []
+    site = model_plan.sites[0]
+    assert [(d.kind, d.declared) for d in site.dims] == [("input", "batch"), ("constant", 4)]
+    assert site.shape_origin is None and not site.per_iteration and site.trip_origins == []
+
+
+def test_the_trace_still_runs_once_for_a_dim_the_inputs_do_not_give(monkeypatch):
+    calls = _count_traces(monkeypatch)
+    model_plan = plan(prepare(parse(DATA_DEPENDENT)))
+    assert len(calls) == 1
+    dims = model_plan.sites[0].dims
+    assert [d.kind for d in dims] == ["input", "data-dependent"]
+    assert "the values of input 'x'" in dims[1].origin
+
+
+def _python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120).stdout
+
+
+def test_help_imports_neither_onnx_nor_numpy_nor_rich():
+    out = _python(
+        "import sys, contextlib, io\n"
+        "from onnxfix.cli import app\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as text:\n"
+        "    try:\n"
+        "        app(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = ('onnx', 'numpy', 'rich', 'onnxruntime', 'onnxfix.api')\n"
+        "print(repr(text.getvalue()[:14]), sorted(m for m in heavy if m in sys.modules))\n")
+    assert out.split() == ["'Usage:", "onnxfix'", "[]"]
+
+
+def test_a_no_check_rewrite_imports_no_check_inspect_or_feeds_module(tmp_path: Path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(parse(CHAIN).SerializeToString())
+    out = _python(
+        "import sys\n"
+        "from onnxfix.cli import app\n"
+        "try:\n"
+        f"    app(['rewrite', {str(model)!r}, {str(tmp_path / 'o.onnx')!r}, '--no-check', '-q'])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "unused = ('onnxruntime', 'onnxfix.check.check_guard', 'onnxfix.inspection',\n"
+        "          'onnxfix.feeds', 'multiprocessing')\n"
+        "print(sorted(m for m in unused if m in sys.modules))\n")
+    assert out.strip() == "[]"
+    assert (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("first", ["import onnxfix.rewrite", "from onnxfix.rewrite import "
+                                   "rewrite_model", "import onnxfix.inspection", "pass"])
+def test_the_package_functions_stay_functions_whatever_is_imported_first(first: str):
+    out = _python(f"{first}\nimport json, onnxfix\n"
+                  "print(json.dumps([getattr(onnxfix, n).__module__ for n in "
+                  "('rewrite', 'inspect', 'noise_feeds')] + [onnxfix.__version__]))\n")
+    assert json.loads(out) == ["onnxfix.api"] * 3 + ["0.1.0"]
