@@ -12,10 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 from conftest import parse
+from onnx import TensorProto, helper
 
+import onnxfix
 import onnxfix.passes.plan as plan_module
+from onnxfix.errors import ModelError
 from onnxfix.passes.plan import plan
 from onnxfix.passes.prepare import prepare
 
@@ -118,3 +122,50 @@ def test_the_package_functions_stay_functions_whatever_is_imported_first(first: 
                   "print(json.dumps([getattr(onnxfix, n).__module__ for n in "
                   "('rewrite', 'inspect', 'noise_feeds')] + [onnxfix.__version__]))\n")
     assert json.loads(out) == ["onnxfix.api"] * 3 + ["0.1.0"]
+
+
+# -- inspect lists nodes without onnx's checker -----------------------------------------
+
+def _save(model, tmp_path: Path, name: str = "m.onnx") -> Path:
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+def test_inspect_runs_no_checker_on_a_model_it_can_read(tmp_path: Path, monkeypatch):
+    path = _save(parse(CHAIN), tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("inspect ran onnx's checker")
+
+    monkeypatch.setattr(onnx.checker, "check_model", refuse)
+    report = onnxfix.inspect(path)
+    assert [(n.op_type, n.output, n.shape, n.noise["input"]) for n in report.nodes] == [
+        ("RandomNormalLike", "e", ["batch", 4], "noise_e")]
+
+
+def test_inspect_lists_a_model_the_checker_refuses_and_the_rewrite_still_refuses_it(tmp_path):
+    # Add reads a tensor nobody produces: no rewrite can be proven, the draw can be listed
+    text = CHAIN.replace("y = Add(a, e)", "y = Add(e, nobody)")
+    path = _save(onnx.parser.parse_model(text), tmp_path)  # conftest's parse checks it
+    report = onnxfix.inspect(path)
+    assert [(n.op_type, n.shape) for n in report.nodes] == [("RandomNormalLike", ["batch", 4])]
+    with pytest.raises(ModelError, match=r"invalid ONNX model: Nodes in a graph must be "
+                                         r"topologically sorted"):
+        onnxfix.rewrite(path, check=False)
+
+
+def test_inspect_refuses_in_the_checkers_words_a_model_it_cannot_make_sense_of(tmp_path):
+
+    graph = helper.make_graph(
+        [helper.make_node("RandomNormalLike", [], ["e"]), helper.make_node("Identity", ["e"],
+                                                                           ["y"])],
+        "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                 tmp_path)
+    with pytest.raises(ModelError) as info:
+        onnxfix.inspect(path)
+    assert str(info.value) == (
+        f"{path}: invalid ONNX model: Node with schema(::RandomNormalLike:1) has input size 0 "
+        f"not in range [min=1, max=1]. ==> Context: Bad node spec for node. Name: OpType: "
+        f"RandomNormalLike")
