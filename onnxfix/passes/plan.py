@@ -20,7 +20,7 @@ from onnxfix.errors import ModelError
 from onnxfix.graph.datadep import Provenance, node_label, trace
 from onnxfix.graph.find import Scope, Site, as_int, constant_lookup, find_sites
 from onnxfix.graph.functions import take_origin
-from onnxfix.graph.graph_edit import names_used
+from onnxfix.graph.graph_edit import unread
 from onnxfix.graph.naming import NameAllocator
 from onnxfix.graph.noisedims import BOUNDED, DATA, DERIVED, NoiseDim, check_bound_names, classify
 from onnxfix.graph.shapes import (
@@ -158,14 +158,14 @@ def _sort_sites(sites: list[Site], select):
     """Split the sites: kept as they are, removed as dead, or chosen for the rewrite."""
     aside: dict[int, NodeRecord] = {}
     chosen, dead = [], []
-    used: dict[int, set[str]] = {}  # per graph, computed once
+    unread_draws = _unread_draws(sites)
     for k, site in enumerate(sites):
         origin = take_origin(site.node)
         if site.in_function:
             aside[k] = _kept(site, "in a model-local function that is never called")
         elif select is not None and not select(site):
             aside[k] = _kept(site, "not selected by --only/--exclude")
-        elif _is_dead(site, used):
+        elif _is_dead(site, unread_draws):
             dead.append(site)  # a draw nothing reads needs no noise: the node goes
             aside[k] = _kept(site, "its draw is read by nothing, so the node was removed")
             aside[k].status = "removed"
@@ -174,12 +174,25 @@ def _sort_sites(sites: list[Site], select):
     return aside, chosen, dead
 
 
-def _is_dead(site: Site, used: dict[int, set[str]]) -> bool:
+def _is_dead(site: Site, unread_draws) -> bool:
     """Nothing in the site's graph reads any of its outputs, and none is a graph output."""
-    key = id(site.container)
-    if key not in used:
-        used[key] = names_used(site.container)
-    return not {o for o in site.node.output if o} & used[key]
+    outputs = {o for o in site.node.output if o}
+    return outputs <= unread_draws(site.container)
+
+
+def _unread_draws(sites: list[Site]):
+    """graph -> the outputs of its random nodes that nothing in it reads (nor outputs),
+    found by one walk per graph that stops once every such output has a reader."""
+    done: dict[int, set[str]] = {}
+
+    def of(container) -> set[str]:
+        key = id(container)
+        if key not in done:
+            outputs = {o for s in sites if s.container is container for o in s.node.output if o}
+            done[key] = unread(container, outputs)
+        return done[key]
+
+    return of
 
 
 def _kept(site: Site, why: str) -> NodeRecord:
