@@ -20,6 +20,7 @@ from onnx import TensorProto, helper
 import onnxfix
 import onnxfix.passes.plan as plan_module
 from onnxfix.errors import ModelError
+from onnxfix.graph.naming import NameAllocator
 from onnxfix.passes.plan import plan
 from onnxfix.passes.prepare import prepare
 
@@ -168,3 +169,38 @@ def test_inspect_refuses_in_the_checkers_words_a_model_it_cannot_make_sense_of(t
         f"{path}: invalid ONNX model: Node with schema(::RandomNormalLike:1) has input size 0 "
         f"not in range [min=1, max=1]. ==> Context: Bad node spec for node. Name: OpType: "
         f"RandomNormalLike")
+
+
+# -- fresh names from the model's bytes ----------------------------------------------------
+
+NAMED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 4] noise_e_x) {
+  noise_e = Relu(x)
+  noise_e_x = Identity(noise_e)
+}
+"""
+
+
+@pytest.mark.parametrize("snapshot_limit", [64 * 2**20, 0])  # bytes first / names at once
+def test_fresh_names_avoid_the_models_names_and_each_other(monkeypatch, snapshot_limit):
+    monkeypatch.setattr(NameAllocator, "SNAPSHOT_LIMIT", snapshot_limit)
+    model = parse(NAMED)
+    names = NameAllocator(model)
+    # 'noise_e' is taken; 'noise_e_x' contains the bytes of 'noise_e_' but 'noise_e_1' is free
+    assert [names.fresh("noise_e"), names.fresh("noise_e"), names.fresh("noise e.x"),
+            names.fresh("batch"), names.fresh("fresh")] == [
+        "noise_e_1", "noise_e_2", "noise_e_x_1", "batch_1", "fresh"]
+    copy = names.copy()
+    assert copy.fresh("fresh") == "fresh_1" and names.fresh("fresh_1") == "fresh_1"
+    # names are the model's as it was when the allocator was made
+    model.graph.node[0].name = "later"
+    assert names.fresh("later") == "later"
+
+
+def test_reader_walk_stops_at_the_first_reader_of_each_name():
+    from onnxfix.graph.graph_edit import names_used, unread
+
+    model = parse(CHAIN)
+    wanted = {"x", "a", "e", "y", "nothing"}
+    assert unread(model.graph, wanted) == wanted - names_used(model.graph) == {"nothing"}
