@@ -130,3 +130,15 @@ def test_a_comparison_made_in_chunks_gives_the_whole_arrays_verdict(monkeypatch)
     assert [v[2] for v in whole.values()] == [True, False, False, False, False]
     assert whole["last element off"][0] == np.float32(want[4, 6] + 0.5) - want[4, 6]
     assert whole["nan moved"][3] == "NaN/Inf positions differ"
+
+
+def test_identical_arrays_skip_the_measurement_with_the_same_verdict():
+    same = np.array([[0.0, -0.0, np.nan], [np.inf, -np.inf, 1.5]], np.float32)
+    check = compare_arrays("y", same, same.copy(), None, None, {})
+    with np.errstate(invalid="ignore"):  # inf - inf, as in the check
+        measured = compare._float_errors(same, same.copy(), 1e-5, 1e-5)
+    # what the measurement itself finds on the same pair
+    assert measured == (0.0, 0.0, True, True)
+    assert _verdict(check) == (0.0, 0.0, True, "")
+    # a negative tolerance passes nothing, even an exact match: the measurement decides
+    assert not compare_arrays("y", same[1:, 2:], same[1:, 2:], -1.0, 0.0, {}).passed

@@ -205,6 +205,9 @@ def compare_arrays(name: str, got: np.ndarray, want: np.ndarray, atol, rtol, dim
     a, r = DEFAULT_TOLERANCES.get(got.dtype, (1e-5, 1e-5))
     atol = a if atol is None else atol
     rtol = r if rtol is None else rtol
+    if atol >= 0 and rtol >= 0 and np.array_equal(got, want, equal_nan=True):
+        # the usual outcome (each draw reproduced bit for bit): nothing to measure
+        return OutputCheck(name, dims, list(got.shape), 0.0, 0.0, True)
     flat_got, flat_want = got.reshape(-1), want.reshape(-1)
     max_abs = max_rel = 0.0
     specials_agree = within = True
