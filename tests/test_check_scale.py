@@ -11,6 +11,7 @@ from conftest import parse
 
 import onnxfix
 from onnxfix.check import compare
+from onnxfix.check.capture_model import inlined
 from onnxfix.check.compare import compare_arrays
 from onnxfix.check.parity import check_parity
 from onnxfix.graph.find import Site, find_sites
@@ -142,3 +143,22 @@ def test_identical_arrays_skip_the_measurement_with_the_same_verdict():
     assert _verdict(check) == (0.0, 0.0, True, "")
     # a negative tolerance passes nothing, even an exact match: the measurement decides
     assert not compare_arrays("y", same[1:, 2:], same[1:, 2:], -1.0, 0.0, {}).passed
+
+
+def test_the_check_copies_the_original_only_when_it_has_functions_to_inline():
+    model = _draws(2)
+    assert inlined(model) is model  # read only: the check's models are copies made from it
+    with_function = parse("""
+<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+g (float[2] x) => (float[2] y) {
+  y = local.noisy(x)
+}
+<domain: "local", opset_import: ["" : 17]>
+noisy (a) => (b) {
+  r = RandomNormalLike(a)
+  b = Add(a, r)
+}
+""")
+    base = inlined(with_function)
+    assert base is not with_function and len(with_function.functions) == 1
+    assert [n.op_type for n in base.graph.node] == ["RandomNormalLike", "Add"]
