@@ -8,10 +8,11 @@ from types import SimpleNamespace
 import numpy as np
 import onnxruntime as ort
 from conftest import parse
+from conftest import run as run_model
 
 import onnxfix
 from onnxfix.check import compare
-from onnxfix.check.capture_model import inlined
+from onnxfix.check.capture_model import capture_model, inlined
 from onnxfix.check.compare import compare_arrays
 from onnxfix.check.parity import check_parity
 from onnxfix.graph.find import Site, find_sites
@@ -162,3 +163,30 @@ noisy (a) => (b) {
     base = inlined(with_function)
     assert base is not with_function and len(with_function.functions) == 1
     assert [n.op_type for n in base.graph.node] == ["RandomNormalLike", "Add"]
+
+
+def test_main_graph_draws_leave_the_capture_model_as_themselves():
+    model = parse("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2, 4] p) => (float[2, 4] y) {
+  a = Bernoulli(p)
+  q = Sigmoid(a)
+  b = Bernoulli(q)
+  c = Bernoulli(q)
+  s = Add(a, b)
+  y = Add(s, c)
+}
+""")
+    _, report = onnxfix.rewrite(model, check=False)
+    captures, capture, _ = capture_model(model, report.nodes)
+    assert [c.outputs for c in captures] == [{0: "a"}, {0: "b"}, {0: "c"}]
+    # a tensor a node makes leaves as itself, once; the graph input p through an Identity
+    sources = [c.inputs[0] for c in captures]
+    assert sources[1:] == ["q", "q"] and sources[0] != "p"
+    assert [n.op_type for n in capture.graph.node if n.op_type == "Identity"] == ["Identity"]
+    assert sorted(o.name for o in capture.graph.output) == sorted(
+        ["y", "a", "b", "c", "q", sources[0]])
+    p = np.full((2, 4), 0.5, np.float32)
+    got = run_model(capture, {"p": p})
+    np.testing.assert_array_equal(got[sources[0]], p)
+    np.testing.assert_array_equal(got["y"], got["a"] + got["b"] + got["c"])
