@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 
+import onnx
+import onnxruntime as ort
 from conftest import ROOT
+
+from onnxfix.check.compare import make_session
 
 BENCH = ROOT / "scripts" / "bench.py"
 
@@ -63,3 +68,49 @@ def test_assert_exits_1_with_a_line_per_missed_target(tmp_path):
     assert len(missed) == 1, proc.stderr  # "same" is within its target
     assert missed[0].startswith("MISSED | fake | big vs small | RSS ")
     assert missed[0].endswith("x (target <= 1.5x)")
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_for_floor", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _options_seen(monkeypatch, run) -> list[tuple]:
+    """The session options (and providers) of every onnxruntime session `run()` opens."""
+    seen = []
+    real = ort.InferenceSession
+
+    class Spy(real):
+        def __init__(self, model, sess_options=None, *args, **kwargs):
+            o = sess_options
+            seen.append((o.graph_optimization_level, o.intra_op_num_threads,
+                         o.inter_op_num_threads, o.execution_mode, o.enable_cpu_mem_arena,
+                         o.enable_mem_pattern, o.enable_mem_reuse, o.log_severity_level,
+                         tuple(kwargs.get("providers") or ())))
+            super().__init__(model, sess_options, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", Spy)
+    run()
+    monkeypatch.undo()
+    return seen
+
+
+def test_the_floor_opens_its_sessions_with_the_checks_options(monkeypatch, tmp_path):
+    model = onnx.parser.parse_model("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }
+""")
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    floor = _bench_module().FLOOR
+
+    def run_floor():
+        monkeypatch.setattr(sys, "argv", ["floor", str(path), str(path)])
+        exec(floor, {"__name__": "__main__"})
+
+    check = _options_seen(monkeypatch, lambda: make_session(model))
+    assert len(check) == 1 and check[0][0] == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert _options_seen(monkeypatch, run_floor) == check * 2  # the original and the rewrite

@@ -208,14 +208,18 @@ def site_path(site: Site) -> tuple:
     """(PathStep per scope..., index of the node in its graph)."""
     steps = []
     for scope in site.scopes:
-        k = _index(scope.parent.node, scope.owner)
+        k = _index(scope.parent.node, scope.owner, scope.owner_index)
         attr = next(a for a in scope.owner.attribute if a.name == scope.attr)
         g = 0 if attr.type == onnx.AttributeProto.GRAPH else _index(attr.graphs, scope.body)
         steps.append((k, scope.attr, g))
-    return (*steps, _index(site.container.node, site.node))
+    return (*steps, _index(site.container.node, site.node, site.index))
 
 
-def _index(seq, item) -> int:
+def _index(seq, item, known: int = -1) -> int:
+    """The position of `item` in `seq`: `known` when it still holds there (find_sites records
+    it; a scan per site made planning N random nodes cost N^2), else found by a scan."""
+    if 0 <= known < len(seq) and seq[known] is item:
+        return known
     return next(k for k, x in enumerate(seq) if x is item)
 
 
@@ -226,9 +230,9 @@ def resolve(model: onnx.ModelProto, path: tuple, location: str) -> Site:
         owner = graph.node[k]
         attr = next(a for a in owner.attribute if a.name == attr_name)
         body = attr.g if attr.type == onnx.AttributeProto.GRAPH else attr.graphs[g]
-        scopes.append(Scope(owner, attr_name, body, graph))
+        scopes.append(Scope(owner, attr_name, body, graph, k))
         graph = body
-    return Site(graph.node[path[-1]], graph, location, scopes)
+    return Site(graph.node[path[-1]], graph, location, scopes, path[-1])
 
 
 # -- describing the chosen sites ---------------------------------------------------------
