@@ -73,7 +73,7 @@ class Case:
             b.op("Shape", ["like"], "shape", output="shape")
         draw = seeded_normal if self.normal else seeded_uniform
         draw(b, "seed", KEY, "shape" if self.runtime_shape else SHAPE,
-             "iteration" if self.iteration else None, dtype, output="y")
+             "iteration" if self.iteration else None, dtype, output="y", rank=len(SHAPE))
         model.graph.node.extend(b.nodes)
         onnx.checker.check_model(model, full_check=True)
         return model
@@ -99,6 +99,7 @@ CASES = [
          iteration=True),
     Case("uniform f32, static + iteration, opset 18", 18, iteration=True),
     Case("uniform f32, static, opset 9 (no Range/Mod)", 9),
+    Case("uniform f32, runtime shape, opset 10 (NonZero counts)", 10, runtime_shape=True),
     Case("uniform f64, static, opset 17", 17, double=True),
     Case("normal f32, static, opset 17", 17, normal=True),
     Case("normal f32, runtime shape, opset 18", 18, normal=True, runtime_shape=True),

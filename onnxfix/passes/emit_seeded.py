@@ -88,14 +88,14 @@ def emit_site(b: NodeBuilder, p: SitePlan, state: SeededGraph) -> SeededSite:
     _check_opset(b.opset, p)
     made = SeededSite(None, [], {})
     iteration = _iteration(b, p, state, made)
-    shape = _draw_shape(b, p)
+    shape, rank = _draw_shape(b, p)
     noise_type = p.dtypes.noise
     drawn = noise_type if noise_type in _DRAWN else onnx.TensorProto.FLOAT
     draw = seeded_normal if p.spec.family == "normal" else seeded_uniform
     key = site_key(site.location, site.op_type, site.output)
     try:
         noise = draw(b, state.seed, key, shape, iteration=iteration, dtype=drawn,
-                     table=state.table)
+                     table=state.table, rank=rank)
     except ModelError as e:
         raise ModelError(f"{site.describe()}: {e}") from None
     if drawn != noise_type:  # float16 / bfloat16 draws: made in float32, then cast
@@ -165,14 +165,16 @@ def _int_constant(names, output: str, value: int) -> onnx.NodeProto:
                             value=numpy_helper.from_array(np.array(value, dtype=np.int64)))
 
 
-def _draw_shape(b: NodeBuilder, p: SitePlan):
-    """One invocation's noise shape: static dims, or a 1-D int64 shape tensor."""
+def _draw_shape(b: NodeBuilder, p: SitePlan) -> tuple[list[int] | str, int | None]:
+    """One invocation's noise shape: static dims, or a 1-D int64 shape tensor and its length
+    when the plan knows the rank (the generator then builds the draw in that rank, which
+    IREE and TVM need: `onnxfix.seeded.graph._grid_index`)."""
     node = p.site.node
     static = p.spec.static_shape(node)
     if static is not None:
-        return static
+        return static, len(static)
     if p.shape is not None and all(isinstance(d, int) for d in p.shape):
-        return [int(d) for d in p.shape]
+        return [int(d) for d in p.shape], len(p.shape)
     if not p.source:
         raise ModelError(f"{p.site.describe()}: the size of this draw is not known")
     if b.opset < NONZERO_OPSET:
@@ -183,10 +185,10 @@ def _draw_shape(b: NodeBuilder, p: SitePlan):
                          f"{param_name('dims')}")
     need = b.op("Shape", [p.source], "draw_shape")
     if node.op_type != "Multinomial":
-        return need
+        return need, None if p.shape is None else len(p.shape)
     # Multinomial draws [batch, sample_size] from logits [batch, classes]
     batch = b.op("Gather", [need, b.constant(np.array([0], dtype=np.int64), "batch_axis")],
                  "batch", axis=0)
     samples = b.constant(np.array([int(p.attrs.get("sample_size", 1))], dtype=np.int64),
                          "samples")
-    return b.op("Concat", [batch, samples], "draw_shape", axis=0)
+    return b.op("Concat", [batch, samples], "draw_shape", axis=0), 2

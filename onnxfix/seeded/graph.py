@@ -115,38 +115,41 @@ def sbox_constant(b: NodeBuilder) -> str:
 
 def seeded_uniform(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
                    iteration: str | None = None, dtype: int = onnx.TensorProto.FLOAT,
-                   output: str | None = None, table: str | None = None) -> str:
+                   output: str | None = None, table: str | None = None,
+                   rank: int | None = None) -> str:
     """Nodes drawing U[0, 1) of `shape` for stream `key`; returns the tensor holding it.
 
     seed: an int64 scalar tensor; key: the node's 48-bit key (`algorithm.node_key`); shape: a
     static list of dims or the name of a 1-D int64 shape tensor (evaluated at run time);
     iteration: an optional int64 scalar tensor (the Loop/Scan iteration index); dtype: FLOAT or
-    DOUBLE; output: the name to write the draw to; table: a shared `sbox_constant`.
+    DOUBLE; output: the name to write the draw to; table: a shared `sbox_constant`; rank: the
+    length of a runtime `shape` when known (see `_grid_index`; give it whenever it is known).
     """
     np_dtype = _float_dtype(dtype)
     if _is_empty(shape):
         return _empty(b, shape, np_dtype, output)
     words = _Words(b, table)
-    high, low = _draw_words(words, seed, key, shape, iteration)
+    high, low = _draw_words(words, seed, key, shape, iteration, rank)
     if np_dtype == np.float32:
         flat = _unit(words, high, dtype, alg.UNIT, "uniform")
     else:
         flat = b.op("Add", [_unit(words, high, dtype, alg.UNIT, "uniform_hi"),
                             _unit(words, low, dtype, alg.UNIT * alg.UNIT, "uniform_lo")],
                     "uniform")
-    return _reshape(b, flat, shape, output, "uniform_shaped", words)
+    return _reshape(b, flat, shape, output, "uniform_shaped", words, rank)
 
 
 def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
                   iteration: str | None = None, dtype: int = onnx.TensorProto.FLOAT,
-                  output: str | None = None, table: str | None = None) -> str:
+                  output: str | None = None, table: str | None = None,
+                  rank: int | None = None) -> str:
     """Nodes drawing N(0, 1) of `shape` by Box-Muller (`algorithm.normal`); same arguments as
     `seeded_uniform`. The uniforms are exact; Log, Sqrt and Cos round as the runtime does."""
     np_dtype = _float_dtype(dtype)
     if _is_empty(shape):
         return _empty(b, shape, np_dtype, output)
     words = _Words(b, table)
-    high, low = _draw_words(words, seed, key, shape, iteration)
+    high, low = _draw_words(words, seed, key, shape, iteration, rank)
     above_zero = b.op("Add", [high, words.const(1)], "bits_plus_one")
     u1 = _unit(words, above_zero, dtype, alg.UNIT, "u1")
     u2 = _unit(words, low, dtype, alg.UNIT, "u2")
@@ -156,7 +159,7 @@ def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | st
     two_pi = alg.TWO_PI_F32 if np_dtype == np.float32 else np.float64(2 * np.pi)
     angle = b.op("Mul", [u2, b.constant(np.array(two_pi, dtype=np_dtype), "two_pi")], "angle")
     flat = b.op("Mul", [radius, b.op("Cos", [angle], "cos")], "normal")
-    return _reshape(b, flat, shape, output, "normal_shaped", words)
+    return _reshape(b, flat, shape, output, "normal_shaped", words, rank)
 
 
 def _is_empty(shape) -> bool:
@@ -176,8 +179,10 @@ def _float_dtype(dtype: int) -> type:
     return _FLOATS[dtype]
 
 
-def _draw_words(words: _Words, seed: str, key: int, shape, iteration: str | None):
-    """The two 24-bit integers per element, flat (int64 tensors)."""
+def _draw_words(words: _Words, seed: str, key: int, shape, iteration: str | None,
+                rank: int | None):
+    """The two 24-bit integers per element (int64 tensors): flat, or in the draw's shape when
+    it is a runtime shape of known rank."""
     b = words.b
     if b.opset < MIN_OPSET:
         raise ModelError(f"the seeded generator needs opset {MIN_OPSET} or later; the model "
@@ -190,7 +195,7 @@ def _draw_words(words: _Words, seed: str, key: int, shape, iteration: str | None
     else:
         stream += [words.const(0), words.const(0)]
     stream_key = words.feistel(stream, alg.split_words(key, 4), alg.STREAM_ROUNDS, "stream")
-    counter = _counter_words(words, shape)
+    counter = _counter_words(words, shape, rank)
     y0, y1, y2, y3 = words.feistel(counter, stream_key, alg.ELEMENT_ROUNDS, "elem")
     return _join(words, y0, y1, "bits_a"), _join(words, y2, y3, "bits_b")
 
@@ -200,8 +205,9 @@ def _join(words: _Words, high: str, low: str, hint: str) -> str:
     return words.b.op("Add", [scaled, low], hint)
 
 
-def _counter_words(words: _Words, shape) -> list[str]:
-    """Counter words (low, mid, high, 0) of the flat indices 0..count-1."""
+def _counter_words(words: _Words, shape, rank: int | None) -> list[str]:
+    """Counter words (low, mid, high, 0) of the flat indices 0..count-1 (in the draw's shape
+    when it is a runtime shape of known rank)."""
     b = words.b
     static = None if isinstance(shape, str) else [int(d) for d in shape]
     if static is not None:
@@ -209,12 +215,14 @@ def _counter_words(words: _Words, shape) -> list[str]:
         if count > 1 << alg.COUNTER_BITS:
             raise ModelError(f"shape={static} has more than 2^{alg.COUNTER_BITS} elements, the "
                              f"seeded generator's limit")
-    if static is None and b.opset < RANGE_OPSET:
-        if b.opset < NONZERO_OPSET:
-            raise ModelError(f"a seeded draw of runtime shape needs Range (opset "
-                             f"{RANGE_OPSET}) or NonZero (opset {NONZERO_OPSET}); the model "
-                             f"uses opset {b.opset}: fix the shape (a static shape) or use "
-                             f"input-noise")
+    if static is None and b.opset < NONZERO_OPSET:
+        raise ModelError(f"a seeded draw of runtime shape needs Range (opset "
+                         f"{RANGE_OPSET}) or NonZero (opset {NONZERO_OPSET}); the model "
+                         f"uses opset {b.opset}: fix the shape (a static shape) or use "
+                         f"input-noise")
+    if static is None and rank is not None:
+        index = _grid_index(words, shape, rank)
+    elif static is None and b.opset < RANGE_OPSET:
         index = _nonzero_index(words, shape)
     elif b.opset < RANGE_OPSET:
         index = np.arange(count, dtype=np.int64)
@@ -227,6 +235,51 @@ def _counter_words(words: _Words, shape) -> list[str]:
     rows = words.div(index, "index_rows")
     return [words.mod(index, "counter_lo"), words.mod(rows, "counter_mid"),
             words.div(rows, "counter_hi"), words.const(0)]
+
+
+def _grid_index(words: _Words, shape: str, rank: int) -> str:
+    """The flat indices 0..count-1 built directly in the runtime shape (of `rank` dims): each
+    axis' positions (`_positions`) placed on their axis, times the axis' stride (the product
+    of the later dims), summed by broadcasting; a 0 dim gives an empty draw by itself.
+
+    Why not Range(count) reshaped to the shape: before opset 14 onnx shape inference gives a
+    Reshape to a runtime shape no rank, which IREE's importer then types as a scalar (it took
+    the first element and broadcast it: every element of the draw equal), and TVM converts
+    no Equal on a shape (the 0-dim guard). Every tensor here has a known rank."""
+    b = words.b
+    if rank == 0:
+        return words.const(0)
+    index = stride = None
+    for axis in reversed(range(rank)):
+        dim = b.op("Gather", [shape, words.const(axis)], f"dim{axis}", axis=0)
+        placed = _unsqueeze(b, _positions(words, dim, f"axis{axis}"),
+                            [a for a in range(rank) if a != axis], f"axis{axis}_placed")
+        term = placed if stride is None else b.op("Mul", [placed, stride], f"axis{axis}_term")
+        index = term if index is None else b.op("Add", [index, term], f"index{axis}")
+        if axis:
+            stride = dim if stride is None else b.op("Mul", [stride, dim], f"stride{axis}")
+    return index
+
+
+def _positions(words: _Words, dim: str, hint: str) -> str:
+    """0..dim-1 (1-D int64) for an int64 scalar `dim`: Range, or before opset 11 the positions
+    of a ConstantOfShape of ones as NonZero lists them (in order)."""
+    b = words.b
+    if b.opset >= RANGE_OPSET:
+        return b.op("Range", [words.const(0), dim, words.const(1)], hint)
+    ones = b.op("ConstantOfShape", [_unsqueeze(b, dim, [0], hint + "_1d")], hint + "_ones",
+                value=onnx.numpy_helper.from_array(np.array([1], dtype=np.int32)))
+    return b.op("Squeeze", [b.op("NonZero", [ones], hint + "_nonzero")], hint, axes=[0])
+
+
+def _unsqueeze(b: NodeBuilder, name: str, axes: list[int], hint: str) -> str:
+    """Unsqueeze at `axes` (an input from opset 13, an attribute before); no axes: `name`."""
+    if not axes:
+        return name
+    if b.opset >= 13:
+        return b.op("Unsqueeze", [name, b.constant(np.array(axes, dtype=np.int64),
+                                                   hint + "_axes")], hint)
+    return b.op("Unsqueeze", [name], hint, axes=axes)
 
 
 def _nonzero_index(words: _Words, shape: str) -> str:
@@ -275,7 +328,9 @@ def _no_zero_dims(words: _Words, shape: str) -> str:
 
 
 def _reshape(b: NodeBuilder, flat: str, shape, output: str | None, hint: str,
-             words: _Words) -> str:
+             words: _Words, rank: int | None) -> str:
+    if isinstance(shape, str) and rank is not None:  # made in its shape (`_grid_index`)
+        return flat if output is None else b.op("Identity", [flat], hint, output=output)
     if not isinstance(shape, str):
         return b.op("Reshape", [flat, b.constant(np.array(list(shape), dtype=np.int64),
                                                  "shape")], hint, output=output)
