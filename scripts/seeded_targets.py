@@ -95,6 +95,8 @@ class Case:
 CASES = [
     Case("uniform f32, static, opset 11", 11),
     Case("uniform f32, runtime shape, opset 13", 13, runtime_shape=True),
+    Case("uniform f32, runtime shape + iteration, opset 11", 11, runtime_shape=True,
+         iteration=True),
     Case("uniform f32, runtime shape + iteration, opset 17", 17, runtime_shape=True,
          iteration=True),
     Case("uniform f32, static + iteration, opset 18", 18, iteration=True),

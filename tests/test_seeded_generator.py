@@ -21,7 +21,15 @@ from onnxfix.errors import ModelError
 from onnxfix.graph.builder import NodeBuilder
 from onnxfix.graph.naming import NameAllocator
 from onnxfix.seeded import algorithm as alg
-from onnxfix.seeded import node_key, normal, seeded_normal, seeded_uniform, uniform
+from onnxfix.seeded import (
+    gumbel,
+    node_key,
+    normal,
+    seeded_gumbel,
+    seeded_normal,
+    seeded_uniform,
+    uniform,
+)
 
 KEY = node_key("/graph/RandomNormalLike:out")
 N = 1 << 20
@@ -111,8 +119,9 @@ def test_edge_shapes(opset, shape, runtime_shape):
 
 @pytest.mark.parametrize("opset", [7, 9, 17])
 def test_seed_is_taken_modulo_2_24_like_numpy(opset):
-    """Mod from opset 10; a floor mod by hand before (where OpenVINO once got 2^24 - 1 wrong:
-    an intermediate reached 2^25, past float32's exact integers)."""
+    """At every opset the seed is split into two floor-mod words from truncating Div (no
+    intermediate reaches 2^24 for seeds below it: OpenVINO divides in float32, and once got
+    2^24 - 1 wrong when an intermediate reached 2^25)."""
     model = generator_model(opset, [64])
     for seed in (-1, -(2 ** 24) - 5, 2 ** 24 - 1, 2 ** 24 + 3, 2 ** 40 + 5):
         np.testing.assert_array_equal(run(model, seed), uniform(seed, KEY, [64]))
@@ -122,8 +131,21 @@ def test_seed_is_taken_modulo_2_24_like_numpy(opset):
 
 def test_opset_9_builds_without_range_or_mod():
     ops = {n.op_type for n in generator_model(9, [2, 3], iteration=True).graph.node}
-    assert not ops & {"Range", "Mod"}
-    assert ops == {"Constant", "Add", "Sub", "Mul", "Div", "Less", "Gather", "Cast", "Reshape"}
+    assert ops == {"Constant", "Add", "Sub", "Mul", "Div", "Gather", "Cast", "Reshape"}
+
+
+# IREE 3.13's ONNX import legalizes these only at their opset-13 versions (measured one op at a
+# time at opsets 7-12: "failed to legalize operation 'torch.operator'")
+IREE_FROM_13 = {"Mod", "Less", "Unsqueeze", "NonZero", "Ceil", "Floor", "Softmax"}
+
+
+@pytest.mark.parametrize("opset, shape", [(7, [2, 3]), (10, [2, 3]), (11, [2, 3]),
+                                          (11, "shape"), (12, "shape")])
+def test_below_opset_13_the_generator_avoids_ops_iree_cannot_import(opset, shape):
+    """Floor mods from truncating Div (no Mod, no Less), axes placed by Reshape (no
+    Unsqueeze); a runtime shape before opset 11 still needs NonZero."""
+    model = generator_model(opset, shape, seeded_normal, iteration=True, rank=2)
+    assert {n.op_type for n in model.graph.node} & IREE_FROM_13 == set()
 
 
 def test_ops_used_at_opset_11_and_later():
@@ -132,12 +154,13 @@ def test_ops_used_at_opset_11_and_later():
     and a Reshape (with the 0-dim guard), which onnxruntime, OpenVINO, tract, MNN and
     onnx2torch run."""
     ops = {n.op_type for n in generator_model(17, "shape", seeded_normal, rank=2).graph.node}
-    assert ops == {"Constant", "Add", "Mul", "Div", "Mod", "Gather", "Cast", "Range",
-                   "Unsqueeze", "Log", "Sqrt", "Cos", "Identity"}
+    assert ops == {"Constant", "Add", "Sub", "Mul", "Div", "Mod", "Gather", "Cast", "Range",
+                   "Reshape", "Log", "Sqrt", "Cos", "Identity"}
     b = _builder(17)
     seeded_normal(b, "seed", KEY, "shape")
     assert {n.op_type for n in b.nodes} == {
-        "Constant", "Add", "Mul", "Div", "Mod", "Gather", "Cast", "Reshape", "ConstantOfShape",
+        "Constant", "Add", "Sub", "Mul", "Div", "Mod", "Gather", "Cast", "Reshape",
+        "ConstantOfShape",
         "Shape", "Range", "Log", "Sqrt", "Cos", "Equal", "Expand"}
 
 
@@ -435,4 +458,39 @@ def test_standard_noise_for_feeds():
     assert standard_noise("uniform", 3, KEY, [4], iterations=0).shape == (0, 4)
     with pytest.raises(ValueError) as err:
         standard_noise("gamma", 3, KEY, [4])
-    assert str(err.value) == "family='gamma': the seeded generator draws 'normal' or 'uniform'"
+    assert str(err.value) == ("family='gamma': the seeded generator draws 'normal', 'uniform', "
+                              "'gumbel'")
+
+
+# -- Gumbel noise (Multinomial's Gumbel-max form) -----------------------------------------------
+
+@pytest.mark.parametrize("opset, shape", [(9, [3, 700]), (13, "shape"), (18, "shape")])
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.DOUBLE])
+def test_gumbel_graph_matches_reference(opset, shape, dtype):
+    np_dtype = np.float32 if dtype == TensorProto.FLOAT else np.float64
+    model = generator_model(opset, shape, seeded_gumbel, iteration=True, dtype=dtype, rank=2)
+    got = run(model, 42, [3, 700] if shape == "shape" else None, iteration=5)
+    want = gumbel(42, KEY, [3, 700], np_dtype, iteration=5)
+    assert got.dtype == np_dtype and got.shape == (3, 700)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 if np_dtype == np.float32 else 1e-14)
+
+
+def test_gumbel_open_unit_never_reaches_0_or_1():
+    """v = (a // 2 * 2 + 1) 2^-24: the extremes of the 24-bit integers give finite noise."""
+    a = np.array([0, 1, 2 ** 24 - 2, 2 ** 24 - 1], dtype=np.int64)
+    v = alg.open_unit(a, a, np.float32)
+    assert v.tolist() == [2.0 ** -24, 2.0 ** -24, 1 - 2.0 ** -24, 1 - 2.0 ** -24]
+    g = -np.log(-np.log(v))
+    assert np.isfinite(g).all() and g.min() > -2.82 and g.max() < 16.64
+    v64 = alg.open_unit(a, np.array([0, 1, 0, 2 ** 24 - 1]), np.float64)
+    assert (v64 > 0).all() and (v64 < 1).all()
+
+
+def test_gumbel_moments_and_ks():
+    """Gumbel(0, 1): mean the Euler-Mascheroni constant, variance pi^2 / 6, CDF
+    exp(-exp(-x)); 2^20 float32 draws."""
+    g = gumbel(SEED, KEY, [N]).astype(np.float64)
+    assert abs(g.mean() - np.euler_gamma) < 5 * np.sqrt(np.pi ** 2 / 6 / N)
+    assert abs(g.var() - np.pi ** 2 / 6) < 5 * np.sqrt((12 * 2.4 + 2) * (np.pi ** 2 / 6) ** 2
+                                                       / N)
+    assert ks_statistic(g, lambda x: np.exp(-np.exp(-x))) < KS_CRITICAL

@@ -105,11 +105,12 @@ def test_seeded_random_normal_like_ops_and_bits():
     full_check(new)
     assert [i.name for i in new.graph.input] == ["x", "seed"]
     ops = [n.op_type for n in new.graph.node]
-    # the counter is built in the input's runtime shape (rank 2: a Range and a Gather of the
-    # dim per axis, one Unsqueeze each), so nothing is reshaped to a runtime shape
+    # the counter is built in the input's runtime shape (rank 2: a Gather of the dim, a Range
+    # and a Reshape to a constant shape per axis), so nothing is reshaped to a runtime shape;
+    # the seed's two words are floor mods made from Div, Mul and Sub
     assert collections.Counter(ops) == {
-        "Add": 106, "Mod": 64, "Constant": 51, "Gather": 42, "Mul": 9, "Div": 3, "Cast": 2,
-        "Range": 2, "Unsqueeze": 2, "Shape": 1, "Log": 1, "Sqrt": 1, "Cos": 1}
+        "Add": 108, "Mod": 62, "Constant": 50, "Gather": 42, "Mul": 13, "Div": 7, "Sub": 5,
+        "Cast": 2, "Range": 2, "Reshape": 2, "Shape": 1, "Log": 1, "Sqrt": 1, "Cos": 1}
     # Box-Muller, the node's transform, the model's Add
     assert ops[-13:] == ["Constant", "Log", "Mul", "Sqrt", "Constant", "Mul", "Cos", "Mul",
                          "Constant", "Mul", "Constant", "Add", "Add"]
@@ -268,16 +269,35 @@ def test_options_that_do_not_apply_to_seeded_mode_are_refused(tmp_path: Path):
     assert done.returncode == 2
     assert done.stderr == ("onnxfix: error: --noise-bound with --mode seeded: a seeded draw "
                            "takes the size each run computes, so it needs no bound\n")
-    with pytest.raises(UsageError) as e:
-        onnxfix.rewrite(parse(NORMAL_LIKE), "seeded", multinomial="gumbel")
-    assert str(e.value) == ("multinomial='gumbel' with mode='seeded': the in-graph generator "
-                            "draws uniform and normal noise only; use the inverse-cdf form, or "
-                            "the gumbel form with input-noise mode")
-    done = _cli("rewrite", str(FIXTURES / "ref1_static_ts.onnx"), str(tmp_path / "y.onnx"),
-                "--mode", "seeded", "--multinomial", "gumbel")
-    assert done.returncode == 2
-    assert done.stderr.startswith("onnxfix: error: --multinomial gumbel with --mode seeded: ")
-    assert not (tmp_path / "y.onnx").exists()
+
+
+def test_gumbel_multinomial_in_seeded_mode(tmp_path: Path):
+    """The Gumbel-max form draws its [batch, samples, classes] Gumbel noise in-graph as
+    -log(-log v), v in (0, 1) open; the check feeds the twin the reference Gumbel noise, and
+    noise_feeds(generator="seeded") gives an input-noise Gumbel model the same samples."""
+    path = str(FIXTURES / "multinomial3_dynamic_dynamo.onnx")
+    seeded, report = onnxfix.rewrite(path, "seeded", multinomial="gumbel")
+    assert report.parity.status == "passed", report.parity.reason
+    assert [c.name for c in report.parity.outputs].count("y (seed 1)") == 2  # both sizes
+    entry = seed_metadata(seeded)["draws"][0]
+    assert (entry["family"], entry["op_type"]) == ("gumbel", "Multinomial")
+    noisy, _ = onnxfix.rewrite(path, "input-noise", multinomial="gumbel", check=False)
+    ops = collections.Counter(n.op_type for n in seeded.graph.node)
+    ops.subtract(n.op_type for n in noisy.graph.node)
+    assert (ops["ArgMax"], ops["Log"], ops["Neg"]) == (0, 2, 2)  # -log(-log v) in front
+    x = {"x": np.random.default_rng(5).standard_normal([4, 10]).astype(np.float32)}
+    want = run(seeded, {**x, **_seed_feed(seeded, 8)})
+    feeds = onnxfix.noise_feeds(noisy, dims={"batch": 4}, seed=8, generator="seeded")
+    (noise,) = feeds.values()
+    assert noise.shape[:2] == (4, 3) and np.isfinite(noise).all()  # [batch, samples, classes]
+    got = run(noisy, {**x, **feeds})
+    assert want["y"].shape == (4, 3)
+    np.testing.assert_array_equal(got["y"], want["y"])
+    other = run(seeded, {**x, **_seed_feed(seeded, 9)})
+    assert not np.array_equal(other["y"], want["y"])
+    done = _cli("rewrite", path, str(tmp_path / "y.onnx"), "--mode", "seeded",
+                "--multinomial", "gumbel")
+    assert done.returncode == 0, done.stderr
 
 
 def test_scan_body_draws_count_passes_with_an_extra_state():

@@ -77,8 +77,10 @@ def check_seeded(parity: Parity, opener, model: onnx.ModelProto, records: list[N
     keys = {d["draw"]: d for d in entry["draws"]}
     try:
         # one session: the model's outputs and the shape of every draw (per Loop iteration)
+        # the shape of each generator's noise (the Gumbel form's is not its draw's)
+        noise = {d["draw"]: d["noise"] for d in entry["draws"] if d.get("noise")}
         probe, exposed, exposer = draw_shape_probe(model, records, every=True,
-                                                   skip_uncapturable=True)
+                                                   skip_uncapturable=True, measure=noise)
         sess = opener(probe)
     except CheckSkipped:
         raise
@@ -220,7 +222,7 @@ def reference_draws(family: str, seed: int, key: int, drawn: np.ndarray, declare
     shape = [d if isinstance(d, int) and d >= 0 else w for d, w in zip(declared, wanted,
                                                                          strict=True)]
     drawn_type = np.float64 if dtype == np.float64 else np.float32
-    draw = alg.normal if family == "normal" else alg.uniform
+    draw = alg.family_draw(family)
     out = np.zeros(shape, dtype=dtype)
     for i, one in enumerate(per):
         if 0 in one:

@@ -30,6 +30,7 @@ from onnxfix.seeded.graph import (
     NONZERO_OPSET,
     RANGE_OPSET,
     sbox_constant,
+    seeded_gumbel,
     seeded_normal,
     seeded_uniform,
 )
@@ -91,7 +92,9 @@ def emit_site(b: NodeBuilder, p: SitePlan, state: SeededGraph) -> SeededSite:
     shape, rank = _draw_shape(b, p)
     noise_type = p.dtypes.noise
     drawn = noise_type if noise_type in _DRAWN else onnx.TensorProto.FLOAT
-    draw = seeded_normal if p.spec.family == "normal" else seeded_uniform
+    # the generator of each standard-noise family (ops.noise): the noise input-noise takes
+    draw = {"normal": seeded_normal, "uniform": seeded_uniform,
+            "gumbel": seeded_gumbel}[p.spec.family]
     key = site_key(site.location, site.op_type, site.output)
     try:
         noise = draw(b, state.seed, key, shape, iteration=iteration, dtype=drawn,
@@ -105,7 +108,7 @@ def emit_site(b: NodeBuilder, p: SitePlan, state: SeededGraph) -> SeededSite:
                        dims=[d.to_dict() for d in p.dims])
     meta = {"draw": site.output, "op_type": site.op_type, "graph": site.location,
             "family": p.spec.family, "dtype": dtype_name(noise_type), "key": key,
-            "iteration": iteration is not None}
+            "iteration": iteration is not None, "noise": noise}
     made.replacement, made.nodes, made.meta = repl, b.nodes, meta
     return made
 
@@ -186,9 +189,11 @@ def _draw_shape(b: NodeBuilder, p: SitePlan) -> tuple[list[int] | str, int | Non
     need = b.op("Shape", [p.source], "draw_shape")
     if node.op_type != "Multinomial":
         return need, None if p.shape is None else len(p.shape)
-    # Multinomial draws [batch, sample_size] from logits [batch, classes]
-    batch = b.op("Gather", [need, b.constant(np.array([0], dtype=np.int64), "batch_axis")],
-                 "batch", axis=0)
-    samples = b.constant(np.array([int(p.attrs.get("sample_size", 1))], dtype=np.int64),
-                         "samples")
-    return b.op("Concat", [batch, samples], "draw_shape", axis=0), 2
+    # Multinomial draws [batch, sample_size] (Gumbel form: [batch, sample_size, classes])
+    # from logits [batch, classes]: each axis follows a logits axis, or is the sample count
+    rank = len(p.spec.noise_dims(1, 1, 1))
+    parts = [b.op("Gather", [need, b.constant(np.array([axis], dtype=np.int64), "logits_axis")],
+                  "logits_dim", axis=0) if axis is not None else
+             b.constant(np.array([int(p.attrs.get("sample_size", 1))], dtype=np.int64), "samples")
+             for axis in p.spec.source_axes(rank)]
+    return b.op("Concat", parts, "draw_shape", axis=0), rank

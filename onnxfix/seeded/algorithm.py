@@ -143,14 +143,47 @@ def normal(seed: int, key: int, shape, dtype=np.float32, iteration: int | None =
     return (radius * np.cos(angle)).reshape(shape)
 
 
+def open_unit(a, b, dtype) -> np.ndarray:
+    """A uniform in the open interval (0, 1) from the two 24-bit integers: an odd numerator
+    (the lowest bit set), so neither 0 nor 1 is reachable and the value is exact in `dtype`
+    (float32: 23 random bits over 2^24; float64: 47 over 2^48)."""
+    dt = np.dtype(dtype)
+    if dt == np.float32:
+        return (a // 2 * 2 + 1).astype(np.float32) * np.float32(UNIT)
+    return a.astype(np.float64) * UNIT + (b // 2 * 2 + 1).astype(np.float64) * (UNIT * UNIT)
+
+
+def gumbel(seed: int, key: int, shape, dtype=np.float32, iteration: int | None = None):
+    """Gumbel(0, 1) in `shape`: -log(-log v), v = `open_unit` in (0, 1) (so finite: within
+    [-2.82, 16.64] in float32). The same operations in the same order and dtype as the graph;
+    a runtime's Log may differ from numpy's by an ulp."""
+    shape = tuple(int(d) for d in shape)
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype={dt}: the generator makes float32 or float64")
+    a, b = uniform_bits(seed, key, int(np.prod(shape, dtype=np.int64)), iteration)
+    return (-np.log(-np.log(open_unit(a, b, dt)))).reshape(shape)
+
+
+FAMILIES = {"normal": normal, "uniform": uniform, "gumbel": gumbel}
+
+
+def family_draw(family: str):
+    """The reference draw function of a noise family ("normal", "uniform" or "gumbel")."""
+    draw = FAMILIES.get(family)
+    if draw is None:
+        raise ValueError(f"family={family!r}: the seeded generator draws "
+                         f"{', '.join(repr(f) for f in FAMILIES)}")
+    return draw
+
+
 def standard_noise(family: str, seed: int, key: int, shape, dtype=np.float32,
                    iterations: int | None = None) -> np.ndarray:
     """What one seeded node's generator feeds its transform, as input-noise mode's noise input
-    holds it: family "normal" or "uniform"; with `iterations`, a draw inside a Loop/Scan body,
-    stacked on a leading iteration axis (iteration i is the body's i-th pass)."""
-    draw = {"normal": normal, "uniform": uniform}.get(family)
-    if draw is None:
-        raise ValueError(f"family={family!r}: the seeded generator draws 'normal' or 'uniform'")
+    holds it: family "normal", "uniform" or "gumbel"; with `iterations`, a draw inside a
+    Loop/Scan body, stacked on a leading iteration axis (iteration i is the body's i-th
+    pass)."""
+    draw = family_draw(family)
     if iterations is None:
         return draw(seed, key, shape, dtype)
     return np.stack([draw(seed, key, shape, dtype, iteration=i) for i in range(iterations)]) \
