@@ -351,6 +351,37 @@ def test_pairs_of_neighbours_are_uniform(shift):
     assert chi_square(counts) < CHI2_CRITICAL_255
 
 
+@pytest.mark.parametrize("opset", [9, 13, 18])
+def test_nested_iterations_graph_equals_reference(opset):
+    """One iteration index per enclosing loop, outermost first: the graph's stream for (i, j)
+    is the reference's; one index is the single-loop stream, unchanged."""
+    model = helper.make_model(helper.make_graph(
+        [], "g", [helper.make_tensor_value_info(n, TensorProto.INT64, [])
+                  for n in ("seed", "i", "j")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 500])]),
+        opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    b = NodeBuilder(NameAllocator(model), opset, "seeded")
+    seeded_uniform(b, "seed", KEY, [2, 500], ["i", "j"], output="y")
+    model.graph.node.extend(b.nodes)
+    onnx.checker.check_model(model, full_check=True)
+    for i, j in ((0, 0), (3, 4100), (4100, 3)):
+        got = session(model).run(["y"], {"seed": np.array(77), "i": np.array(i),
+                                         "j": np.array(j)})[0]
+        np.testing.assert_array_equal(got, uniform(77, KEY, [2, 500], iteration=(i, j)))
+    np.testing.assert_array_equal(uniform(77, KEY, [9], iteration=(6,)),
+                                  uniform(77, KEY, [9], iteration=6))
+
+
+def test_nested_streams_differ_by_every_index():
+    base = uniform(1, KEY, [1000], iteration=(2, 3))
+    for other in ((3, 2), (2, 4), (2,), (0, 2, 3), (2, 3, 0)):
+        assert np.count_nonzero(uniform(1, KEY, [1000], iteration=other) == base) < 5
+    stacked = alg.standard_noise("uniform", 1, KEY, [4], iterations=(2, 3))
+    assert stacked.shape == (2, 3, 4)
+    np.testing.assert_array_equal(stacked[1, 2], uniform(1, KEY, [4], iteration=(1, 2)))
+
+
 def test_inside_a_loop_each_iteration_draws_its_own_stream():
     """The body's iteration number is the generator's iteration index: iteration i of the
     Loop equals the reference at iteration=i (scan output stacked over 3 iterations)."""

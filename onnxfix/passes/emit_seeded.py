@@ -108,7 +108,7 @@ def emit_site(b: NodeBuilder, p: SitePlan, state: SeededGraph) -> SeededSite:
                        dims=[d.to_dict() for d in p.dims])
     meta = {"draw": site.output, "op_type": site.op_type, "graph": site.location,
             "family": p.spec.family, "dtype": dtype_name(noise_type), "key": key,
-            "iteration": iteration is not None, "noise": noise}
+            "iteration": iteration is not None, "loops": len(iteration or []), "noise": noise}
     made.replacement, made.nodes, made.meta = repl, b.nodes, meta
     return made
 
@@ -120,18 +120,20 @@ def _check_opset(opset: int, p: SitePlan) -> None:
                          f"{param('mode', 'input-noise', hint=True)}")
 
 
-def _iteration(b: NodeBuilder, p: SitePlan, state: SeededGraph, made: SeededSite) -> str | None:
-    """The pass number of the enclosing Loop or Scan (None outside loops): a Loop body's
-    iteration input, or a counter the Scan carries as one more state (made once per Scan)."""
+def _iteration(b: NodeBuilder, p: SitePlan, state: SeededGraph,
+               made: SeededSite) -> list[str] | None:
+    """The pass number of each enclosing Loop or Scan, outermost first (None outside loops):
+    a Loop body's iteration input, or a counter the Scan carries as one more state (made once
+    per Scan). An outer body's values reach the inner bodies through outer scope."""
     loops = [s for s in p.site.scopes if s.owner.op_type in ("Loop", "Scan")]
     if not loops:
         return None
+    return [_pass_number(b, p, scope, state, made) for scope in loops]
+
+
+def _pass_number(b: NodeBuilder, p: SitePlan, scope, state: SeededGraph,
+                 made: SeededSite) -> str:
     where = p.site.describe()
-    if len(loops) > 1:
-        raise ModelError(f"{where}: a draw inside {len(loops)} nested Loop/Scan bodies is not "
-                         f"supported by seeded mode (one iteration index per draw); use "
-                         f"{param('mode', 'input-noise', hint=True)}")
-    scope = loops[0]
     if scope.owner.op_type == "Loop":
         body_inputs = scope.body.input
         if not body_inputs or not body_inputs[0].name:

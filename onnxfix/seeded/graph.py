@@ -33,6 +33,8 @@ NONZERO_OPSET = 9
 RANGE_OPSET = 11
 MOD_OPSET = 13  # IREE's ONNX import legalizes Mod, Less, Unsqueeze only from opset 13
 _FLOATS = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
+# the iteration index tensor of the enclosing loop, or one per enclosing loop (outermost first)
+Loops = str | Sequence[str] | None
 
 
 class _Words:
@@ -116,14 +118,15 @@ def sbox_constant(b: NodeBuilder) -> str:
 
 
 def seeded_uniform(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
-                   iteration: str | None = None, dtype: int = onnx.TensorProto.FLOAT,
+                   iteration: Loops = None, dtype: int = onnx.TensorProto.FLOAT,
                    output: str | None = None, table: str | None = None,
                    rank: int | None = None) -> str:
     """Nodes drawing U[0, 1) of `shape` for stream `key`; returns the tensor holding it.
 
     seed: an int64 scalar tensor; key: the node's 48-bit key (`algorithm.node_key`); shape: a
     static list of dims or the name of a 1-D int64 shape tensor (evaluated at run time);
-    iteration: an optional int64 scalar tensor (the Loop/Scan iteration index); dtype: FLOAT or
+    iteration: an optional int64 scalar tensor (the Loop/Scan iteration index), or one per
+    enclosing loop (outermost first); dtype: FLOAT or
     DOUBLE; output: the name to write the draw to; table: a shared `sbox_constant`; rank: the
     length of a runtime `shape` when known (see `_grid_index`; give it whenever it is known).
     """
@@ -142,7 +145,7 @@ def seeded_uniform(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | s
 
 
 def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
-                  iteration: str | None = None, dtype: int = onnx.TensorProto.FLOAT,
+                  iteration: Loops = None, dtype: int = onnx.TensorProto.FLOAT,
                   output: str | None = None, table: str | None = None,
                   rank: int | None = None) -> str:
     """Nodes drawing N(0, 1) of `shape` by Box-Muller (`algorithm.normal`); same arguments as
@@ -165,7 +168,7 @@ def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | st
 
 
 def seeded_gumbel(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
-                  iteration: str | None = None, dtype: int = onnx.TensorProto.FLOAT,
+                  iteration: Loops = None, dtype: int = onnx.TensorProto.FLOAT,
                   output: str | None = None, table: str | None = None,
                   rank: int | None = None) -> str:
     """Nodes drawing Gumbel(0, 1) of `shape` as -log(-log v), v in (0, 1) open
@@ -212,7 +215,7 @@ def _float_dtype(dtype: int) -> type:
     return _FLOATS[dtype]
 
 
-def _draw_words(words: _Words, seed: str, key: int, shape, iteration: str | None,
+def _draw_words(words: _Words, seed: str, key: int, shape, iteration: Loops,
                 rank: int | None):
     """The two 24-bit integers per element (int64 tensors): flat, or in the draw's shape when
     it is a runtime shape of known rank."""
@@ -223,11 +226,17 @@ def _draw_words(words: _Words, seed: str, key: int, shape, iteration: str | None
     if not 0 <= key < 1 << alg.NODE_KEY_BITS:
         raise ModelError(f"key={key} is not a {alg.NODE_KEY_BITS}-bit node key")
     stream = words.split(seed, alg.SEED_BITS, "seed")
-    if iteration is not None:
-        stream += words.split(iteration, alg.ITERATION_BITS, "iteration")
+    loops = [] if iteration is None else [iteration] if isinstance(iteration, str) \
+        else list(iteration)
+    if loops:
+        stream += words.split(loops[0], alg.ITERATION_BITS, "iteration")
     else:
         stream += [words.const(0), words.const(0)]
     stream_key = words.feistel(stream, alg.split_words(key, 4), alg.STREAM_ROUNDS, "stream")
+    for depth, inner in enumerate(loops[1:], start=2):  # nested loops: `algorithm.stream_key`
+        inner_words = words.split(inner, alg.ITERATION_BITS, f"iteration{depth}")
+        stream_key = words.feistel(inner_words + [words.const(0), words.const(0)], stream_key,
+                                   alg.STREAM_ROUNDS, f"stream{depth}")
     counter = _counter_words(words, shape, rank)
     y0, y1, y2, y3 = words.feistel(counter, stream_key, alg.ELEMENT_ROUNDS, "elem")
     return _join(words, y0, y1, "bits_a"), _join(words, y2, y3, "bits_b")
