@@ -88,6 +88,8 @@ def test_every_op_implements_the_abstract_members(op_type: str):
             (not cls.data_dependent)
     assert (cls.recondition is not RandomOp.recondition) == \
         (cls.own_reference is not RandomOp.own_reference)
+    assert (cls.provisional is not RandomOp.provisional) == \
+        (cls.own_reference is not RandomOp.own_reference)
     # the op carries its own distribution test (the check has no table of them)
     assert cls.distribution_test is not RandomOp.distribution_test
 

@@ -9,6 +9,11 @@ killing anyone) and the parent kills it at the deadline. Whatever happens to the
 parent gets a Parity: the child's verdict, or `skipped` with why.
 
 Lines the check prints travel through the same pipe, in order, as they are made.
+
+fork copies one thread of a process that may have others (onnxruntime's pools, a caller's
+threads): a lock one of them held at that instant stays locked in the child for ever. Such a
+child takes no CPU time; after STALL_S seconds of none it is killed and the check forked once
+more (the lock was most likely free again), said in a NOTE line.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from onnxfix.report import Parity
 
 MiB = 2**20
 DEFAULT_TIMEOUT_S = 300.0
+STALL_S = 60.0  # seconds a check's process may take no CPU time before it counts as stalled
+POLL_S = 2.0  # how often the parent looks at the child's CPU time while it waits
 INPUTS_HINT = "give real inputs with --check-inputs FILE.npz"
 
 
@@ -102,9 +109,29 @@ def out_of_memory_reason(e: BaseException, limits: CheckLimits | None, hint: str
 
 def run_guarded(check: Callable[[Callable[[str], None]], Parity], limits: CheckLimits,
                 on_line: Callable[[str], None], hint: str = INPUTS_HINT) -> Parity:
-    """check(emit) -> Parity, run in a forked child process under `limits`."""
+    """check(emit) -> Parity, run in a forked child process under `limits` (forked once more
+    if the first child stalls)."""
     if not hasattr(os, "fork"):  # pragma: no cover - Windows: no fork, no cap
         return _in_process(check, on_line, hint)
+    deadline = time.monotonic() + limits.timeout_s
+    try:
+        return _forked(check, limits, on_line, hint, deadline)
+    except _Stalled:
+        on_line(f"NOTE | the check's process stalled (no CPU time for {STALL_S:g} s): "
+                f"started again")
+    try:
+        return _forked(check, limits, on_line, hint, deadline)
+    except _Stalled:
+        return _skipped(f"the check's process stalled twice (no CPU time for {STALL_S:g} s; "
+                        f"a deadlock inherited from another thread of this process?)",
+                        on_line, hint)
+
+
+class _Stalled(Exception):  # noqa: N818 - not an error: the child is started again
+    """The child took no CPU time for STALL_S seconds."""
+
+
+def _forked(check, limits: CheckLimits, on_line, hint: str, deadline: float) -> Parity:
     read_fd, write_fd = os.pipe()
     pid = os.fork()  # os.fork, not multiprocessing: it also works inside a daemonic worker
     if pid == 0:  # the child: never returns, never runs the parent's exit handlers
@@ -117,7 +144,7 @@ def run_guarded(check: Callable[[Callable[[str], None]], Parity], limits: CheckL
     receiver = Connection(read_fd, writable=False)
     child = _Child(pid)
     try:
-        return _collect(receiver, child, limits, on_line, hint)
+        return _collect(receiver, child, limits, on_line, hint, deadline)
     finally:
         receiver.close()
         child.end()
@@ -144,14 +171,44 @@ class _Child:
         return f"exit code {os.waitstatus_to_exitcode(self.status)}"
 
 
-def _collect(receiver, child: _Child, limits: CheckLimits, on_line, hint: str) -> Parity:
-    deadline = time.monotonic() + limits.timeout_s
+class _Progress:
+    """Whether a process has taken CPU time lately (from /proc; without it, always yes)."""
+
+    def __init__(self, pid: int):
+        self.path = f"/proc/{pid}/stat"
+        self.cpu, self.since = self._cpu(), time.monotonic()
+
+    def _cpu(self) -> int | None:
+        try:
+            with open(self.path) as f:
+                stat = f.read()
+        except OSError:
+            return None
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        return int(fields[11]) + int(fields[12])  # utime + stime, all threads, in ticks
+
+    def stalled(self) -> bool:
+        cpu, now = self._cpu(), time.monotonic()
+        if cpu is None or cpu != self.cpu:
+            self.cpu, self.since = cpu, now
+            return False
+        return now - self.since > STALL_S
+
+
+def _collect(receiver, child: _Child, limits: CheckLimits, on_line, hint: str,
+             deadline: float) -> Parity:
+    progress = _Progress(child.pid)
     while True:
         left = deadline - time.monotonic()
-        if left <= 0 or not receiver.poll(left):  # poll is true at end of file too
+        if left <= 0:
             child.end()
             return _skipped(f"the check took longer than its time limit of "
                             f"{limits.timeout_s:g} s (--check-timeout)", on_line, hint)
+        if not receiver.poll(min(left, POLL_S)):  # poll is true at end of file too
+            if progress.stalled():
+                child.end()
+                raise _Stalled
+            continue
         try:
             kind, payload = receiver.recv()
         except (EOFError, OSError):

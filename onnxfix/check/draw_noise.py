@@ -23,14 +23,21 @@ from onnxfix.check.compare import (
     input_meta,
     run_all,
 )
-from onnxfix.ops import Inconsistent, attrs_of, np_dtype
+from onnxfix.ops import Improbable, Inconsistent, attrs_of, np_dtype
 from onnxfix.report import NodeRecord
 
 FILL = 0.5  # what noise reads where no draw was made (never compared)
 
 
-def standard_noise(c: Captured, got: dict, sess, n: int) -> np.ndarray:
-    """The noise input of capture `c`, from the original's outputs `got`."""
+class UnlikelyDraw(CheckSkipped):
+    """The original drew a legitimate value that the noise cannot reproduce (ops.Improbable):
+    the check may run the original again for another draw."""
+
+
+def standard_noise(c: Captured, got: dict, sess, n: int, provisional: bool = False
+                   ) -> np.ndarray:
+    """The noise input of capture `c`, from the original's outputs `got`; `provisional`: only
+    a feed for the run that `recondition` reads its op's own reference from."""
     outs = {i: got[name] for i, name in c.outputs.items()}
     ins = {i: got[name] for i, name in c.inputs.items()}
     name = c.record.replacement.name
@@ -40,8 +47,8 @@ def standard_noise(c: Captured, got: dict, sess, n: int) -> np.ndarray:
     if outs and all(np.asarray(v).size == 0 for v in outs.values()):
         return filler(sess, name, n)  # its loop ran no iteration
     try:
-        noise = c.spec.standardize_stacked(outs, attrs_of(c.node), ins,
-                                           _noise_dtype(c, sess), c.lead)
+        noise = c.spec.provisional(outs, _noise_dtype(c, sess)) if provisional else \
+            c.spec.standardize_stacked(outs, attrs_of(c.node), ins, _noise_dtype(c, sess), c.lead)
     except Inconsistent as e:
         raise _cannot_condition(c.record, e) from None
     ran = got.get(RAN + c.outputs[0])
@@ -63,7 +70,8 @@ def _noise_dtype(c: Captured, sess) -> np.dtype:
 
 
 def _cannot_condition(rec: NodeRecord, e: Inconsistent) -> CheckSkipped:
-    return CheckSkipped(f"cannot condition on the draw of {rec.op_type} '{rec.output}': {e}")
+    kind = UnlikelyDraw if isinstance(e, Improbable) else CheckSkipped
+    return kind(f"cannot condition on the draw of {rec.op_type} '{rec.output}': {e}")
 
 
 def _fit(noise: np.ndarray, sess, name: str) -> np.ndarray:

@@ -19,6 +19,7 @@ from onnxfix.ops.base import (
     INDEX_TYPES,
     MAX_ELEMENTS,
     Dtypes,
+    Improbable,
     Inconsistent,
     RandomOp,
     attribute_refs,
@@ -73,8 +74,8 @@ def spec_for(node: onnx.NodeProto, form: str | dict | None = None) -> RandomOp:
 __all__ = [
     "FAMILIES", "FLOAT_TYPES", "FORMS", "INDEX_TYPES", "MAX_ELEMENTS", "NORMAL", "OP_TABLE",
     "RANDOM_OP_TYPES", "UNIFORM", "AffineOp", "BernoulliOp", "DropoutOp", "Dtypes",
-    "Inconsistent", "MULTINOMIAL_FORMS", "MultinomialGumbelOp", "MultinomialOp", "RandomOp",
-    "attribute_refs", "attrs_of", "below_one",
+    "Improbable", "Inconsistent", "MULTINOMIAL_FORMS", "MultinomialGumbelOp", "MultinomialOp",
+    "RandomOp", "attribute_refs", "attrs_of", "below_one",
     "distribution_of", "dtype_name", "is_random_op", "np_dtype", "spec_for", "standard_noise",
     "wide_noise",
 ]

@@ -39,6 +39,11 @@ class Inconsistent(Exception):
     """No standard noise reproduces a captured draw (parity cannot condition on it)."""
 
 
+class Improbable(Inconsistent):
+    """The draw is a legitimate one that the noise dtype cannot reproduce (e.g. a class whose
+    interval rounds to nothing): another draw of the original may well be reproducible."""
+
+
 def attrs_of(node: onnx.NodeProto) -> dict:
     """Attribute values; inside a function body, a reference to the caller's attribute `s`
     (set per call) reads "@s"."""
@@ -296,6 +301,11 @@ class RandomOp:
     def recondition(self, outputs: dict[int, np.ndarray], reference: np.ndarray,
                     noise_dtype) -> np.ndarray:
         """Noise for the captured outputs, against the rewritten model's own `reference`."""
+        raise NotImplementedError
+
+    def provisional(self, outputs: dict[int, np.ndarray], noise_dtype) -> np.ndarray:
+        """Noise of the right shape for the run that reads the `own_reference` (its values
+        are replaced by `recondition` before anything is compared)."""
         raise NotImplementedError
 
     def seed_attribute(self, value: int):

@@ -12,6 +12,7 @@ from onnxfix.errors import ModelError, one_line
 from onnxfix.ops.base import (
     INDEX_TYPES,
     Dtypes,
+    Improbable,
     Inconsistent,
     RandomOp,
     attrs_of,
@@ -181,6 +182,9 @@ class MultinomialOp(RandomOp):
     def recondition(self, outputs, reference, noise_dtype) -> np.ndarray:
         return self.noise_for(outputs[0], reference, noise_dtype, safe_ulps=0)
 
+    def provisional(self, outputs, noise_dtype) -> np.ndarray:
+        return np.full(np.shape(outputs[0]), 0.5, dtype=noise_dtype)  # noise is [batch, samples]
+
     @staticmethod
     def cdf_tensor(nodes, noise: str) -> str | None:
         """The normalized-cdf tensor the transform reading `noise` compares it with."""
@@ -217,7 +221,7 @@ class MultinomialOp(RandomOp):
         chosen = _first_above(cdf, wide)
         if ((wide - lo < margin) | (hi - wide < margin)).any() or \
                 not np.array_equal(chosen, picks):
-            raise Inconsistent("a Multinomial sample is too improbable to reproduce in "
+            raise Improbable("a Multinomial sample is too improbable to reproduce in "
                                f"{dt.name} inverse-CDF noise")
         return u
 

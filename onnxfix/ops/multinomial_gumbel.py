@@ -16,7 +16,7 @@ import zlib
 import numpy as np
 from onnx import TensorProto
 
-from onnxfix.ops.base import Inconsistent, narrow_uniform_problem, widened
+from onnxfix.ops.base import Improbable, Inconsistent, narrow_uniform_problem, widened
 from onnxfix.ops.multinomial import MultinomialOp
 from onnxfix.ops.noise import GUMBEL
 
@@ -132,7 +132,7 @@ def _strict(g: np.ndarray, logits: np.ndarray, picks: np.ndarray) -> np.ndarray:
         if not bad.any():
             return g
         g = np.where(bad, np.nextafter(g - (scores - win), dt.type(-np.inf)), g)
-    raise Inconsistent(f"a Multinomial sample is too improbable to reproduce in {dt.name} "
+    raise Improbable(f"a Multinomial sample is too improbable to reproduce in {dt.name} "
                        f"Gumbel noise")
 
 
