@@ -193,7 +193,7 @@ def _draw_shape(b: NodeBuilder, p: SitePlan) -> tuple[list[int] | str, int | Non
         return need, None if p.shape is None else len(p.shape)
     # Multinomial draws [batch, sample_size] (Gumbel form: [batch, sample_size, classes])
     # from logits [batch, classes]: each axis follows a logits axis, or is the sample count
-    rank = len(p.spec.noise_dims(1, 1, 1))
+    rank = len(p.spec.noise_shape(node, lambda _name: None))
     parts = [b.op("Gather", [need, b.constant(np.array([axis], dtype=np.int64), "logits_axis")],
                   "logits_dim", axis=0) if axis is not None else
              b.constant(np.array([int(p.attrs.get("sample_size", 1))], dtype=np.int64), "samples")
