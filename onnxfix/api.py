@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
-from onnxfix.errors import ParityError, UsageError, param
-from onnxfix.feeds import make_noise_feeds
-from onnxfix.inspection import InspectReport, inspect_model
+from onnxfix.errors import OnnxfixError, ParityError, UsageError, param
 from onnxfix.io import (
     LAYOUTS,
+    NO_CHECKER,
     Skeleton,
     check_writable,
+    checkable,
     materialize,
     open_model,
     save_model_atomic,
@@ -33,23 +34,28 @@ from onnxfix.report import Parity, RewriteReport, op_counts
 from onnxfix.reporter import Reporter, Sink
 from onnxfix.rewrite import apply_plan, plan_model
 
+if TYPE_CHECKING:
+    from onnxfix.inspection import InspectReport
+
 ModelLike = onnx.ModelProto | str | os.PathLike
 __all__ = ["MAX_CHECK_SIZE", "inspect", "noise_feeds", "rewrite", "run"]
 
 
-def _open(model_or_path: ModelLike) -> tuple[onnx.ModelProto, str | None, Skeleton | None]:
-    """A model to work on: for a file, its skeleton (weights stay in the file, unread)."""
+def _open(model_or_path: ModelLike, checker: bool = True
+          ) -> tuple[onnx.ModelProto, str | None, Skeleton | None]:
+    """A model to work on: for a file, its skeleton (weights stay in the file, unread).
+    checker=False: validated without onnx's checker (see `inspect`)."""
     if isinstance(model_or_path, onnx.ModelProto):
-        validate_model(model_or_path, "model")
+        validate_model(model_or_path, "model", passed=frozenset() if checker else NO_CHECKER)
         return model_or_path, None, None
     if isinstance(model_or_path, (str, os.PathLike)):
-        skeleton = open_model(model_or_path)
+        skeleton = open_model(model_or_path, checker=checker)
         return skeleton.model, str(model_or_path), skeleton
     raise UsageError(f"expected an onnx.ModelProto or a path, got {type(model_or_path).__name__}")
 
 
-def _load(model_or_path: ModelLike) -> tuple[onnx.ModelProto, str | None]:
-    model, source, skeleton = _open(model_or_path)
+def _load(model_or_path: ModelLike, checker: bool = True) -> tuple[onnx.ModelProto, str | None]:
+    model, source, skeleton = _open(model_or_path, checker)
     if skeleton is not None:
         skeleton.close()
     return model, source
@@ -190,8 +196,19 @@ def _raise_unless_passed(report: RewriteReport, settings: CheckSettings) -> None
 
 def inspect(model_or_path: ModelLike) -> InspectReport:
     """Every random node of a model: where it lives, op, attributes, shape, dtype, readers."""
-    model, source = _load(model_or_path)
-    return inspect_model(model, source)
+    from onnxfix.inspection import inspect_model  # noqa: PLC0415 - not needed by a rewrite
+
+    # Listing nodes proves nothing, so onnx's checker (slower than onnx.load on a large graph)
+    # does not run first; a model inspect cannot make sense of is checked then, and one the
+    # checker refuses is refused in its words, as a rewrite would be.
+    model, source = _load(model_or_path, checker=False)
+    try:
+        return inspect_model(model, source)
+    except OnnxfixError:
+        raise
+    except Exception:
+        validate_model(checkable(model), source or "model")
+        raise
 
 
 def noise_feeds(model_or_path: ModelLike, dims: dict[str, int] | None = None,
@@ -204,5 +221,7 @@ def noise_feeds(model_or_path: ModelLike, dims: dict[str, int] | None = None,
     fed it computes what the seeded model computes. A seeded model itself has no noise
     inputs: its feed is {seed input: seed} (with either generator).
     """
+    from onnxfix.feeds import make_noise_feeds  # noqa: PLC0415 - not needed by a rewrite
+
     model, _ = _load(model_or_path)
     return make_noise_feeds(model, dims=dims, seed=seed, rng=rng, generator=generator)

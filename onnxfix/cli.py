@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from typer.core import TyperGroup
@@ -23,14 +24,16 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import UsageError as _ClickUsageError
 
 
-from onnxfix import __version__, api
+from onnxfix import __version__
 from onnxfix.errors import ModelError, OnnxfixError, ParityError, UsageError, api_words
-from onnxfix.graph.noisedims import parse_bound_flags
-from onnxfix.graph.shapes import parse_dim_flags
-from onnxfix.io import check_writable, write_text_atomic
-from onnxfix.options import CheckSettings, RewriteOptions
-from onnxfix.report import RewriteReport
 from onnxfix.reporter import Reporter
+
+if TYPE_CHECKING:
+    from onnxfix.options import CheckSettings, RewriteOptions
+    from onnxfix.report import RewriteReport
+
+# onnx, numpy and the rewrite itself (onnxfix.api, onnxfix.options, onnxfix.io) are imported
+# inside the commands that need them: `onnxfix --help` starts with typer alone (issue 10)
 
 
 class Mode(StrEnum):
@@ -86,6 +89,9 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # plain click help: rendering it with rich imports rich and markdown-it, which took
+    # longer than `import onnx, numpy` (issue 10: start-up)
+    rich_markup_mode=None,
     help="Rewrite random-sampling nodes (RandomNormal(Like), RandomUniform(Like), Bernoulli, "
          "Multinomial, training Dropout) of ONNX models into noise inputs, seeded constants "
          "or deterministic values, and prove the rewrite in onnxruntime.",
@@ -240,6 +246,11 @@ def rewrite_cmd(
     max_draw_mb: float = _MAX_DRAW_MB, quiet: bool = _QUIET, verbose: bool = _VERBOSE,
 ) -> None:
     """Rewrite every random node of INPUT and write the result to OUTPUT."""
+    from onnxfix.graph.noisedims import parse_bound_flags  # noqa: PLC0415 - see the imports
+    from onnxfix.graph.shapes import parse_dim_flags  # noqa: PLC0415
+    from onnxfix.io import check_writable, write_text_atomic  # noqa: PLC0415
+    from onnxfix.options import CheckSettings, RewriteOptions  # noqa: PLC0415
+
     say = _Printer(quiet, verbose)
     try:
         dims = parse_dim_flags(dim)
@@ -270,6 +281,8 @@ def rewrite_cmd(
 
 def _rewrite_one(src: Path, dst: Path, job: _Job, say: _Printer,
                  folder_mode: bool = False) -> tuple[int, RewriteReport | None]:
+    from onnxfix import api  # noqa: PLC0415 - see the imports
+
     try:
         with say.step(f"rewriting {src} and checking parity in onnxruntime"):
             _, rep = api.run(src, job.options, job.settings, output=dst, weights=job.weights,
@@ -330,6 +343,8 @@ def _rewrite_folder(src: Path, dst: Path, job: _Job, report: Path | None,
         f"({tally['passed']} checked and passed, {tally['skipped']} check skipped), "
         f"{tally['failed']} failed")
     if report is not None:
+        from onnxfix.io import write_text_atomic  # noqa: PLC0415 - see the imports
+
         write_text_atomic(report, json.dumps({"models": reports}, indent=2, default=str))
     return worst
 
@@ -426,6 +441,8 @@ def inspect_cmd(
                                         help="Exit 1 when any random node remains (CI gate)."),
 ) -> None:
     """List every random node: where it lives, op, attributes, shape, dtype, consumers."""
+    from onnxfix import api  # noqa: PLC0415 - see the imports
+
     try:
         rep = api.inspect(model)
     except OnnxfixError as e:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from onnxfix.errors import OnnxfixError
-from onnxfix.graph.find import find_sites, iter_scoped
+from onnxfix.graph.find import Site, find_sites, iter_scoped
 from onnxfix.graph.shapes import infer_facts
 from onnxfix.ops import attribute_refs, attrs_of, dtype_name, spec_for
 from onnxfix.passes.emit import emit
@@ -49,9 +49,9 @@ class InspectReport:
 
 
 def inspect_model(model: onnx.ModelProto, origin: str | None = None) -> InspectReport:
-    planned, facts = _planned_noise(model)
+    planned, facts, sites = _planned_noise(model)
     facts = facts if facts is not None else infer_facts(model)
-    sites = find_sites(model)
+    sites = sites if sites is not None else find_sites(model)
     readers = _consumers(model, {s.node.output[0] for s in sites} - {""})
     nodes = []
     for site in sites:
@@ -84,19 +84,23 @@ def inspect_model(model: onnx.ModelProto, origin: str | None = None) -> InspectR
     return InspectReport(origin, nodes, seed_metadata(model))
 
 
-def _planned_noise(model: onnx.ModelProto) -> tuple[dict[str, dict], Mapping | None]:
+def _planned_noise(model: onnx.ModelProto
+                   ) -> tuple[dict[str, dict], Mapping | None, list[Site] | None]:
     """Draw name -> the noise input an input-noise rewrite would declare for it: the plan and
     one input-noise emit (nothing is spliced, checked or written). Also the plan's shape facts
-    when they hold for `model` as it is (else None: the caller infers them)."""
+    and random nodes when they hold for `model` as it is (else None: the caller finds them)."""
     try:
         model_plan = plan(prepare(model), keep_facts=True)
         emitted = emit(model_plan, "input-noise", allow_unbounded=True)
     except OnnxfixError:  # the rewrite refuses this model; inspect still lists its nodes
-        return {}, None
-    facts = model_plan.facts if model_plan.prepared.as_input else None
-    return {r.output: {"input": r.replacement.name, "shape": r.replacement.shape,
-                       "dims": r.replacement.dims}
-            for r in emitted.records if r.replacement is not None}, facts
+        return {}, None, None
+    same = model_plan.prepared.as_input
+    # without local functions nothing was inlined: the prepared copy is `model` node for node
+    sites = model_plan.prepared.sites if same and not model.functions else None
+    return ({r.output: {"input": r.replacement.name, "shape": r.replacement.shape,
+                        "dims": r.replacement.dims}
+             for r in emitted.records if r.replacement is not None},
+            model_plan.facts if same else None, sites)
 
 
 def _named_like_noise(shape: list, noise: dict, draw_shaped: bool) -> list:

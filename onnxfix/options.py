@@ -11,7 +11,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from onnxfix.check.check_guard import make_limits
 from onnxfix.errors import UsageError, param, param_name
 from onnxfix.graph.find import Selector, make_selector
 from onnxfix.ops import MULTINOMIAL_FORMS
@@ -115,7 +114,12 @@ class CheckSettings:
         if self.fail_on_skip and not self.enabled:
             raise UsageError(f"{param('fail_on_skip', True)} with {param('check', False)}: "
                              f"a check that is not run would always fail")
-        make_limits(self.memory_mb, self.timeout)  # a bad value is refused before any work
+        if self.memory_mb is not None or self.timeout is not None:
+            # a bad value is refused before any work; the check's module (multiprocessing,
+            # resource limits) is imported only when there is a value to judge
+            from onnxfix.check.check_guard import make_limits  # noqa: PLC0415
+
+            make_limits(self.memory_mb, self.timeout)
 
 
 def _refuse_for_seeded(noise_dtype: str, noise_bounds: Mapping[str, int]) -> None:

@@ -411,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     # the onnxfix of this checkout, even when another copy is pip-installed
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
                                                              os.environ.get("PYTHONPATH")]))
+    # an installed onnxfix runs from bytecode, as onnx and numpy do: with
+    # PYTHONDONTWRITEBYTECODE set (some sandboxes and CI images), every run would compile
+    # onnxfix's sources again, a cost no user pays. The cache goes to --work, not the checkout.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(args.work / "pycache")
     load_start = os.getloadavg()
     header = machine(load_start)
     scenarios = [SCENARIOS[name](args) for name in args.scenario or SCENARIOS]
@@ -425,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("\n".join(header))
     print(f"load average at end: {load_text(load_end)}")
-    print(f"{args.runs} interleaved round(s){' after a warm-up' * warm_up}, fresh process each; "
+    print(f"{args.runs} interleaved round(s){' after a warm-up' * warm_up}, fresh process each "
+          f"(bytecode cached in --work); "
           f"this process's peak RSS {own:.0f} MB (a floor for the children's)"
           + ("; --quick: smoke run, the ratios are not results" if args.quick else ""))
     print()

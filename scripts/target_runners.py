@@ -49,11 +49,12 @@ def input_names(model: onnx.ModelProto) -> list[str]:
 
 
 @contextlib.contextmanager
-def quiet():
-    """Silence file descriptor 1 (native code writes there, not to sys.stdout)."""
+def quiet(into: Path | None = None):
+    """Silence file descriptor 1 (native code writes there, not to sys.stdout), or send it
+    into a file."""
     sys.stdout.flush()
     saved = os.dup(1)
-    with open(os.devnull, "w") as sink:
+    with open(into or os.devnull, "w") as sink:
         os.dup2(sink.fileno(), 1)
         try:
             yield
@@ -113,15 +114,18 @@ def tract(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
 
 
 def mnn(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
-    with quiet():  # the converter prints its progress on the process's stdout
+    log = scratch / (path.stem + ".mnnconvert.log")
+    with quiet(log):  # the converter prints its progress, and why it failed, on stdout
         import _tools  # MNN's converter extension; MNN.tools.mnnconvert would log remotely
         import MNN
 
         target = scratch / (path.stem + ".mnn")
         _tools.mnnconvert(["mnnconvert", "-f", "ONNX", "--modelFile", str(path),
                            "--MNNModel", str(target), "--bizCode", "onnxfix"])
-    if not target.exists():
-        raise RuntimeError("mnnconvert wrote no model")
+    if not target.exists():  # e.g. "[16:44:11] :220: These Op Not Support: ONNX::IsNaN"
+        why = [re.sub(r"^\[[\d:]+\] :\d+: ", "", line).strip()
+               for line in log.read_text(errors="replace").splitlines() if "Not Support" in line]
+        raise RuntimeError(f"mnnconvert wrote no model{': ' + why[-1] if why else ''}")
     ins, outs = input_names(model), output_names(model)
     net = MNN.nn.load_module_from_file(str(target), ins, outs)
 
@@ -181,13 +185,76 @@ def iree(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
 
 
 def ncnn(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
-    """pnnx converts the ONNX model to ncnn's param/bin; ncnn runs it (float32 only, no batch
-    axis: an output is given the reference's shape when its element count matches)."""
+    """pnnx converts the ONNX model to ncnn's param/bin; ncnn runs it in float32. ncnn has no
+    batch axis (pnnx drops a leading 1): a model with a batch-1 twin (scripts/targets.py
+    writes N.batch1.onnx) whose every input and output leads with the batch runs one sample at
+    a time, the results stacked; else the whole tensors go in. An output takes the reference's
+    shape (N.outputs.json, else the declared one) when its element count matches."""
+    single = path.with_name(f"{path.stem}.batch1.onnx")
+    twin = onnx.load(single, load_external_data=False) if single.exists() else None
+    shapes = output_shapes(path, model)
+    ins = input_names(model)
+    batch = twin is not None and batch_size(model, twin, shapes)
+    if not batch:
+        extract = _ncnn_net(path, scratch)
+        return lambda feeds: {n: _reshaped(v, shapes[n]) for n, v in zip(
+            shapes, extract([feeds[n] for n in ins]), strict=True)}
+    extract = _ncnn_net(single, scratch)
+
+    def run(feeds: dict) -> dict:
+        samples = [extract([feeds[n][b] for n in ins]) for b in range(batch)]
+        return {n: np.concatenate([_reshaped(s[k], [1, *shapes[n][1:]]) for s in samples])
+                for k, n in enumerate(shapes)}
+    return run
+
+
+ONE_SAMPLE = {"ncnn (pnnx)"}  # runtimes given a batch-1 twin (scripts/targets.py)
+
+
+def output_shapes(path: Path, model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Each output's shape as onnxruntime computed it (N.outputs.json beside N.onnx, written
+    by scripts/targets.py), else as declared (0 for a symbolic dim)."""
+    found = path.with_name(f"{path.stem}.outputs.json")
+    if found.exists():
+        return json.loads(found.read_text())
+    return {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim]
+            for o in model.graph.output}
+
+
+def batch_size(model: onnx.ModelProto, twin: onnx.ModelProto,
+               outputs: dict[str, list[int]]) -> int:
+    """The batch: the leading axis of every input of `model` (1 in its batch-1 `twin`, the
+    other axes alike) and of every output's shape; 0 when one does not lead with it."""
+    def inputs(m: onnx.ModelProto) -> list[list[int]]:
+        known = {t.name for t in m.graph.initializer}
+        return [[d.dim_value for d in i.type.tensor_type.shape.dim]
+                for i in m.graph.input if i.name not in known]
+    whole, one = inputs(model), inputs(twin)
+    if not whole or len(whole) != len(one) or len(twin.graph.output) != len(outputs):
+        return 0
+    if not all(w and o and o[0] == 1 and w[1:] == o[1:] and all(o)
+               for w, o in zip(whole, one, strict=True)):
+        return 0
+    sizes = {w[0] for w in whole} | {s[0] if s else 0 for s in outputs.values()}
+    return sizes.pop() if len(sizes) == 1 else 0
+
+
+def _reshaped(value: np.ndarray, want: list[int]) -> np.ndarray:
+    """ncnn's output in the reference's shape when the element count matches (it drops the
+    batch axis and keeps at most 4 axes)."""
+    return value.reshape(want) if all(want) and value.size == int(np.prod(want)) else value
+
+
+def _ncnn_net(path: Path, scratch: Path) -> Callable[[list], list]:
+    """pnnx's conversion of `path` loaded in ncnn, as a function from the inputs (graph order)
+    to the outputs (graph order), float32 throughout."""
     import ncnn as nc
     import pnnx
 
     copy = _own_folder(path, scratch, "ncnn")
-    _checked([pnnx.EXEC_PATH, copy.name], copy.parent, "pnnx")
+    # fp16=0: pnnx stores the weights as float16 by default, which moved plain models'
+    # outputs by 1.5e-4 to 2.6e-4 from onnxruntime's
+    _checked([pnnx.EXEC_PATH, copy.name, "fp16=0"], copy.parent, "pnnx")
     param, weights = copy.with_suffix(".ncnn.param"), copy.with_suffix(".ncnn.bin")
     net = nc.Net()
     net.opt.num_threads = 1
@@ -199,30 +266,27 @@ def ncnn(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
         missing = sorted(t for t in layers if nc.create_layer(t) is None)  # absent or not built
         raise RuntimeError(f"ncnn has no layer {', '.join(missing)}" if missing
                            else "ncnn cannot load the converted model")
-    ins, outs = input_names(model), output_names(model)
-    shapes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim]
-              for o in model.graph.output}
+    outputs = len(onnx.load(path, load_external_data=False).graph.output)
 
-    def run(feeds: dict) -> dict:
+    def extract(values: list) -> list:
         ex = net.create_extractor()
         # the extractor keeps pointers into the Mats (and they into the arrays): both must
         # outlive the extraction, else ncnn reads freed memory (a segfault, or wrong values)
-        arrays = [contiguous(feeds[name], dtype=np.float32) for name in ins]
+        # a 0-d input goes in as one element (a 0-d Mat cannot be made: pybind11's
+        # "factory function returned nullptr")
+        arrays = [contiguous(v, dtype=np.float32).reshape(np.shape(v) or (1,))
+                  for v in values]
         mats = [nc.Mat(a).clone() for a in arrays]
         for i, mat in enumerate(mats):
             ex.input(f"in{i}", mat)
-        result = {}
-        for i, name in enumerate(outs):
+        result = []
+        for i in range(outputs):
             status, mat = ex.extract(f"out{i}")
             if status != 0:
                 raise RuntimeError(f"ncnn extract out{i} returned {status}")
-            value = np.array(mat)
-            want = shapes[name]
-            if all(want) and value.size == int(np.prod(want)):
-                value = value.reshape(want)
-            result[name] = value
+            result.append(np.array(mat))
         return result
-    return run
+    return extract
 
 
 def tvm(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
@@ -244,8 +308,11 @@ def tvm(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
 
 
 def litert(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
-    """onnx2tf converts to a float32 .tflite (NCHW inputs kept), LiteRT's interpreter runs it;
-    a 4-D output onnx2tf left channels-last is transposed back when that gives ORT's shape."""
+    """onnx2tf converts to a float32 .tflite, LiteRT's interpreter runs it. 4-D inputs go
+    channels-last, as onnx2tf converts them by default (kept NCHW, a [B, 1, H, W] noise input
+    was broadcast against the NHWC feature map along H: StyleGAN's noise differed by 1.4e-1),
+    the others keep their shape; a 4-D output onnx2tf left channels-last is transposed back
+    when that gives ORT's shape."""
     import onnx2tf
     import onnx2tf.onnx2tf as converter
     from ai_edge_litert.interpreter import Interpreter
@@ -255,24 +322,26 @@ def litert(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
     converter.download_test_image_data = lambda: np.zeros((20, 128, 128, 3), np.float32)
     copy = _own_folder(path, scratch, "litert")
     ins, outs = input_names(model), output_names(model)
+    ranks = {i.name: len(i.type.tensor_type.shape.dim) for i in model.graph.input}
+    nhwc = {n for n in ins if ranks[n] == 4}
     with quiet():
         onnx2tf.convert(input_onnx_file_path=str(copy), output_folder_path=str(copy.parent / "tf"),
-                        non_verbose=True, keep_shape_absolutely_input_names=ins,
-                        copy_onnx_input_output_names_to_tflite=True)
+                        non_verbose=True, copy_onnx_input_output_names_to_tflite=True,
+                        keep_shape_absolutely_input_names=[n for n in ins if n not in nhwc]
+                        or None)
     flat = sorted((copy.parent / "tf").glob("*_float32.tflite"))
     if not flat:
         raise RuntimeError("onnx2tf wrote no float32 .tflite")
-    signature = Interpreter(model_path=str(flat[0])).get_signature_runner()
-    shapes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim]
-              for o in model.graph.output}
-
-    # onnx2tf makes float16 inputs float32 ones: feed each input in the interpreter's dtype
-    wanted = {k: d["dtype"] for k, d in signature.get_input_details().items()}
+    signature, wanted = _tflite_runner(Interpreter(model_path=str(flat[0])))
+    shapes = output_shapes(path, model)
     constants = _constant_outputs(model)
 
+    def fed(value: np.ndarray, name: str) -> np.ndarray:
+        value = np.asarray(value).transpose(0, 2, 3, 1) if name in nhwc else np.asarray(value)
+        return contiguous(value.astype(wanted.get(_tf_name(name), value.dtype)))
+
     def run(feeds: dict) -> dict:
-        got = signature(**{_tf_name(n): contiguous(np.asarray(feeds[n]).astype(
-            wanted.get(_tf_name(n), np.asarray(feeds[n]).dtype))) for n in ins})
+        got = signature(**{_tf_name(n): fed(feeds[n], n) for n in ins})
         by_name = {_tf_name(k): v for k, v in got.items()}
         computed = [n for n in outs if n not in constants]
         values = ([by_name[_tf_name(n)] for n in computed]
@@ -284,6 +353,24 @@ def litert(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
                   for n, v in zip(computed, values, strict=True)}
         return {n: result[n] if n in result else constants[n] for n in outs}
     return run
+
+
+def _tflite_runner(interpreter) -> tuple[Callable[..., dict], dict]:
+    """A function from inputs (by name) to outputs (by name), and each input's dtype (onnx2tf
+    makes float16 inputs float32 ones: each is fed in the interpreter's dtype). Through the
+    model's signature, or, when onnx2tf wrote none (ConvNeXt), through its tensors in order."""
+    if interpreter.get_signature_list():
+        signature = interpreter.get_signature_runner()
+        return signature, {k: d["dtype"] for k, d in signature.get_input_details().items()}
+    interpreter.allocate_tensors()
+    ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
+
+    def run(**feeds) -> dict:
+        for d in ins:
+            interpreter.set_tensor(d["index"], feeds[d["name"]])
+        interpreter.invoke()
+        return {d["name"]: interpreter.get_tensor(d["index"]) for d in outs}
+    return run, {d["name"]: d["dtype"] for d in ins}
 
 
 def _constant_outputs(model: onnx.ModelProto) -> dict:

@@ -62,17 +62,49 @@ Cells = dict[str, dict[str, list]]  # model row -> runtime label -> [passed, cel
 
 # -- one model: rewrite, inputs, reference ---------------------------------------------------
 
-def rewritten(path: Path, folder: Path, multinomial: str = "inverse-cdf") -> tuple[
-        Path, onnx.ModelProto]:
-    """The input-noise rewrite of `path` with every symbolic dim fixed to SIZE."""
+def rewritten(path: Path, folder: Path, multinomial: str = "inverse-cdf",
+              sizes: dict[str, int] | None = None) -> tuple[Path, onnx.ModelProto]:
+    """The input-noise rewrite of `path` with every symbolic dim fixed to SIZE (or to its
+    entry in `sizes`)."""
     model = onnx.load(path)
     dims = {d.dim_param: SIZE for i in model.graph.input
             for d in i.type.tensor_type.shape.dim if d.dim_param}
     bounds, loops = _open_noise_dims(path)
     out = folder / path.name
-    new, _ = onnxfix.rewrite(model, dims={**dims, **loops}, noise_bounds=bounds, check=False,
-                             output=out, multinomial=multinomial)
+    new, _ = onnxfix.rewrite(model, dims={**dims, **loops, **(sizes or {})},
+                             noise_bounds=bounds, check=False, output=out,
+                             multinomial=multinomial)
     return out, new
+
+
+def batch_dim(path: Path) -> str | None:
+    """The symbolic dim that leads every graph input of the model (its batch), if one does:
+    ncnn runs one sample at a time, so it gets the rewrite at batch 1 too (`batch_twin`)."""
+    model = onnx.load(path, load_external_data=False)
+    known = {t.name for t in model.graph.initializer}
+    leading = set()
+    for i in model.graph.input:
+        if i.name in known:
+            continue
+        dims = i.type.tensor_type.shape.dim
+        leading.add(dims[0].dim_param if dims and dims[0].dim_param else None)
+    return leading.pop() if len(leading) == 1 and None not in leading else None
+
+
+def batch_twin(path: Path, work: Path, n: int, multinomial: str) -> None:
+    """work/N.batch1.onnx: the rewrite with the model's batch dim at 1, for runtimes that take
+    one sample at a time (scripts/target_runners.py checks each input and output leads with
+    that axis before running sample by sample)."""
+    name = batch_dim(path)
+    if name is None:
+        return
+    folder = work / f"src{n}.batch1"
+    folder.mkdir()
+    try:
+        single, _ = rewritten(path, folder, multinomial, {name: 1})
+    except Exception:  # noqa: BLE001 - no twin: the runtime takes the whole batch
+        return
+    single.rename(work / f"{n}.batch1.onnx")
 
 
 def _open_noise_dims(path: Path) -> tuple[dict[str, int], dict[str, int]]:
@@ -195,10 +227,11 @@ def label(path: Path) -> str:
     return path.stem if folder == "fixtures" else f"{folder}/{path.stem}"
 
 
-def prepare(models: list[Path], work: Path, multinomial: str = "inverse-cdf") -> tuple[
-        dict[str, Case], dict[str, str]]:
-    """Rewrite each model into work/N.onnx with its feeds and reference; and the models that
-    never reach a runtime (the rewrite or onnxruntime refused them), with why."""
+def prepare(models: list[Path], work: Path, multinomial: str = "inverse-cdf",
+            twins: bool = False) -> tuple[dict[str, Case], dict[str, str]]:
+    """Rewrite each model into work/N.onnx with its feeds and reference (and, with `twins`,
+    its batch-1 twin); and the models that never reach a runtime (the rewrite or onnxruntime
+    refused them), with why."""
     cases: dict[str, Case] = {}
     skipped: dict[str, str] = {}
     for n, path in enumerate(models):
@@ -215,6 +248,10 @@ def prepare(models: list[Path], work: Path, multinomial: str = "inverse-cdf") ->
             skipped[row] = str(Failed("rewrite", e)).removeprefix("rewrite: no (")[:-1]
             continue
         np.savez(work / f"{n}.feeds.npz", **feeds)
+        shapes = {k: list(v.shape) for k, v in want.items()}  # ncnn's runner reshapes to these
+        (work / f"{n}.outputs.json").write_text(json.dumps(shapes))
+        if twins:
+            batch_twin(path, work, n, multinomial)
         cases[str(n)] = Case(row, model, want, tolerance(model))
     return cases, skipped
 
@@ -337,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     columns = [r for r in RUNTIMES if r in where]
     with tempfile.TemporaryDirectory(prefix="onnxfix-targets-") as tmp:
         work = Path(tmp)
-        cases, skipped = prepare(models, work, args.multinomial)
+        cases, skipped = prepare(models, work, args.multinomial,
+                                 twins=any(r in runners.ONE_SAMPLE for r in columns))
         with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
             done = {r: pool.submit(run_runtime, where[r], r, cases, work) for r in columns}
             by_runtime = {r: future.result() for r, future in done.items()}

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import subprocess
 import sys
 
+import onnx
+import onnxruntime as ort
 from conftest import ROOT
+
+from onnxfix.check.compare import make_session
 
 BENCH = ROOT / "scripts" / "bench.py"
 
 
 def test_quick_startup_scenario_prints_machine_rows_and_targets(tmp_path):
+    # as in sandboxes that forbid bytecode files: the bench still lets onnxfix's be cached
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--scenario", "startup",
                            "--markdown", "--work", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "cores" in out and "onnxruntime" in out and "load average at start" in out
@@ -27,6 +35,8 @@ def test_quick_startup_scenario_prints_machine_rows_and_targets(tmp_path):
     verdicts = [r.rstrip(" |").split(" | ")[-1] for r in rows[3:]]
     assert len(verdicts) == 2 and set(verdicts) <= {"ok", "MISSED"}
     assert not list(tmp_path.glob("*.log")) and not list(tmp_path.glob("startup_cli*"))
+    cached = {p.name.split(".")[0] for p in (tmp_path / "pycache").rglob("*.pyc")}
+    assert {"cli", "api", "plan"} <= cached  # in --work, where the next run finds them
 
 
 # Run in a fresh process: a child's peak RSS includes its parent's (pytest's) at fork.
@@ -58,3 +68,49 @@ def test_assert_exits_1_with_a_line_per_missed_target(tmp_path):
     assert len(missed) == 1, proc.stderr  # "same" is within its target
     assert missed[0].startswith("MISSED | fake | big vs small | RSS ")
     assert missed[0].endswith("x (target <= 1.5x)")
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_for_floor", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _options_seen(monkeypatch, run) -> list[tuple]:
+    """The session options (and providers) of every onnxruntime session `run()` opens."""
+    seen = []
+    real = ort.InferenceSession
+
+    class Spy(real):
+        def __init__(self, model, sess_options=None, *args, **kwargs):
+            o = sess_options
+            seen.append((o.graph_optimization_level, o.intra_op_num_threads,
+                         o.inter_op_num_threads, o.execution_mode, o.enable_cpu_mem_arena,
+                         o.enable_mem_pattern, o.enable_mem_reuse, o.log_severity_level,
+                         tuple(kwargs.get("providers") or ())))
+            super().__init__(model, sess_options, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", Spy)
+    run()
+    monkeypatch.undo()
+    return seen
+
+
+def test_the_floor_opens_its_sessions_with_the_checks_options(monkeypatch, tmp_path):
+    model = onnx.parser.parse_model("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }
+""")
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    floor = _bench_module().FLOOR
+
+    def run_floor():
+        monkeypatch.setattr(sys, "argv", ["floor", str(path), str(path)])
+        exec(floor, {"__name__": "__main__"})
+
+    check = _options_seen(monkeypatch, lambda: make_session(model))
+    assert len(check) == 1 and check[0][0] == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert _options_seen(monkeypatch, run_floor) == check * 2  # the original and the rewrite

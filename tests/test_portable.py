@@ -21,7 +21,8 @@ import onnxfix
 # whose training flag is fed at run time).
 PORTABLE = {"Constant", "Identity", "Clip", "Sub", "Neg", "Ceil", "Abs", "Mul", "Add", "Div",
             "Reciprocal", "Exp", "ReduceMax", "ReduceSum", "CumSum", "Unsqueeze", "MatMul",
-            "Reshape", "Pad", "Cast", "Shape", "ConstantOfShape", "Softmax", "Slice", "ArgMax"}
+            "Reshape", "Pad", "Cast", "Shape", "ConstantOfShape", "Softmax", "Slice", "ArgMax",
+            "Gather"}
 NOT_PORTABLE = {"Less", "Greater", "GreaterOrEqual", "LessOrEqual", "Equal", "Not", "Log"}
 
 
@@ -276,6 +277,18 @@ def test_multinomial_up_to_128_classes_is_one_matmul_bit_equal_to_the_cumsum_for
         got = run(new, {"logits": logits, "noise_y": u})["y"]
         want = run(_cumsum_form(classes, samples, elem), {"logits": logits, "u": u})["y"]
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("classes", [5, 300])
+def test_multinomial_total_is_a_gather_of_the_last_column_not_a_slice(classes):
+    # onnx2tf sliced the wrong axis of Slice(cumsum, [-1], [2^62], axes=[1]) where inference
+    # left the rank unknown (LiteRT, an SB3 categorical head); Gather(cumsum, [-1], axis=1)
+    # picks the same element, bit-equal (the matmul and CumSum forms above compare values)
+    new, _ = onnxfix.rewrite(_multinomial(17, classes, 4), check=False)
+    gathers = [n for n in new.graph.node if n.op_type == "Gather"]
+    assert "Slice" not in [n.op_type for n in new.graph.node]
+    assert [(helper.get_attribute_value(n.attribute[0])) for n in gathers] == [1]
+    full_check(new)
 
 
 def test_multinomial_before_opset_11_with_dynamic_classes_is_refused_naming_the_fix():

@@ -116,3 +116,48 @@ def test_constant_outputs_onnx2tf_drops_are_read_off_the_model():
     assert sorted(found) == ["version", "w"]
     np.testing.assert_array_equal(found["version"], [3])
     np.testing.assert_array_equal(found["w"], np.float32([0.5]))
+
+
+def _shaped(inputs: dict, outputs: dict) -> onnx.ModelProto:
+    """A model with these input and output shapes (its one node is never run)."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [next(iter(inputs))], [next(iter(outputs))])], "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs.items()])
+    return helper.make_model(graph)
+
+
+def test_the_batch_is_the_symbolic_dim_leading_every_input(targets, tmp_path):
+    def batch(inputs: dict) -> str | None:
+        onnx.save(_shaped(inputs, {"y": [1]}), tmp_path / "m.onnx")
+        return targets.batch_dim(tmp_path / "m.onnx")
+
+    assert batch({"x": ["n", 3, 4, 4], "noise": ["n", 1, 4, 4]}) == "n"
+    assert batch({"x": ["n", 3], "steps": []}) is None  # a 0-d input has no batch axis
+    assert batch({"x": ["n", 3], "t": ["m", 3]}) is None
+    assert batch({"x": [2, 3]}) is None
+    assert targets.batch_dim(FIXTURES / "edge" / "stylegan_noise_ts.onnx") == "batch"
+
+
+def test_ncnn_runs_sample_by_sample_only_where_every_input_and_output_leads_with_the_batch():
+    runners = _load("target_runners")
+    whole = _shaped({"x": [2, 4, 4, 4], "noise": [2, 1, 4, 4]}, {"y": [2, 4, 8, 8]})
+    twin = _shaped({"x": [1, 4, 4, 4], "noise": [1, 1, 4, 4]}, {"y": [1, 4, 8, 8]})
+    assert runners.batch_size(whole, twin, {"y": [2, 4, 8, 8]}) == 2
+    # an output that does not lead with the batch (a loop's iteration axis, a scalar)
+    assert runners.batch_size(whole, twin, {"y": [3, 4, 8, 8]}) == 0
+    assert runners.batch_size(whole, twin, {"y": []}) == 0
+    # an input whose other axes moved with the batch is not batched along axis 0
+    moved = _shaped({"x": [1, 4, 4, 4], "noise": [1, 1, 4, 2]}, {"y": [1, 4, 8, 8]})
+    assert runners.batch_size(whole, moved, {"y": [2, 4, 8, 8]}) == 0
+
+
+def test_ncnn_outputs_take_the_reference_shape_written_beside_the_model(tmp_path):
+    runners = _load("target_runners")
+    model = _shaped({"x": [2, 3]}, {"y": ["d0", "d1"]})
+    path = tmp_path / "0.onnx"
+    assert runners.output_shapes(path, model) == {"y": [0, 0]}  # declared: symbolic
+    (tmp_path / "0.outputs.json").write_text('{"y": [2, 4, 4]}')
+    assert runners.output_shapes(path, model) == {"y": [2, 4, 4]}
+    assert runners._reshaped(np.zeros((8, 4)), [2, 4, 4]).shape == (2, 4, 4)
+    assert runners._reshaped(np.zeros((3, 4)), [2, 4, 4]).shape == (3, 4)  # left to judge

@@ -32,6 +32,9 @@ class Exposer:
         self.model = model
         self.names = NameAllocator(model)
         self.threaded: dict[str, Threaded] = {}
+        # main-graph tensors a node of the model makes, and the main graph's outputs
+        self._made = {o for n in model.graph.node for o in n.output if o}
+        self._outputs = {o.name for o in model.graph.output}
 
     def expose(self, name: str, elem_type: int, scopes: list[Scope]) -> str:
         """Make `name` (visible in the innermost scope) a main-graph output; return its name.
@@ -43,6 +46,8 @@ class Exposer:
             threader = Threader(self.model, self.names, default_opset(self.model))
             self.threaded[key] = threader.thread(name, elem_type, scopes)
             return key
+        if not scopes and name in self._made:
+            return self._main_output(name, elem_type)
         container = scopes[-1].body if scopes else self.model.graph
         current = self.names.fresh(f"capture_{name}")
         container.node.append(helper.make_node("Identity", [name], [current],
@@ -68,6 +73,14 @@ class Exposer:
             current = outer
         self.model.graph.output.append(helper.make_tensor_value_info(current, elem_type, None))
         return current
+
+    def _main_output(self, name: str, elem_type: int) -> str:
+        """A tensor a main-graph node makes leaves as itself: no Identity copy (with thousands
+        of draws, onnxruntime builds the capture session faster and smaller without them)."""
+        if name not in self._outputs:
+            self.model.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
+            self._outputs.add(name)
+        return name
 
     def decode(self, got: dict) -> None:
         """Add each threaded capture to a run's outputs, stacked per iteration (see decode)."""

@@ -117,9 +117,10 @@ def _prepare(parity, opener, base, original, noise_model, records, emit):
     noise_inputs = [r.replacement.name for r in records
                     if r.replacement and r.replacement.kind == "input"]
     out_names = _compared_outputs(base, original, records, emit)
+    fed = set(noise_inputs)
     return _Conditioning(
         base, captures, exposer, orig_sess, new_sess, cut_sess, exposed, own, noise_inputs,
-        [i for i in new_sess.get_inputs() if i.name not in noise_inputs], out_names,
+        [i for i in new_sess.get_inputs() if i.name not in fed], out_names,
         path_tolerances(base, [c.record.output for c in captures], out_names),
         {i for c in captures for i in c.spec.probability_inputs(c.node)})
 

@@ -26,6 +26,7 @@ class Scope:
     attr: str
     body: onnx.GraphProto
     parent: Container
+    owner_index: int = -1  # position of `owner` in `parent.node` when found (-1: unknown)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Site:
     container: Container
     location: str  # "main", "main/<node>.<attr>", "function <domain>::<name>"
     scopes: list[Scope] = field(default_factory=list)
+    index: int = -1  # position of `node` in `container.node` when found (-1: unknown)
 
     @property
     def op_type(self) -> str:
@@ -92,7 +94,7 @@ def _walk(container: Container, location: str) -> Iterator[tuple[Container, str,
                 else:
                     continue
                 for body, body_where in bodies:
-                    inner = [*scopes, Scope(node, attr.name, body, graph)]
+                    inner = [*scopes, Scope(node, attr.name, body, graph, i)]
                     if len(inner) > MAX_NESTING:
                         raise ModelError(f"subgraphs nested deeper than {MAX_NESTING} levels")
                     children.append((body, body_where, inner))
@@ -151,9 +153,9 @@ def find_sites(model: onnx.ModelProto) -> list[Site]:
     lookup = constant_lookup(model)
     sites = []
     for container, where, scopes in iter_scoped(model):
-        for node in container.node:
+        for k, node in enumerate(container.node):
             if is_random_op(node) and spec_for(node).applies(node, opset, lookup):
-                sites.append(Site(node, container, where, scopes))
+                sites.append(Site(node, container, where, scopes, k))
     return sites
 
 

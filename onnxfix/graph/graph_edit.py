@@ -83,8 +83,21 @@ def names_used(graph: onnx.GraphProto) -> set[str]:
 def _any_unread(graph: onnx.GraphProto, freed: list[str]) -> bool:
     """Whether a freed name is read by no node and is no graph input or output: the common
     case (the input of a *Like op still feeds the rest of the graph) needs no reader counts."""
-    read = names_used(graph) | {i.name for i in graph.input}
-    return any(name not in read for name in freed)
+    return bool(unread(graph, set(freed) - {i.name for i in graph.input}))
+
+
+def unread(graph: onnx.GraphProto, names: set[str]) -> set[str]:
+    """Those of `names` that no node of `graph` (or of its subgraphs) reads and that are no
+    graph output: `names - names_used(graph)`, with the walk stopping once every name has
+    a reader (a 100k-node graph is read only up to the readers it looks for)."""
+    pending = set(names) - {o.name for o in graph.output}
+    for node in graph.node:
+        if not pending:
+            break
+        pending.difference_update(node.input)
+        if node.attribute:  # only then can it hold a subgraph
+            pending -= names_read(node)
+    return pending
 
 
 def remove_dead_producers(graph: onnx.GraphProto, freed: list[str]) -> None:

@@ -23,51 +23,86 @@ def sanitize(text: str) -> str:
 
 
 class NameAllocator:
-    """Hands out names that collide with nothing already in the model, nor with each other."""
+    """Hands out names that collide with nothing already in the model, nor with each other.
+
+    "Already in the model" means when the allocator was made. Collecting every name of a
+    100k-node graph costs a Python walk of it, while a fresh name (`noise_eps`) is almost
+    never in the model: the allocator keeps the model's serialized bytes instead and asks
+    whether the name's bytes occur in them at all (every name is a string field, stored
+    verbatim). Only a name that does occur somewhere makes it collect the names, once, from
+    those bytes (so later edits to the model do not count, as before).
+    """
+
+    # above this the model is not serialized (a model with its weights in memory): the names
+    # are collected from the model right away
+    SNAPSHOT_LIMIT = 64 * 2**20
 
     def __init__(self, model: onnx.ModelProto):
-        self.taken: set[str] = set()
-        for graph in _all_containers(model):
-            self._take_graph(graph)
-        for f in model.functions:
-            self.taken.add(f.name)
-        for vi_dim in _all_dim_params(model):
-            self.taken.add(vi_dim)
-
-    def _take_graph(self, graph) -> None:
-        taken = self.taken
-        for node in graph.node:
-            taken.update(node.input)
-            taken.update(node.output)
-            if node.name:
-                taken.add(node.name)
-        if isinstance(graph, onnx.GraphProto):
-            for seq in (graph.input, graph.output, graph.value_info):
-                taken.update(v.name for v in seq)
-            taken.update(t.name for t in graph.initializer)
-            taken.update(t.values.name for t in graph.sparse_initializer)
+        self._snapshot: bytes | None = None
+        self._names: frozenset[str] | None = None
+        self._added: set[str] = set()
+        if model.ByteSize() <= self.SNAPSHOT_LIMIT:
+            self._snapshot = model.SerializeToString()
         else:
-            taken.update(graph.input)
-            taken.update(graph.output)
+            self._names = frozenset(model_names(model))
 
     def copy(self) -> NameAllocator:
-        """An independent allocator holding the same names (a set copy, not a deepcopy)."""
+        """An independent allocator holding the same names (the model's are shared)."""
         other = NameAllocator.__new__(NameAllocator)
-        other.taken = set(self.taken)
+        other._snapshot, other._names = self._snapshot, self._names
+        other._added = set(self._added)
         return other
 
     def __deepcopy__(self, memo) -> NameAllocator:
         return self.copy()
 
+    def taken(self, name: str) -> bool:
+        if name in self._added:
+            return True
+        if self._names is None:
+            if name.encode() not in self._snapshot:
+                return False
+            model = onnx.ModelProto()
+            model.ParseFromString(self._snapshot)
+            self._names, self._snapshot = frozenset(model_names(model)), None
+        return name in self._names
+
     def fresh(self, base: str) -> str:
         """`base` (sanitized) if free, else `base_1`, `base_2`, ..."""
         stem = sanitize(base)
         name, k = stem, 0
-        while name in self.taken:
+        while self.taken(name):
             k += 1
             name = f"{stem}_{k}"
-        self.taken.add(name)
+        self._added.add(name)
         return name
+
+
+def model_names(model: onnx.ModelProto) -> set[str]:
+    """Every name in the model: values, nodes, functions and dim params."""
+    taken: set[str] = set()
+    for graph in _all_containers(model):
+        _take_graph(taken, graph)
+    for f in model.functions:
+        taken.add(f.name)
+    taken.update(_all_dim_params(model))
+    return taken
+
+
+def _take_graph(taken: set[str], graph) -> None:
+    for node in graph.node:
+        taken.update(node.input)
+        taken.update(node.output)
+        if node.name:
+            taken.add(node.name)
+    if isinstance(graph, onnx.GraphProto):
+        for seq in (graph.input, graph.output, graph.value_info):
+            taken.update(v.name for v in seq)
+        taken.update(t.name for t in graph.initializer)
+        taken.update(t.values.name for t in graph.sparse_initializer)
+    else:
+        taken.update(graph.input)
+        taken.update(graph.output)
 
 
 def _all_containers(model: onnx.ModelProto):

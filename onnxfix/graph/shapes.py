@@ -6,7 +6,6 @@ import contextlib
 import functools
 import importlib.util
 import io
-import logging
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -151,6 +150,8 @@ def ort_symbolic_facts(model: onnx.ModelProto, auto_merge: bool = True
     inference = _symbolic_shape_inference()
     if inference is None:
         return {}
+    import logging  # noqa: PLC0415 - with onnxruntime, only on this path
+
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     try:
         # it writes sym_shape_infer_temp.onnx into the working folder when it gives up

@@ -22,11 +22,11 @@ from onnxfix.io.reader import (
     session_options,
 )
 from onnxfix.io.skeleton import Skeleton
-from onnxfix.io.validate import validate_model
+from onnxfix.io.validate import NO_CHECKER, validate_model
 from onnxfix.io.writer import LAYOUTS, Saved, save_model_atomic, save_with_weights
 
 __all__ = [
-    "LAYOUTS", "Saved", "Skeleton", "check_writable", "checkable", "load_model",
+    "LAYOUTS", "NO_CHECKER", "Saved", "Skeleton", "check_writable", "checkable", "load_model",
     "load_skeleton", "materialize", "open_model", "parse_model_bytes", "save_model_atomic",
     "save_with_weights", "session_options", "validate_model", "write_text_atomic",
 ]

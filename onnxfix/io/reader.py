@@ -28,7 +28,7 @@ from onnxfix.errors import ModelError, UsageError, one_line
 from onnxfix.io import wire
 from onnxfix.io.skeleton import Skeleton
 from onnxfix.io.tensors import EXTERNAL, check_payload_size, external_tensors
-from onnxfix.io.validate import precheck, validate_model
+from onnxfix.io.validate import CHECKER, precheck, validate_model
 
 # Bounded buffer when payloads are read into memory.
 READ_CHUNK = 8 * 2**20
@@ -47,11 +47,17 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         skeleton.close()
 
 
-def open_model(path: str | os.PathLike) -> Skeleton:
-    """The model's skeleton, validated: graph parsed, large weights left in the file."""
-    skeleton, passed = _load(path, 1024, check=True)
+def open_model(path: str | os.PathLike, *, checker: bool = True) -> Skeleton:
+    """The model's skeleton, validated: graph parsed, large weights left in the file.
+
+    checker=False: every validation but onnx's checker (for `inspect`, which lists nodes and
+    proves nothing; the checker alone takes longer than onnx.load on a large graph)."""
+    skeleton, passed = _load(path, 1024, check=True, checker=checker)
     try:
-        model = checkable(skeleton.model) if skeleton.locations else skeleton.model
+        if not checker:
+            passed |= {CHECKER}
+        model = (checkable(skeleton.model) if skeleton.locations and CHECKER not in passed
+                 else skeleton.model)
         validate_model(model, str(path), passed=passed)
     except BaseException:
         skeleton.close()
@@ -78,7 +84,7 @@ def load_skeleton(path: str | os.PathLike, *, inline_limit: int = 1024) -> Skele
     return _load(path, inline_limit, check=False)[0]
 
 
-def _load(path: str | os.PathLike, inline_limit: int, check: bool
+def _load(path: str | os.PathLike, inline_limit: int, check: bool, checker: bool = True
           ) -> tuple[Skeleton, frozenset[str]]:
     """The skeleton, and with `check` the validations passed on its bytes (precheck)."""
     p = Path(os.path.abspath(path))
@@ -99,7 +105,7 @@ def _load(path: str | os.PathLike, inline_limit: int, check: bool
         if st.st_size == 0:
             raise ModelError(f"{path}: empty file, not an ONNX model")
         model, stubs, spans, passed = _read(fd, st.st_size, inline_limit, p.name, str(path),
-                                            check)
+                                            check, checker)
         skeleton = Skeleton(model=model, path=p, stubs=stubs, inline_limit=inline_limit,
                             fds={(p.name,): fd},
                             stat=(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
@@ -121,7 +127,8 @@ def _load(path: str | os.PathLike, inline_limit: int, check: bool
         raise
 
 
-def _read(fd: int, size: int, inline_limit: int, location: str, origin: str, check: bool):
+def _read(fd: int, size: int, inline_limit: int, location: str, origin: str, check: bool,
+          checker: bool = True):
     """The skeleton model, its stubs and their spans, and with `check` the validations its
     bytes passed; a file that is not ONNX is refused clearly."""
     src = wire.FileBytes(fd, size)
@@ -129,7 +136,7 @@ def _read(fd: int, size: int, inline_limit: int, location: str, origin: str, che
         try:
             # stubs point at "#<location>" (what the checker skips) until the model is parsed
             data, scan = _scan_model(src, inline_limit, "#" + location, origin)
-            passed = precheck(data) if check else frozenset()
+            passed = precheck(data, checker=checker) if check else frozenset()
             model = wire.parse(onnx.ModelProto(), data, origin)
             del data
         except ModelError:

@@ -18,6 +18,8 @@ MAX_DIM = 2**32
 
 # What `precheck` can establish on the serialized model, before Python parses it.
 TEXT, CHECKER = "text", "checker"
+# `passed` for validate_model that skips onnx's checker (and only it)
+NO_CHECKER = frozenset({CHECKER})
 
 
 def validate_model(model: onnx.ModelProto, origin: str, data: bytes | None = None, *,
@@ -38,7 +40,7 @@ def validate_model(model: onnx.ModelProto, origin: str, data: bytes | None = Non
     _check_declared_dims(model, origin)
 
 
-def precheck(data: bytes) -> frozenset[str]:
+def precheck(data: bytes, *, checker: bool = True) -> frozenset[str]:
     """The checks the serialized model passes (TEXT, CHECKER), run before Python parses it:
     their own copies of the model then never coexist with Python's (half the peak memory).
     A check that fails here is run again on the parsed model, which words the refusal, so
@@ -48,8 +50,9 @@ def precheck(data: bytes) -> frozenset[str]:
     checkable's copy, and a failure is checked again on it."""
     passed = set()
     try:
-        onnx.checker.check_model(data)
-        passed.add(CHECKER)
+        if checker:  # else not run at all (open_model(checker=False))
+            onnx.checker.check_model(data)
+            passed.add(CHECKER)
     except Exception:  # noqa: BLE001 - refused again, and worded, after the parse
         pass
     mirror = _utf8_mirror()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -205,6 +204,9 @@ class AffineOp(RandomOp):
         out = probe.output[0]
         draws = h.transform(h.noise([n]), arrays, probe, out)
         if self.family == NORMAL:
+            # a distribution test only: statistics pulls in decimal, fractions and random
+            from statistics import NormalDist  # noqa: PLC0415
+
             dist = NormalDist(offset, factor)
             edges = [dist.inv_cdf(j / bins) for j in range(1, bins)]
         else:

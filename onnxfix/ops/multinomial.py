@@ -274,11 +274,13 @@ CLASSES = "onnxfix_classes"  # shape_facts key: the static class count of a Mult
 SMALL_CLASSES = 128  # up to here the cumulative sum is one MatMul by a triangle (64 KB)
 
 
-def _last(b: NodeBuilder, cum: str) -> tuple[str, str]:
-    """cum and its last column (opset 11 and later: Slice takes its bounds as inputs)."""
-    ends = [b.constant(np.array([v], dtype=np.int64), hint)
-            for v, hint in ((-1, "last"), (2**62, "end"), (1, "class_axis"))]
-    return cum, b.op("Slice", [cum, *ends], "total")
+def _last(b: NodeBuilder, cum: str, classes: int | None) -> tuple[str, str]:
+    """cum and its last column [batch, 1] (opset 11 and later), by Gather: onnx2tf sliced
+    the wrong axis of the equivalent Slice where inference left the rank unknown. The index
+    counts from the front where the class count is static (negative indices are read from
+    opset 11 on, not by every converter)."""
+    last = b.constant(np.array([-1 if classes is None else classes - 1], np.int64), "last")
+    return cum, b.op("Gather", [cum, last], "total", axis=1)
 
 
 def _cumulative(b: NodeBuilder, probs: str, node, attrs: dict, dt: Dtypes) -> tuple[str, str]:
@@ -300,10 +302,12 @@ def _cumulative(b: NodeBuilder, probs: str, node, attrs: dict, dt: Dtypes) -> tu
         # float64) up to 128 classes, and the last value is the largest
         upper = b.constant(np.triu(np.ones((classes, classes), npt)), "upper")
         cum = b.op("MatMul", [probs, upper], "cumsum")
-        return _last(b, cum) if b.opset >= 11 else (cum, b.reduce("ReduceMax", cum, 1, "total"))
+        if b.opset >= 11:
+            return _last(b, cum, classes)
+        return cum, b.reduce("ReduceMax", cum, 1, "total")
     if b.opset >= 11:
         axis = b.constant(np.array(1, dtype=np.int64), "axis")
-        return _last(b, b.op("CumSum", [probs, axis], "cumsum", exclusive=0, reverse=0))
+        return _last(b, b.op("CumSum", [probs, axis], "cumsum", exclusive=0, reverse=0), classes)
     classes = attrs.get(CLASSES)
     if classes is None:
         raise ModelError(f"{label(node)}: opset {b.opset} has no CumSum and the class count "

@@ -20,7 +20,7 @@ from onnxfix.errors import ModelError
 from onnxfix.graph.datadep import Provenance, node_label, trace
 from onnxfix.graph.find import Scope, Site, as_int, constant_lookup, find_sites
 from onnxfix.graph.functions import take_origin
-from onnxfix.graph.graph_edit import names_used
+from onnxfix.graph.graph_edit import unread
 from onnxfix.graph.naming import NameAllocator
 from onnxfix.graph.noisedims import BOUNDED, DATA, DERIVED, NoiseDim, check_bound_names, classify
 from onnxfix.graph.shapes import (
@@ -158,14 +158,14 @@ def _sort_sites(sites: list[Site], select):
     """Split the sites: kept as they are, removed as dead, or chosen for the rewrite."""
     aside: dict[int, NodeRecord] = {}
     chosen, dead = [], []
-    used: dict[int, set[str]] = {}  # per graph, computed once
+    unread_draws = _unread_draws(sites)
     for k, site in enumerate(sites):
         origin = take_origin(site.node)
         if site.in_function:
             aside[k] = _kept(site, "in a model-local function that is never called")
         elif select is not None and not select(site):
             aside[k] = _kept(site, "not selected by --only/--exclude")
-        elif _is_dead(site, used):
+        elif _is_dead(site, unread_draws):
             dead.append(site)  # a draw nothing reads needs no noise: the node goes
             aside[k] = _kept(site, "its draw is read by nothing, so the node was removed")
             aside[k].status = "removed"
@@ -174,12 +174,25 @@ def _sort_sites(sites: list[Site], select):
     return aside, chosen, dead
 
 
-def _is_dead(site: Site, used: dict[int, set[str]]) -> bool:
+def _is_dead(site: Site, unread_draws) -> bool:
     """Nothing in the site's graph reads any of its outputs, and none is a graph output."""
-    key = id(site.container)
-    if key not in used:
-        used[key] = names_used(site.container)
-    return not {o for o in site.node.output if o} & used[key]
+    outputs = {o for o in site.node.output if o}
+    return outputs <= unread_draws(site.container)
+
+
+def _unread_draws(sites: list[Site]):
+    """graph -> the outputs of its random nodes that nothing in it reads (nor outputs),
+    found by one walk per graph that stops once every such output has a reader."""
+    done: dict[int, set[str]] = {}
+
+    def of(container) -> set[str]:
+        key = id(container)
+        if key not in done:
+            outputs = {o for s in sites if s.container is container for o in s.node.output if o}
+            done[key] = unread(container, outputs)
+        return done[key]
+
+    return of
 
 
 def _kept(site: Site, why: str) -> NodeRecord:
@@ -195,14 +208,18 @@ def site_path(site: Site) -> tuple:
     """(PathStep per scope..., index of the node in its graph)."""
     steps = []
     for scope in site.scopes:
-        k = _index(scope.parent.node, scope.owner)
+        k = _index(scope.parent.node, scope.owner, scope.owner_index)
         attr = next(a for a in scope.owner.attribute if a.name == scope.attr)
         g = 0 if attr.type == onnx.AttributeProto.GRAPH else _index(attr.graphs, scope.body)
         steps.append((k, scope.attr, g))
-    return (*steps, _index(site.container.node, site.node))
+    return (*steps, _index(site.container.node, site.node, site.index))
 
 
-def _index(seq, item) -> int:
+def _index(seq, item, known: int = -1) -> int:
+    """The position of `item` in `seq`: `known` when it still holds there (find_sites records
+    it; a scan per site made planning N random nodes cost N^2), else found by a scan."""
+    if 0 <= known < len(seq) and seq[known] is item:
+        return known
     return next(k for k, x in enumerate(seq) if x is item)
 
 
@@ -213,9 +230,9 @@ def resolve(model: onnx.ModelProto, path: tuple, location: str) -> Site:
         owner = graph.node[k]
         attr = next(a for a in owner.attribute if a.name == attr_name)
         body = attr.g if attr.type == onnx.AttributeProto.GRAPH else attr.graphs[g]
-        scopes.append(Scope(owner, attr_name, body, graph))
+        scopes.append(Scope(owner, attr_name, body, graph, k))
         graph = body
-    return Site(graph.node[path[-1]], graph, location, scopes)
+    return Site(graph.node[path[-1]], graph, location, scopes, path[-1])
 
 
 # -- describing the chosen sites ---------------------------------------------------------
@@ -305,6 +322,8 @@ def _trace_sources(model: onnx.ModelProto, plans: list[SitePlan], anchors: set[s
         node = p.site.node
         static = p.spec.static_shape(node)
         p.source = "" if static is not None or not node.input else node.input[0]
+    if not any(_needs_trace(p, anchors) for p in plans) and not _holds_subgraph(model.graph):
+        return  # every answer is known without it (see _needs_trace)
     wanted = {p.source for p in plans if p.source}
     wanted |= {s.owner.input[0] for p in plans for s in p.site.scopes
                if s.owner.op_type == "Loop" and s.owner.input}
@@ -320,6 +339,25 @@ def _trace_sources(model: onnx.ModelProto, plans: list[SitePlan], anchors: set[s
             p.shape = _strictly_tied(p, strict, anchors)
         p.per_iteration = bool(p.shape_origin) and any(t in p.shape_origin
                                                        for t in prov.per_iteration)
+
+
+def _needs_trace(p: SitePlan, anchors: set[str]) -> bool:
+    """Whether the trace can change what `p` is classified as. It cannot for a draw outside
+    loops whose shape onnx inference proved from constants and the inputs' dims: every axis
+    is then a constant or an input dim whatever the shape's origin, and with no subgraph in
+    the main graph no origin varies per iteration. A 100k-node graph then skips a walk of
+    the draws' ancestors (issue 10)."""
+    if p.site.scopes:
+        return True
+    if p.shape is None:
+        return False  # nothing is classified (and no loop: no trip origin)
+    return p.onnx_shape is not None or not all(
+        isinstance(d, int) or (isinstance(d, str) and d in anchors) for d in p.shape)
+
+
+def _holds_subgraph(graph: onnx.GraphProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for n in graph.node if n.attribute for a in n.attribute)
 
 
 def _classify_all(plans: list[SitePlan], names: NameAllocator, anchors: set[str],

@@ -49,9 +49,11 @@ def prepare(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> Prepa
         fix_dims(out, dims or {})
         return Prepared(out, random=False)
     inlined = inline_random_functions(out)
-    if inlined is not out:  # new nodes: find them again
+    changed = inlined is not out
+    if changed:  # new nodes: find them again
         out, sites = inlined, find_sites(inlined)
-    same = inlined is out and not name_unnamed_input_dims(out) and not dims
+    # evaluated in this order: naming the input dims must happen whatever was inlined
+    same = not name_unnamed_input_dims(out) and not changed and not dims
     trip_names = iteration_dim_names(out, sites)
     fixed = fix_dims(out, dims or {}, extra=set(trip_names.values()))
     return Prepared(out, True, trip_names, fixed, sites, same)
