@@ -111,18 +111,17 @@ def _seeded_noise(entry: dict, seed: int, shape: list[int], dtype: np.dtype) -> 
     if entry.get("seeded_key") is None:
         raise ModelError(f"noise input '{name}' has no seeded_key in the {NOISE_METADATA_KEY} "
                          f"metadata (rewritten by an older onnxfix): rewrite the model again")
-    bounded = [d for d in entry["dims"] if d.get("kind") == "bounded"]
+    loops = len(entry.get("loops") or [])  # one leading iteration axis per enclosing loop
+    # a bounded trip count is fine (pass i draws the stream of iteration i, whatever the
+    # count); a bounded size inside one draw is not (the flat indices depend on it)
+    bounded = [d for d in entry["dims"] if d.get("kind") == "bounded" and d["axis"] >= loops]
     if bounded:
         raise UsageError(f"noise input '{name}' has a data-dependent dim ({bounded[0]['name']}): "
                          f"the seeded generator draws the size each run computes, which no "
                          f"host-side noise can know in advance; run the seeded rewrite instead")
-    loops = list(entry.get("loops") or [])
-    if len(loops) > 1:
-        raise UsageError(f"noise input '{name}' is drawn inside "
-                         f"{' / '.join(loops)} bodies, which seeded mode does not rewrite")
     drawn = np.float64 if dtype == np.float64 else np.float32
-    iterations = shape[0] if loops else None
-    local = shape[1:] if loops else shape
+    iterations = shape[:loops] if loops else None
+    local = shape[loops:]
     return seeded_noise(entry["family"], seed, int(entry["seeded_key"]), local, drawn,
                         iterations=iterations).astype(dtype)
 

@@ -64,7 +64,7 @@ class RewriteOptions:
         _choose("noise_dtype", self.noise_dtype, tuple(NOISE_DTYPES))
         _choose("multinomial", self.multinomial, MULTINOMIAL_FORMS)
         if self.mode == "seeded":
-            _refuse_for_seeded(self.noise_dtype, self.noise_bounds, self.multinomial)
+            _refuse_for_seeded(self.noise_dtype, self.noise_bounds)
         if self.seed < 0:
             raise UsageError(f"{param('seed', self.seed)}: the seed must be a non-negative "
                              f"integer")
@@ -122,13 +122,8 @@ class CheckSettings:
             make_limits(self.memory_mb, self.timeout)
 
 
-def _refuse_for_seeded(noise_dtype: str, noise_bounds: Mapping[str, int],
-                       multinomial: str) -> None:
+def _refuse_for_seeded(noise_dtype: str, noise_bounds: Mapping[str, int]) -> None:
     seeded = param("mode", "seeded", hint=True)
-    if multinomial != "inverse-cdf":
-        raise UsageError(f"{param('multinomial', multinomial, hint=True)} with {seeded}: the "
-                         f"in-graph generator draws uniform and normal noise only; use the "
-                         f"inverse-cdf form, or the gumbel form with input-noise mode")
     if noise_dtype != "same":
         raise UsageError(f"{param('noise_dtype', noise_dtype, hint=True)} with {seeded}: a "
                          f"seeded model has no noise inputs (its draws are made in-graph)")

@@ -37,23 +37,32 @@ import onnxfix  # noqa: E402
 from onnxfix.graph.builder import NodeBuilder  # noqa: E402
 from onnxfix.graph.naming import NameAllocator  # noqa: E402
 from onnxfix.seeded import algorithm  # noqa: E402
-from onnxfix.seeded.graph import seeded_normal, seeded_uniform  # noqa: E402
+from onnxfix.seeded.graph import seeded_gumbel, seeded_normal, seeded_uniform  # noqa: E402
 
 KEY = algorithm.node_key("seeded_targets")
 SEEDS = (0, 1, 2026, 2 ** 24 - 1)
 SHAPE = [3, 5000]  # 15000 elements: the counter's low and middle words
-ITERATION = 4097
+ITERATIONS = (4097, 3)  # the outer and inner loop's index of the cases with loops
 
 
 @dataclass(frozen=True)
 class Case:
     label: str
     opset: int
-    normal: bool = False
+    family: str = "uniform"  # "uniform", "normal" or "gumbel"
     runtime_shape: bool = False
-    iteration: bool = False
+    loops: int = 0  # enclosing loops: one iteration index input each
     double: bool = False
     seeds: tuple[int, ...] = SEEDS
+
+    @property
+    def exact(self) -> bool:
+        """Uniforms must be bit-identical; normals and Gumbel noise round in Log/Sqrt/Cos."""
+        return self.family == "uniform"
+
+    @property
+    def iteration_inputs(self) -> list[str]:
+        return ["iteration", "inner_iteration"][:self.loops]
 
     def model(self) -> onnx.ModelProto:
         dtype = TensorProto.DOUBLE if self.double else TensorProto.FLOAT
@@ -61,8 +70,8 @@ class Case:
         if self.runtime_shape:  # as RandomNormalLike: the shape of a tensor with symbolic dims
             inputs.append(helper.make_tensor_value_info("like", TensorProto.FLOAT,
                                                         ["batch", "n"]))
-        if self.iteration:
-            inputs.append(helper.make_tensor_value_info("iteration", TensorProto.INT64, []))
+        inputs += [helper.make_tensor_value_info(name, TensorProto.INT64, [])
+                   for name in self.iteration_inputs]
         out = helper.make_tensor_value_info("y", dtype, [None, None] if self.runtime_shape
                                             else SHAPE)
         model = helper.make_model(helper.make_graph([], "seeded", inputs, [out]),
@@ -71,9 +80,10 @@ class Case:
         b = NodeBuilder(NameAllocator(model), self.opset, "seeded")
         if self.runtime_shape:
             b.op("Shape", ["like"], "shape", output="shape")
-        draw = seeded_normal if self.normal else seeded_uniform
+        draw = {"uniform": seeded_uniform, "normal": seeded_normal,
+                "gumbel": seeded_gumbel}[self.family]
         draw(b, "seed", KEY, "shape" if self.runtime_shape else SHAPE,
-             "iteration" if self.iteration else None, dtype, output="y")
+             self.iteration_inputs or None, dtype, output="y", rank=len(SHAPE))
         model.graph.node.extend(b.nodes)
         onnx.checker.check_model(model, full_check=True)
         return model
@@ -82,27 +92,31 @@ class Case:
         feeds = {"seed": np.array(seed, dtype=np.int64)}
         if self.runtime_shape:
             feeds["like"] = np.zeros(SHAPE, dtype=np.float32)
-        if self.iteration:
-            feeds["iteration"] = np.array(ITERATION, dtype=np.int64)
+        for name, index in zip(self.iteration_inputs, ITERATIONS, strict=False):
+            feeds[name] = np.array(index, dtype=np.int64)
         return feeds
 
     def reference(self, seed: int) -> np.ndarray:
-        draw = algorithm.normal if self.normal else algorithm.uniform
+        draw = algorithm.family_draw(self.family)
         return draw(seed, KEY, SHAPE, np.float64 if self.double else np.float32,
-                    ITERATION if self.iteration else None)
+                    ITERATIONS[:self.loops] or None)
 
 
 CASES = [
     Case("uniform f32, static, opset 11", 11),
     Case("uniform f32, runtime shape, opset 13", 13, runtime_shape=True),
-    Case("uniform f32, runtime shape + iteration, opset 17", 17, runtime_shape=True,
-         iteration=True),
-    Case("uniform f32, static + iteration, opset 18", 18, iteration=True),
+    Case("uniform f32, runtime shape + iteration, opset 11", 11, runtime_shape=True, loops=1),
+    Case("uniform f32, runtime shape + iteration, opset 17", 17, runtime_shape=True, loops=1),
+    Case("uniform f32, static + iteration, opset 18", 18, loops=1),
+    Case("uniform f32, runtime shape + 2 nested iterations, opset 17", 17, runtime_shape=True,
+         loops=2),
     Case("uniform f32, static, opset 9 (no Range/Mod)", 9),
+    Case("uniform f32, runtime shape, opset 10 (NonZero counts)", 10, runtime_shape=True),
     Case("uniform f64, static, opset 17", 17, double=True),
-    Case("normal f32, static, opset 17", 17, normal=True),
-    Case("normal f32, runtime shape, opset 18", 18, normal=True, runtime_shape=True),
-    Case("normal f64, static, opset 17", 17, normal=True, double=True),
+    Case("normal f32, static, opset 17", 17, "normal"),
+    Case("normal f32, runtime shape, opset 18", 18, "normal", runtime_shape=True),
+    Case("normal f64, static, opset 17", 17, "normal", double=True),
+    Case("gumbel f32, runtime shape, opset 13", 13, "gumbel", runtime_shape=True),
     Case("uniform f32, seeds -1 and 2^24 + 3 (outside [0, 2^24)), opset 17", 17,
          seeds=(-1, 2 ** 24 + 3)),
 ]
@@ -119,7 +133,7 @@ def compare(case: Case, run) -> tuple[bool, str, float]:
         diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
         worst = max(worst, float(diff.max()))
         mismatched += int(np.count_nonzero(diff))
-    if not case.normal:
+    if case.exact:
         total = len(case.seeds) * int(np.prod(SHAPE))
         return mismatched == 0, "exact" if not mismatched else \
             f"{mismatched}/{total} differ (max {worst:.1e})", worst

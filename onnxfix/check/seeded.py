@@ -77,8 +77,10 @@ def check_seeded(parity: Parity, opener, model: onnx.ModelProto, records: list[N
     keys = {d["draw"]: d for d in entry["draws"]}
     try:
         # one session: the model's outputs and the shape of every draw (per Loop iteration)
+        # the shape of each generator's noise (the Gumbel form's is not its draw's)
+        noise = {d["draw"]: d["noise"] for d in entry["draws"] if d.get("noise")}
         probe, exposed, exposer = draw_shape_probe(model, records, every=True,
-                                                   skip_uncapturable=True)
+                                                   skip_uncapturable=True, measure=noise)
         sess = opener(probe)
     except CheckSkipped:
         raise
@@ -182,7 +184,8 @@ def _reference_noise(records, twin_records, twin_sess, keys: dict, drawn: dict, 
         dtype = input_dtype(twin_sess, target)
         entry = keys[rec.output]
         if rec.output not in drawn:  # not capturable: the declared shape, every iteration
-            shapes = _declared_shapes(declared, bool(entry.get("iteration")), fallback)
+            loops = int(entry.get("loops", 1 if entry.get("iteration") else 0))
+            shapes = _declared_shapes(declared, loops, fallback)
         else:
             shapes = drawn[rec.output]
             shapes = None if shapes is None else np.asarray(shapes, dtype=np.int64)
@@ -194,25 +197,26 @@ def _reference_noise(records, twin_records, twin_sess, keys: dict, drawn: dict, 
     return noise
 
 
-def _declared_shapes(declared: list, looped: bool, fallback: _Fallback) -> np.ndarray:
-    """The draw shapes a twin noise input declares (sized like `sized_fill`), per iteration
-    when `looped` (a draw whose shape no probe could read: an If inside a Scan)."""
+def _declared_shapes(declared: list, loops: int, fallback: _Fallback) -> np.ndarray:
+    """The draw shapes a twin noise input declares (sized like `sized_fill`), one per pass of
+    its `loops` enclosing loops (a draw whose shape no probe could read: an If inside a
+    Scan)."""
     full = [fallback.size(d) for d in declared]
-    if not looped:
-        return np.array(full, dtype=np.int64)
-    return np.tile(np.array(full[1:], dtype=np.int64), (full[0], 1))
+    shape = np.array(full[loops:], dtype=np.int64)
+    return np.broadcast_to(shape, (*full[:loops], len(shape))).copy()
 
 
 def reference_draws(family: str, seed: int, key: int, drawn: np.ndarray, declared,
                     dtype: np.dtype) -> np.ndarray:
     """A noise input of shape `declared` (ints, or names sized by what was drawn) holding
     each draw's reference noise in its prefix. `drawn` is the draw's shape (1-D), or one
-    shape per Loop iteration (2-D: iteration i draws the stream of iteration i)."""
-    looped = drawn.ndim == 2
-    per = drawn if looped else drawn[None]
-    rank = per.shape[1]
-    most = per.max(axis=0) if len(per) else np.zeros(rank, dtype=np.int64)
-    wanted = [len(per)] + list(most) if looped else list(most)
+    shape per pass of the enclosing loops (a leading axis per loop: pass (i, j) draws the
+    stream of outer iteration i, inner j)."""
+    loops = drawn.ndim - 1
+    lead = drawn.shape[:loops]
+    most = drawn.max(axis=tuple(range(loops))) if all(lead) else \
+        np.zeros(drawn.shape[-1], dtype=np.int64)
+    wanted = list(lead) + list(most)
     declared = list(declared or [])
     if len(declared) != len(wanted):
         raise CheckSkipped(f"internal: a twin noise input has rank {len(declared)}, the seeded "
@@ -220,14 +224,14 @@ def reference_draws(family: str, seed: int, key: int, drawn: np.ndarray, declare
     shape = [d if isinstance(d, int) and d >= 0 else w for d, w in zip(declared, wanted,
                                                                          strict=True)]
     drawn_type = np.float64 if dtype == np.float64 else np.float32
-    draw = alg.normal if family == "normal" else alg.uniform
+    draw = alg.family_draw(family)
     out = np.zeros(shape, dtype=dtype)
-    for i, one in enumerate(per):
+    for index in np.ndindex(*lead):
+        one = drawn[index]
         if 0 in one:
             continue  # nothing drawn (an If branch not taken, an empty draw)
-        value = draw(seed, key, one, drawn_type, iteration=i if looped else None)
-        region = tuple(slice(0, int(d)) for d in one)
-        out[(i, *region) if looped else region] = value.astype(dtype)
+        value = draw(seed, key, one, drawn_type, iteration=index if loops else None)
+        out[(*index, *(slice(0, int(d)) for d in one))] = value.astype(dtype)
     return out
 
 

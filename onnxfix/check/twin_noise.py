@@ -37,12 +37,13 @@ def shape_probe(model: onnx.ModelProto, records: list[NodeRecord], every: bool =
 
 
 def draw_shape_probe(model: onnx.ModelProto, records: list[NodeRecord], every: bool = False,
-                     skip_uncapturable: bool = False
+                     skip_uncapturable: bool = False, measure: dict[str, str] | None = None
                      ) -> tuple[onnx.ModelProto, dict[str, str], Exposer]:
     """`shape_probe`, and its Exposer: a draw under an If inside a Loop is threaded, and
     `exposer.decode(outputs)` puts its stacked shapes under its key after a run.
     skip_uncapturable: leave out the draws the Exposer cannot capture (an If in a Scan)
-    instead of raising CheckSkipped."""
+    instead of raising CheckSkipped. measure: {draw: the tensor in its graph whose shape to
+    read instead} (a seeded model's noise, which for Gumbel-max is not the draw's shape)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     exposer = Exposer(probe)
@@ -55,7 +56,8 @@ def draw_shape_probe(model: onnx.ModelProto, records: list[NodeRecord], every: b
             continue
         container = scopes[-1].body if scopes else probe.graph
         name = exposer.names.fresh(f"shape_of_{rec.output}")
-        container.node.append(helper.make_node("Shape", [rec.output], [name],
+        measured = (measure or {}).get(rec.output, rec.output)
+        container.node.append(helper.make_node("Shape", [measured], [name],
                                                name=exposer.names.fresh(f"{name}_node")))
         try:
             exposed[rec.output] = exposer.expose(name, onnx.TensorProto.INT64, scopes)

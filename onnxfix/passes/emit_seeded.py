@@ -30,6 +30,7 @@ from onnxfix.seeded.graph import (
     NONZERO_OPSET,
     RANGE_OPSET,
     sbox_constant,
+    seeded_gumbel,
     seeded_normal,
     seeded_uniform,
 )
@@ -88,14 +89,16 @@ def emit_site(b: NodeBuilder, p: SitePlan, state: SeededGraph) -> SeededSite:
     _check_opset(b.opset, p)
     made = SeededSite(None, [], {})
     iteration = _iteration(b, p, state, made)
-    shape = _draw_shape(b, p)
+    shape, rank = _draw_shape(b, p)
     noise_type = p.dtypes.noise
     drawn = noise_type if noise_type in _DRAWN else onnx.TensorProto.FLOAT
-    draw = seeded_normal if p.spec.family == "normal" else seeded_uniform
+    # the generator of each standard-noise family (ops.noise): the noise input-noise takes
+    draw = {"normal": seeded_normal, "uniform": seeded_uniform,
+            "gumbel": seeded_gumbel}[p.spec.family]
     key = site_key(site.location, site.op_type, site.output)
     try:
         noise = draw(b, state.seed, key, shape, iteration=iteration, dtype=drawn,
-                     table=state.table)
+                     table=state.table, rank=rank)
     except ModelError as e:
         raise ModelError(f"{site.describe()}: {e}") from None
     if drawn != noise_type:  # float16 / bfloat16 draws: made in float32, then cast
@@ -105,7 +108,7 @@ def emit_site(b: NodeBuilder, p: SitePlan, state: SeededGraph) -> SeededSite:
                        dims=[d.to_dict() for d in p.dims])
     meta = {"draw": site.output, "op_type": site.op_type, "graph": site.location,
             "family": p.spec.family, "dtype": dtype_name(noise_type), "key": key,
-            "iteration": iteration is not None}
+            "iteration": iteration is not None, "loops": len(iteration or []), "noise": noise}
     made.replacement, made.nodes, made.meta = repl, b.nodes, meta
     return made
 
@@ -117,18 +120,20 @@ def _check_opset(opset: int, p: SitePlan) -> None:
                          f"{param('mode', 'input-noise', hint=True)}")
 
 
-def _iteration(b: NodeBuilder, p: SitePlan, state: SeededGraph, made: SeededSite) -> str | None:
-    """The pass number of the enclosing Loop or Scan (None outside loops): a Loop body's
-    iteration input, or a counter the Scan carries as one more state (made once per Scan)."""
+def _iteration(b: NodeBuilder, p: SitePlan, state: SeededGraph,
+               made: SeededSite) -> list[str] | None:
+    """The pass number of each enclosing Loop or Scan, outermost first (None outside loops):
+    a Loop body's iteration input, or a counter the Scan carries as one more state (made once
+    per Scan). An outer body's values reach the inner bodies through outer scope."""
     loops = [s for s in p.site.scopes if s.owner.op_type in ("Loop", "Scan")]
     if not loops:
         return None
+    return [_pass_number(b, p, scope, state, made) for scope in loops]
+
+
+def _pass_number(b: NodeBuilder, p: SitePlan, scope, state: SeededGraph,
+                 made: SeededSite) -> str:
     where = p.site.describe()
-    if len(loops) > 1:
-        raise ModelError(f"{where}: a draw inside {len(loops)} nested Loop/Scan bodies is not "
-                         f"supported by seeded mode (one iteration index per draw); use "
-                         f"{param('mode', 'input-noise', hint=True)}")
-    scope = loops[0]
     if scope.owner.op_type == "Loop":
         body_inputs = scope.body.input
         if not body_inputs or not body_inputs[0].name:
@@ -165,14 +170,16 @@ def _int_constant(names, output: str, value: int) -> onnx.NodeProto:
                             value=numpy_helper.from_array(np.array(value, dtype=np.int64)))
 
 
-def _draw_shape(b: NodeBuilder, p: SitePlan):
-    """One invocation's noise shape: static dims, or a 1-D int64 shape tensor."""
+def _draw_shape(b: NodeBuilder, p: SitePlan) -> tuple[list[int] | str, int | None]:
+    """One invocation's noise shape: static dims, or a 1-D int64 shape tensor and its length
+    when the plan knows the rank (the generator then builds the draw in that rank, which
+    IREE and TVM need: `onnxfix.seeded.graph._grid_index`)."""
     node = p.site.node
     static = p.spec.static_shape(node)
     if static is not None:
-        return static
+        return static, len(static)
     if p.shape is not None and all(isinstance(d, int) for d in p.shape):
-        return [int(d) for d in p.shape]
+        return [int(d) for d in p.shape], len(p.shape)
     if not p.source:
         raise ModelError(f"{p.site.describe()}: the size of this draw is not known")
     if b.opset < NONZERO_OPSET:
@@ -183,10 +190,12 @@ def _draw_shape(b: NodeBuilder, p: SitePlan):
                          f"{param_name('dims')}")
     need = b.op("Shape", [p.source], "draw_shape")
     if node.op_type != "Multinomial":
-        return need
-    # Multinomial draws [batch, sample_size] from logits [batch, classes]
-    batch = b.op("Gather", [need, b.constant(np.array([0], dtype=np.int64), "batch_axis")],
-                 "batch", axis=0)
-    samples = b.constant(np.array([int(p.attrs.get("sample_size", 1))], dtype=np.int64),
-                         "samples")
-    return b.op("Concat", [batch, samples], "draw_shape", axis=0)
+        return need, None if p.shape is None else len(p.shape)
+    # Multinomial draws [batch, sample_size] (Gumbel form: [batch, sample_size, classes])
+    # from logits [batch, classes]: each axis follows a logits axis, or is the sample count
+    rank = len(p.spec.noise_shape(node, lambda _name: None))
+    parts = [b.op("Gather", [need, b.constant(np.array([axis], dtype=np.int64), "logits_axis")],
+                  "logits_dim", axis=0) if axis is not None else
+             b.constant(np.array([int(p.attrs.get("sample_size", 1))], dtype=np.int64), "samples")
+             for axis in p.spec.source_axes(rank)]
+    return b.op("Concat", parts, "draw_shape", axis=0), rank

@@ -14,7 +14,9 @@ with round keys k0, k1 in [0, W) (the S-box is stored twice over, so x + k index
 Mod). It is a bijection for any key. It is applied twice:
 
 1. per stream (scalars, cheap): the words (seed low, seed high, iteration low, iteration high)
-   are permuted under the 48-bit node key, giving the stream key K0..K3;
+   are permuted under the 48-bit node key, giving the stream key K0..K3 (in nested loops,
+   each inner loop's index, as words (low, high, 0, 0), is permuted once more under the key
+   so far: `stream_key`);
 2. per element: the words (counter low, mid, high, 0) are permuted under K0..K3.
 
 Distinct counters in one stream therefore give distinct 48-bit outputs. The first 24 bits make
@@ -33,6 +35,7 @@ in [0, 2^24) and draws of at most 2^24 elements.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -47,6 +50,8 @@ STREAM_ROUNDS = 10
 ELEMENT_ROUNDS = 10
 UNIT = 2.0 ** -SEED_BITS         # one step of a 24-bit uniform
 TWO_PI_F32 = np.float32(2 * np.pi)
+# a draw's loop iteration: None (no loop), an index, or one index per enclosing loop
+Iteration = int | Sequence[int] | None
 
 
 def node_key(text: str) -> int:
@@ -88,16 +93,37 @@ def permute(words, key_words, rounds: int):
     return x0, x1, x2, x3
 
 
-def stream_key(seed: int, key: int, iteration: int | None = None) -> list[np.int64]:
-    """The four words keying one node's stream for `seed` (and loop `iteration`)."""
+def iteration_indices(iteration: Iteration) -> tuple[int, ...]:
+    """A draw's loop iteration indices, outermost loop first: None (no loop), an int (one
+    loop) or a sequence of ints (nested loops)."""
+    if iteration is None:
+        return ()
+    if isinstance(iteration, (int, np.integer)):
+        return (int(iteration),)
+    return tuple(int(i) for i in iteration)
+
+
+def stream_key(seed: int, key: int, iteration: Iteration = None) -> list[np.int64]:
+    """The four words keying one node's stream for `seed` (and loop `iteration`: an int, or
+    one index per enclosing loop, outermost first).
+
+    The words (seed low, seed high, outermost index low, high) are permuted under the node
+    key; each further (inner) index, as words (low, high, 0, 0), is then permuted under the
+    key so far: a bijection of the inner index for every outer path, and one loop or none is
+    the single step it always was."""
+    indices = iteration_indices(iteration)
     seed_words = split_words(int(seed) % (1 << SEED_BITS), 2)
-    it = 0 if iteration is None else int(iteration) % (1 << ITERATION_BITS)
-    words = [np.int64(w) for w in seed_words + split_words(it, 2)]
-    node_words = [np.int64(w) for w in split_words(key, 4)]
-    return list(permute(words, node_words, STREAM_ROUNDS))
+    first = indices[0] % (1 << ITERATION_BITS) if indices else 0
+    words = [np.int64(w) for w in seed_words + split_words(first, 2)]
+    keys = list(permute(words, [np.int64(w) for w in split_words(key, 4)], STREAM_ROUNDS))
+    for inner in indices[1:]:
+        words = [np.int64(w) for w in split_words(inner % (1 << ITERATION_BITS), 2)] + \
+            [np.int64(0), np.int64(0)]
+        keys = list(permute(words, keys, STREAM_ROUNDS))
+    return keys
 
 
-def element_words(seed: int, key: int, count: int, iteration: int | None = None):
+def element_words(seed: int, key: int, count: int, iteration: Iteration = None):
     """The four output words for flat indices 0..count-1 of one stream."""
     if count > 1 << COUNTER_BITS:
         raise ValueError(f"count={count} exceeds the generator's 2^{COUNTER_BITS} elements")
@@ -107,13 +133,13 @@ def element_words(seed: int, key: int, count: int, iteration: int | None = None)
     return permute(counter, stream_key(seed, key, iteration), ELEMENT_ROUNDS)
 
 
-def uniform_bits(seed: int, key: int, count: int, iteration: int | None = None):
+def uniform_bits(seed: int, key: int, count: int, iteration: Iteration = None):
     """Two 24-bit integers per element (int64 arrays): the first makes the uniform."""
     y0, y1, y2, y3 = element_words(seed, key, count, iteration)
     return y0 * WORD + y1, y2 * WORD + y3
 
 
-def uniform(seed: int, key: int, shape, dtype=np.float32, iteration: int | None = None):
+def uniform(seed: int, key: int, shape, dtype=np.float32, iteration: Iteration = None):
     """U[0, 1) in `shape`: float32 has 24 random bits, float64 48."""
     shape = tuple(int(d) for d in shape)
     a, b = uniform_bits(seed, key, int(np.prod(shape, dtype=np.int64)), iteration)
@@ -126,7 +152,7 @@ def uniform(seed: int, key: int, shape, dtype=np.float32, iteration: int | None 
     return u.reshape(shape)
 
 
-def normal(seed: int, key: int, shape, dtype=np.float32, iteration: int | None = None):
+def normal(seed: int, key: int, shape, dtype=np.float32, iteration: Iteration = None):
     """N(0, 1) in `shape` by Box-Muller: sqrt(-2 log u1) * cos(2 pi u2), u1 in (0, 1].
 
     The same operations in the same order and dtype as the graph; a runtime's Log, Sqrt and
@@ -143,15 +169,51 @@ def normal(seed: int, key: int, shape, dtype=np.float32, iteration: int | None =
     return (radius * np.cos(angle)).reshape(shape)
 
 
-def standard_noise(family: str, seed: int, key: int, shape, dtype=np.float32,
-                   iterations: int | None = None) -> np.ndarray:
-    """What one seeded node's generator feeds its transform, as input-noise mode's noise input
-    holds it: family "normal" or "uniform"; with `iterations`, a draw inside a Loop/Scan body,
-    stacked on a leading iteration axis (iteration i is the body's i-th pass)."""
-    draw = {"normal": normal, "uniform": uniform}.get(family)
+def open_unit(a, b, dtype) -> np.ndarray:
+    """A uniform in the open interval (0, 1) from the two 24-bit integers: an odd numerator
+    (the lowest bit set), so neither 0 nor 1 is reachable and the value is exact in `dtype`
+    (float32: 23 random bits over 2^24; float64: 47 over 2^48)."""
+    dt = np.dtype(dtype)
+    if dt == np.float32:
+        return (a // 2 * 2 + 1).astype(np.float32) * np.float32(UNIT)
+    return a.astype(np.float64) * UNIT + (b // 2 * 2 + 1).astype(np.float64) * (UNIT * UNIT)
+
+
+def gumbel(seed: int, key: int, shape, dtype=np.float32, iteration: Iteration = None):
+    """Gumbel(0, 1) in `shape`: -log(-log v), v = `open_unit` in (0, 1) (so finite: within
+    [-2.82, 16.64] in float32). The same operations in the same order and dtype as the graph;
+    a runtime's Log may differ from numpy's by an ulp."""
+    shape = tuple(int(d) for d in shape)
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype={dt}: the generator makes float32 or float64")
+    a, b = uniform_bits(seed, key, int(np.prod(shape, dtype=np.int64)), iteration)
+    return (-np.log(-np.log(open_unit(a, b, dt)))).reshape(shape)
+
+
+FAMILIES = {"normal": normal, "uniform": uniform, "gumbel": gumbel}
+
+
+def family_draw(family: str):
+    """The reference draw function of a noise family ("normal", "uniform" or "gumbel")."""
+    draw = FAMILIES.get(family)
     if draw is None:
-        raise ValueError(f"family={family!r}: the seeded generator draws 'normal' or 'uniform'")
+        raise ValueError(f"family={family!r}: the seeded generator draws "
+                         f"{', '.join(repr(f) for f in FAMILIES)}")
+    return draw
+
+
+def standard_noise(family: str, seed: int, key: int, shape, dtype=np.float32,
+                   iterations=None) -> np.ndarray:
+    """What one seeded node's generator feeds its transform, as input-noise mode's noise input
+    holds it: family "normal", "uniform" or "gumbel"; with `iterations` (an int, or one count
+    per enclosing loop, outermost first), a draw inside Loop/Scan bodies, stacked on one
+    leading iteration axis per loop (element [i, j] is the draw of outer pass i, inner j)."""
+    draw = family_draw(family)
     if iterations is None:
         return draw(seed, key, shape, dtype)
-    return np.stack([draw(seed, key, shape, dtype, iteration=i) for i in range(iterations)]) \
-        if iterations else np.zeros([0, *shape], dtype=dtype)
+    counts = iteration_indices(iterations)
+    out = np.zeros([*counts, *[int(d) for d in shape]], dtype=dtype)
+    for index in np.ndindex(*counts):
+        out[index] = draw(seed, key, shape, dtype, iteration=index)
+    return out

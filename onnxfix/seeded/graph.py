@@ -3,13 +3,17 @@
 
 Opsets: 7 and later. Range (for the element counter) exists from opset 11; below it, a draw of
 static shape gets its counter words as constants, a runtime shape counts with NonZero over a
-ConstantOfShape of ones (opsets 9 and 10), and is refused before opset 9. Mod exists from
-opset 10; below it, `a mod W` is `a - (a / W) * W` (integer Div of non-negative values).
+ConstantOfShape of ones (opsets 9 and 10), and is refused before opset 9. The element words
+use Mod from opset 13 and `a - (a / W) * W` (integer Div of non-negative values) before it;
+the seed and iteration are split into words by floor mods made from Div alone, at every
+opset: IREE's ONNX import takes Mod, Less and Unsqueeze only at opset 13 or later.
 
-Ops used: Constant, Add, Mul, Div, Mod, Gather, Cast, Reshape; for a runtime shape also Shape,
-ConstantOfShape, Range, Equal, Expand; for normals Log, Sqrt, Cos. All elementwise integer
-work is int64 on values < 2^24. Cost, measured in onnxruntime 1.32 on this 2-core machine:
-about 0.6-1 us per element (20 Gathers and 20 Mods over the draw dominate).
+Ops used: Constant, Add, Sub, Mul, Div, Mod, Gather, Cast, Reshape; for a runtime shape also
+Range (NonZero, ConstantOfShape and Squeeze before opset 11), and for one of unknown rank
+ConstantOfShape, Shape, Equal, Expand; for normals Log, Sqrt, Cos; for Gumbel noise Log,
+Neg. All elementwise integer work is int64 on values < 2^24. Cost, measured in onnxruntime
+1.32 on this 2-core machine: about 0.6-1 us per element (20 Gathers and 20 Mods over the
+draw dominate).
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ from onnxfix.seeded import algorithm as alg
 MIN_OPSET = 7
 NONZERO_OPSET = 9
 RANGE_OPSET = 11
+MOD_OPSET = 13  # IREE's ONNX import legalizes Mod, Less, Unsqueeze only from opset 13
 _FLOATS = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
+# the iteration index tensor of the enclosing loop, or one per enclosing loop (outermost first)
+Loops = str | Sequence[str] | None
 
 
 class _Words:
@@ -45,37 +52,34 @@ class _Words:
         return self._consts[value]
 
     def mod(self, name: str, hint: str) -> str:
-        if self.b.opset >= 10:
+        """`name` mod W for `name` >= 0: Mod from opset 13, `a - (a / W) * W` before (Mod
+        exists from opset 10, but IREE's ONNX import takes it only from 13)."""
+        if self.b.opset >= MOD_OPSET:
             return self.b.op("Mod", [name, self.const(alg.WORD)], hint)
-        return self._truncated_rem(name, self.const(alg.WORD), hint)  # name is >= 0
+        return self._truncated_rem(name, hint)
 
     def div(self, name: str, hint: str) -> str:
         return self.b.op("Div", [name, self.const(alg.WORD)], hint)
 
     def split(self, scalar: str, bits: int, hint: str) -> list[str]:
-        """An int64 scalar reduced modulo 2^bits (floor mod, like numpy's %), as two words."""
-        modulus = self.const(1 << bits)
-        if self.b.opset >= 10:
-            reduced = self.b.op("Mod", [scalar, modulus], hint)
-        else:  # Div truncates: a - (a / m) * m is in (-m, m); a negative one gets m added
-            rem = self._truncated_rem(scalar, modulus, hint + "_rem")
-            negative = self._is_negative(rem, hint + "_negative")
-            wrap = self.b.op("Mul", [negative, modulus], hint + "_wrap")
-            reduced = self.b.op("Add", [rem, wrap], hint)
-        return [self.mod(reduced, hint + "_lo"), self.div(reduced, hint + "_hi")]
+        """An int64 scalar reduced modulo 2^bits (floor mod, like numpy's %; bits = 24), as two
+        words: low = a mod W, high = floor(a / W) mod W, each floor mod made from truncating
+        Div as `(a rem W + W) rem W`. No Mod or Less (IREE takes neither before opset 13), and
+        for seeds in [0, 2^24) no intermediate reaches 2^24 (OpenVINO divides in float32)."""
+        if bits != 2 * alg.WORD_BITS:
+            raise ValueError(f"bits={bits}: a scalar splits into two {alg.WORD_BITS}-bit words")
+        low = self._floor_mod(scalar, hint + "_lo")
+        high = self.div(self.b.op("Sub", [scalar, low], hint + "_floor"), hint + "_quotient")
+        return [low, self._floor_mod(high, hint + "_hi")]
 
-    def _is_negative(self, name: str, hint: str) -> str:
-        """1 where `name` < 0, else 0 (int64); Less takes integers from opset 9, floats before
-        (exact: |name| < 2^24)."""
-        if self.b.opset >= 9:
-            less = self.b.op("Less", [name, self.const(0)], hint)
-        else:
-            as_float = self.b.op("Cast", [name], hint + "_float", to=onnx.TensorProto.FLOAT)
-            zero = self.b.constant(np.array(0.0, dtype=np.float32), hint + "_zero")
-            less = self.b.op("Less", [as_float, zero], hint)
-        return self.b.op("Cast", [less], hint + "_int", to=onnx.TensorProto.INT64)
+    def _floor_mod(self, name: str, hint: str) -> str:
+        shifted = self.b.op("Add", [self._truncated_rem(name, hint + "_rem"),
+                                    self.const(alg.WORD)], hint + "_shift")
+        return self._truncated_rem(shifted, hint)
 
-    def _truncated_rem(self, name: str, modulus: str, hint: str) -> str:
+    def _truncated_rem(self, name: str, hint: str) -> str:
+        """name - trunc(name / W) * W: in (-W, W), and name mod W where name >= 0."""
+        modulus = self.const(alg.WORD)
         quotient = self.b.op("Div", [name, modulus], hint + "_q")
         whole = self.b.op("Mul", [quotient, modulus], hint + "_qm")
         return self.b.op("Sub", [name, whole], hint)
@@ -114,39 +118,43 @@ def sbox_constant(b: NodeBuilder) -> str:
 
 
 def seeded_uniform(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
-                   iteration: str | None = None, dtype: int = onnx.TensorProto.FLOAT,
-                   output: str | None = None, table: str | None = None) -> str:
+                   iteration: Loops = None, dtype: int = onnx.TensorProto.FLOAT,
+                   output: str | None = None, table: str | None = None,
+                   rank: int | None = None) -> str:
     """Nodes drawing U[0, 1) of `shape` for stream `key`; returns the tensor holding it.
 
     seed: an int64 scalar tensor; key: the node's 48-bit key (`algorithm.node_key`); shape: a
     static list of dims or the name of a 1-D int64 shape tensor (evaluated at run time);
-    iteration: an optional int64 scalar tensor (the Loop/Scan iteration index); dtype: FLOAT or
-    DOUBLE; output: the name to write the draw to; table: a shared `sbox_constant`.
+    iteration: an optional int64 scalar tensor (the Loop/Scan iteration index), or one per
+    enclosing loop (outermost first); dtype: FLOAT or
+    DOUBLE; output: the name to write the draw to; table: a shared `sbox_constant`; rank: the
+    length of a runtime `shape` when known (see `_grid_index`; give it whenever it is known).
     """
     np_dtype = _float_dtype(dtype)
     if _is_empty(shape):
         return _empty(b, shape, np_dtype, output)
     words = _Words(b, table)
-    high, low = _draw_words(words, seed, key, shape, iteration)
+    high, low = _draw_words(words, seed, key, shape, iteration, rank)
     if np_dtype == np.float32:
         flat = _unit(words, high, dtype, alg.UNIT, "uniform")
     else:
         flat = b.op("Add", [_unit(words, high, dtype, alg.UNIT, "uniform_hi"),
                             _unit(words, low, dtype, alg.UNIT * alg.UNIT, "uniform_lo")],
                     "uniform")
-    return _reshape(b, flat, shape, output, "uniform_shaped", words)
+    return _reshape(b, flat, shape, output, "uniform_shaped", words, rank)
 
 
 def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
-                  iteration: str | None = None, dtype: int = onnx.TensorProto.FLOAT,
-                  output: str | None = None, table: str | None = None) -> str:
+                  iteration: Loops = None, dtype: int = onnx.TensorProto.FLOAT,
+                  output: str | None = None, table: str | None = None,
+                  rank: int | None = None) -> str:
     """Nodes drawing N(0, 1) of `shape` by Box-Muller (`algorithm.normal`); same arguments as
     `seeded_uniform`. The uniforms are exact; Log, Sqrt and Cos round as the runtime does."""
     np_dtype = _float_dtype(dtype)
     if _is_empty(shape):
         return _empty(b, shape, np_dtype, output)
     words = _Words(b, table)
-    high, low = _draw_words(words, seed, key, shape, iteration)
+    high, low = _draw_words(words, seed, key, shape, iteration, rank)
     above_zero = b.op("Add", [high, words.const(1)], "bits_plus_one")
     u1 = _unit(words, above_zero, dtype, alg.UNIT, "u1")
     u2 = _unit(words, low, dtype, alg.UNIT, "u2")
@@ -156,7 +164,38 @@ def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | st
     two_pi = alg.TWO_PI_F32 if np_dtype == np.float32 else np.float64(2 * np.pi)
     angle = b.op("Mul", [u2, b.constant(np.array(two_pi, dtype=np_dtype), "two_pi")], "angle")
     flat = b.op("Mul", [radius, b.op("Cos", [angle], "cos")], "normal")
-    return _reshape(b, flat, shape, output, "normal_shaped", words)
+    return _reshape(b, flat, shape, output, "normal_shaped", words, rank)
+
+
+def seeded_gumbel(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
+                  iteration: Loops = None, dtype: int = onnx.TensorProto.FLOAT,
+                  output: str | None = None, table: str | None = None,
+                  rank: int | None = None) -> str:
+    """Nodes drawing Gumbel(0, 1) of `shape` as -log(-log v), v in (0, 1) open
+    (`algorithm.gumbel`); same arguments as `seeded_uniform`. v is exact; Log rounds as the
+    runtime does."""
+    np_dtype = _float_dtype(dtype)
+    if _is_empty(shape):
+        return _empty(b, shape, np_dtype, output)
+    words = _Words(b, table)
+    high, low = _draw_words(words, seed, key, shape, iteration, rank)
+    if np_dtype == np.float32:
+        unit = _unit(words, _odd(words, high, "odd"), dtype, alg.UNIT, "open_unit")
+    else:
+        unit = b.op("Add", [_unit(words, high, dtype, alg.UNIT, "open_hi"),
+                            _unit(words, _odd(words, low, "odd"), dtype, alg.UNIT * alg.UNIT,
+                                  "open_lo")], "open_unit")
+    exponential = b.op("Neg", [b.op("Log", [unit], "log_v")], "exponential")
+    flat = b.op("Neg", [b.op("Log", [exponential], "log_e")], "gumbel")
+    return _reshape(b, flat, shape, output, "gumbel_shaped", words, rank)
+
+
+def _odd(words: _Words, bits: str, hint: str) -> str:
+    """bits // 2 * 2 + 1: the lowest bit set (values stay below 2^24)."""
+    b = words.b
+    half = b.op("Div", [bits, words.const(2)], hint + "_half")
+    return b.op("Add", [b.op("Mul", [half, words.const(2)], hint + "_even"), words.const(1)],
+                hint)
 
 
 def _is_empty(shape) -> bool:
@@ -176,8 +215,10 @@ def _float_dtype(dtype: int) -> type:
     return _FLOATS[dtype]
 
 
-def _draw_words(words: _Words, seed: str, key: int, shape, iteration: str | None):
-    """The two 24-bit integers per element, flat (int64 tensors)."""
+def _draw_words(words: _Words, seed: str, key: int, shape, iteration: Loops,
+                rank: int | None):
+    """The two 24-bit integers per element (int64 tensors): flat, or in the draw's shape when
+    it is a runtime shape of known rank."""
     b = words.b
     if b.opset < MIN_OPSET:
         raise ModelError(f"the seeded generator needs opset {MIN_OPSET} or later; the model "
@@ -185,12 +226,18 @@ def _draw_words(words: _Words, seed: str, key: int, shape, iteration: str | None
     if not 0 <= key < 1 << alg.NODE_KEY_BITS:
         raise ModelError(f"key={key} is not a {alg.NODE_KEY_BITS}-bit node key")
     stream = words.split(seed, alg.SEED_BITS, "seed")
-    if iteration is not None:
-        stream += words.split(iteration, alg.ITERATION_BITS, "iteration")
+    loops = [] if iteration is None else [iteration] if isinstance(iteration, str) \
+        else list(iteration)
+    if loops:
+        stream += words.split(loops[0], alg.ITERATION_BITS, "iteration")
     else:
         stream += [words.const(0), words.const(0)]
     stream_key = words.feistel(stream, alg.split_words(key, 4), alg.STREAM_ROUNDS, "stream")
-    counter = _counter_words(words, shape)
+    for depth, inner in enumerate(loops[1:], start=2):  # nested loops: `algorithm.stream_key`
+        inner_words = words.split(inner, alg.ITERATION_BITS, f"iteration{depth}")
+        stream_key = words.feistel(inner_words + [words.const(0), words.const(0)], stream_key,
+                                   alg.STREAM_ROUNDS, f"stream{depth}")
+    counter = _counter_words(words, shape, rank)
     y0, y1, y2, y3 = words.feistel(counter, stream_key, alg.ELEMENT_ROUNDS, "elem")
     return _join(words, y0, y1, "bits_a"), _join(words, y2, y3, "bits_b")
 
@@ -200,8 +247,9 @@ def _join(words: _Words, high: str, low: str, hint: str) -> str:
     return words.b.op("Add", [scaled, low], hint)
 
 
-def _counter_words(words: _Words, shape) -> list[str]:
-    """Counter words (low, mid, high, 0) of the flat indices 0..count-1."""
+def _counter_words(words: _Words, shape, rank: int | None) -> list[str]:
+    """Counter words (low, mid, high, 0) of the flat indices 0..count-1 (in the draw's shape
+    when it is a runtime shape of known rank)."""
     b = words.b
     static = None if isinstance(shape, str) else [int(d) for d in shape]
     if static is not None:
@@ -209,12 +257,14 @@ def _counter_words(words: _Words, shape) -> list[str]:
         if count > 1 << alg.COUNTER_BITS:
             raise ModelError(f"shape={static} has more than 2^{alg.COUNTER_BITS} elements, the "
                              f"seeded generator's limit")
-    if static is None and b.opset < RANGE_OPSET:
-        if b.opset < NONZERO_OPSET:
-            raise ModelError(f"a seeded draw of runtime shape needs Range (opset "
-                             f"{RANGE_OPSET}) or NonZero (opset {NONZERO_OPSET}); the model "
-                             f"uses opset {b.opset}: fix the shape (a static shape) or use "
-                             f"input-noise")
+    if static is None and b.opset < NONZERO_OPSET:
+        raise ModelError(f"a seeded draw of runtime shape needs Range (opset "
+                         f"{RANGE_OPSET}) or NonZero (opset {NONZERO_OPSET}); the model "
+                         f"uses opset {b.opset}: fix the shape (a static shape) or use "
+                         f"input-noise")
+    if static is None and rank is not None:
+        index = _grid_index(words, shape, rank)
+    elif static is None and b.opset < RANGE_OPSET:
         index = _nonzero_index(words, shape)
     elif b.opset < RANGE_OPSET:
         index = np.arange(count, dtype=np.int64)
@@ -227,6 +277,54 @@ def _counter_words(words: _Words, shape) -> list[str]:
     rows = words.div(index, "index_rows")
     return [words.mod(index, "counter_lo"), words.mod(rows, "counter_mid"),
             words.div(rows, "counter_hi"), words.const(0)]
+
+
+def _grid_index(words: _Words, shape: str, rank: int) -> str:
+    """The flat indices 0..count-1 built directly in the runtime shape (of `rank` dims): each
+    axis' positions (`_positions`) placed on their axis, times the axis' stride (the product
+    of the later dims), summed by broadcasting; a 0 dim gives an empty draw by itself.
+
+    Why not Range(count) reshaped to the shape: before opset 14 onnx shape inference gives a
+    Reshape to a runtime shape no rank, which IREE's importer then types as a scalar (it took
+    the first element and broadcast it: every element of the draw equal), and TVM converts
+    no Equal on a shape (the 0-dim guard). Every tensor here has a known rank."""
+    b = words.b
+    if rank == 0:
+        return words.const(0)
+    index = stride = None
+    for axis in reversed(range(rank)):
+        dim = b.op("Gather", [shape, words.const(axis)], f"dim{axis}", axis=0)
+        placed = _place(b, _positions(words, dim, f"axis{axis}"), axis, rank,
+                        f"axis{axis}_placed")
+        term = placed if stride is None else b.op("Mul", [placed, stride], f"axis{axis}_term")
+        index = term if index is None else b.op("Add", [index, term], f"index{axis}")
+        if axis:
+            stride = dim if stride is None else b.op("Mul", [stride, dim], f"stride{axis}")
+    return index
+
+
+def _positions(words: _Words, dim: str, hint: str) -> str:
+    """0..dim-1 (1-D int64) for an int64 scalar `dim`: Range, or before opset 11 the positions
+    of a ConstantOfShape of ones as NonZero lists them (in order)."""
+    b = words.b
+    if b.opset >= RANGE_OPSET:
+        return b.op("Range", [words.const(0), dim, words.const(1)], hint)
+    dim_1d = b.op("Reshape", [dim, b.constant(np.array([1], dtype=np.int64), hint + "_1d")],
+                  hint + "_dim")
+    ones = b.op("ConstantOfShape", [dim_1d], hint + "_ones",
+                value=onnx.numpy_helper.from_array(np.array([1], dtype=np.int32)))
+    return b.op("Squeeze", [b.op("NonZero", [ones], hint + "_nonzero")], hint, axes=[0])
+
+
+def _place(b: NodeBuilder, name: str, axis: int, rank: int, hint: str) -> str:
+    """A 1-D tensor as axis `axis` of a rank-`rank` tensor (the other dims 1): a Reshape to a
+    constant shape, which onnx inference types at every opset (IREE's import takes Unsqueeze
+    only from opset 13); the -1 reads 0 for an empty axis."""
+    if rank == 1:
+        return name
+    dims = np.ones(rank, dtype=np.int64)
+    dims[axis] = -1
+    return b.op("Reshape", [name, b.constant(dims, hint + "_shape")], hint)
 
 
 def _nonzero_index(words: _Words, shape: str) -> str:
@@ -275,7 +373,9 @@ def _no_zero_dims(words: _Words, shape: str) -> str:
 
 
 def _reshape(b: NodeBuilder, flat: str, shape, output: str | None, hint: str,
-             words: _Words) -> str:
+             words: _Words, rank: int | None) -> str:
+    if isinstance(shape, str) and rank is not None:  # made in its shape (`_grid_index`)
+        return flat if output is None else b.op("Identity", [flat], hint, output=output)
     if not isinstance(shape, str):
         return b.op("Reshape", [flat, b.constant(np.array(list(shape), dtype=np.int64),
                                                  "shape")], hint, output=output)

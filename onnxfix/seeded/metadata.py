@@ -12,7 +12,8 @@ SEED_METADATA_KEY = "onnxfix.seed_input"
 
 def seed_metadata(model: onnx.ModelProto) -> dict | None:
     """{"name": the seed input, "draws": [{draw, op_type, graph, family, dtype, key,
-    iteration}]}; None when the entry is absent or not valid."""
+    iteration, noise}]}; None when the entry is absent or not valid. `noise` names the tensor
+    holding the standard noise the generator made (absent in models of older onnxfix)."""
     for prop in model.metadata_props:
         if prop.key == SEED_METADATA_KEY:
             try:
