@@ -133,8 +133,7 @@ def seeded_uniform(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | s
     np_dtype = _float_dtype(dtype)
     if _is_empty(shape):
         return _empty(b, shape, np_dtype, output)
-    words = _Words(b, table)
-    high, low = _draw_words(words, seed, key, shape, iteration, rank)
+    words, high, low = _generate(b, table, seed, key, shape, iteration, rank)
     if np_dtype == np.float32:
         flat = _unit(words, high, dtype, alg.UNIT, "uniform")
     else:
@@ -142,6 +141,13 @@ def seeded_uniform(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | s
                             _unit(words, low, dtype, alg.UNIT * alg.UNIT, "uniform_lo")],
                     "uniform")
     return _reshape(b, flat, shape, output, "uniform_shaped", words, rank)
+
+
+def _generate(b: NodeBuilder, table: str | None, seed: str, key: int, shape, iteration: Loops,
+              rank: int | None) -> tuple[_Words, str, str]:
+    """The word helpers and the two 24-bit words of every element of a draw."""
+    words = _Words(b, table)
+    return (words, *_draw_words(words, seed, key, shape, iteration, rank))
 
 
 def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
@@ -153,8 +159,7 @@ def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | st
     np_dtype = _float_dtype(dtype)
     if _is_empty(shape):
         return _empty(b, shape, np_dtype, output)
-    words = _Words(b, table)
-    high, low = _draw_words(words, seed, key, shape, iteration, rank)
+    words, high, low = _generate(b, table, seed, key, shape, iteration, rank)
     above_zero = b.op("Add", [high, words.const(1)], "bits_plus_one")
     u1 = _unit(words, above_zero, dtype, alg.UNIT, "u1")
     u2 = _unit(words, low, dtype, alg.UNIT, "u2")
@@ -177,8 +182,7 @@ def seeded_gumbel(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | st
     np_dtype = _float_dtype(dtype)
     if _is_empty(shape):
         return _empty(b, shape, np_dtype, output)
-    words = _Words(b, table)
-    high, low = _draw_words(words, seed, key, shape, iteration, rank)
+    words, high, low = _generate(b, table, seed, key, shape, iteration, rank)
     if np_dtype == np.float32:
         unit = _unit(words, _odd(words, high, "odd"), dtype, alg.UNIT, "open_unit")
     else:
