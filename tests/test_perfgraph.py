@@ -182,9 +182,13 @@ g (float[batch, 4] x) => (float[batch, 4] noise_e_x) {
 """
 
 
-@pytest.mark.parametrize("snapshot_limit", [64 * 2**20, 0])  # bytes first / names at once
-def test_fresh_names_avoid_the_models_names_and_each_other(monkeypatch, snapshot_limit):
+# bytes first / names at once / names collected once the byte searches are spent
+@pytest.mark.parametrize("snapshot_limit,search_limit", [(64 * 2**20, 64), (0, 64),
+                                                         (64 * 2**20, 1)])
+def test_fresh_names_avoid_the_models_names_and_each_other(monkeypatch, snapshot_limit,
+                                                           search_limit):
     monkeypatch.setattr(NameAllocator, "SNAPSHOT_LIMIT", snapshot_limit)
+    monkeypatch.setattr(NameAllocator, "SEARCH_LIMIT", search_limit)
     model = parse(NAMED)
     names = NameAllocator(model)
     # 'noise_e' is taken; 'noise_e_x' contains the bytes of 'noise_e_' but 'noise_e_1' is free
@@ -196,6 +200,16 @@ def test_fresh_names_avoid_the_models_names_and_each_other(monkeypatch, snapshot
     # names are the model's as it was when the allocator was made
     model.graph.node[0].name = "later"
     assert names.fresh("later") == "later"
+
+
+def test_byte_searches_are_bounded_then_the_names_are_collected_once(monkeypatch):
+    # a search scans the model's bytes: thousands of fresh names must not mean thousands
+    monkeypatch.setattr(NameAllocator, "SEARCH_LIMIT", 3)
+    names = NameAllocator(parse(NAMED))
+    assert [names.fresh(f"free{k}") for k in range(3)] == ["free0", "free1", "free2"]
+    assert names._names is None  # three names, three byte searches
+    assert names.fresh("free3") == "free3" and names._names is not None
+    assert names.fresh("noise_e") == "noise_e_1"
 
 
 def test_reader_walk_stops_at_the_first_reader_of_each_name():

@@ -36,11 +36,15 @@ class NameAllocator:
     # above this the model is not serialized (a model with its weights in memory): the names
     # are collected from the model right away
     SNAPSHOT_LIMIT = 64 * 2**20
+    # each byte search scans the whole snapshot: after this many (a model with thousands of
+    # random nodes asks for thousands of names) the names are collected once instead
+    SEARCH_LIMIT = 64
 
     def __init__(self, model: onnx.ModelProto):
         self._snapshot: bytes | None = None
         self._names: frozenset[str] | None = None
         self._added: set[str] = set()
+        self._searches = 0
         if model.ByteSize() <= self.SNAPSHOT_LIMIT:
             self._snapshot = model.SerializeToString()
         else:
@@ -51,6 +55,7 @@ class NameAllocator:
         other = NameAllocator.__new__(NameAllocator)
         other._snapshot, other._names = self._snapshot, self._names
         other._added = set(self._added)
+        other._searches = self._searches
         return other
 
     def __deepcopy__(self, memo) -> NameAllocator:
@@ -60,7 +65,8 @@ class NameAllocator:
         if name in self._added:
             return True
         if self._names is None:
-            if name.encode() not in self._snapshot:
+            self._searches += 1
+            if self._searches <= self.SEARCH_LIMIT and name.encode() not in self._snapshot:
                 return False
             model = onnx.ModelProto()
             model.ParseFromString(self._snapshot)
