@@ -54,6 +54,7 @@ class Case:
     loops: int = 0  # enclosing loops: one iteration index input each
     double: bool = False
     seeds: tuple[int, ...] = SEEDS
+    known_rank: bool = True  # False: the draw is built as for a source no inference ranks
 
     @property
     def exact(self) -> bool:
@@ -83,7 +84,8 @@ class Case:
         draw = {"uniform": seeded_uniform, "normal": seeded_normal,
                 "gumbel": seeded_gumbel}[self.family]
         draw(b, "seed", KEY, "shape" if self.runtime_shape else SHAPE,
-             self.iteration_inputs or None, dtype, output="y", rank=len(SHAPE))
+             self.iteration_inputs or None, dtype, output="y",
+             rank=len(SHAPE) if self.known_rank else None)
         model.graph.node.extend(b.nodes)
         onnx.checker.check_model(model, full_check=True)
         return model
@@ -110,6 +112,10 @@ CASES = [
     Case("uniform f32, static + iteration, opset 18", 18, loops=1),
     Case("uniform f32, runtime shape + 2 nested iterations, opset 17", 17, runtime_shape=True,
          loops=2),
+    Case("uniform f32, runtime shape of unknown rank, opset 13", 13, runtime_shape=True,
+         known_rank=False),
+    Case("uniform f32, runtime shape of unknown rank, opset 17", 17, runtime_shape=True,
+         known_rank=False),
     Case("uniform f32, static, opset 9 (no Range/Mod)", 9),
     Case("uniform f32, runtime shape, opset 10 (NonZero counts)", 10, runtime_shape=True),
     Case("uniform f64, static, opset 17", 17, double=True),

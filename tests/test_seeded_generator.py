@@ -155,13 +155,36 @@ def test_ops_used_at_opset_11_and_later():
     onnx2torch run."""
     ops = {n.op_type for n in generator_model(17, "shape", seeded_normal, rank=2).graph.node}
     assert ops == {"Constant", "Add", "Sub", "Mul", "Div", "Mod", "Gather", "Cast", "Range",
-                   "Reshape", "Log", "Sqrt", "Cos", "Identity"}
+                   "Reshape", "ConstantOfShape", "ReduceSum", "Log", "Sqrt", "Cos",
+                   "Identity"}
     b = _builder(17)
     seeded_normal(b, "seed", KEY, "shape")
     assert {n.op_type for n in b.nodes} == {
         "Constant", "Add", "Sub", "Mul", "Div", "Mod", "Gather", "Cast", "Reshape",
         "ConstantOfShape",
         "Shape", "Range", "Log", "Sqrt", "Cos", "Equal", "Expand"}
+
+
+# ops that only move or combine values read from a shape: their result is still such a value
+_SHAPE_ARITHMETIC = {"Gather", "Reshape", "Mul", "Add", "Sub", "Cast", "Squeeze", "Unsqueeze",
+                     "Concat", "Identity"}
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 17])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_no_mul_takes_a_value_read_from_the_runtime_shape(opset, rank):
+    """tract holds a value read from a shape as a symbol where the dim is symbolic, and its
+    optimizer refuses a Mul by one ("declutter node ... Mul: Undetermined symbol in
+    expression: n", tract 0.23.9): each stride is a count of ones (ReduceSum of a
+    ConstantOfShape), which tract holds as a number. Range, ConstantOfShape and NonZero may
+    read the dims."""
+    model = generator_model(opset, "shape", seeded_normal, iteration=True, rank=rank)
+    from_shape = {"shape"}
+    for node in model.graph.node:  # in topological order
+        if node.op_type in _SHAPE_ARITHMETIC and from_shape & set(node.input):
+            assert node.op_type != "Mul", f"{node.name} multiplies by a dim: {node.input}"
+            from_shape.update(node.output)
+    assert len(from_shape) > rank  # the dims were read
 
 
 @pytest.mark.parametrize("opset", [9, 11, 13])

@@ -106,11 +106,14 @@ def test_seeded_random_normal_like_ops_and_bits():
     assert [i.name for i in new.graph.input] == ["x", "seed"]
     ops = [n.op_type for n in new.graph.node]
     # the counter is built in the input's runtime shape (rank 2: a Gather of the dim, a Range
-    # and a Reshape to a constant shape per axis), so nothing is reshaped to a runtime shape;
-    # the seed's two words are floor mods made from Div, Mul and Sub
+    # and a Reshape to a constant shape per axis; the last dim's stride counted as the sum of
+    # a ConstantOfShape of ones, which tract multiplies by where the dim is symbolic), so
+    # nothing is reshaped to a runtime shape; the seed's two words are floor mods made from
+    # Div, Mul and Sub
     assert collections.Counter(ops) == {
-        "Add": 108, "Mod": 62, "Constant": 50, "Gather": 42, "Mul": 13, "Div": 7, "Sub": 5,
-        "Cast": 2, "Range": 2, "Reshape": 2, "Shape": 1, "Log": 1, "Sqrt": 1, "Cos": 1}
+        "Add": 108, "Mod": 62, "Constant": 51, "Gather": 42, "Mul": 13, "Div": 7, "Sub": 5,
+        "Cast": 2, "Range": 2, "Reshape": 3, "ConstantOfShape": 1, "ReduceSum": 1,
+        "Shape": 1, "Log": 1, "Sqrt": 1, "Cos": 1}
     # Box-Muller, the node's transform, the model's Add
     assert ops[-13:] == ["Constant", "Log", "Mul", "Sqrt", "Constant", "Mul", "Cos", "Mul",
                          "Constant", "Mul", "Constant", "Add", "Add"]

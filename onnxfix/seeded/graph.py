@@ -9,11 +9,11 @@ the seed and iteration are split into words by floor mods made from Div alone, a
 opset: IREE's ONNX import takes Mod, Less and Unsqueeze only at opset 13 or later.
 
 Ops used: Constant, Add, Sub, Mul, Div, Mod, Gather, Cast, Reshape; for a runtime shape also
-Range (NonZero, ConstantOfShape and Squeeze before opset 11), and for one of unknown rank
-ConstantOfShape, Shape, Equal, Expand; for normals Log, Sqrt, Cos; for Gumbel noise Log,
-Neg. All elementwise integer work is int64 on values < 2^24. Cost, measured in onnxruntime
-1.32 on this 2-core machine: about 0.6-1 us per element (20 Gathers and 20 Mods over the
-draw dominate).
+Range (NonZero and Squeeze before opset 11), ConstantOfShape and ReduceSum (the strides), and
+for one of unknown rank ConstantOfShape, Shape, Equal, Expand; for normals Log, Sqrt, Cos;
+for Gumbel noise Log, Neg. All elementwise integer work is int64 on values < 2^24. Cost,
+measured in onnxruntime 1.32 on this 2-core machine: about 0.6-1 us per element (20 Gathers
+and 20 Mods over the draw dominate).
 """
 
 from __future__ import annotations
@@ -286,7 +286,8 @@ def _counter_words(words: _Words, shape, rank: int | None) -> list[str]:
 def _grid_index(words: _Words, shape: str, rank: int) -> str:
     """The flat indices 0..count-1 built directly in the runtime shape (of `rank` dims): each
     axis' positions (`_positions`) placed on their axis, times the axis' stride (the product
-    of the later dims), summed by broadcasting; a 0 dim gives an empty draw by itself.
+    of the later dims, each a `_runtime_dim`), summed by broadcasting; a 0 dim gives an empty
+    draw by itself.
 
     Why not Range(count) reshaped to the shape: before opset 14 onnx shape inference gives a
     Reshape to a runtime shape no rank, which IREE's importer then types as a scalar (it took
@@ -303,8 +304,23 @@ def _grid_index(words: _Words, shape: str, rank: int) -> str:
         term = placed if stride is None else b.op("Mul", [placed, stride], f"axis{axis}_term")
         index = term if index is None else b.op("Add", [index, term], f"index{axis}")
         if axis:
-            stride = dim if stride is None else b.op("Mul", [stride, dim], f"stride{axis}")
+            size = _runtime_dim(words, dim, f"axis{axis}_size")
+            stride = size if stride is None else b.op("Mul", [stride, size], f"stride{axis}")
     return index
+
+
+def _runtime_dim(words: _Words, dim: str, hint: str) -> str:
+    """`dim` (an int64 scalar read from a shape) as a count of ones, ReduceSum of a
+    ConstantOfShape: the same value, but one tract holds as a number. tract keeps a value read
+    from a shape as a symbol (the dim's name) where the dim is symbolic, and its optimizer
+    refuses a Mul by a symbol ("Undetermined symbol in expression"); a Range by a symbol is
+    fine. A 0 dim sums to 0."""
+    b = words.b
+    dim_1d = b.op("Reshape", [dim, b.constant(np.array([1], dtype=np.int64), hint + "_1d")],
+                  hint + "_dim")
+    ones = b.op("ConstantOfShape", [dim_1d], hint + "_ones",
+                value=onnx.numpy_helper.from_array(np.array([1], dtype=np.int64)))
+    return b.op("ReduceSum", [ones], hint, keepdims=0)
 
 
 def _positions(words: _Words, dim: str, hint: str) -> str:
