@@ -548,3 +548,65 @@ def test_gumbel_moments_and_ks():
     assert abs(g.var() - np.pi ** 2 / 6) < 5 * np.sqrt((12 * 2.4 + 2) * (np.pi ** 2 / 6) ** 2
                                                        / N)
     assert ks_statistic(g, lambda x: np.exp(-np.exp(-x))) < KS_CRITICAL
+
+
+# -- float64 cosine without Cos (IREE links no float64 cos) ----------------------------------
+
+def test_float64_normals_use_no_cos_op():
+    model = generator_model(13, [4, 6], seeded_normal, dtype=TensorProto.DOUBLE)
+    float32 = generator_model(13, [4, 6], seeded_normal)
+    assert "Cos" not in {n.op_type for n in model.graph.node}
+    assert "Cos" in {n.op_type for n in float32.graph.node}
+
+
+@pytest.mark.parametrize("opset", [7, 13])
+def test_float64_cosine_of_turns_matches_its_reference_and_numpy_cos(opset):
+    """The graph's polynomial equals `cosine.reference` bit for bit in onnxruntime (IEEE Mul
+    and Add), which is within 1e-15 of numpy's cos(2 pi k / 2^24) at every quadrant edge and
+    on a spread of angles (measured over all 2^24: at most 9.0e-16 apart)."""
+    from onnxfix.seeded import cosine
+
+    edges = [q * cosine.QUARTER + d for q in range(4) for d in (-1, 0, 1)]
+    k = np.array(sorted({e % (1 << 24) for e in edges} | set(range(0, 1 << 24, 4099))),
+                 dtype=np.int64)
+    graph = helper.make_graph([], "g", [helper.make_tensor_value_info(n, TensorProto.INT64,
+                                                                      [len(k)])
+                                        for n in ("high", "low")],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE,
+                                                             [len(k)])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    b = NodeBuilder(NameAllocator(model), opset, "cos")
+    got_name = cosine.cos_of_turns(b, "high", "low")
+    b.op("Identity", [got_name], "out", output="y")
+    model.graph.node.extend(b.nodes)
+    onnx.checker.check_model(model, full_check=True)
+    got = session(model).run(["y"], {"high": k // 4096, "low": k % 4096})[0]
+    np.testing.assert_array_equal(got, cosine.reference(k))
+    assert np.abs(got - np.cos(k * 2.0 ** -24 * (2 * np.pi))).max() <= 1e-15
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13])
+def test_static_dims_of_a_runtime_shape_are_constants_and_the_draw_is_unchanged(opset):
+    """rank=[None, 4, None]: the 4 is a constant (a Range over it, or its positions as a
+    constant before opset 11), so inference types axis 1; the draw is the same bits."""
+    shape = [2, 4, 5]
+    graph = helper.make_graph([], "g", [
+        helper.make_tensor_value_info("seed", TensorProto.INT64, []),
+        helper.make_tensor_value_info("shape", TensorProto.INT64, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4, None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    b = NodeBuilder(NameAllocator(model), opset, "seeded")
+    seeded_uniform(b, "seed", KEY, "shape", output="y", rank=[None, 4, None])
+    model.graph.node.extend(b.nodes)
+    onnx.checker.check_model(model, full_check=True)
+    consts = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t)
+              for n in model.graph.node if n.op_type == "Constant"}
+    read = {int(consts[n.input[1]]) for n in model.graph.node
+            if n.op_type == "Gather" and n.input[0] == "shape"}
+    assert read == {0, 2}  # axis 1 is not read from the shape
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    (y,) = [v for v in inferred.graph.value_info if v.name == "y"] or list(inferred.graph.output)
+    assert y.type.tensor_type.shape.dim[1].dim_value == 4
+    np.testing.assert_array_equal(run(model, 5, shape), uniform(5, KEY, shape))

@@ -29,6 +29,7 @@ from onnxfix.seeded.graph import (
     MIN_OPSET,
     NONZERO_OPSET,
     RANGE_OPSET,
+    Rank,
     sbox_constant,
     seeded_gumbel,
     seeded_normal,
@@ -170,10 +171,11 @@ def _int_constant(names, output: str, value: int) -> onnx.NodeProto:
                             value=numpy_helper.from_array(np.array(value, dtype=np.int64)))
 
 
-def _draw_shape(b: NodeBuilder, p: SitePlan) -> tuple[list[int] | str, int | None]:
-    """One invocation's noise shape: static dims, or a 1-D int64 shape tensor and its length
-    when the plan knows the rank (the generator then builds the draw in that rank, which
-    IREE and TVM need: `onnxfix.seeded.graph._grid_index`)."""
+def _draw_shape(b: NodeBuilder, p: SitePlan) -> tuple[list[int] | str, Rank]:
+    """One invocation's noise shape: static dims, or a 1-D int64 shape tensor and its dims
+    when the plan knows the rank (an int where static, else None: the generator then builds
+    the draw in that rank, which IREE and TVM need, `onnxfix.seeded.graph._grid_index`, with
+    the static dims as constants)."""
     node = p.site.node
     static = p.spec.static_shape(node)
     if static is not None:
@@ -189,8 +191,10 @@ def _draw_shape(b: NodeBuilder, p: SitePlan) -> tuple[list[int] | str, int | Non
                          f"{param('mode', 'input-noise', hint=True)}, or fix the shape with "
                          f"{param_name('dims')}")
     need = b.op("Shape", [p.source], "draw_shape")
+    # the dims inference proved static are constants in the draw (typed by inference)
+    known = None if p.shape is None else [d if isinstance(d, int) else None for d in p.shape]
     if node.op_type != "Multinomial":
-        return need, None if p.shape is None else len(p.shape)
+        return need, known
     # Multinomial draws [batch, sample_size] (Gumbel form: [batch, sample_size, classes])
     # from logits [batch, classes]: each axis follows a logits axis, or is the sample count
     rank = len(p.spec.noise_shape(node, lambda _name: None))
@@ -198,4 +202,4 @@ def _draw_shape(b: NodeBuilder, p: SitePlan) -> tuple[list[int] | str, int | Non
                   "logits_dim", axis=0) if axis is not None else
              b.constant(np.array([int(p.attrs.get("sample_size", 1))], dtype=np.int64), "samples")
              for axis in p.spec.source_axes(rank)]
-    return b.op("Concat", parts, "draw_shape", axis=0), rank
+    return b.op("Concat", parts, "draw_shape", axis=0), known or rank

@@ -27,6 +27,7 @@ import onnx.numpy_helper
 from onnxfix.errors import ModelError
 from onnxfix.graph.builder import NodeBuilder
 from onnxfix.seeded import algorithm as alg
+from onnxfix.seeded.cosine import cos_of_turns
 
 MIN_OPSET = 7
 NONZERO_OPSET = 9
@@ -35,6 +36,8 @@ MOD_OPSET = 13  # IREE's ONNX import legalizes Mod, Less, Unsqueeze only from op
 _FLOATS = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
 # the iteration index tensor of the enclosing loop, or one per enclosing loop (outermost first)
 Loops = str | Sequence[str] | None
+# a runtime shape's length, or its dims (an int where static, None where not), or None
+Rank = int | Sequence[int | None] | None
 
 
 class _Words:
@@ -45,6 +48,7 @@ class _Words:
         self.table = table or sbox_constant(b)
         self._consts: dict[int, str] = {}
         self.no_zero_shape: str | None = None
+        self.low_words: tuple[str, str] = ("", "")
 
     def const(self, value: int) -> str:
         if value not in self._consts:
@@ -120,7 +124,7 @@ def sbox_constant(b: NodeBuilder) -> str:
 def seeded_uniform(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
                    iteration: Loops = None, dtype: int = onnx.TensorProto.FLOAT,
                    output: str | None = None, table: str | None = None,
-                   rank: int | None = None) -> str:
+                   rank: Rank = None) -> str:
     """Nodes drawing U[0, 1) of `shape` for stream `key`; returns the tensor holding it.
 
     seed: an int64 scalar tensor; key: the node's 48-bit key (`algorithm.node_key`); shape: a
@@ -128,7 +132,9 @@ def seeded_uniform(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | s
     iteration: an optional int64 scalar tensor (the Loop/Scan iteration index), or one per
     enclosing loop (outermost first); dtype: FLOAT or
     DOUBLE; output: the name to write the draw to; table: a shared `sbox_constant`; rank: the
-    length of a runtime `shape` when known (see `_grid_index`; give it whenever it is known).
+    length of a runtime `shape` when known (see `_grid_index`; give it whenever it is known),
+    or its dims with an int where a dim is static (None elsewhere): a static dim is then a
+    constant in the graph, so shape inference types that axis of the draw.
     """
     np_dtype = _float_dtype(dtype)
     if _is_empty(shape):
@@ -144,7 +150,7 @@ def seeded_uniform(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | s
 
 
 def _generate(b: NodeBuilder, table: str | None, seed: str, key: int, shape, iteration: Loops,
-              rank: int | None) -> tuple[_Words, str, str]:
+              rank: Rank) -> tuple[_Words, str, str]:
     """The word helpers and the two 24-bit words of every element of a draw."""
     words = _Words(b, table)
     return (words, *_draw_words(words, seed, key, shape, iteration, rank))
@@ -153,7 +159,7 @@ def _generate(b: NodeBuilder, table: str | None, seed: str, key: int, shape, ite
 def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
                   iteration: Loops = None, dtype: int = onnx.TensorProto.FLOAT,
                   output: str | None = None, table: str | None = None,
-                  rank: int | None = None) -> str:
+                  rank: Rank = None) -> str:
     """Nodes drawing N(0, 1) of `shape` by Box-Muller (`algorithm.normal`); same arguments as
     `seeded_uniform`. The uniforms are exact; Log, Sqrt and Cos round as the runtime does."""
     np_dtype = _float_dtype(dtype)
@@ -162,20 +168,23 @@ def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | st
     words, high, low = _generate(b, table, seed, key, shape, iteration, rank)
     above_zero = b.op("Add", [high, words.const(1)], "bits_plus_one")
     u1 = _unit(words, above_zero, dtype, alg.UNIT, "u1")
-    u2 = _unit(words, low, dtype, alg.UNIT, "u2")
+    u2 = _unit(words, low, dtype, alg.UNIT, "u2") if np_dtype == np.float32 else None
     minus_two = b.constant(np.array(-2.0, dtype=np_dtype), "minus_two")
     radius = b.op("Sqrt", [b.op("Mul", [b.op("Log", [u1], "log_u1"), minus_two], "m2log")],
                   "radius")
-    two_pi = alg.TWO_PI_F32 if np_dtype == np.float32 else np.float64(2 * np.pi)
-    angle = b.op("Mul", [u2, b.constant(np.array(two_pi, dtype=np_dtype), "two_pi")], "angle")
-    flat = b.op("Mul", [radius, b.op("Cos", [angle], "cos")], "normal")
+    if u2 is not None:
+        angle = b.op("Mul", [u2, b.constant(np.array(alg.TWO_PI_F32), "two_pi")], "angle")
+        cos = b.op("Cos", [angle], "cos")
+    else:  # no float64 Cos op: IREE links none (`onnxfix.seeded.cosine`)
+        cos = cos_of_turns(b, *words.low_words)
+    flat = b.op("Mul", [radius, cos], "normal")
     return _reshape(b, flat, shape, output, "normal_shaped", words, rank)
 
 
 def seeded_gumbel(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
                   iteration: Loops = None, dtype: int = onnx.TensorProto.FLOAT,
                   output: str | None = None, table: str | None = None,
-                  rank: int | None = None) -> str:
+                  rank: Rank = None) -> str:
     """Nodes drawing Gumbel(0, 1) of `shape` as -log(-log v), v in (0, 1) open
     (`algorithm.gumbel`); same arguments as `seeded_uniform`. v is exact; Log rounds as the
     runtime does."""
@@ -219,8 +228,7 @@ def _float_dtype(dtype: int) -> type:
     return _FLOATS[dtype]
 
 
-def _draw_words(words: _Words, seed: str, key: int, shape, iteration: Loops,
-                rank: int | None):
+def _draw_words(words: _Words, seed: str, key: int, shape, iteration: Loops, rank: Rank):
     """The two 24-bit integers per element (int64 tensors): flat, or in the draw's shape when
     it is a runtime shape of known rank."""
     b = words.b
@@ -243,6 +251,7 @@ def _draw_words(words: _Words, seed: str, key: int, shape, iteration: Loops,
                                    alg.STREAM_ROUNDS, f"stream{depth}")
     counter = _counter_words(words, shape, rank)
     y0, y1, y2, y3 = words.feistel(counter, stream_key, alg.ELEMENT_ROUNDS, "elem")
+    words.low_words = (y2, y3)  # the second number's words (float64 normals' cosine)
     return _join(words, y0, y1, "bits_a"), _join(words, y2, y3, "bits_b")
 
 
@@ -251,7 +260,7 @@ def _join(words: _Words, high: str, low: str, hint: str) -> str:
     return words.b.op("Add", [scaled, low], hint)
 
 
-def _counter_words(words: _Words, shape, rank: int | None) -> list[str]:
+def _counter_words(words: _Words, shape, rank: Rank) -> list[str]:
     """Counter words (low, mid, high, 0) of the flat indices 0..count-1 (in the draw's shape
     when it is a runtime shape of known rank)."""
     b = words.b
@@ -283,7 +292,7 @@ def _counter_words(words: _Words, shape, rank: int | None) -> list[str]:
             words.div(rows, "counter_hi"), words.const(0)]
 
 
-def _grid_index(words: _Words, shape: str, rank: int) -> str:
+def _grid_index(words: _Words, shape: str, rank: int | Sequence[int | None]) -> str:
     """The flat indices 0..count-1 built directly in the runtime shape (of `rank` dims): each
     axis' positions (`_positions`) placed on their axis, times the axis' stride (the product
     of the later dims, each a `_runtime_dim`), summed by broadcasting; a 0 dim gives an empty
@@ -294,17 +303,22 @@ def _grid_index(words: _Words, shape: str, rank: int) -> str:
     the first element and broadcast it: every element of the draw equal), and TVM converts
     no Equal on a shape (the 0-dim guard). Every tensor here has a known rank."""
     b = words.b
-    if rank == 0:
+    known = [None] * rank if isinstance(rank, int) else list(rank)
+    if not known:
         return words.const(0)
     index = stride = None
-    for axis in reversed(range(rank)):
-        dim = b.op("Gather", [shape, words.const(axis)], f"dim{axis}", axis=0)
-        placed = _place(b, _positions(words, dim, f"axis{axis}"), axis, rank,
-                        f"axis{axis}_placed")
+    for axis in reversed(range(len(known))):
+        static = known[axis]
+        dim = words.const(int(static)) if static is not None else \
+            b.op("Gather", [shape, words.const(axis)], f"dim{axis}", axis=0)
+        positions = _positions(words, dim, f"axis{axis}") if static is None or \
+            b.opset >= RANGE_OPSET else b.constant(np.arange(static, dtype=np.int64),
+                                                    f"axis{axis}")
+        placed = _place(b, positions, axis, len(known), f"axis{axis}_placed")
         term = placed if stride is None else b.op("Mul", [placed, stride], f"axis{axis}_term")
         index = term if index is None else b.op("Add", [index, term], f"index{axis}")
         if axis:
-            size = _runtime_dim(words, dim, f"axis{axis}_size")
+            size = dim if static is not None else _runtime_dim(words, dim, f"axis{axis}_size")
             stride = size if stride is None else b.op("Mul", [stride, size], f"stride{axis}")
     return index
 
@@ -393,7 +407,7 @@ def _no_zero_dims(words: _Words, shape: str) -> str:
 
 
 def _reshape(b: NodeBuilder, flat: str, shape, output: str | None, hint: str,
-             words: _Words, rank: int | None) -> str:
+             words: _Words, rank: Rank) -> str:
     if isinstance(shape, str) and rank is not None:  # made in its shape (`_grid_index`)
         return flat if output is None else b.op("Identity", [flat], hint, output=output)
     if not isinstance(shape, str):
