@@ -9,7 +9,7 @@ the seed and iteration are split into words by floor mods made from Div alone, a
 opset: IREE's ONNX import takes Mod, Less and Unsqueeze only at opset 13 or later.
 
 Ops used: Constant, Add, Sub, Mul, Div, Mod, Gather, Cast, Reshape; for a runtime shape also
-Range (NonZero and Squeeze before opset 11), ConstantOfShape and ReduceSum (the strides), and
+Range (ConstantOfShape, NonZero and Squeeze before opset 11), ReduceSum (the strides), and
 for one of unknown rank ConstantOfShape, Shape, Equal, Expand; for normals Log, Sqrt, Cos;
 for Gumbel noise Log, Neg. All elementwise integer work is int64 on values < 2^24. Cost,
 measured in onnxruntime 1.32 on this 2-core machine: about 0.6-1 us per element (20 Gathers
@@ -295,8 +295,8 @@ def _counter_words(words: _Words, shape, rank: Rank) -> list[str]:
 def _grid_index(words: _Words, shape: str, rank: int | Sequence[int | None]) -> str:
     """The flat indices 0..count-1 built directly in the runtime shape (of `rank` dims): each
     axis' positions (`_positions`) placed on their axis, times the axis' stride (the product
-    of the later dims, each a `_runtime_dim`), summed by broadcasting; a 0 dim gives an empty
-    draw by itself.
+    of the later dims, each a `_count` of the positions), summed by broadcasting; a 0 dim
+    gives an empty draw by itself.
 
     Why not Range(count) reshaped to the shape: before opset 14 onnx shape inference gives a
     Reshape to a runtime shape no rank, which IREE's importer then types as a scalar (it took
@@ -309,42 +309,44 @@ def _grid_index(words: _Words, shape: str, rank: int | Sequence[int | None]) -> 
     index = stride = None
     for axis in reversed(range(len(known))):
         static = known[axis]
-        dim = words.const(int(static)) if static is not None else \
-            b.op("Gather", [shape, words.const(axis)], f"dim{axis}", axis=0)
-        positions = _positions(words, dim, f"axis{axis}") if static is None or \
-            b.opset >= RANGE_OPSET else b.constant(np.arange(static, dtype=np.int64),
-                                                    f"axis{axis}")
+        if static is not None:
+            size = words.const(int(static))
+            positions = b.op("Range", [words.const(0), size, words.const(1)], f"axis{axis}") \
+                if b.opset >= RANGE_OPSET else b.constant(np.arange(static, dtype=np.int64),
+                                                          f"axis{axis}")
+        else:
+            positions = _positions(words, shape, axis, f"axis{axis}")
+            size = _count(words, positions, f"axis{axis}_size") if axis else None
         placed = _place(b, positions, axis, len(known), f"axis{axis}_placed")
         term = placed if stride is None else b.op("Mul", [placed, stride], f"axis{axis}_term")
         index = term if index is None else b.op("Add", [index, term], f"index{axis}")
         if axis:
-            size = dim if static is not None else _runtime_dim(words, dim, f"axis{axis}_size")
             stride = size if stride is None else b.op("Mul", [stride, size], f"stride{axis}")
     return index
 
 
-def _runtime_dim(words: _Words, dim: str, hint: str) -> str:
-    """`dim` (an int64 scalar read from a shape) as a count of ones, ReduceSum of a
-    ConstantOfShape: the same value, but one tract holds as a number. tract keeps a value read
-    from a shape as a symbol (the dim's name) where the dim is symbolic, and its optimizer
-    refuses a Mul by a symbol ("Undetermined symbol in expression"); a Range by a symbol is
-    fine. A 0 dim sums to 0."""
+def _count(words: _Words, positions: str, hint: str) -> str:
+    """The length of a 1-D tensor as a sum of ones made from it (ReduceSum of positions * 0
+    + 1): the dim, but one that tract holds as a number. tract keeps a value read from a
+    shape as a symbol (the dim's name) where the dim is symbolic, and its optimizer refuses a
+    Mul by a symbol ("Undetermined symbol in expression"); a Range by one is fine. TVM
+    converts no ConstantOfShape of a dim read from a shape, so the ones come from the
+    positions. An empty axis sums to 0."""
     b = words.b
-    dim_1d = b.op("Reshape", [dim, b.constant(np.array([1], dtype=np.int64), hint + "_1d")],
-                  hint + "_dim")
-    ones = b.op("ConstantOfShape", [dim_1d], hint + "_ones",
-                value=onnx.numpy_helper.from_array(np.array([1], dtype=np.int64)))
+    zeros = b.op("Mul", [positions, words.const(0)], hint + "_zeros")
+    ones = b.op("Add", [zeros, words.const(1)], hint + "_ones")
     return b.op("ReduceSum", [ones], hint, keepdims=0)
 
 
-def _positions(words: _Words, dim: str, hint: str) -> str:
-    """0..dim-1 (1-D int64) for an int64 scalar `dim`: Range, or before opset 11 the positions
-    of a ConstantOfShape of ones as NonZero lists them (in order)."""
+def _positions(words: _Words, shape: str, axis: int, hint: str) -> str:
+    """0..dim-1 (1-D int64) for axis `axis` of `shape`: Range, or before opset 11 the
+    positions of a ConstantOfShape of ones as NonZero lists them (in order)."""
     b = words.b
     if b.opset >= RANGE_OPSET:
+        dim = b.op("Gather", [shape, words.const(axis)], hint + "_dim", axis=0)
         return b.op("Range", [words.const(0), dim, words.const(1)], hint)
-    dim_1d = b.op("Reshape", [dim, b.constant(np.array([1], dtype=np.int64), hint + "_1d")],
-                  hint + "_dim")
+    dim_1d = b.op("Gather", [shape, b.constant(np.array([axis], dtype=np.int64),
+                                               hint + "_index")], hint + "_dim", axis=0)
     ones = b.op("ConstantOfShape", [dim_1d], hint + "_ones",
                 value=onnx.numpy_helper.from_array(np.array([1], dtype=np.int32)))
     return b.op("Squeeze", [b.op("NonZero", [ones], hint + "_nonzero")], hint, axes=[0])
