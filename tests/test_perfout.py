@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import onnx
+import pytest
 from conftest import parse
 
 from onnxfix.passes import tidy as tidy_module
@@ -37,3 +38,34 @@ F (a) => (b) { b = Relu(a) }
     del after.functions[:]
     assert tidy_module.drop_unused_opset_imports(before, after) == ["local"]
     assert [i.domain for i in after.opset_import] == [""]
+
+
+THREE_DRAWS = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 4] y) {
+  a = RandomNormalLike<scale = 2.0>(x)
+  b = Add(x, a)
+  c = RandomUniformLike(b)
+  d = Mul(b, c)
+  p = Sigmoid(d)
+  e = RandomNormalLike<mean = 1.0>(p)
+  y = Add(d, e)
+}
+"""
+
+
+@pytest.mark.parametrize("mode, noise_dtype", [("input-noise", "float16"),
+                                               ("constant", "same"), ("seeded", "same")])
+def test_in_place_splicing_gives_what_rebuilding_the_node_list_gives(monkeypatch, mode,
+                                                                     noise_dtype):
+    import onnxfix
+    from onnxfix.graph import graph_edit
+
+    kwargs = {"dims": {"batch": 2}} if mode == "constant" else {}
+    in_place, _ = onnxfix.rewrite(parse(THREE_DRAWS), mode, noise_dtype=noise_dtype,
+                                  check=False, **kwargs)
+    monkeypatch.setattr(graph_edit, "IN_PLACE_EDITS", 0)
+    rebuilt, _ = onnxfix.rewrite(parse(THREE_DRAWS), mode, noise_dtype=noise_dtype,
+                                 check=False, **kwargs)
+    assert in_place.SerializeToString() == rebuilt.SerializeToString()
+    assert "RandomNormalLike" not in [n.op_type for n in in_place.graph.node]
