@@ -53,12 +53,15 @@ def redeclare_output_shapes(model: onnx.ModelProto,
 
 def infer_for_plan(model: onnx.ModelProto) -> tuple[Facts, OutputFacts | None]:
     """The plan's shape inference, run with the main outputs' declared shapes cleared, and
-    what it proves for those outputs (None when inference failed).
+    what it proves for those outputs (None when inference failed, or when the plan reads other
+    facts, below).
 
     The facts are the ones inference gives with the declarations in place (what the plan
     always read) whenever every declaration only restates what inference proves: that is
     checked, and where a declaration adds to or contradicts inference, inference runs again
-    with the declarations, as before."""
+    with the declarations, as before; the output facts are then not offered for reuse (the
+    draws' facts the reuse compares with would be the declarations', see
+    `reusable_output_facts`)."""
     saved = _clear_output_shapes(model)
     try:
         inferred = inferred_or_none(model)
@@ -72,7 +75,7 @@ def infer_for_plan(model: onnx.ModelProto) -> tuple[Facts, OutputFacts | None]:
     outputs = {o.name: facts.get(o.name) for o, _ in saved}
     if all(_restates(_declared_facts(o), outputs[o.name]) for o, _ in saved):
         return facts, outputs
-    return collect_facts(inferred_or_none(model) or model), outputs
+    return collect_facts(inferred_or_none(model) or model), None
 
 
 def draw_facts(facts: Mapping, site_nodes) -> OutputFacts:
