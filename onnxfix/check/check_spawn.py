@@ -25,7 +25,7 @@ _BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
 
 def pickled(check) -> bytes | None:
     """`check` as it travels to another interpreter (a CheckJob does; a lambda cannot: None)."""
-    if not sys.executable:
+    if not sys.executable or getattr(sys, "frozen", False):  # no interpreter to start
         return None
     try:
         return pickle.dumps(check, protocol=pickle.HIGHEST_PROTOCOL)
