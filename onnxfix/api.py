@@ -8,6 +8,7 @@ against the same plan's input-noise twin, write the output only after the check 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -186,12 +187,22 @@ def _check(original, new_model, records, model_plan: ModelPlan, options: Rewrite
                                  seed=options.seed, given=given, limits=limits,
                                  fail_on_skip=settings.fail_on_skip)
 
-    def twin(measured: dict[str, int]):
-        return apply_plan(original, model_plan.with_bounds(measured), "input-noise")
-
-    return run_check(original, new_model, records, options.mode, check_options, twin=twin,
+    return run_check(original, new_model, records, options.mode, check_options,
+                     twin=PlanTwin(original, model_plan),
                      reporter=reporter,
                      weights_folder=str(skeleton.folder) if skeleton is not None else None)
+
+
+@dataclass(frozen=True)
+class PlanTwin:
+    """measured bounds -> the input-noise twin of `original` from the same plan (a value, not
+    a closure: it travels with the check into a fresh interpreter when a fork stalls)."""
+
+    original: onnx.ModelProto
+    plan: ModelPlan
+
+    def __call__(self, measured: dict[str, int]):
+        return apply_plan(self.original, self.plan.with_bounds(measured), "input-noise")
 
 
 def _raise_unless_passed(report: RewriteReport, settings: CheckSettings) -> None:
