@@ -69,3 +69,25 @@ def test_in_place_splicing_gives_what_rebuilding_the_node_list_gives(monkeypatch
                                  check=False, **kwargs)
     assert in_place.SerializeToString() == rebuilt.SerializeToString()
     assert "RandomNormalLike" not in [n.op_type for n in in_place.graph.node]
+
+
+def test_a_rewrite_that_reads_no_constant_indexes_none(monkeypatch):
+    """The emit looks constants up in the plan's unchanged model, lazily: a draw whose rewrite
+    needs no constant (RandomNormalLike -> noise input) indexes none of the initializers."""
+    import onnxfix
+    from onnxfix.graph import find
+
+    def refuse(_model):
+        raise AssertionError("every constant was indexed")
+
+    monkeypatch.setattr(find, "constant_values", refuse)
+    new, report = onnxfix.rewrite(parse("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 4] y) {
+  c = Constant<value = float[4] {1, 2, 3, 4}>()
+  a = Add(x, c)
+  r = RandomNormalLike(a)
+  y = Mul(a, r)
+}
+"""), check=False)
+    assert [r.replacement.name for r in report.nodes] == ["noise_r"]
