@@ -15,6 +15,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
+# typer's own coercion pieces, found by `install` (None: a typer without them; nothing is
+# installed then and typer coerces every value itself)
+_TYPER: dict[str, Any] = {}
+
 _INT = re.compile(r"-?(0|[1-9][0-9]{0,17})")
 _FLOAT = re.compile(r"-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,17})?([eE][-+]?[0-9]{1,2})?")
 
@@ -27,6 +31,8 @@ class PlainCoercion:
     """A typer RuntimeParam stand-in: fast for plain values, typer's own for the rest."""
 
     def __init__(self, descriptor):
+        if not _typer_pieces():
+            raise RuntimeError("this typer lacks the coercion pieces PlainCoercion uses")
         self.descriptor = descriptor
         self._typer = None
 
@@ -36,9 +42,7 @@ class PlainCoercion:
         except _NotPlain:
             pass
         if self._typer is None:
-            from typer._coercion import build_runtime_param  # noqa: PLC0415 - pydantic
-
-            self._typer = build_runtime_param(self.descriptor)
+            self._typer = _TYPER["build_runtime_param"](self.descriptor)
         return self._typer.coerce(value, param=param, ctx=ctx)
 
     def _plain(self, value: Any, param, ctx) -> Any:
@@ -62,10 +66,8 @@ class PlainCoercion:
         if annotation in (int, float):
             return _number(annotation, value, info)
         if isinstance(annotation, type) and issubclass(annotation, Enum):
-            from typer._param_types import coerce_cli_choice  # noqa: PLC0415
-
             try:
-                return coerce_cli_choice(value, choices=list(annotation),
+                return _TYPER["coerce_cli_choice"](value, choices=list(annotation),
                                          case_sensitive=info.case_sensitive, ctx=ctx)
             except ValueError:
                 raise _NotPlain from None
@@ -88,18 +90,18 @@ def _number(annotation: type, value: Any, info) -> int | float:
 
 
 def _path(value: Any, info, param, ctx) -> Path:
-    from typer._param_types import coerce_cli_path  # noqa: PLC0415
-
     if isinstance(value, str) and value and "\0" not in value:
         value = Path(value)
     if not isinstance(value, Path):
         raise _NotPlain
-    return coerce_cli_path(value, info, path_type=Path, param=param, ctx=ctx)
+    return _TYPER["coerce_cli_path"](value, info, path_type=Path, param=param, ctx=ctx)
 
 
 def install(command) -> None:
     """Give every typer parameter of `command` (a click group or command, recursively) the
     plain coercion; a typer without the per-parameter runtime hook is left as it is."""
+    if not _typer_pieces():
+        return
     for param in getattr(command, "params", []):
         if hasattr(param, "_runtime_param") and hasattr(param, "type_descriptor"):
             param._runtime_param = PlainCoercion(param.type_descriptor)
@@ -109,6 +111,20 @@ def install(command) -> None:
 
 def plain_help_option(option):
     """click makes the --help option per command on first use: give it the plain coercion."""
-    if option is not None and getattr(option, "_runtime_param", False) is None:
+    if option is not None and _typer_pieces() and getattr(option, "_runtime_param", False) is None:
         option._runtime_param = PlainCoercion(option.type_descriptor)
     return option
+
+
+def _typer_pieces() -> bool:
+    """Whether this typer has the pieces the plain coercion uses (typer 0.29's private
+    modules, already imported by typer itself: no cost)."""
+    if not _TYPER:
+        try:
+            from typer._coercion import build_runtime_param  # noqa: PLC0415
+            from typer._param_types import coerce_cli_choice, coerce_cli_path  # noqa: PLC0415
+        except ImportError:
+            return False
+        _TYPER.update(build_runtime_param=build_runtime_param,
+                      coerce_cli_choice=coerce_cli_choice, coerce_cli_path=coerce_cli_path)
+    return True

@@ -43,3 +43,13 @@ def test_plain_coercion_answers_as_typer_does(name, tmp_path, monkeypatch):
         plain = _outcome(PlainCoercion(param.type_descriptor), value, param, ctx)
         typer_own = _outcome(build_runtime_param(param.type_descriptor), value, param, ctx)
         assert plain == typer_own, value
+
+
+def test_a_typer_without_the_pieces_keeps_its_own_coercion(monkeypatch):
+    from onnxfix import cli_params
+
+    monkeypatch.setattr(cli_params, "_typer_pieces", lambda: False)
+    command = typer.main.get_command(app)
+    cli_params.install(command)
+    params = [p for c in command.commands.values() for p in c.params]
+    assert params and all(p._runtime_param is None for p in params)
