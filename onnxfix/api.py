@@ -8,6 +8,7 @@ against the same plan's input-noise twin, write the output only after the check 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,11 +29,11 @@ from onnxfix.io import (
 )
 from onnxfix.options import MAX_CHECK_SIZE, CheckSettings, RewriteOptions
 from onnxfix.passes.emit import DEFAULT_MAX_DRAW_BYTES
-from onnxfix.passes.output_shapes import redeclare_output_shapes
+from onnxfix.passes.output_shapes import redeclare_output_shapes, reusable_output_facts
 from onnxfix.passes.plan import ModelPlan
 from onnxfix.report import Parity, RewriteReport, op_counts
 from onnxfix.reporter import Reporter, Sink
-from onnxfix.rewrite import apply_plan, plan_model
+from onnxfix.rewrite import apply_emitted, apply_plan, plan_model
 
 if TYPE_CHECKING:
     from onnxfix.inspection import InspectReport
@@ -132,9 +133,10 @@ def run(model_or_path: ModelLike, options: RewriteOptions,
 def _rewrite(original, source, skeleton, options: RewriteOptions, settings: CheckSettings,
              output, reporter: Reporter) -> tuple[onnx.ModelProto, RewriteReport]:
     model_plan = plan_model(original, options)
-    new_model, records = apply_plan(original, model_plan, options.mode, seed=options.seed,
-                                    noise_dtype=options.noise_dtype,
-                                    max_draw_bytes=options.max_draw_bytes)
+    new_model, emitted = apply_emitted(original, model_plan, options.mode, seed=options.seed,
+                                       noise_dtype=options.noise_dtype,
+                                       max_draw_bytes=options.max_draw_bytes)
+    records = emitted.records if model_plan.prepared.random else []
     rewritten = any(r.status == "rewritten" for r in records)
     report = RewriteReport(
         mode=options.mode, input=source, output=str(output) if output is not None else None,
@@ -144,7 +146,7 @@ def _rewrite(original, source, skeleton, options: RewriteOptions, settings: Chec
         seed_input=next((r.replacement.name for r in records
                          if r.replacement and r.replacement.kind == "seeded"), None),
         ops_kept=sum(1 for r in records if r.status == "kept"),
-        redeclared_outputs=redeclare_output_shapes(new_model) if rewritten else [],
+        redeclared_outputs=_redeclared(new_model, model_plan, emitted) if rewritten else [],
     )
     if not records:
         report.parity = Parity(status="skipped", reason="the model has no random nodes")
@@ -160,6 +162,13 @@ def _rewrite(original, source, skeleton, options: RewriteOptions, settings: Chec
     else:
         report.parity = Parity(status="skipped", reason="--no-check")
     return new_model, report
+
+
+def _redeclared(new_model, model_plan: ModelPlan, emitted):
+    """Output re-declaration, from the plan's inference where it provably still holds."""
+    known = reusable_output_facts(model_plan.output_facts, model_plan.draw_facts, new_model,
+                                  emitted.sites)
+    return redeclare_output_shapes(new_model, known)
 
 
 def _check(original, new_model, records, model_plan: ModelPlan, options: RewriteOptions,
@@ -178,12 +187,22 @@ def _check(original, new_model, records, model_plan: ModelPlan, options: Rewrite
                                  seed=options.seed, given=given, limits=limits,
                                  fail_on_skip=settings.fail_on_skip)
 
-    def twin(measured: dict[str, int]):
-        return apply_plan(original, model_plan.with_bounds(measured), "input-noise")
-
-    return run_check(original, new_model, records, options.mode, check_options, twin=twin,
+    return run_check(original, new_model, records, options.mode, check_options,
+                     twin=PlanTwin(original, model_plan),
                      reporter=reporter,
                      weights_folder=str(skeleton.folder) if skeleton is not None else None)
+
+
+@dataclass(frozen=True)
+class PlanTwin:
+    """measured bounds -> the input-noise twin of `original` from the same plan (a value, not
+    a closure: it travels with the check into a fresh interpreter when a fork stalls)."""
+
+    original: onnx.ModelProto
+    plan: ModelPlan
+
+    def __call__(self, measured: dict[str, int]):
+        return apply_plan(self.original, self.plan.with_bounds(measured), "input-noise")
 
 
 def _raise_unless_passed(report: RewriteReport, settings: CheckSettings) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 try:  # typer >= 0.22 carries its own copy of click
     from typer._click.exceptions import NoArgsIsHelpError
@@ -25,6 +25,8 @@ except ImportError:  # pragma: no cover - older typer on top of click
 
 
 from onnxfix import __version__
+from onnxfix.cli_params import install as install_plain_coercion
+from onnxfix.cli_params import plain_help_option
 from onnxfix.errors import ModelError, OnnxfixError, ParityError, UsageError, api_words
 from onnxfix.reporter import Reporter
 
@@ -60,11 +62,22 @@ class Weights(StrEnum):
     external = "external"
 
 
+class _Command(TyperCommand):
+    """A typer command whose --help option is coerced without pydantic (cli_params)."""
+
+    def get_help_option(self, ctx):
+        return plain_help_option(super().get_help_option(ctx))
+
+
 class _OneLineErrors(TyperGroup):
     """Usage errors as one line on stderr with exit 2, instead of a framed help box."""
 
+    def get_help_option(self, ctx):
+        return plain_help_option(super().get_help_option(ctx))
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
+        install_plain_coercion(self)
         try:
             code = super().main(args=args, prog_name=prog_name or "onnxfix",
                                 complete_var=complete_var, standalone_mode=False, **extra)
@@ -233,7 +246,7 @@ class _Job:
     weights: str
 
 
-@app.command("rewrite")
+@app.command("rewrite", cls=_Command)
 def rewrite_cmd(
     input: Path = _INPUT, output: Path = _OUTPUT, mode: Mode = _MODE, seed: int = _SEED,
     dim: list[str] = _DIM, noise_bound: list[str] = _NOISE_BOUND, only: list[str] = _ONLY,
@@ -433,7 +446,7 @@ def _parity_summary(rep: RewriteReport | None) -> str:
     return f"Parity: {word} ({len(p.outputs) - bad}/{len(p.outputs)} comparisons{at}{dist})"
 
 
-@app.command("inspect")
+@app.command("inspect", cls=_Command)
 def inspect_cmd(
     model: Path = typer.Argument(..., help="The .onnx model to inspect."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (a 'nodes' list)."),

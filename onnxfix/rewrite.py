@@ -14,7 +14,7 @@ import onnx
 
 from onnxfix.graph.find import Site
 from onnxfix.options import RewriteOptions
-from onnxfix.passes.emit import DEFAULT_MAX_DRAW_BYTES, MODES, NOISE_DTYPES, emit
+from onnxfix.passes.emit import DEFAULT_MAX_DRAW_BYTES, MODES, NOISE_DTYPES, Emitted, emit
 from onnxfix.passes.plan import ModelPlan, SitePlan, plan
 from onnxfix.passes.prepare import prepare
 from onnxfix.passes.splice import splice
@@ -37,15 +37,26 @@ def apply_plan(original: onnx.ModelProto, model_plan: ModelPlan, mode: str, *, s
                noise_dtype: str = "same", max_draw_bytes: int = DEFAULT_MAX_DRAW_BYTES,
                allow_unbounded: bool = False) -> tuple[onnx.ModelProto, list[NodeRecord]]:
     """emit(mode) -> splice -> tidy -> validate: a rewritten copy and one record per node."""
+    out, emitted = apply_emitted(original, model_plan, mode, seed=seed,
+                                 noise_dtype=noise_dtype, max_draw_bytes=max_draw_bytes,
+                                 allow_unbounded=allow_unbounded)
+    return out, emitted.records if model_plan.prepared.random else []
+
+
+def apply_emitted(original: onnx.ModelProto, model_plan: ModelPlan, mode: str, *,
+                  seed: int = 0, noise_dtype: str = "same",
+                  max_draw_bytes: int = DEFAULT_MAX_DRAW_BYTES,
+                  allow_unbounded: bool = False) -> tuple[onnx.ModelProto, Emitted]:
+    """apply_plan, returning what the emit made (the replacements) instead of the records."""
     emitted = emit(model_plan, mode, seed=seed, noise_dtype=noise_dtype,
                    max_draw_bytes=max_draw_bytes, allow_unbounded=allow_unbounded)
     out = splice(emitted)
     if not model_plan.prepared.random:
-        return out, []
+        return out, emitted
     tidy(original, out, emitted.noise_meta, emitted.seed_meta)
     if emitted.sites:
         validate(original, out)
-    return out, emitted.records
+    return out, emitted
 
 
 def rewrite_model(model: onnx.ModelProto, mode: str, *, seed: int = 0,
@@ -78,4 +89,4 @@ def rewrite_with(model: onnx.ModelProto, options: RewriteOptions,
 
 
 __all__ = ["DEFAULT_MAX_DRAW_BYTES", "MODES", "NOISE_DTYPES", "NOISE_METADATA_KEY", "Plan",
-           "apply_plan", "plan_model", "rewrite_model", "rewrite_with"]
+           "apply_emitted", "apply_plan", "plan_model", "rewrite_model", "rewrite_with"]

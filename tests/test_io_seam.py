@@ -228,3 +228,37 @@ def test_a_model_the_checker_refuses_is_refused_in_the_same_words(tmp_path):
     except Exception as e:  # noqa: BLE001
         expected = one_line(e)
     assert str(info.value) == f"{path}: invalid ONNX model: {expected}"
+
+
+# -- issue 10: a small file of small tensors is its own skeleton, parsed once by protobuf ----
+
+def test_a_small_file_without_large_payloads_skips_the_field_scan(tmp_path, monkeypatch):
+    path = tmp_path / "m.onnx"
+    model = _chain(200, weight=16, nested=True)
+    onnx.save(model, str(path))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the field scan ran")
+
+    monkeypatch.setattr(reader, "_scan_model", refuse)
+    with load_skeleton(path) as sk:
+        assert sk.stubs == {} and sk.model == model
+
+
+@pytest.mark.parametrize("limit", [0, reader.WHOLE_PARSE_LIMIT])
+def test_the_whole_parse_and_the_scan_give_the_same_skeleton(tmp_path, monkeypatch, limit):
+    """Above WHOLE_PARSE_LIMIT (here: every file when it is 0) the scan decides, as before."""
+    path = tmp_path / "m.onnx"
+    model = _chain(30, weight=16)
+    model.graph.initializer.append(numpy_helper.from_array(np.ones(300, np.float32), "big"))
+    onnx.save(model, str(path))
+    monkeypatch.setattr(reader, "WHOLE_PARSE_LIMIT", limit)
+    with load_skeleton(path) as sk:
+        assert list(sk.stubs) == ["big"]  # a payload over 1 KB stays in the file either way
+        assert [t.name for t in sk.model.graph.initializer] == [f"c{i}" for i in range(30)] + [
+            "big"]
+        assert sk.model.graph.initializer[-1].data_location == TensorProto.EXTERNAL
+        assert sk.model.graph.node == model.graph.node
+    loaded = load_model(path)
+    assert [(t.name, numpy_helper.to_array(t).tolist()) for t in loaded.graph.initializer] == [
+        (t.name, numpy_helper.to_array(t).tolist()) for t in model.graph.initializer]

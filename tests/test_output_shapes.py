@@ -10,7 +10,8 @@ import json
 
 import numpy as np
 import onnx
-from conftest import real_model_path, run
+import pytest
+from conftest import op_types, real_model_path, run
 from onnx import TensorProto, helper
 
 import onnxfix
@@ -73,3 +74,79 @@ def test_the_migraphx_multinomial_model_gets_its_true_output_shape(tmp_path):
         ShapeCorrection("output", [None, 10], ["input_dim0", 12])]
     assert _declared(onnx.load(tmp_path / "m.onnx"), "output") == ["input_dim0", 12]
     assert report.parity.status == "passed"
+
+
+# -- issue 10: the re-declaration reuses the plan's one inference where that is proven --------
+
+def _counting_inference(monkeypatch) -> list[onnx.ModelProto]:
+    calls = []
+    real = onnx.shape_inference.infer_shapes
+
+    def counted(model, *args, **kwargs):
+        calls.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", counted)
+    return calls
+
+
+def _graph(text: str, declared: str) -> onnx.ModelProto:
+    return onnx.parser.parse_model(f"""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[n, 4] x) => (float{declared} y) {{
+{text}
+}}
+""")
+
+
+NORMAL_LIKE = "a = Relu(x)\n r = RandomNormalLike<scale = 2.0>(a)\n y = Add(a, r)"
+BERNOULLI = "p = Sigmoid(x)\n b = Bernoulli<dtype = 1>(p)\n y = Add(p, b)"
+
+
+def test_a_draw_that_keeps_its_facts_costs_no_second_inference_of_the_graph(monkeypatch):
+    calls = _counting_inference(monkeypatch)
+    new, report = onnxfix.rewrite(_graph(NORMAL_LIKE, "[n, 4]"), check=False)
+    # the plan's inference of the whole graph, then the replacement nodes alone
+    assert [op_types(m) for m in calls] == [["Relu", "RandomNormalLike", "Add"],
+                                            ["Constant", "Mul"]]
+    assert report.redeclared_outputs == [] and _declared(new, "y") == ["n", 4]
+
+
+def test_a_contradicted_output_downstream_of_a_draw_is_still_redeclared(monkeypatch):
+    calls = _counting_inference(monkeypatch)
+    new, report = onnxfix.rewrite(_graph(NORMAL_LIKE, "[n, 5]"), check=False)
+    assert report.redeclared_outputs == [ShapeCorrection("y", ["n", 5], ["n", 4])]
+    assert _declared(new, "y") == ["n", 4]
+    # the declaration adds to inference: the plan infers again with it; the correction
+    # comes from a fresh inference of the rewritten model, as it always did
+    assert [len(m.graph.node) for m in calls] == [3, 3, 4]
+
+
+@pytest.mark.parametrize("declared, corrected", [("[n, 4]", []), ("[n, 3, 1]", [["n", 4]])])
+def test_a_replacement_reading_a_computed_value_is_inferred_with_the_graph(
+        monkeypatch, declared, corrected):
+    """Bernoulli's replacement reads p, computed by the graph: its facts are not proven alone,
+    so the rewritten model is inferred whole."""
+    calls = _counting_inference(monkeypatch)
+    new, report = onnxfix.rewrite(_graph(BERNOULLI, declared), check=False)
+    assert [c.inferred for c in report.redeclared_outputs] == corrected
+    assert op_types(calls[-1]) == op_types(new)
+    y = run(new, {"x": np.zeros((2, 4), np.float32),
+                  "noise_b": np.full((2, 4), 0.25, np.float32)})["y"]
+    np.testing.assert_array_equal(y, np.full((2, 4), 1.5, np.float32))  # p = 0.5, u < p
+
+
+@pytest.mark.parametrize("declared", ["[n, 4]", "[batch, 4]", "[?, 4]", "[n, ?]", "[3, 4]"])
+def test_the_plan_reads_the_facts_inference_gives_with_the_declarations(declared):
+    from onnxfix.graph.shapes import TensorFacts, infer_facts
+    from onnxfix.passes.output_shapes import infer_for_plan
+
+    model = _graph(NORMAL_LIKE, declared)
+    before = model.SerializeToString()
+    facts, outputs = infer_for_plan(model)
+    assert dict(facts) == dict(infer_facts(model))
+    # offered for reuse only where the plan's facts are those of the cleared inference
+    restated = declared in ("[n, 4]", "[?, 4]", "[n, ?]")
+    assert outputs == ({"y": TensorFacts(onnx.TensorProto.FLOAT, ["n", 4])} if restated
+                       else None)
+    assert model.SerializeToString() == before

@@ -131,7 +131,7 @@ class _Calls:
 
 @pytest.mark.parametrize("mode", ["constant", "deterministic"])
 def test_the_plan_is_computed_once_for_a_rewrite_and_its_check(monkeypatch, tmp_path, mode):
-    counters = [_Calls(monkeypatch, tmp_path, plan_module, "infer_facts"),
+    counters = [_Calls(monkeypatch, tmp_path, plan_module, "infer_for_plan"),
                 _Calls(monkeypatch, tmp_path, prepare_module, "find_sites"),
                 _Calls(monkeypatch, tmp_path, plan_module, "find_sites"),
                 _Calls(monkeypatch, tmp_path, plan_module, "trace"),
@@ -153,7 +153,7 @@ def test_the_check_never_calls_the_rewrite(monkeypatch, mode):
     monkeypatch.setattr(rewrite_module, "rewrite_model", refuse)
     monkeypatch.setattr(rewrite_module, "rewrite_with", refuse)
     monkeypatch.setattr(prepare_module, "inline_random_functions", refuse)
-    monkeypatch.setattr(plan_module, "infer_facts", refuse)
+    monkeypatch.setattr(plan_module, "infer_for_plan", refuse)
     new, records = apply_plan(_ref3(), model_plan, mode)
     from onnxfix.check.parity import check_parity
 
@@ -190,7 +190,7 @@ def test_with_bounds_reclassifies_without_inference(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("inference ran again")
 
-    for name in ("infer_facts", "trace", "ort_symbolic_facts"):
+    for name in ("infer_for_plan", "trace", "ort_symbolic_facts"):
         monkeypatch.setattr(plan_module, name, refuse)
     bounded = model_plan.with_bounds({"noise_z:2": 16})
     assert [d.kind for d in bounded.sites[1].dims] == ["input", "constant", "bounded"]

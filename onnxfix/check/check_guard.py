@@ -12,8 +12,9 @@ Lines the check prints travel through the same pipe, in order, as they are made.
 
 fork copies one thread of a process that may have others (onnxruntime's pools, a caller's
 threads): a lock one of them held at that instant stays locked in the child for ever. Such a
-child takes no CPU time; after STALL_S seconds of none it is killed and the check forked once
-more (the lock was most likely free again), said in a NOTE line.
+child takes no CPU time; after STALL_S seconds of none it is killed (its Python stack read
+first, for the line that says so) and the check started once more, in a fresh interpreter
+(check_spawn) that inherits no lock: seconds, and a copy of the models, but only then.
 """
 
 from __future__ import annotations
@@ -26,17 +27,18 @@ import os
 import re
 import resource
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
+from onnxfix.check.check_stall import STALL_S, Progress, listen_for_where, where_it_waits
 from onnxfix.errors import UsageError, param
 from onnxfix.report import Parity
 
 MiB = 2**20
 DEFAULT_TIMEOUT_S = 300.0
-STALL_S = 60.0  # seconds a check's process may take no CPU time before it counts as stalled
 POLL_S = 2.0  # how often the parent looks at the child's CPU time while it waits
 INPUTS_HINT = "give real inputs with --check-inputs FILE.npz"
 
@@ -109,95 +111,90 @@ def out_of_memory_reason(e: BaseException, limits: CheckLimits | None, hint: str
 
 def run_guarded(check: Callable[[Callable[[str], None]], Parity], limits: CheckLimits,
                 on_line: Callable[[str], None], hint: str = INPUTS_HINT) -> Parity:
-    """check(emit) -> Parity, run in a forked child process under `limits` (forked once more
-    if the first child stalls)."""
+    """check(emit) -> Parity, run in a forked child process under `limits`. A child that
+    stalls is killed, and the check started once more: in a fresh interpreter when `check`
+    pickles (nothing inherited from this process's threads), else in a second fork."""
     if not hasattr(os, "fork"):  # pragma: no cover - Windows: no fork, no cap
         return _in_process(check, on_line, hint)
     deadline = time.monotonic() + limits.timeout_s
     try:
-        return _forked(check, limits, on_line, hint, deadline)
-    except _Stalled:
-        on_line(f"NOTE | the check's process stalled (no CPU time for {STALL_S:g} s): "
-                f"started again")
+        return _attempt(_fork, check, limits, on_line, hint, deadline)
+    except _Stalled as first:
+        stalled = first
+    from onnxfix.check.check_spawn import pickled, spawn  # noqa: PLC0415 - rare path
+
+    fresh = pickled(check)
+    on_line(f"NOTE | the check's process stalled{stalled.where} (no CPU time for {STALL_S:g} "
+            f"s): started again{' in a fresh interpreter' if fresh is not None else ''}")
     try:
-        return _forked(check, limits, on_line, hint, deadline)
-    except _Stalled:
-        return _skipped(f"the check's process stalled twice (no CPU time for {STALL_S:g} s; "
-                        f"a deadlock inherited from another thread of this process?)",
-                        on_line, hint)
+        if fresh is not None:
+            return _attempt(spawn, fresh, limits, on_line, hint, deadline)
+        return _attempt(_fork, check, limits, on_line, hint, deadline)
+    except _Stalled as second:
+        return _skipped(f"the check's process stalled twice{second.where} (no CPU time for "
+                        f"{STALL_S:g} s; a deadlock inherited from another thread of this "
+                        f"process?)", on_line, hint)
 
 
-class _Stalled(Exception):  # noqa: N818 - not an error: the child is started again
-    """The child took no CPU time for STALL_S seconds."""
+class _Stalled(Exception):  # noqa: N818 - not an error: the check is started again
+    """The child took no CPU time for STALL_S seconds; `where` is its innermost frame."""
+
+    def __init__(self, where: str):
+        super().__init__(where)
+        self.where = where
 
 
-def _forked(check, limits: CheckLimits, on_line, hint: str, deadline: float) -> Parity:
+class Started:
+    """A check's child process: its pid, its message pipe, how to end it and how it ended."""
+
+    def __init__(self, pid: int, receiver: Connection, reap: Callable[[bool], int]):
+        self.pid, self.receiver, self._reap, self.status = pid, receiver, reap, None
+
+    def end(self, kill: bool = True) -> None:
+        """Kill it if still running (unless kill=False: wait for it); always reap it."""
+        if self.status is None:
+            self.status = self._reap(kill)
+
+    def how(self) -> str:
+        self.end(kill=False)
+        if self.status < 0:
+            return f"signal {-self.status}"
+        return f"exit code {self.status}"
+
+
+def _fork(check, limits: CheckLimits, hint: str, where_fd: int) -> Started:
     read_fd, write_fd = os.pipe()
     pid = os.fork()  # os.fork, not multiprocessing: it also works inside a daemonic worker
     if pid == 0:  # the child: never returns, never runs the parent's exit handlers
         try:
             os.close(read_fd)
-            _child(check, Connection(write_fd, readable=False), limits, hint)
+            child_main(check, Connection(write_fd, readable=False), limits, hint, where_fd)
         finally:
             os._exit(0)
     os.close(write_fd)
-    receiver = Connection(read_fd, writable=False)
-    child = _Child(pid)
-    try:
-        return _collect(receiver, child, limits, on_line, hint, deadline)
-    finally:
-        receiver.close()
-        child.end()
 
-
-class _Child:
-    """The forked check: killed if still running, always reaped (no zombie is left)."""
-
-    def __init__(self, pid: int):
-        self.pid, self.status = pid, None
-
-    def end(self, kill: bool = True) -> None:
-        if self.status is not None:
-            return
+    def reap(kill: bool) -> int:
         if kill:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-        _, self.status = os.waitpid(self.pid, 0)
+                os.kill(pid, signal.SIGKILL)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
-    def how(self) -> str:
-        self.end(kill=False)
-        if os.WIFSIGNALED(self.status):
-            return f"signal {os.WTERMSIG(self.status)}"
-        return f"exit code {os.waitstatus_to_exitcode(self.status)}"
+    return Started(pid, Connection(read_fd, writable=False), reap)
 
 
-class _Progress:
-    """Whether a process has taken CPU time lately (from /proc; without it, always yes)."""
-
-    def __init__(self, pid: int):
-        self.path = f"/proc/{pid}/stat"
-        self.cpu, self.since = self._cpu(), time.monotonic()
-
-    def _cpu(self) -> int | None:
+def _attempt(start, check, limits: CheckLimits, on_line, hint: str, deadline: float) -> Parity:
+    with tempfile.TemporaryFile() as where:  # where a stalled child writes its stack
+        child = start(check, limits, hint, where.fileno())
         try:
-            with open(self.path) as f:
-                stat = f.read()
-        except OSError:
-            return None
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-        return int(fields[11]) + int(fields[12])  # utime + stime, all threads, in ticks
-
-    def stalled(self) -> bool:
-        cpu, now = self._cpu(), time.monotonic()
-        if cpu is None or cpu != self.cpu:
-            self.cpu, self.since = cpu, now
-            return False
-        return now - self.since > STALL_S
+            return _collect(child, limits, on_line, hint, deadline, where.fileno())
+        finally:
+            child.receiver.close()
+            child.end()
 
 
-def _collect(receiver, child: _Child, limits: CheckLimits, on_line, hint: str,
-             deadline: float) -> Parity:
-    progress = _Progress(child.pid)
+def _collect(child: Started, limits: CheckLimits, on_line, hint: str, deadline: float,
+             where_fd: int) -> Parity:
+    progress, receiver = Progress(child.pid, STALL_S), child.receiver
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -206,8 +203,9 @@ def _collect(receiver, child: _Child, limits: CheckLimits, on_line, hint: str,
                             f"{limits.timeout_s:g} s (--check-timeout)", on_line, hint)
         if not receiver.poll(min(left, POLL_S)):  # poll is true at end of file too
             if progress.stalled():
+                where = where_it_waits(child.pid, where_fd)
                 child.end()
-                raise _Stalled
+                raise _Stalled(where)
             continue
         try:
             kind, payload = receiver.recv()
@@ -231,8 +229,10 @@ def _skipped(why: str, on_line, hint: str) -> Parity:
     return Parity(status="skipped", reason=reason)
 
 
-def _child(check, sender, limits: CheckLimits, hint: str) -> None:
+def child_main(check, sender: Connection, limits: CheckLimits, hint: str, where_fd: int) -> None:
+    """The check's process (forked or spawned): limits, the check, its answer on `sender`."""
     try:
+        listen_for_where(where_fd)
         _silence()
         _outlive_nobody(limits.timeout_s)
         _cap_address_space(limits.memory_bytes)
@@ -308,4 +308,5 @@ def _cap_address_space(extra: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (want, hard))
 
 
-__all__ = ["CheckLimits", "default_memory_bytes", "make_limits", "run_guarded"]
+__all__ = ["STALL_S", "CheckLimits", "Started", "child_main", "default_memory_bytes",
+           "make_limits", "run_guarded"]

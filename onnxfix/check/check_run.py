@@ -29,6 +29,28 @@ class CheckOptions:
     fail_on_skip: bool = False
 
 
+@dataclass(frozen=True)
+class CheckJob:
+    """One check as a value: run in a forked child, or pickled into a fresh interpreter when
+    a forked child stalls (see check_guard). Every field pickles; `twin` is a PlanTwin."""
+
+    original: onnx.ModelProto
+    rewritten: onnx.ModelProto
+    records: list[NodeRecord]
+    mode: str
+    options: CheckOptions
+    twin: Callable | None
+    weights_folder: str | None
+    setup: CheckSetup
+
+    def __call__(self, line: Callable[[str], None]) -> Parity:
+        o = self.options
+        return check_parity(self.original, self.rewritten, self.records, self.mode,
+                            size=o.size, atol=o.atol, rtol=o.rtol, seed=o.seed, twin=self.twin,
+                            reporter=Reporter.of(line), weights_folder=self.weights_folder,
+                            setup=self.setup)
+
+
 def run_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, records: list[NodeRecord],
               mode: str, options: CheckOptions, *, twin=None, reporter: Reporter | None = None,
               weights_folder: str | None = None) -> Parity:
@@ -42,20 +64,12 @@ def run_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, records: li
             else INPUTS_HINT)
     setup = CheckSetup(given=given.arrays if given else None,
                        given_dims=given.dims if given else {}, limits=options.limits, hint=hint)
-
-    def check(line: Callable[[str], None]) -> Parity:
-        return check_parity(original, rewritten, records, mode, size=options.size,
-                            atol=options.atol, rtol=options.rtol, seed=options.seed,
-                            twin=twin, reporter=Reporter.of(line),
-                            weights_folder=weights_folder, setup=setup)
-
-    if options.limits is None:
-        parity = check(emit)
-    else:
-        parity = run_guarded(check, options.limits, emit, hint)
+    job = CheckJob(original, rewritten, records, mode, options, twin, weights_folder, setup)
+    # no limits: in this process (tests, debugging); else in a child under the limits
+    parity = job(emit) if options.limits is None else run_guarded(job, options.limits, emit, hint)
     if parity.status == "skipped":
         parity.note = SKIP_MEANING
     return parity
 
 
-__all__ = ["SKIP_MEANING", "CheckOptions", "run_check"]
+__all__ = ["SKIP_MEANING", "CheckJob", "CheckOptions", "run_check"]

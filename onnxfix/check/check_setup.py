@@ -25,13 +25,17 @@ from onnxfix.check.compare import CheckSize, symbolic_dims, synthetic_feeds
 from onnxfix.check.input_roles import InputRole, input_roles
 
 
+def quiet(_line: str) -> None:
+    """The default line sink: says nothing (a module-level function, so a setup pickles)."""
+
+
 @dataclass
 class CheckSetup:
     given: dict[str, np.ndarray] | None = None  # the user's inputs (check_inputs)
     given_dims: dict[str, int] = field(default_factory=dict)  # dim name -> size in them
     roles: dict[str, InputRole] = field(default_factory=dict)
     limits: CheckLimits | None = None
-    emit: Callable[[str], None] = field(default=lambda _line: None, repr=False)
+    emit: Callable[[str], None] = field(default=quiet, repr=False)
     started: float = 0.0
     base_rss: int = 0
     described: dict[str, str] = field(default_factory=dict)  # input -> what it held

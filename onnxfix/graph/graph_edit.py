@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from itertools import compress, count
+from operator import attrgetter
+
 import onnx
 
 from onnxfix.graph.find import Site, walk_graph
-from onnxfix.ops import is_random_op
+from onnxfix.ops import OP_TABLE, is_random_op
+
+_OP_TYPE = attrgetter("op_type")
+# Up to this many replacements and insertions, a graph is edited in place (see splice).
+IN_PLACE_EDITS = 64
 
 
 class GraphEdits:
     """Node replacements and insertions, applied per graph once every site is planned.
 
     Rebuilding a graph's node list copies its nodes, and with them their subgraphs, so graphs
-    are rebuilt innermost first: an outer rebuild then carries the finished inner ones.
+    are edited innermost first: an outer rebuild then carries the finished inner ones.
     """
 
     def __init__(self):
@@ -36,19 +43,36 @@ class GraphEdits:
 
 
 def splice(graph, replaced: dict[str, list], front: list) -> list[str]:
-    """Put each random node's replacement where it stood; return the inputs it no longer reads."""
+    """Put each random node's replacement where it stood; return the inputs it no longer reads.
+
+    A few edits are made in place (a 100k-node graph is not copied for one replaced node);
+    many rebuild the node list once, as each in-place edit moves the nodes after it."""
+    nodes = graph.node
+    hits = [k for k in compress(count(), map(OP_TABLE.__contains__, map(_OP_TYPE, nodes)))
+            if nodes[k].output and nodes[k].output[0] in replaced and is_random_op(nodes[k])]
     freed: list[str] = []
+    for k in hits:
+        still = {i for n in replaced[nodes[k].output[0]] for i in n.input}
+        freed.extend(i for i in nodes[k].input if i and i not in still)
+    if len(hits) + len(front) > IN_PLACE_EDITS:
+        _rebuild(graph, replaced, front, set(hits))
+        return freed
+    for k in reversed(hits):
+        new = replaced[nodes[k].output[0]]
+        del nodes[k]
+        for j, node in enumerate(new):
+            nodes.insert(k + j, node)
+    for j, node in enumerate(front):
+        nodes.insert(j, node)
+    return freed
+
+
+def _rebuild(graph, replaced: dict[str, list], front: list, hits: set[int]) -> None:
     new_nodes = list(front)
-    for node in graph.node:
-        if node.output and node.output[0] in replaced and is_random_op(node):
-            new_nodes.extend(replaced[node.output[0]])
-            still = {i for n in replaced[node.output[0]] for i in n.input}
-            freed.extend(i for i in node.input if i and i not in still)
-        else:
-            new_nodes.append(node)
+    for k, node in enumerate(graph.node):
+        new_nodes.extend(replaced[node.output[0]] if k in hits else [node])
     del graph.node[:]
     graph.node.extend(new_nodes)
-    return freed
 
 
 def names_read(node: onnx.NodeProto) -> set[str]:

@@ -105,11 +105,17 @@ def collect_facts(model: onnx.ModelProto) -> Facts:
     return Facts(model)
 
 
-def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+def inferred_or_none(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """onnx shape inference with data propagation (a new model), or None when it fails."""
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort here; checks come later
-        return model
+        return None
+
+
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    inferred = inferred_or_none(model)
+    return model if inferred is None else inferred
 
 
 def infer_facts(model: onnx.ModelProto) -> Facts:

@@ -32,6 +32,10 @@ from onnxfix.io.validate import CHECKER, precheck, validate_model
 
 # Bounded buffer when payloads are read into memory.
 READ_CHUNK = 8 * 2**20
+# A file up to this size is first parsed whole by protobuf: when none of its initializers
+# holds a payload over inline_limit (a graph of many small tensors), that parse is the
+# skeleton and the Python field scan (about 4 us per node and initializer) is not needed.
+WHOLE_PARSE_LIMIT = 64 * 2**20
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -133,6 +137,11 @@ def _read(fd: int, size: int, inline_limit: int, location: str, origin: str, che
     bytes passed; a file that is not ONNX is refused clearly."""
     src = wire.FileBytes(fd, size)
     try:
+        whole = _parse_whole(src, inline_limit, origin) if size <= WHOLE_PARSE_LIMIT else None
+        if whole is not None:
+            model, data = whole
+            passed = precheck(data, checker=checker) if check else frozenset()
+            return _checked_model(model, origin), {}, set(), passed
         try:
             # stubs point at "#<location>" (what the checker skips) until the model is parsed
             data, scan = _scan_model(src, inline_limit, "#" + location, origin)
@@ -143,8 +152,7 @@ def _read(fd: int, size: int, inline_limit: int, location: str, origin: str, che
             # The fast scan skips small initializers: scan them all to name what is wrong.
             _scan_model(src, inline_limit, location, origin, thorough=True)
             raise
-        if not model.HasField("graph") or not model.opset_import:
-            raise ModelError(f"{origin}: not an ONNX model (no graph or no opset_import)")
+        _checked_model(model, origin)
         if scan.marked and len(model.graph.initializer) != scan.initializers:
             raise ModelError(f"{origin}: cannot line up the initializers")  # not reached
         for k in scan.marked:
@@ -155,6 +163,26 @@ def _read(fd: int, size: int, inline_limit: int, location: str, origin: str, che
         if isinstance(e, wire.Malformed):
             raise ModelError(f"{origin}: not a valid ONNX protobuf (malformed: {e})") from None
         raise
+
+
+def _parse_whole(src: wire.FileBytes, inline_limit: int, origin: str):
+    """(model, its bytes) when protobuf parses the whole file and no initializer's raw_data
+    exceeds inline_limit (then the file is its own skeleton), else None: the field scan
+    decides (and words any refusal, as before)."""
+    data = src.read(0, src.size)
+    try:
+        model = wire.parse(onnx.ModelProto(), data, origin)
+    except ModelError:
+        return None
+    large = any(t.ByteSize() > inline_limit and len(t.raw_data) > inline_limit
+                for t in model.graph.initializer)
+    return None if large else (model, data)
+
+
+def _checked_model(model: onnx.ModelProto, origin: str) -> onnx.ModelProto:
+    if not model.HasField("graph") or not model.opset_import:
+        raise ModelError(f"{origin}: not an ONNX model (no graph or no opset_import)")
+    return model
 
 
 def _set_location(t: onnx.TensorProto, location: str) -> None:

@@ -139,8 +139,9 @@ def emit(model_plan: ModelPlan, mode: str, *, seed: int = 0, noise_dtype: str = 
                 raise unbounded_error(p.site.describe(), p.noise, p.unbounded, mode)
     if mode == "constant":
         check_constant_budget(plans, max_draw_bytes, input_dim_names(out))
-    lookup = constant_lookup(out)
-    lookup("")  # indexed now, before any emitter touches `out`
+    # the plan's model holds the same constants as the copy `out` and nothing changes it, so
+    # its index is built only if an emitter asks (a 100k-initializer graph often never does)
+    lookup = constant_lookup(model_plan.model)
     ctx = _Context(model_plan.names.copy(), default_opset(out), lookup,
                    seed, NOISE_DTYPES[noise_dtype], out.graph)
     result.sites = [EMITTERS[mode](ctx, p) for p in plans]

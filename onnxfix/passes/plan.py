@@ -26,12 +26,12 @@ from onnxfix.graph.noisedims import BOUNDED, DATA, DERIVED, NoiseDim, check_boun
 from onnxfix.graph.shapes import (
     Shape,
     TensorFacts,
-    infer_facts,
     input_dim_names,
     ort_symbolic_facts,
     tied_score,
 )
 from onnxfix.ops import Dtypes, RandomOp, attrs_of, distribution_of, spec_for
+from onnxfix.passes.output_shapes import OutputFacts, draw_facts, infer_for_plan
 from onnxfix.passes.prepare import Prepared, scope_key
 from onnxfix.report import NodeRecord
 
@@ -107,6 +107,11 @@ class ModelPlan:
     # shape inference on the prepared model, kept only when asked for (plan(keep_facts=True)):
     # it holds the inferred copy of the whole graph
     facts: Mapping | None = None
+    # what the same inference proved for the main outputs with their declared shapes cleared
+    # (None: inference failed) and for the chosen draws: the output re-declaration reuses
+    # them where the rewrite provably changes neither (passes.output_shapes)
+    output_facts: OutputFacts | None = None
+    draw_facts: OutputFacts = field(default_factory=dict)
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -141,9 +146,10 @@ def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None, 
     result.dead = [(site_path(s), s.location) for s in dead]
     if not chosen:
         return result
-    facts = infer_facts(model)
+    facts, result.output_facts = infer_for_plan(model)
     result.facts = facts if keep_facts else None
     result.sites = _describe(model, chosen, prepared, facts, dict(forms or {}))
+    result.draw_facts = draw_facts(facts, (p.site.node for p in result.sites))
     result.anchors = set(input_dim_names(model)) | set(prepared.trip_names.values())
     _trace_sources(model, result.sites, result.anchors)
     result.names_before = NameAllocator(model)

@@ -62,6 +62,8 @@ def drop_unused_opset_imports(before: onnx.ModelProto, after: onnx.ModelProto) -
     node uses it. The default domain and imports that were unused already stay as they were.
     Returns the dropped domains.
     """
+    if all(imp.domain in _DEFAULT_DOMAINS for imp in after.opset_import):
+        return []  # nothing but the default domain to drop: no walk of two whole models
     gone = (used_domains(before) - used_domains(after)) - _DEFAULT_DOMAINS
     dropped = [imp.domain for imp in after.opset_import if imp.domain in gone]
     if dropped:
