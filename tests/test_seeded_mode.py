@@ -130,14 +130,16 @@ def test_seeded_random_normal_like_ops_and_bits():
     ops = [n.op_type for n in new.graph.node]
     # the counter is built in the input's runtime shape (rank 2: a Range and a Reshape to a
     # constant shape per axis, of the batch dim read from the shape, of the static 3 as a
-    # constant), so nothing is reshaped to a runtime shape; the seed's two words are floor
-    # mods made from Div, Mul and Sub
+    # constant), so nothing is reshaped to a runtime shape (an Expand to x's shape, a no-op,
+    # ties the draw's dims to x's for TVM); the seed's two words are floor mods made from Div,
+    # Mul and Sub
     assert collections.Counter(ops) == {
         "Add": 108, "Mod": 62, "Constant": 51, "Gather": 41, "Mul": 13, "Div": 7, "Sub": 5,
-        "Cast": 2, "Range": 2, "Reshape": 2, "Shape": 1, "Log": 1, "Sqrt": 1, "Cos": 1}
-    # Box-Muller, the node's transform, the model's Add
-    assert ops[-13:] == ["Constant", "Log", "Mul", "Sqrt", "Constant", "Mul", "Cos", "Mul",
-                         "Constant", "Mul", "Constant", "Add", "Add"]
+        "Cast": 2, "Range": 2, "Reshape": 2, "Shape": 1, "Log": 1, "Sqrt": 1, "Cos": 1,
+        "Expand": 1}
+    # Box-Muller, the Expand to x's shape, the node's transform, the model's Add
+    assert ops[-14:] == ["Constant", "Log", "Mul", "Sqrt", "Constant", "Mul", "Cos", "Mul",
+                         "Expand", "Constant", "Mul", "Constant", "Add", "Add"]
     x = np.zeros([4, 3], dtype=np.float32)
     got = run(new, {"x": x, **_seed_feed(new, 11)})["y"]
     key = seed_metadata(new)["draws"][0]["key"]

@@ -75,3 +75,21 @@ def test_seeded_rewrite_of_a_fixture_draws_the_same_on_every_runtime(runtime, ru
     want = {s: ref(seeded_targets._seeded_feeds(model, s)) for s in seeded_targets.FIXTURE_SEEDS}
     cell = seeded_targets.fixture_cell(runtimes[runtime], path, model, draws, want, tmp_path)
     assert cell.startswith("uniforms exact, others max abs "), cell
+
+
+@pytest.mark.parametrize("runtime", ["OpenVINO", "MNN", "IREE", "TVM"])
+def test_a_data_dependent_draw_broadcasts_with_the_model_on_every_runtime(runtime, runtimes,
+                                                                          tmp_path):
+    """edge/vits_scales_dynamo draws in a data-dependent shape [2, 4, u0] and multiplies the
+    draw by the model's own tensor of that shape. TVM converted no such Mul ("CodeGenVM
+    cannot emit this Relax operator directly ... R.multiply") while the draw's last dim was
+    the length of the generator's own Range; the draw now ends with an Expand to the source's
+    shape. (tract and onnx2torch do not convert the model itself.)"""
+    if runtime not in runtimes:
+        pytest.skip(f"{runtime} is not installed in this Python")
+    path, model, draws = seeded_targets.seeded_fixture(ROOT / "fixtures" / "edge" /
+                                                       "vits_scales_dynamo.onnx", tmp_path)
+    ref = seeded_targets.targets._onnxruntime(path, model, tmp_path)
+    want = {s: ref(seeded_targets._seeded_feeds(model, s)) for s in seeded_targets.FIXTURE_SEEDS}
+    cell = seeded_targets.fixture_cell(runtimes[runtime], path, model, draws, want, tmp_path)
+    assert cell.startswith("max abs "), cell

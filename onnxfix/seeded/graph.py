@@ -411,7 +411,10 @@ def _no_zero_dims(words: _Words, shape: str) -> str:
 def _reshape(b: NodeBuilder, flat: str, shape, output: str | None, hint: str,
              words: _Words, rank: Rank) -> str:
     if isinstance(shape, str) and rank is not None:  # made in its shape (`_grid_index`)
-        return flat if output is None else b.op("Identity", [flat], hint, output=output)
+        # an Expand to the same shape: a no-op that ties the draw's dims to the shape's (TVM
+        # cannot tell that the length of the generator's own Range equals the source's dim,
+        # so it converted no broadcast of the draw with the model's tensors of that shape)
+        return b.op("Expand", [flat, shape], hint, output=output)
     if not isinstance(shape, str):
         return b.op("Reshape", [flat, b.constant(np.array(list(shape), dtype=np.int64),
                                                  "shape")], hint, output=output)
