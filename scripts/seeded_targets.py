@@ -11,6 +11,10 @@ dims fixed to 2), its main-graph draws exposed, run with seeds 0, 1 and 2026 on 
 and compared with onnxruntime: `exact` when every draw is bit-identical, else the largest
 difference of the draws that round (normals; Dropout's output, the data times the mask times
 1 / (1 - ratio)), while draws built from uniforms alone must stay exact; else what failed.
+A model whose draws cannot be exposed (inside Loop, If or Scan bodies or a function, or untyped
+by inference) gets an `outputs` row instead: the seeded model's own outputs for the same seed
+and inputs, integer outputs bit for bit, float ones within the normals' rule (1e-4 abs +
+1e-4 relative, 2e-3 for float16). --outputs-only runs just those rows.
 Install the runtimes into a separate venv (see scripts/targets.py).
 """
 
@@ -220,10 +224,18 @@ def seeded_fixture(path: Path, folder: Path) -> tuple[Path, onnx.ModelProto, dic
     return out, new, draws
 
 
+def output_kinds(model: onnx.ModelProto) -> dict[str, bool]:
+    """{output: compared exactly}: integer and bool outputs bit for bit, float ones within the
+    normals' rule (for a model whose draws cannot be exposed: its `outputs` row)."""
+    floats = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+    return {o.name: o.type.tensor_type.elem_type not in floats for o in model.graph.output}
+
+
 def fixture_cell(make, path: Path, model: onnx.ModelProto, draws: dict[str, bool],
-                 want: dict[int, dict], scratch: Path) -> str:
+                 want: dict[int, dict], scratch: Path, outputs: bool = False) -> str:
     """Every seed's draws against onnxruntime's: uniform-based ones bit for bit, the others
-    within float rounding (1e-4 abs + rel, 2e-3 for float16, as scripts/targets.py)."""
+    within float rounding (1e-4 abs + rel, 2e-3 for float16, as scripts/targets.py). With
+    `outputs`, `draws` are the model's own outputs (see output_kinds)."""
     try:
         run = make(path, model, scratch)
     except Exception as e:  # noqa: BLE001 - the runtime's refusal is the finding
@@ -240,15 +252,26 @@ def fixture_cell(make, path: Path, model: onnx.ModelProto, draws: dict[str, bool
                 return f"shape {list(a.shape)} ('{name}')"
             diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
             if exact and diff.any():
-                return f"uniforms differ ('{name}', {np.count_nonzero(diff)}/{diff.size})"
+                what = "integers" if outputs else "uniforms"
+                return f"{what} differ ('{name}', {np.count_nonzero(diff)}/{diff.size})"
             atol, rtol = (targets.FLOAT16_TOLERANCE if b.dtype == np.float16
                           else targets.DEFAULT_TOLERANCE)
             if not np.all(diff <= atol + rtol * np.abs(b.astype(np.float64))):
                 return f"differs ('{name}', max {diff.max():.1e})"
             worst = max(worst, float(diff.max(initial=0.0)))
+    if outputs:
+        return _outputs_text(draws, worst)
     if not any(draws.values()):
         return f"max abs {worst:.0e}"
     return "exact" if worst == 0 else f"uniforms exact, others max abs {worst:.0e}"
+
+
+def _outputs_text(kinds: dict[str, bool], worst: float) -> str:
+    if worst == 0:
+        return "outputs exact"
+    if any(kinds.values()):
+        return f"outputs: integers exact, floats max abs {worst:.0e}"
+    return f"outputs max abs {worst:.0e}"
 
 
 CELL_TIMEOUT = 120  # seconds per runtime and model (a runtime that hangs ends its cell)
@@ -284,9 +307,10 @@ def _seeded_feeds(model: onnx.ModelProto, seed: int) -> dict:
     return feeds
 
 
-def fixture_table(models: list[Path]) -> str:
+def fixture_table(models: list[Path], outputs_only: bool = False) -> str:
+    """A row per model: its exposed draws, else (`outputs`) its own outputs."""
     found = {k: v for k, v in runtimes().items() if k != "onnxruntime"}
-    lines = ["| seeded fixture (draws) | " + " | ".join(found) + " |",
+    lines = ["| seeded fixture (draws, or outputs) | " + " | ".join(found) + " |",
              "|---" * (len(found) + 1) + "|"]
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
@@ -294,15 +318,21 @@ def fixture_table(models: list[Path]) -> str:
             try:
                 new_path, model, draws = seeded_fixture(path, scratch)
             except onnxfix.OnnxfixError as e:  # seeded mode refuses it: the reason is the row
+                if outputs_only:
+                    continue
                 lines.append(f"| {path.stem} | refused: {e} |" + " |" * (len(found) - 1))
                 continue
-            if not draws:
+            outputs = not draws
+            if outputs_only and not outputs:
                 continue
+            if outputs:
+                draws = output_kinds(model)
             ref = targets._onnxruntime(new_path, model, scratch)
             want = {s: ref(_seeded_feeds(model, s)) for s in FIXTURE_SEEDS}
-            cells = [_isolated(fixture_cell, make, new_path, model, draws, want, scratch)
-                     .replace("|", "/") for make in found.values()]
-            lines.append(f"| {path.stem} ({len(draws)}) | " + " | ".join(cells) + " |")
+            cells = [_isolated(fixture_cell, make, new_path, model, draws, want, scratch,
+                               outputs).replace("|", "/") for make in found.values()]
+            what = f"outputs: {len(draws)}" if outputs else str(len(draws))
+            lines.append(f"| {path.stem} ({what}) | " + " | ".join(cells) + " |")
             print(lines[-1], file=sys.stderr, flush=True)  # progress: rows as they come
     return "\n".join(lines)
 
@@ -313,11 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixtures", action="append", type=Path,
                         help="also run the seeded rewrites of the .onnx models in this folder "
                              "on every runtime (repeatable)")
+    parser.add_argument("--outputs-only", action="store_true",
+                        help="with --fixtures: only the models compared by their outputs "
+                             "(draws that cannot be exposed), and no generator table")
     args = parser.parse_args(argv)
-    text = table()
+    text = "" if args.outputs_only else table() + "\n\n"
     if args.fixtures:
         models = sorted(p for f in args.fixtures for p in f.glob("*.onnx"))
-        text += "\n\n" + fixture_table(models)
+        text += fixture_table(models, args.outputs_only)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -93,3 +93,40 @@ def test_a_data_dependent_draw_broadcasts_with_the_model_on_every_runtime(runtim
     want = {s: ref(seeded_targets._seeded_feeds(model, s)) for s in seeded_targets.FIXTURE_SEEDS}
     cell = seeded_targets.fixture_cell(runtimes[runtime], path, model, draws, want, tmp_path)
     assert cell.startswith("max abs "), cell
+
+
+def _outputs_cell(make, name: str, tmp_path):
+    path, model, draws = seeded_targets.seeded_fixture(ROOT / "fixtures" / name, tmp_path)
+    assert draws == {}  # nothing the draws table can expose: the row compares the outputs
+    kinds = seeded_targets.output_kinds(model)
+    ref = seeded_targets.targets._onnxruntime(path, model, tmp_path)
+    want = {s: ref(seeded_targets._seeded_feeds(model, s)) for s in seeded_targets.FIXTURE_SEEDS}
+    return kinds, seeded_targets.fixture_cell(make, path, model, kinds, want, tmp_path,
+                                              outputs=True)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_draw_inside_a_function_is_compared_by_the_models_outputs(runtime, runtimes,
+                                                                    tmp_path):
+    """edge/function_randn_like draws inside a model-local function: the draw cannot be an
+    output, so its row compares the seeded model's own float output (measured 1e-7 on all six
+    runtimes; the rule is the normals' 1e-4 abs + rel)."""
+    if runtime not in runtimes:
+        pytest.skip(f"{runtime} is not installed in this Python")
+    kinds, cell = _outputs_cell(runtimes[runtime], "edge/function_randn_like.onnx", tmp_path)
+    assert kinds == {"y": False}
+    assert cell.startswith("outputs max abs "), cell
+    assert float(cell.split()[-1]) <= 1e-6
+
+
+@pytest.mark.parametrize("runtime", ["OpenVINO", "tract", "MNN", "onnx2torch", "TVM"])
+def test_an_integer_output_of_a_seeded_model_is_compared_exactly(runtime, runtimes, tmp_path):
+    """arch/sb3_ppo_categorical_ts11 samples its int64 action with a Multinomial whose draw
+    inference does not type: the action itself must be bit-identical (IREE imports the model
+    only at opset 13, as in input-noise mode)."""
+    if runtime not in runtimes:
+        pytest.skip(f"{runtime} is not installed in this Python")
+    kinds, cell = _outputs_cell(runtimes[runtime], "arch/sb3_ppo_categorical_ts11.onnx",
+                                tmp_path)
+    assert kinds == {"action": True}
+    assert cell == "outputs exact"
