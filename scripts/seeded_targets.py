@@ -347,10 +347,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --fixtures: only the models compared by their outputs "
                              "(draws that cannot be exposed), and no generator table")
     args = parser.parse_args(argv)
-    text = "" if args.outputs_only else table() + "\n\n"
+    parts = [] if args.outputs_only else [table()]
     if args.fixtures:
         models = sorted(p for f in args.fixtures for p in f.glob("*.onnx"))
-        text += fixture_table(models, args.outputs_only)
+        parts.append(fixture_table(models, args.outputs_only))
+    text = "\n\n".join(parts)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -122,8 +122,8 @@ def test_a_draw_inside_a_function_is_compared_by_the_models_outputs(runtime, run
 @pytest.mark.parametrize("runtime", ["OpenVINO", "tract", "MNN", "onnx2torch", "TVM"])
 def test_an_integer_output_of_a_seeded_model_is_compared_exactly(runtime, runtimes, tmp_path):
     """arch/sb3_ppo_categorical_ts11 samples its int64 action with a Multinomial whose draw
-    inference does not type: the action itself must be bit-identical (IREE imports the model
-    only at opset 13, as in input-noise mode)."""
+    inference does not type: the action itself must be bit-identical (IREE does not import
+    this opset-11 model, as in input-noise mode)."""
     if runtime not in runtimes:
         pytest.skip(f"{runtime} is not installed in this Python")
     kinds, cell = _outputs_cell(runtimes[runtime], "arch/sb3_ppo_categorical_ts11.onnx",
