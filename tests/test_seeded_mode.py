@@ -412,3 +412,22 @@ def test_draw_in_a_scan_inside_a_loop():
     want = sum(np.stack([alg.normal(6, key, [2], iteration=(i, j)) for j in range(3)])
                for i in range(2))
     np.testing.assert_allclose(y, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["old_random_uniform_like_op7", "old_random_normal_like_op8",
+                                  "old_multinomial_op7"])
+def test_a_static_draw_before_opset_9_has_a_shape_that_inference_knows(name):
+    # before opset 9 a Constant holds floats only, so an int64 shape is a Cast of a double
+    # constant, which onnx inference cannot read: a Reshape to it had no rank, and IREE typed
+    # the draw as a scalar ("number of elements must be preserved: 6 != 1")
+    model, report = onnxfix.rewrite(FIXTURES / "edge" / f"{name}.onnx", "seeded")
+    assert report.parity.status == "passed", report.parity.reason
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    typed = {v.name: v.type.tensor_type for v in [*inferred.graph.value_info,
+                                                   *inferred.graph.output]}
+    draws = [r.output for r in report.nodes if r.status == "rewritten"]
+    assert draws
+    for draw in draws:
+        assert typed[draw].HasField("shape"), draw
+        assert all(d.HasField("dim_value") for d in typed[draw].shape.dim), draw
+    assert "Reshape" not in {n.op_type for n in model.graph.node}

@@ -8,7 +8,8 @@ use Mod from opset 13 and `a - (a / W) * W` (integer Div of non-negative values)
 the seed and iteration are split into words by floor mods made from Div alone, at every
 opset: IREE's ONNX import takes Mod, Less and Unsqueeze only at opset 13 or later.
 
-Ops used: Constant, Add, Sub, Mul, Div, Mod, Gather, Cast, Reshape; for a runtime shape also
+Ops used: Constant, Add, Sub, Mul, Div, Mod, Gather, Cast, Reshape (Identity for a static shape
+before opset 9, whose counters are made in that shape); for a runtime shape also
 Range (ConstantOfShape, NonZero and Squeeze before opset 11), ReduceSum (the strides), and
 for one of unknown rank ConstantOfShape, Shape, Equal, Expand; for normals Log, Sqrt, Cos;
 for Gumbel noise Log, Neg. All elementwise integer work is int64 on values < 2^24. Cost,
@@ -280,7 +281,10 @@ def _counter_words(words: _Words, shape, rank: Rank) -> list[str]:
     elif static is None and b.opset < RANGE_OPSET:
         index = _nonzero_index(words, shape)
     elif b.opset < RANGE_OPSET:
-        index = np.arange(count, dtype=np.int64)
+        # before opset 9 in the draw's own shape: a Reshape's shape is then a Cast of a double
+        # constant (`NodeBuilder.constant`), which onnx inference cannot read, so a reshaped
+        # draw had no rank (IREE typed it as a scalar); every later step is elementwise
+        index = np.arange(count, dtype=np.int64).reshape(static if b.opset < 9 else [-1])
         return [b.constant(index % alg.WORD, "counter_lo"),
                 b.constant(index // alg.WORD % alg.WORD, "counter_mid"),
                 b.constant(index // (alg.WORD * alg.WORD), "counter_hi"), words.const(0)]
@@ -416,6 +420,8 @@ def _reshape(b: NodeBuilder, flat: str, shape, output: str | None, hint: str,
         # so it converted no broadcast of the draw with the model's tensors of that shape)
         return b.op("Expand", [flat, shape], hint, output=output)
     if not isinstance(shape, str):
+        if b.opset < 9:  # already in its shape (`_counter_words`)
+            return b.op("Identity", [flat], hint, output=output)
         return b.op("Reshape", [flat, b.constant(np.array(list(shape), dtype=np.int64),
                                                  "shape")], hint, output=output)
     shaped = b.op("Reshape", [flat, _no_zero_dims(words, shape)], hint + "_full")
