@@ -136,7 +136,7 @@ def _rewrite(original, source, skeleton, options: RewriteOptions, settings: Chec
     new_model, emitted = apply_emitted(original, model_plan, options.mode, seed=options.seed,
                                        noise_dtype=options.noise_dtype,
                                        max_draw_bytes=options.max_draw_bytes)
-    records = emitted.records if model_plan.prepared.random else []
+    records = emitted.records
     rewritten = any(r.status == "rewritten" for r in records)
     report = RewriteReport(
         mode=options.mode, input=source, output=str(output) if output is not None else None,

@@ -40,7 +40,7 @@ def apply_plan(original: onnx.ModelProto, model_plan: ModelPlan, mode: str, *, s
     out, emitted = apply_emitted(original, model_plan, mode, seed=seed,
                                  noise_dtype=noise_dtype, max_draw_bytes=max_draw_bytes,
                                  allow_unbounded=allow_unbounded)
-    return out, emitted.records if model_plan.prepared.random else []
+    return out, emitted.records  # none for a model without random nodes (n_sites is 0)
 
 
 def apply_emitted(original: onnx.ModelProto, model_plan: ModelPlan, mode: str, *,
