@@ -62,18 +62,19 @@ class Weights(StrEnum):
     external = "external"
 
 
-class _Command(TyperCommand):
-    """A typer command whose --help option is coerced without pydantic (cli_params)."""
+class _PlainHelp:
+    """A typer command or group whose --help option is coerced without pydantic (cli_params)."""
 
     def get_help_option(self, ctx):
         return plain_help_option(super().get_help_option(ctx))
 
 
-class _OneLineErrors(TyperGroup):
+class _Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class _OneLineErrors(_PlainHelp, TyperGroup):
     """Usage errors as one line on stderr with exit 2, instead of a framed help box."""
-
-    def get_help_option(self, ctx):
-        return plain_help_option(super().get_help_option(ctx))
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
