@@ -49,7 +49,6 @@ class _Words:
         self.table = table or sbox_constant(b)
         self._consts: dict[int, str] = {}
         self.no_zero_shape: str | None = None
-        self.low_words: tuple[str, str] = ("", "")
 
     def const(self, value: int) -> str:
         if value not in self._consts:
@@ -140,10 +139,11 @@ def seeded_uniform(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | s
     np_dtype = _float_dtype(dtype)
     if _is_empty(shape):
         return _empty(b, shape, np_dtype, output)
-    words, high, low = _generate(b, table, seed, key, shape, iteration, rank)
+    words, high, second = _generate(b, table, seed, key, shape, iteration, rank)
     if np_dtype == np.float32:
         flat = _unit(words, high, dtype, alg.UNIT, "uniform")
     else:
+        low = _join(words, *second, "bits_b")
         flat = b.op("Add", [_unit(words, high, dtype, alg.UNIT, "uniform_hi"),
                             _unit(words, low, dtype, alg.UNIT * alg.UNIT, "uniform_lo")],
                     "uniform")
@@ -151,8 +151,9 @@ def seeded_uniform(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | s
 
 
 def _generate(b: NodeBuilder, table: str | None, seed: str, key: int, shape, iteration: Loops,
-              rank: Rank) -> tuple[_Words, str, str]:
-    """The word helpers and the two 24-bit words of every element of a draw."""
+              rank: Rank) -> tuple[_Words, str, tuple[str, str]]:
+    """The word helpers, the first 24-bit number of every element of a draw, and the two
+    12-bit words of its second (joined by `_join` only where a sampler reads them as one)."""
     words = _Words(b, table)
     return (words, *_draw_words(words, seed, key, shape, iteration, rank))
 
@@ -166,10 +167,11 @@ def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | st
     np_dtype = _float_dtype(dtype)
     if _is_empty(shape):
         return _empty(b, shape, np_dtype, output)
-    words, high, low = _generate(b, table, seed, key, shape, iteration, rank)
+    words, high, second = _generate(b, table, seed, key, shape, iteration, rank)
     above_zero = b.op("Add", [high, words.const(1)], "bits_plus_one")
     u1 = _unit(words, above_zero, dtype, alg.UNIT, "u1")
-    u2 = _unit(words, low, dtype, alg.UNIT, "u2") if np_dtype == np.float32 else None
+    u2 = _unit(words, _join(words, *second, "bits_b"), dtype, alg.UNIT, "u2") \
+        if np_dtype == np.float32 else None
     minus_two = b.constant(np.array(-2.0, dtype=np_dtype), "minus_two")
     radius = b.op("Sqrt", [b.op("Mul", [b.op("Log", [u1], "log_u1"), minus_two], "m2log")],
                   "radius")
@@ -177,7 +179,7 @@ def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | st
         angle = b.op("Mul", [u2, b.constant(np.array(alg.TWO_PI_F32), "two_pi")], "angle")
         cos = b.op("Cos", [angle], "cos")
     else:  # no float64 Cos op: IREE links none (`onnxfix.seeded.cosine`)
-        cos = cos_of_turns(b, *words.low_words)
+        cos = cos_of_turns(b, *second)
     flat = b.op("Mul", [radius, cos], "normal")
     return _reshape(b, flat, shape, output, "normal_shaped", words, rank)
 
@@ -192,10 +194,11 @@ def seeded_gumbel(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | st
     np_dtype = _float_dtype(dtype)
     if _is_empty(shape):
         return _empty(b, shape, np_dtype, output)
-    words, high, low = _generate(b, table, seed, key, shape, iteration, rank)
+    words, high, second = _generate(b, table, seed, key, shape, iteration, rank)
     if np_dtype == np.float32:
         unit = _unit(words, _odd(words, high, "odd"), dtype, alg.UNIT, "open_unit")
     else:
+        low = _join(words, *second, "bits_b")
         unit = b.op("Add", [_unit(words, high, dtype, alg.UNIT, "open_hi"),
                             _unit(words, _odd(words, low, "odd"), dtype, alg.UNIT * alg.UNIT,
                                   "open_lo")], "open_unit")
@@ -230,7 +233,8 @@ def _float_dtype(dtype: int) -> type:
 
 
 def _draw_words(words: _Words, seed: str, key: int, shape, iteration: Loops, rank: Rank):
-    """The two 24-bit integers per element (int64 tensors): flat, or in the draw's shape when
+    """The first 24-bit integer per element and the two 12-bit words of the second (int64
+    tensors): flat, or in the draw's shape when
     it is a runtime shape of known rank."""
     b = words.b
     if b.opset < MIN_OPSET:
@@ -252,8 +256,7 @@ def _draw_words(words: _Words, seed: str, key: int, shape, iteration: Loops, ran
                                    alg.STREAM_ROUNDS, f"stream{depth}")
     counter = _counter_words(words, shape, rank)
     y0, y1, y2, y3 = words.feistel(counter, stream_key, alg.ELEMENT_ROUNDS, "elem")
-    words.low_words = (y2, y3)  # the second number's words (float64 normals' cosine)
-    return _join(words, y0, y1, "bits_a"), _join(words, y2, y3, "bits_b")
+    return _join(words, y0, y1, "bits_a"), (y2, y3)
 
 
 def _join(words: _Words, high: str, low: str, hint: str) -> str:
