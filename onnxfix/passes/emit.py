@@ -28,7 +28,7 @@ from onnxfix.ops import dtype_name
 from onnxfix.passes.budget import check_constant_budget
 from onnxfix.passes.emit_seeded import SeededGraph, emit_site, shared, site_key
 from onnxfix.passes.plan import ModelPlan, SitePlan, resolve
-from onnxfix.passes.splice import ScanCounter, ScanInput, route
+from onnxfix.passes.splice import ScanInput, ScanState, route
 from onnxfix.report import NodeRecord, Replacement
 
 MODES = ("input-noise", "constant", "deterministic", "seeded")
@@ -60,7 +60,7 @@ class SiteEmission:
     frozen: list[Frozen] = field(default_factory=list)
     prepends: list[tuple[onnx.GraphProto, onnx.NodeProto, int]] = field(default_factory=list)
     scans: list[ScanInput] = field(default_factory=list)
-    counters: list[ScanCounter] = field(default_factory=list)  # seeded mode: Scan pass counters
+    scan_states: list[ScanState] = field(default_factory=list)  # seeded mode (ScanState)
     noise_meta: dict | None = None  # the `onnxfix.noise_inputs` metadata entry
     seed_meta: dict | None = None  # seeded mode: the `onnxfix.seed_input` entry of its draw
 
@@ -226,7 +226,7 @@ def _emit_seeded(ctx: _Context, p: SitePlan) -> SiteEmission:
     state = shared(ctx.seeded, ctx.names, ctx.opset)
     made = emit_site(_builder(ctx, p), p, state)
     e = SiteEmission(p, made.replacement, made.nodes, seed_meta=made.meta,
-                     prepends=made.prepends, counters=made.counters)
+                     prepends=made.prepends, scan_states=made.scan_states)
     if first:  # the seed input and the shared S-box, once per model
         e.inputs.extend(state.inputs)
         e.prepends.extend((ctx.main, node, 0) for node in state.front)

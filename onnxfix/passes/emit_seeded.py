@@ -2,7 +2,10 @@
 the op's input-noise transform.
 
 The model gets ONE int64 scalar input (`seed` unless taken) and one shared S-box constant at
-the top of the main graph; both reach If / Loop bodies through outer scope. Each site draws
+the top of the main graph; both reach If / Loop bodies through outer scope, and a Scan body
+as state variables the Scan carries unchanged (OpenVINO 2026.4's Scan converter refuses a body
+that reads an outer value: "Number of Scan node inputs (3) is less than required (4)"), as do
+the pass numbers of the loops around a Scan. Each site draws
 its own stream, keyed by `site_key` (the same key `noise_feeds(generator="seeded")` uses),
 in the shape the original node drew: its static shape where it has one (or where inference
 proved every dim), else the shape of the tensor it read, at run time (no noise bound needed).
@@ -22,7 +25,7 @@ from onnxfix.graph.builder import NodeBuilder
 from onnxfix.graph.naming import sanitize
 from onnxfix.ops import dtype_name
 from onnxfix.passes.plan import SitePlan
-from onnxfix.passes.splice import ScanCounter
+from onnxfix.passes.splice import ScanState
 from onnxfix.report import Replacement
 from onnxfix.seeded import algorithm as alg
 from onnxfix.seeded.graph import (
@@ -54,6 +57,8 @@ class SeededGraph:
     front: list[onnx.NodeProto] = field(default_factory=list)  # nodes for the main graph's top
     inputs: list[onnx.ValueInfoProto] = field(default_factory=list)
     scan_counters: dict[int, str] = field(default_factory=dict)  # id(Scan node) -> its counter
+    # (id(Scan node), a name outside it) -> the name its body reads (a carried state)
+    carried: dict[tuple[int, str], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,7 +68,7 @@ class SeededSite:
     replacement: Replacement
     nodes: list[onnx.NodeProto]
     meta: dict
-    counters: list[ScanCounter] = field(default_factory=list)  # a Scan's new pass counter
+    scan_states: list[ScanState] = field(default_factory=list)  # a Scan's new states
     prepends: list[tuple] = field(default_factory=list)  # (graph, node, depth) for splice
 
 
@@ -90,6 +95,8 @@ def emit_site(b: NodeBuilder, p: SitePlan, state: SeededGraph) -> SeededSite:
     _check_opset(b.opset, p)
     made = SeededSite(None, [], {})
     iteration = _iteration(b, p, state, made)
+    seed = _reach(b.names, p, state, made, (state.seed, 0), "seed")
+    table = _reach(b.names, p, state, made, (state.table, 0), "sbox", list(alg.SBOX.shape))
     shape, rank = _draw_shape(b, p)
     noise_type = p.dtypes.noise
     drawn = noise_type if noise_type in _DRAWN else onnx.TensorProto.FLOAT
@@ -98,8 +105,8 @@ def emit_site(b: NodeBuilder, p: SitePlan, state: SeededGraph) -> SeededSite:
             "gumbel": seeded_gumbel}[p.spec.family]
     key = site_key(site.location, site.op_type, site.output)
     try:
-        noise = draw(b, state.seed, key, shape, iteration=iteration, dtype=drawn,
-                     table=state.table, rank=rank)
+        noise = draw(b, seed, key, shape, iteration=iteration, dtype=drawn, table=table,
+                     rank=rank)
     except ModelError as e:
         raise ModelError(f"{site.describe()}: {e}") from None
     if drawn != noise_type:  # float16 / bfloat16 draws: made in float32, then cast
@@ -125,11 +132,44 @@ def _iteration(b: NodeBuilder, p: SitePlan, state: SeededGraph,
                made: SeededSite) -> list[str] | None:
     """The pass number of each enclosing Loop or Scan, outermost first (None outside loops):
     a Loop body's iteration input, or a counter the Scan carries as one more state (made once
-    per Scan). An outer body's values reach the inner bodies through outer scope."""
-    loops = [s for s in p.site.scopes if s.owner.op_type in ("Loop", "Scan")]
+    per Scan), as the site's body reads it (`_reach`)."""
+    scopes = p.site.scopes
+    loops = [d for d, s in enumerate(scopes) if s.owner.op_type in ("Loop", "Scan")]
     if not loops:
         return None
-    return [_pass_number(b, p, scope, state, made) for scope in loops]
+    return [_reach(b.names, p, state, made,
+                   (_pass_number(b, p, scopes[d], state, made), d + 1), "outer_pass")
+            for d in loops]
+
+
+def _reach(names, p: SitePlan, state: SeededGraph, made: SeededSite, value: tuple[str, int],
+           hint: str, shape: list[int] | None = None) -> str:
+    """The name the site's body reads for `value` = (an int64 name, the depth of the graph
+    defining it in the site's scopes, 0 for the main graph): carried into every Scan below
+    that depth as a state passed through unchanged (once per Scan and name, shared by its
+    sites); Loop and If bodies read it from outer scope, which OpenVINO converts."""
+    name, depth = value
+    for d in range(depth, len(p.site.scopes)):
+        scope = p.site.scopes[d]
+        if scope.owner.op_type != "Scan":
+            continue
+        key = (id(scope.owner), name)
+        if key not in state.carried:
+            state.carried[key] = _carry(names, scope, d, name, hint, shape or [], made)
+        name = state.carried[key]
+    return name
+
+
+def _carry(names, scope, depth: int, outer: str, hint: str, shape: list[int],
+           made: SeededSite) -> str:
+    stem = f"onnxfix_{sanitize(scope.owner.name or 'scan')}_{hint}"
+    carried = ScanState(scope, outer, names.fresh(stem), names.fresh(f"{stem}_next"),
+                        names.fresh(f"{stem}_last"), shape)
+    made.scan_states.append(carried)
+    made.prepends.append((scope.body, helper.make_node(
+        "Identity", [carried.inner], [carried.after],
+        name=names.fresh(f"{stem}_carry")), depth + 1))
+    return carried.inner
 
 
 def _pass_number(b: NodeBuilder, p: SitePlan, scope, state: SeededGraph,
@@ -152,11 +192,11 @@ def _pass_number(b: NodeBuilder, p: SitePlan, scope, state: SeededGraph,
 def _scan_counter(b: NodeBuilder, p: SitePlan, scope, made: SeededSite) -> str:
     names, depth = b.names, p.site.scopes.index(scope)
     stem = sanitize(scope.owner.name or "scan")
-    counter = ScanCounter(scope, names.fresh(f"onnxfix_{stem}_pass_start"),
+    counter = ScanState(scope, names.fresh(f"onnxfix_{stem}_pass_start"),
                           names.fresh(f"onnxfix_{stem}_pass"),
                           names.fresh(f"onnxfix_{stem}_pass_next"),
                           names.fresh(f"onnxfix_{stem}_passes"))
-    made.counters.append(counter)
+    made.scan_states.append(counter)
     made.prepends.append((scope.parent, _int_constant(names, counter.start, 0), depth))
     one = names.fresh(f"onnxfix_{stem}_one")
     made.prepends.append((scope.body, _int_constant(names, one, 1), depth + 1))

@@ -112,7 +112,7 @@ def _replacements_alone(model: onnx.ModelProto, sites, draws: list[str]
     """A model of the replacement nodes only, or None where they are not self-contained."""
     nodes, inputs = [], []
     for e in sites:
-        if e.plan.site.scopes or e.scans or e.counters or any(
+        if e.plan.site.scopes or e.scans or e.scan_states or any(
                 depth or graph is not model.graph for graph, _, depth in e.prepends):
             return None
         nodes += [node for _, node, _ in e.prepends] + list(e.nodes)

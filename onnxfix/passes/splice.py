@@ -33,16 +33,19 @@ class ScanInput:
 
 
 @dataclass
-class ScanCounter:
-    """A pass counter a Scan carries as one more state variable (a Scan body has no
-    iteration number): `start` (an outer int64 0) in, the body reads `inner` and yields
-    `after` = inner + 1; the Scan's final count goes to `final`, which nothing reads."""
+class ScanState:
+    """A state variable a Scan carries for seeded mode: a pass counter (a Scan body has no
+    iteration number), or an outer value carried unchanged (OpenVINO's Scan converter takes
+    no body that reads an outer value). `start` (outer) goes in, the body reads `inner` (an
+    int64 tensor of `shape`) and yields `after` (inner + 1, or inner itself); the Scan's last
+    value goes to `final`, which nothing reads."""
 
     scope: Scope
     start: str
     inner: str
     after: str
     final: str
+    shape: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -102,25 +105,25 @@ def splice(emitted) -> onnx.ModelProto:
             edits.prepend(graph, node, depth)
         for scan in e.scans:
             _add_scan_input(scan)
-        for counter in e.counters:
-            _add_scan_counter(counter)
+        for state in e.scan_states:
+            _add_scan_state(state)
         edits.replace(e.plan.site, e.nodes)
     edits.apply()
     return model
 
 
-def _add_scan_counter(counter: ScanCounter) -> None:
+def _add_scan_state(state: ScanState) -> None:
     """One more state variable, after the Scan's own (states come first in its inputs,
     outputs, body inputs and body outputs)."""
-    node, body = counter.scope.owner, counter.scope.body
+    node, body = state.scope.owner, state.scope.body
     n_scan = next((a.i for a in node.attribute if a.name == "num_scan_inputs"), 1)
     states = len(node.input) - n_scan
-    node.input.insert(states, counter.start)
-    node.output.insert(states, counter.final)
-    body.input.insert(states, helper.make_tensor_value_info(counter.inner,
-                                                            onnx.TensorProto.INT64, []))
-    body.output.insert(states, helper.make_tensor_value_info(counter.after,
-                                                             onnx.TensorProto.INT64, []))
+    node.input.insert(states, state.start)
+    node.output.insert(states, state.final)
+    body.input.insert(states, helper.make_tensor_value_info(state.inner, onnx.TensorProto.INT64,
+                                                            state.shape))
+    body.output.insert(states, helper.make_tensor_value_info(state.after, onnx.TensorProto.INT64,
+                                                             state.shape))
 
 
 def _add_scan_input(scan: ScanInput) -> None:
