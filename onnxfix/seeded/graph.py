@@ -19,7 +19,8 @@ and 20 Mods over the draw dominate).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -121,6 +122,27 @@ def sbox_constant(b: NodeBuilder) -> str:
     return b.constant(alg.SBOX, "sbox")
 
 
+def _pruned(draw: Callable[..., str]) -> Callable[..., str]:
+    """A draw whose nodes nothing reads are dropped (among the nodes it added to the builder):
+    a float32 uniform or Gumbel draw reads only the first number of the last Feistel round,
+    so the second number's word (its S-box Gather, two Adds and a floor mod) would be
+    computed for nothing, in every site. The nodes are in topological order, so one sweep
+    from the end keeps exactly the ones the draw's output needs."""
+    @functools.wraps(draw)
+    def pruned(b: NodeBuilder, *args, **kwargs) -> str:
+        start = len(b.nodes)
+        result = draw(b, *args, **kwargs)
+        needed, kept = {result}, []
+        for node in reversed(b.nodes[start:]):
+            if needed.intersection(node.output):
+                kept.append(node)
+                needed.update(node.input)
+        b.nodes[start:] = kept[::-1]
+        return result
+    return pruned
+
+
+@_pruned
 def seeded_uniform(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
                    iteration: Loops = None, dtype: int = onnx.TensorProto.FLOAT,
                    output: str | None = None, table: str | None = None,
@@ -158,6 +180,7 @@ def _generate(b: NodeBuilder, table: str | None, seed: str, key: int, shape, ite
     return (words, *_draw_words(words, seed, key, shape, iteration, rank))
 
 
+@_pruned
 def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
                   iteration: Loops = None, dtype: int = onnx.TensorProto.FLOAT,
                   output: str | None = None, table: str | None = None,
@@ -184,6 +207,7 @@ def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | st
     return _reshape(b, flat, shape, output, "normal_shaped", words, rank)
 
 
+@_pruned
 def seeded_gumbel(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | str,
                   iteration: Loops = None, dtype: int = onnx.TensorProto.FLOAT,
                   output: str | None = None, table: str | None = None,
