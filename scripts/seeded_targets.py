@@ -1,6 +1,6 @@
 """Run the seeded generator on every installed runtime; compare with the numpy reference.
 
-    python scripts/seeded_targets.py [--fixtures DIR]... [--out TABLE.md]
+    python scripts/seeded_targets.py [--fixtures DIR]... [--runtime LABEL]... [--out TABLE.md]
 
 Each case is a model whose only output is one seeded draw (onnxfix.seeded), run with a few
 seeds on onnxruntime and on every runtime scripts/targets.py finds (OpenVINO, tract, MNN,
@@ -175,15 +175,16 @@ def _tract(path: Path, model: onnx.ModelProto, scratch: Path):
     return run
 
 
-def runtimes() -> dict:
-    found = {"onnxruntime": targets._onnxruntime, **targets.installed()}
+def runtimes(only: list[str] | None = None) -> dict:
+    """onnxruntime and the installed targets (`only` these labels, when given)."""
+    found = {"onnxruntime": targets._onnxruntime, **targets.installed(only)}
     if "tract" in found:
         found["tract"] = _tract
     return found
 
 
-def table() -> str:
-    found = runtimes()
+def table(only: list[str] | None = None) -> str:
+    found = runtimes(only)
     lines = ["| case | " + " | ".join(found) + " |", "|---" * (len(found) + 1) + "|"]
     with tempfile.TemporaryDirectory() as tmp:
         for case in CASES:
@@ -307,9 +308,10 @@ def _seeded_feeds(model: onnx.ModelProto, seed: int) -> dict:
     return feeds
 
 
-def fixture_table(models: list[Path], outputs_only: bool = False) -> str:
+def fixture_table(models: list[Path], outputs_only: bool = False,
+                  only: list[str] | None = None) -> str:
     """A row per model: its exposed draws, else (`outputs`) its own outputs."""
-    found = {k: v for k, v in runtimes().items() if k != "onnxruntime"}
+    found = {k: v for k, v in runtimes(only).items() if k != "onnxruntime"}
     lines = ["| seeded fixture (draws, or outputs) | " + " | ".join(found) + " |",
              "|---" * (len(found) + 1) + "|"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -346,11 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs-only", action="store_true",
                         help="with --fixtures: only the models compared by their outputs "
                              "(draws that cannot be exposed), and no generator table")
+    parser.add_argument("--runtime", action="append",
+                        help="only this runtime (repeatable; default: every one installed, "
+                             "e.g. OpenVINO in the IREE venv too)")
     args = parser.parse_args(argv)
-    parts = [] if args.outputs_only else [table()]
+    parts = [] if args.outputs_only else [table(args.runtime)]
     if args.fixtures:
         models = sorted(p for f in args.fixtures for p in f.glob("*.onnx"))
-        parts.append(fixture_table(models, args.outputs_only))
+        parts.append(fixture_table(models, args.outputs_only, args.runtime))
     text = "\n\n".join(parts)
     print(text)
     if args.out:

@@ -98,9 +98,59 @@ g (int64 n, float[3, 2] xs) => (float[3, 2] y) {
   }>
 }"""
 
+
+
+# several seeded sites of each op and dtype, in the main graph and in If, Loop and Scan bodies
+MANY_SITES = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 3] x, double[batch, 3] xd, float[batch, 3] p, double[2] pd, float[batch, 4] logits,
+   bool flag, int64 n, float[2, 3] xs)
+  => (float[2, 3] a, double[2, 3] b, float16[2, 3] c, float[2, 3] d, double[2, 3] e,
+      float16[2, 3] f, float[batch, 3] g1, float[batch, 3] g2, double[batch, 3] g3,
+      float[batch, 3] h, double[2] h2, int32[batch, 5] m, float[batch, 3] dr, bool[batch, 3] dm,
+      float[3] wif, float[3] wloop, float[3] sacc, float[2, 3] sys) {
+  a = RandomNormal<shape = [2, 3]>()
+  b = RandomNormal<shape = [2, 3], dtype = 11, mean = 1.0>()
+  c = RandomNormal<shape = [2, 3], dtype = 10>()
+  d = RandomUniform<shape = [2, 3]>()
+  e = RandomUniform<shape = [2, 3], dtype = 11>()
+  f = RandomUniform<shape = [2, 3], dtype = 10>()
+  g1 = RandomNormalLike(x)
+  g2 = RandomUniformLike(x)
+  g3 = RandomUniformLike(xd)
+  h = Bernoulli(p)
+  h2 = Bernoulli(pd)
+  m = Multinomial<sample_size = 5>(logits)
+  ratio = Constant<value = float {0.25}>()
+  train = Constant<value = bool {1}>()
+  dr, dm = Dropout(x, ratio, train)
+  wif = If(flag) <then_branch = t () => (float[3] y1) {
+      y1 = RandomUniform<shape = [3]>()
+  }, else_branch = e2 () => (float[3] y2) {
+      y2 = RandomNormal<shape = [3], dtype = 1>()
+  }>
+  go = Constant<value = bool {1}>()
+  init = Constant<value = float[3] {0, 0, 0}>()
+  wloop = Loop(n, go, init) <body = lb (int64 i, bool cin, float[3] acc) =>
+                                       (bool cout, float[3] acc2) {
+      cout = Identity(cin)
+      r = RandomNormalLike(acc)
+      acc2 = Add(acc, r)
+  }>
+  sacc, sys = Scan<num_scan_inputs = 1, body = sb (float[3] s, float[3] row) =>
+                                                   (float[3] s1, float[3] row1) {
+      half = Constant<value = float[3] {0.5, 0.5, 0.5}>()
+      coin = Bernoulli(half)
+      u = RandomUniformLike(row)
+      row1 = Add(coin, u)
+      s1 = Add(s, row1)
+  }> (init, xs)
+}"""
+
+
 MODELS = {"edge/if_in_scan": None, "scan_in_scan": SCAN_IN_SCAN,
           "scan_in_if_in_scan": SCAN_IN_IF_IN_SCAN, "loop_in_scan": LOOP_IN_SCAN,
-          "scan_in_loop": SCAN_IN_LOOP}
+          "scan_in_loop": SCAN_IN_LOOP, "many_sites": MANY_SITES}
 
 
 def _model(name: str) -> onnx.ModelProto:
@@ -183,52 +233,6 @@ def test_a_draw_in_a_scan_in_a_scan_is_the_reference_stream_of_both_passes():
 
 # -- no dead generator nodes ----------------------------------------------------------------
 
-# several seeded sites of each op and dtype, in the main graph and in If, Loop and Scan bodies
-MANY_SITES = """
-<ir_version: 8, opset_import: ["" : 17]>
-g (float[batch, 3] x, double[batch, 3] xd, float[batch, 3] p, double[2] pd, float[batch, 4] logits,
-   bool flag, int64 n, float[2, 3] xs)
-  => (float[2, 3] a, double[2, 3] b, float16[2, 3] c, float[2, 3] d, double[2, 3] e,
-      float16[2, 3] f, float[batch, 3] g1, float[batch, 3] g2, double[batch, 3] g3,
-      float[batch, 3] h, double[2] h2, int32[batch, 5] m, float[batch, 3] dr, bool[batch, 3] dm,
-      float[3] wif, float[3] wloop, float[3] sacc, float[2, 3] sys) {
-  a = RandomNormal<shape = [2, 3]>()
-  b = RandomNormal<shape = [2, 3], dtype = 11, mean = 1.0>()
-  c = RandomNormal<shape = [2, 3], dtype = 10>()
-  d = RandomUniform<shape = [2, 3]>()
-  e = RandomUniform<shape = [2, 3], dtype = 11>()
-  f = RandomUniform<shape = [2, 3], dtype = 10>()
-  g1 = RandomNormalLike(x)
-  g2 = RandomUniformLike(x)
-  g3 = RandomUniformLike(xd)
-  h = Bernoulli(p)
-  h2 = Bernoulli(pd)
-  m = Multinomial<sample_size = 5>(logits)
-  ratio = Constant<value = float {0.25}>()
-  train = Constant<value = bool {1}>()
-  dr, dm = Dropout(x, ratio, train)
-  wif = If(flag) <then_branch = t () => (float[3] y1) {
-      y1 = RandomUniform<shape = [3]>()
-  }, else_branch = e2 () => (float[3] y2) {
-      y2 = RandomNormal<shape = [3], dtype = 1>()
-  }>
-  go = Constant<value = bool {1}>()
-  init = Constant<value = float[3] {0, 0, 0}>()
-  wloop = Loop(n, go, init) <body = lb (int64 i, bool cin, float[3] acc) =>
-                                       (bool cout, float[3] acc2) {
-      cout = Identity(cin)
-      r = RandomNormalLike(acc)
-      acc2 = Add(acc, r)
-  }>
-  sacc, sys = Scan<num_scan_inputs = 1, body = sb (float[3] s, float[3] row) =>
-                                                   (float[3] s1, float[3] row1) {
-      half = Constant<value = float[3] {0.5, 0.5, 0.5}>()
-      coin = Bernoulli(half)
-      u = RandomUniformLike(row)
-      row1 = Add(coin, u)
-      s1 = Add(s, row1)
-  }> (init, xs)
-}"""
 
 
 def _dead_outputs(model: onnx.ModelProto, original: onnx.ModelProto) -> list[str]:
