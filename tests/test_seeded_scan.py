@@ -233,8 +233,6 @@ def test_a_draw_in_a_scan_in_a_scan_is_the_reference_stream_of_both_passes():
 
 # -- no dead generator nodes ----------------------------------------------------------------
 
-
-
 def _dead_outputs(model: onnx.ModelProto, original: onnx.ModelProto) -> list[str]:
     """Outputs of nodes the rewrite added that no node reads and that are no graph output."""
     kept = {n.name for n in _nodes(original.graph)}

@@ -5,11 +5,11 @@ The model gets ONE int64 scalar input (`seed` unless taken) and one shared S-box
 the top of the main graph; both reach If / Loop bodies through outer scope, and a Scan body
 as state variables the Scan carries unchanged (OpenVINO 2026.4's Scan converter refuses a body
 that reads an outer value: "Number of Scan node inputs (3) is less than required (4)"), as do
-the pass numbers of the loops around a Scan. Each site draws
-its own stream, keyed by `site_key` (the same key `noise_feeds(generator="seeded")` uses),
-in the shape the original node drew: its static shape where it has one (or where inference
-proved every dim), else the shape of the tensor it read, at run time (no noise bound needed).
-Inside a Loop, the body's iteration number picks the draw of that pass.
+the pass numbers of the loops around a Scan. Each site draws its own stream, keyed by
+`site_key` (the same key `noise_feeds(generator="seeded")` uses), in the shape the original
+node drew: its static shape where it has one (or where inference proved every dim), else the
+shape of the tensor it read, at run time (no noise bound needed). Inside a Loop, the body's
+iteration number picks the draw of that pass.
 """
 
 from __future__ import annotations
@@ -193,9 +193,9 @@ def _scan_counter(b: NodeBuilder, p: SitePlan, scope, made: SeededSite) -> str:
     names, depth = b.names, p.site.scopes.index(scope)
     stem = sanitize(scope.owner.name or "scan")
     counter = ScanState(scope, names.fresh(f"onnxfix_{stem}_pass_start"),
-                          names.fresh(f"onnxfix_{stem}_pass"),
-                          names.fresh(f"onnxfix_{stem}_pass_next"),
-                          names.fresh(f"onnxfix_{stem}_passes"))
+                        names.fresh(f"onnxfix_{stem}_pass"),
+                        names.fresh(f"onnxfix_{stem}_pass_next"),
+                        names.fresh(f"onnxfix_{stem}_passes"))
     made.scan_states.append(counter)
     made.prepends.append((scope.parent, _int_constant(names, counter.start, 0), depth))
     one = names.fresh(f"onnxfix_{stem}_one")
