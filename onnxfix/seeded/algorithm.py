@@ -34,6 +34,7 @@ in [0, 2^24) and draws of at most 2^24 elements.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 
@@ -65,16 +66,21 @@ def split_words(value: int, count: int) -> list[int]:
     return [(value >> (WORD_BITS * i)) % WORD for i in range(count)]
 
 
+@functools.cache
 def _sbox() -> np.ndarray:
     """A fixed permutation of 0..WORD-1 (sorted by a hash: the same on every machine, forever),
-    stored twice over so that a word plus a round key (< 2 WORD) indexes it directly."""
+    stored twice over so that a word plus a round key (< 2 WORD) indexes it directly. Made on
+    first use (4096 hashes: a few ms of every start-up when it was made at import)."""
     order = sorted(range(WORD), key=lambda i: hashlib.sha256(b"onnxfix-seeded-sbox-%d" % i)
                    .digest())
     table = np.array(order, dtype=np.int64)
     return np.concatenate([table, table])
 
 
-SBOX = _sbox()
+def __getattr__(name: str):
+    if name == "SBOX":  # the table, made when first read (module attribute, PEP 562)
+        return _sbox()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def round_key(key_word, round_index: int, lane: int):
@@ -86,10 +92,11 @@ def round_key(key_word, round_index: int, lane: int):
 def permute(words, key_words, rounds: int):
     """The Feistel permutation of four words (int64 scalars or arrays, all < WORD)."""
     x0, x1, x2, x3 = words
+    sbox = _sbox()
     for r in range(rounds):
         pair = key_words[:2] if r % 2 == 0 else key_words[2:]
         k0, k1 = round_key(pair[0], r, 0), round_key(pair[1], r, 1)
-        x0, x1, x2, x3 = (x1 + SBOX[x0 + k0]) % WORD, x2, (x3 + SBOX[x2 + k1]) % WORD, x0
+        x0, x1, x2, x3 = (x1 + sbox[x0 + k0]) % WORD, x2, (x3 + sbox[x2 + k1]) % WORD, x0
     return x0, x1, x2, x3
 
 
