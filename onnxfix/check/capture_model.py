@@ -40,7 +40,7 @@ class Captured:
     # are not inside a loop: when the branch did not run, there is no draw to condition on.
     branches: list[tuple[str, bool]] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def spec(self):
         return spec_for(self.node, self.record.distribution)
 
