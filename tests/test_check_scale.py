@@ -289,3 +289,19 @@ def test_a_draw_whose_dtype_the_rewrite_changed_is_compared_not_refused_at_load(
     assert parity.status == "failed"
     notes = {c.note for c in parity.outputs if not c.passed}
     assert notes == {"dtype float64 != expected float32"}
+
+
+def test_a_batch_that_raises_is_done_again_draw_by_draw(monkeypatch):
+    """Whatever a batched standardize raises, the draws are standardized one by one, where
+    a failing draw is met after the checks of the draws before it (as before batching)."""
+    from onnxfix.ops.affine import AffineOp  # noqa: PLC0415
+
+    def broken(self, jobs):
+        raise ValueError("not this way")
+
+    model = _draws(3)
+    new, report = onnxfix.rewrite(model, check=False)
+    monkeypatch.setattr(AffineOp, "standardize_all", broken)
+    parity = check_parity(model, new, report.nodes, "input-noise")
+    assert parity.status == "passed"
+    assert {c.name for c in parity.outputs} == {"y", "e0", "e1", "e2"}

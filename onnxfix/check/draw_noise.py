@@ -38,23 +38,24 @@ def standard_noises(captures: list[Captured], got: dict, sess, own: dict[int, st
                     ) -> dict[int, np.ndarray] | None:
     """Capture index -> its standardized draw, for every capture that ran and is not
     re-standardized later (`own`): one `standardize_all` call per op for all its draws.
-    None when an op cannot condition on some draw: `standard_noise`, capture by capture,
-    then says which (the first in order, as it always did)."""
+    None when some draw raises (an op that cannot condition on it, say): `standard_noise`,
+    capture by capture, then meets it where it always did, after the checks of the
+    captures before it."""
     jobs: dict[int, tuple] = {}  # id(spec) -> (spec, capture indices, jobs)
-    for k, c in enumerate(captures):
-        outs, ins = _captured(c, got)
-        if k in own or _no_draw(c, got, outs, ins):
-            continue
-        spec = c.spec
-        _, ks, todo = jobs.setdefault(id(spec), (spec, [], []))
-        ks.append(k)
-        todo.append((outs, c.attrs, ins, _noise_dtype(c, sess), c.lead))
     made = {}
-    for spec, ks, todo in jobs.values():
-        try:
+    try:
+        for k, c in enumerate(captures):
+            outs, ins = _captured(c, got)
+            if k in own or _no_draw(c, got, outs, ins):
+                continue
+            spec = c.spec
+            _, ks, todo = jobs.setdefault(id(spec), (spec, [], []))
+            ks.append(k)
+            todo.append((outs, c.attrs, ins, _noise_dtype(c, sess), c.lead))
+        for spec, ks, todo in jobs.values():
             made.update(zip(ks, spec.standardize_all(todo), strict=True))
-        except Inconsistent:
-            return None
+    except Exception:  # noqa: BLE001 - the capture-by-capture path raises it in its place
+        return None
     return made
 
 
