@@ -30,7 +30,7 @@ from onnxfix.graph.builder import NodeBuilder
 from onnxfix.seeded import algorithm as alg
 from onnxfix.seeded.cosine import cos_of_turns
 
-MIN_OPSET = 7
+MIN_OPSET = 6
 NONZERO_OPSET = 9
 RANGE_OPSET = 11
 MOD_OPSET = 13  # IREE's ONNX import legalizes Mod, Less, Unsqueeze only from opset 13
@@ -97,10 +97,12 @@ class _Words:
                       for lane in (0, 1))
             f0 = self._sbox(x0, k0, f"{hint}_r{r}_f0")
             f1 = self._sbox(x2, k1, f"{hint}_r{r}_f1")
-            x0, x1, x2, x3 = (self.mod(self.b.op("Add", [x1, f0], f"{hint}_r{r}_s0"),
+            # the S-box word first: x3 starts as the constant 0, and before opset 7 only
+            # the second operand may be broadcast
+            x0, x1, x2, x3 = (self.mod(self.b.op("Add", [f0, x1], f"{hint}_r{r}_s0"),
                                        f"{hint}_r{r}_y0"),
                               x2,
-                              self.mod(self.b.op("Add", [x3, f1], f"{hint}_r{r}_s1"),
+                              self.mod(self.b.op("Add", [f1, x3], f"{hint}_r{r}_s1"),
                                        f"{hint}_r{r}_y2"),
                               x0)
         return [x0, x1, x2, x3]
@@ -170,16 +172,19 @@ def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | st
     words, high, second = _generate(b, table, seed, key, shape, iteration, rank)
     above_zero = b.op("Add", [high, words.const(1)], "bits_plus_one")
     u1 = _unit(words, above_zero, dtype, alg.UNIT, "u1")
+    with_cos_op = np_dtype == np.float32 and b.opset >= alg.COS_OPSET
     u2 = _unit(words, _join(words, *second, "bits_b"), dtype, alg.UNIT, "u2") \
-        if np_dtype == np.float32 else None
+        if with_cos_op else None
     minus_two = b.constant(np.array(-2.0, dtype=np_dtype), "minus_two")
     radius = b.op("Sqrt", [b.op("Mul", [b.op("Log", [u1], "log_u1"), minus_two], "m2log")],
                   "radius")
     if u2 is not None:
         angle = b.op("Mul", [u2, b.constant(np.array(alg.TWO_PI_F32), "two_pi")], "angle")
         cos = b.op("Cos", [angle], "cos")
-    else:  # no float64 Cos op: IREE links none (`onnxfix.seeded.cosine`)
+    else:  # no float64 Cos op (IREE links none), no Cos before opset 7: `seeded.cosine`
         cos = cos_of_turns(b, *second)
+        if np_dtype == np.float32:  # made in float64, rounded once (`algorithm.normal`)
+            cos = b.op("Cast", [cos], "cos_float", to=onnx.TensorProto.FLOAT)
     flat = b.op("Mul", [radius, cos], "normal")
     return _reshape(b, flat, shape, output, "normal_shaped", words, rank)
 
@@ -238,8 +243,8 @@ def _draw_words(words: _Words, seed: str, key: int, shape, iteration: Loops, ran
     it is a runtime shape of known rank."""
     b = words.b
     if b.opset < MIN_OPSET:
-        raise ModelError(f"the seeded generator needs opset {MIN_OPSET} or later; the model "
-                         f"uses opset {b.opset}")
+        raise ModelError(f"the seeded generator needs opset {MIN_OPSET} or later (integer Add, "
+                         f"Sub, Mul and Div); the model uses opset {b.opset}")
     if not 0 <= key < 1 << alg.NODE_KEY_BITS:
         raise ModelError(f"key={key} is not a {alg.NODE_KEY_BITS}-bit node key")
     stream = words.split(seed, alg.SEED_BITS, "seed")
