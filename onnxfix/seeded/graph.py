@@ -1,7 +1,9 @@
 """The seeded generator as ONNX nodes, built with a NodeBuilder: the same algorithm as
 `onnxfix.seeded.algorithm`, op for op, so the uniforms are bit-identical to the numpy reference.
 
-Opsets: 7 and later. Range (for the element counter) exists from opset 11; below it, a draw of
+Opsets: 6 and later (integer Add, Sub, Mul and Div exist from 6; before opset 7 the builder
+adds broadcast=1, and no first operand is ever the broadcast one, which legacy broadcasting
+forbids). Range (for the element counter) exists from opset 11; below it, a draw of
 static shape gets its counter words as constants, a runtime shape counts with NonZero over a
 ConstantOfShape of ones (opsets 9 and 10), and is refused before opset 9. The element words
 use Mod from opset 13 and `a - (a / W) * W` (integer Div of non-negative values) before it;
@@ -11,7 +13,8 @@ opset: IREE's ONNX import takes Mod, Less and Unsqueeze only at opset 13 or late
 Ops used: Constant, Add, Sub, Mul, Div, Mod, Gather, Cast, Reshape (Identity for a static shape
 before opset 9, whose counters are made in that shape); for a runtime shape also
 Range (ConstantOfShape, NonZero and Squeeze before opset 11), ReduceSum (the strides), and
-for one of unknown rank ConstantOfShape, Shape, Equal, Expand; for normals Log, Sqrt, Cos;
+for one of unknown rank ConstantOfShape, Shape, Equal, Expand; for normals Log, Sqrt, Cos
+(float32 from opset 7; float64, and float32 before Cos exists, `seeded.cosine` and a Cast);
 for Gumbel noise Log, Neg. All elementwise integer work is int64 on values < 2^24. Cost,
 measured in onnxruntime 1.32 on this 2-core machine: about 0.6-1 us per element (20 Gathers
 and 20 Mods over the draw dominate).
