@@ -285,3 +285,19 @@ def test_opset6_draw_of_runtime_shape_is_refused_until_its_dims_are_fixed():
     assert report.parity.status == "skipped"
     assert [(c.name, c.max_abs_err) for c in report.parity.outputs] == [("y (seed 0)", 0.0),
                                                                        ("y (seed 1)", 0.0)]
+
+
+def test_where_the_twin_runs_at_opset_6_only_the_seeded_model_is_left_unverified():
+    """A plain RandomUniform becomes an Identity of the noise in input-noise mode, which
+    onnxruntime runs at opset 6: that twin is checked against the original as usual."""
+    graph = helper.make_graph([helper.make_node("RandomUniform", [], ["y"], shape=[2, 3])], "g",
+                              [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=3)
+    _, report = onnxfix.rewrite(model, "seeded")
+    assert [(c.name, c.note) for c in report.parity.outputs] == [
+        ("y", ""), ("y (seed 0)", "on copies converted to opset 7"),
+        ("y (seed 1)", "on copies converted to opset 7")]
+    assert report.parity.reason == (
+        "verified only on copies converted to opset 7: the seeded model equals its input-noise "
+        "twin fed the generator's reference noise (2 comparisons passed); not verified: the "
+        "seeded model at its own opset 6, which onnxruntime cannot run")
