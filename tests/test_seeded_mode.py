@@ -425,3 +425,33 @@ def test_a_static_draw_before_opset_9_has_a_shape_that_inference_knows(name):
         assert typed[draw].HasField("shape"), draw
         assert all(d.HasField("dim_value") for d in typed[draw].shape.dim), draw
     assert "Reshape" not in {n.op_type for n in model.graph.node}
+
+
+KEPT = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[2, 3] x) => (float[2, 3] y, float[2, 3] z) {
+  a = RandomNormal<shape = [2, 3]>()
+  b = RandomNormal<shape = [2, 3]>()
+  y = Add(x, a)
+  z = Add(x, b)
+}"""
+
+
+def test_an_output_of_a_draw_left_random_is_not_compared_in_seeded_mode():
+    """`b` is excluded, so `z` stays random in both the seeded model and its twin: comparing
+    it failed the check ("two runs with the same seed differ"); input-noise mode leaves such
+    outputs out, and so does the seeded check now."""
+    new, report = onnxfix.rewrite(parse(KEPT), "seeded", exclude=["b"])
+    assert [(r.output, r.status) for r in report.nodes] == [("a", "rewritten"), ("b", "kept")]
+    assert report.parity.status == "passed", report.parity.reason
+    assert [c.name for c in report.parity.outputs] == ["y", "a", "y (seed 0)", "y (seed 1)"]
+    assert [n.op_type for n in new.graph.node].count("RandomNormal") == 1
+
+
+def test_a_seeded_check_with_every_output_left_random_is_a_skip():
+    model = parse(KEPT.replace("  y = Add(x, a)\n", "").replace("z = Add(x, b)",
+                                                                  "z = Add(x, b)\n  y = Add(z, a)"))
+    _, report = onnxfix.rewrite(model, "seeded", exclude=["b"])
+    assert report.parity.status == "skipped"
+    assert report.parity.reason == ("every output of the seeded model depends on a random node "
+                                    "left in place (b), so no output can be compared")
