@@ -84,7 +84,7 @@ def seeded_checks(parity: Parity, opener, original: onnx.ModelProto, model: onnx
 
 def _bridged_reason(parity: Parity, opset: int, twin_skipped: str) -> str:
     """What a check on opset-7 copies verified, and what it did not."""
-    count = sum(1 for c in parity.outputs if c.note == _BRIDGED)
+    count = sum(1 for c in parity.outputs if c.note.endswith(_BRIDGED))
     if twin_skipped:
         unchecked = (f"the models at their own opset {opset}, which onnxruntime cannot run, and "
                      f"the input-noise twin against the original ({twin_skipped})")
@@ -104,7 +104,7 @@ def check_seeded(parity: Parity, opener, model: onnx.ModelProto, records: list[N
     entry = seed_entry(model)
     keys = {d["draw"]: d for d in entry["draws"]}
     opset = default_opset(model)  # the generator's form (`algorithm.normal`)
-    out_names = compared_outputs(model, emit)
+    out_names = _compared_outputs(model, emit)
     note = ""
     if needs_bridge(model):
         model = to_bridge_opset(model, "the seeded model")
@@ -148,14 +148,14 @@ def check_seeded(parity: Parity, opener, model: onnx.ModelProto, records: list[N
             for name in out_names:
                 check = compare_arrays(f"{name} (seed {s})", got[name], want[name],
                                        parity.atol, parity.rtol, dims)
-                check.note = check.note or note
+                check.note = "; ".join(t for t in (check.note, note) if t)
                 _record(parity, check, emit)
         if all(identical(outputs[0][o], outputs[1][o]) for o in out_names):
             emit(f"NOTE | {dims_text(dims)} | seeds {seed} and {seed + 1} give the same "
                  f"outputs (no output depends on a draw at these inputs)")
 
 
-def compared_outputs(model: onnx.ModelProto, emit) -> list[str]:
+def _compared_outputs(model: onnx.ModelProto, emit) -> list[str]:
     """The outputs no random node left in place (excluded from the rewrite) reaches: those
     stay random in the seeded model and its twin alike, so they are not compared (as in
     input-noise mode); a skip when that is every output."""
