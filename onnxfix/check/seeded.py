@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxfix.check.capture_model import tainted_outputs
 from onnxfix.check.check_blame import no_kernel, twin_fails
 from onnxfix.check.check_setup import check_dims, check_feeds, check_sizes, inputs_word
 from onnxfix.check.compare import (
@@ -37,11 +36,11 @@ from onnxfix.check.compare import (
     symbolic_dims,
 )
 from onnxfix.check.opset_bridge import BRIDGE_OPSET, needs_bridge, to_bridge_opset
-from onnxfix.check.twin import open_twin
+from onnxfix.check.twin import compared_outputs, open_twin
 from onnxfix.check.twin_noise import TwinSizes, draw_shape_probe, measured_sizes
 from onnxfix.check.verdicts import fail, record
 from onnxfix.errors import ModelError, one_line
-from onnxfix.graph.find import default_opset, find_sites
+from onnxfix.graph.find import default_opset
 from onnxfix.report import NodeRecord, OutputCheck, Parity
 from onnxfix.seeded import algorithm as alg
 from onnxfix.seeded.metadata import SEED_METADATA_KEY, seed_metadata
@@ -104,7 +103,7 @@ def check_seeded(parity: Parity, opener, model: onnx.ModelProto, records: list[N
     entry = seed_entry(model)
     keys = {d["draw"]: d for d in entry["draws"]}
     opset = default_opset(model)  # the generator's form (`algorithm.normal`)
-    out_names = _compared_outputs(model, emit)
+    out_names = compared_outputs(model, "seeded", emit)
     note = ""
     if needs_bridge(model):
         model = to_bridge_opset(model, "the seeded model")
@@ -153,27 +152,6 @@ def check_seeded(parity: Parity, opener, model: onnx.ModelProto, records: list[N
         if all(identical(outputs[0][o], outputs[1][o]) for o in out_names):
             emit(f"NOTE | {dims_text(dims)} | seeds {seed} and {seed + 1} give the same "
                  f"outputs (no output depends on a draw at these inputs)")
-
-
-def _compared_outputs(model: onnx.ModelProto, emit) -> list[str]:
-    """The outputs no random node left in place (excluded from the rewrite) reaches: those
-    stay random in the seeded model and its twin alike, so they are not compared (as in
-    input-noise mode); a skip when that is every output."""
-    kept = find_sites(model)
-    sources = [o for site in kept
-               for o in (site.scopes[0].owner.output if site.scopes else [site.output])]
-    tainted = tainted_outputs(model, sources)
-    if any(site.in_function for site in kept):  # its calling node is not traced: all of them
-        tainted = {o.name for o in model.graph.output}
-    names = [o.name for o in model.graph.output if o.name not in tainted]
-    if tainted and not names:
-        raise CheckSkipped(f"every output of the seeded model depends on a random node left "
-                           f"in place ({', '.join(site.output for site in kept)}), so no "
-                           f"output can be compared")
-    if tainted:
-        emit(f"NOTE | outputs downstream of unselected random nodes are not compared: "
-             f"{', '.join(sorted(tainted))}")
-    return names
 
 
 def _bridged_twin(make_twin):
