@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import methodcaller
 from pathlib import Path
 
 import onnx
@@ -36,6 +38,7 @@ READ_CHUNK = 8 * 2**20
 # holds a payload over inline_limit (a graph of many small tensors), that parse is the
 # skeleton and the Python field scan (about 4 us per node and initializer) is not needed.
 WHOLE_PARSE_LIMIT = 64 * 2**20
+_BYTE_SIZE = methodcaller("ByteSize")
 # Before that parse, this many of the graph's fields are walked by their headers (about 4 us
 # each) looking for a payload over inline_limit: a file of a few large weights is then
 # scanned without being parsed (and held) whole first.
@@ -182,8 +185,10 @@ def _parse_whole(src: wire.FileBytes, inline_limit: int, origin: str, look: bool
         model = wire.parse(onnx.ModelProto(), data, origin)
     except ModelError:
         return None
-    large = look and any(t.ByteSize() > inline_limit and len(t.raw_data) > inline_limit
-                         for t in model.graph.initializer)
+    inits = model.graph.initializer
+    # the records longer than inline_limit are picked out in C (no Python step per tensor)
+    long = compress(inits, map(inline_limit.__lt__, map(_BYTE_SIZE, inits))) if look else ()
+    large = any(len(t.raw_data) > inline_limit for t in long)
     return None if large else (model, data)
 
 

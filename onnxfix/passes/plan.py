@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 
 import onnx
 
@@ -34,6 +35,8 @@ from onnxfix.ops import Dtypes, RandomOp, attrs_of, distribution_of, spec_for
 from onnxfix.passes.output_shapes import OutputFacts, draw_facts, infer_for_plan
 from onnxfix.passes.prepare import Prepared, scope_key
 from onnxfix.report import NodeRecord
+
+_ATTRIBUTES = attrgetter("attribute")
 
 # one step down from a graph: (index of the node holding the body, attribute, graph index)
 PathStep = tuple[int, str, int]
@@ -362,8 +365,9 @@ def _needs_trace(p: SitePlan, anchors: set[str]) -> bool:
 
 
 def _holds_subgraph(graph: onnx.GraphProto) -> bool:
+    # the nodes with attributes are picked out in C (most nodes of a large graph have none)
     return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-               for n in graph.node if n.attribute for a in n.attribute)
+               for attrs in filter(None, map(_ATTRIBUTES, graph.node)) for a in attrs)
 
 
 def _classify_all(plans: list[SitePlan], names: NameAllocator, anchors: set[str],

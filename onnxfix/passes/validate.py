@@ -7,6 +7,8 @@ An input that passes no check is not checked against (API callers may hand in an
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import onnx
 
 from onnxfix.errors import ModelError, one_line
@@ -43,4 +45,7 @@ def _check_error(model: onnx.ModelProto, strict: bool) -> str | None:
 
 
 def _has_external(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    return onnx.TensorProto.EXTERNAL in map(_DATA_LOCATION, model.graph.initializer)
+
+
+_DATA_LOCATION = attrgetter("data_location")
