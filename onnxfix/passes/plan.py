@@ -32,6 +32,7 @@ from onnxfix.graph.shapes import (
     tied_score,
 )
 from onnxfix.ops import Dtypes, RandomOp, attrs_of, distribution_of, spec_for
+from onnxfix.passes.local_check import reads_no_propagated_data
 from onnxfix.passes.output_shapes import OutputFacts, draw_facts, infer_for_plan
 from onnxfix.passes.prepare import Prepared, scope_key
 from onnxfix.report import NodeRecord
@@ -115,6 +116,9 @@ class ModelPlan:
     # them where the rewrite provably changes neither (passes.output_shapes)
     output_facts: OutputFacts | None = None
     draw_facts: OutputFacts = field(default_factory=dict)
+    # the prepared model passes onnx's full check (basic aside): proven by the plan's
+    # inference for some models (passes.local_check), else False (not known)
+    input_full: bool = False
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -149,7 +153,8 @@ def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None, 
     result.dead = [(site_path(s), s.location) for s in dead]
     if not chosen:
         return result
-    facts, result.output_facts = infer_for_plan(model)
+    facts, result.output_facts, result.input_full = infer_for_plan(
+        model, strict=reads_no_propagated_data(model))
     result.facts = facts if keep_facts else None
     result.sites = _describe(model, chosen, prepared, facts, dict(forms or {}))
     result.draw_facts = draw_facts(facts, (p.site.node for p in result.sites))
