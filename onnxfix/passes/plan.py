@@ -137,10 +137,13 @@ class ModelPlan:
 
 
 def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None, *,
-         keep_facts: bool = False, forms: dict[str, str] | None = None) -> ModelPlan:
+         keep_facts: bool = False, forms: dict[str, str] | None = None,
+         strict: bool = True) -> ModelPlan:
     """call(prepared) -> ModelPlan: find, sort and describe every random node, once.
 
-    forms: op type -> the alternative rewrite form to use (e.g. {"Multinomial": "gumbel"})."""
+    forms: op type -> the alternative rewrite form to use (e.g. {"Multinomial": "gumbel"}).
+    strict: let the inference prove `input_full` where it can (passes.local_check; what the
+    validate pass reads): same facts, but a model failing it is inferred twice."""
     result = ModelPlan(prepared, bounds=dict(bounds or {}))
     if not prepared.random:
         return result
@@ -154,7 +157,7 @@ def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None, 
     if not chosen:
         return result
     facts, result.output_facts, result.input_full = infer_for_plan(
-        model, strict=reads_no_propagated_data(model))
+        model, strict=strict and reads_no_propagated_data(model))
     result.facts = facts if keep_facts else None
     result.sites = _describe(model, chosen, prepared, facts, dict(forms or {}))
     result.draw_facts = draw_facts(facts, (p.site.node for p in result.sites))
