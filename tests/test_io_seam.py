@@ -245,6 +245,15 @@ def test_a_small_file_without_large_payloads_skips_the_field_scan(tmp_path, monk
         assert sk.stubs == {} and sk.model == model
 
 
+def _saved_with_big(tmp_path) -> tuple[Path, onnx.ModelProto]:
+    """A 30-node chain of small tensors and one 1200-byte payload ("big"), saved."""
+    path = tmp_path / "m.onnx"
+    model = _chain(30, weight=16)
+    model.graph.initializer.append(numpy_helper.from_array(np.ones(300, np.float32), "big"))
+    onnx.save(model, str(path))
+    return path, model
+
+
 def _refuse(what: str):
     def refuse(*args, **kwargs):
         raise AssertionError(f"{what} ran")
@@ -254,10 +263,7 @@ def _refuse(what: str):
 def test_a_file_with_a_large_payload_is_scanned_without_a_whole_parse(tmp_path, monkeypatch):
     """The headers of the graph's first fields show the large payload: the file is not
     parsed (and held) whole before the scan."""
-    path = tmp_path / "m.onnx"
-    model = _chain(30, weight=16)
-    model.graph.initializer.append(numpy_helper.from_array(np.ones(300, np.float32), "big"))
-    onnx.save(model, str(path))
+    path, model = _saved_with_big(tmp_path)
     monkeypatch.setattr(reader, "_parse_whole", _refuse("the whole parse"))
     with load_skeleton(path) as sk:
         assert list(sk.stubs) == ["big"]
@@ -281,10 +287,7 @@ def test_a_graph_with_more_fields_than_the_peek_is_decided_by_the_parse(tmp_path
                                                                        peek):
     """Past PEEK_FIELDS the headers are not read further: a large payload among the later
     fields is found after the whole parse, as before."""
-    path = tmp_path / "m.onnx"
-    model = _chain(30, weight=16)
-    model.graph.initializer.append(numpy_helper.from_array(np.ones(300, np.float32), "big"))
-    onnx.save(model, str(path))
+    path, model = _saved_with_big(tmp_path)
     monkeypatch.setattr(reader, "PEEK_FIELDS", peek)
     with load_skeleton(path) as sk:
         assert list(sk.stubs) == ["big"]
@@ -298,10 +301,7 @@ def test_a_graph_with_more_fields_than_the_peek_is_decided_by_the_parse(tmp_path
 @pytest.mark.parametrize("limit", [0, reader.WHOLE_PARSE_LIMIT])
 def test_the_whole_parse_and_the_scan_give_the_same_skeleton(tmp_path, monkeypatch, limit):
     """Above WHOLE_PARSE_LIMIT (here: every file when it is 0) the scan decides, as before."""
-    path = tmp_path / "m.onnx"
-    model = _chain(30, weight=16)
-    model.graph.initializer.append(numpy_helper.from_array(np.ones(300, np.float32), "big"))
-    onnx.save(model, str(path))
+    path, model = _saved_with_big(tmp_path)
     monkeypatch.setattr(reader, "WHOLE_PARSE_LIMIT", limit)
     with load_skeleton(path) as sk:
         assert list(sk.stubs) == ["big"]  # a payload over 1 KB stays in the file either way
