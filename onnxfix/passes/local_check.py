@@ -33,21 +33,21 @@ from operator import attrgetter
 import onnx
 
 from onnxfix.graph.shapes import collect_facts
+from onnxfix.ops import RANDOM_OP_TYPES
 from onnxfix.passes.output_shapes import replacements_alone
 
 # Default-domain ops whose onnx shape inference reads only input types and shapes, attributes
 # and constant inputs - never data propagated through the graph (as Reshape, Expand,
-# ConstantOfShape, Tile... do) - and hold no subgraph.
-NO_PROPAGATED_DATA = frozenset({
+# ConstantOfShape, Tile... do) - and hold no subgraph; the random ops among them.
+NO_PROPAGATED_DATA = frozenset(RANDOM_OP_TYPES) | frozenset({
     "Abs", "Acos", "Acosh", "Add", "And", "Asin", "Asinh", "Atan", "Atanh", "AveragePool",
-    "BatchNormalization", "Bernoulli", "Cast", "CastLike", "Ceil", "Celu", "Concat", "Conv",
-    "ConvTranspose", "Cos", "Cosh", "Div", "Dropout", "Elu", "Equal", "Erf", "Exp", "Flatten",
+    "BatchNormalization", "Cast", "CastLike", "Ceil", "Celu", "Concat", "Constant", "Conv",
+    "ConvTranspose", "Cos", "Cosh", "Div", "Elu", "Equal", "Erf", "Exp", "Flatten",
     "Floor", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater",
     "GreaterOrEqual", "GroupNormalization", "HardSigmoid", "HardSwish", "Identity",
     "InstanceNormalization", "IsInf", "IsNaN", "LayerNormalization", "LeakyRelu", "Less",
     "LessOrEqual", "Log", "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mish",
-    "Mod", "Mul", "Multinomial", "Neg", "Not", "Or", "PRelu", "Pow", "RandomNormal",
-    "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Reciprocal", "Relu", "Round",
+    "Mod", "Mul", "Neg", "Not", "Or", "PRelu", "Pow", "Reciprocal", "Relu", "Round",
     "Selu", "Sigmoid", "Sign", "Sin", "Sinh", "Softmax", "Softplus", "Softsign", "Sqrt", "Sub",
     "Sum", "Tan", "Tanh", "ThresholdedRelu", "Transpose", "Where", "Xor",
 })
