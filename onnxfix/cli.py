@@ -5,6 +5,8 @@ the CLI prints flags), the one-line usage errors, and the printed summary of a r
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import json
 import math
 import sys
@@ -282,6 +284,7 @@ def rewrite_cmd(
                                  inputs=check_inputs, memory_mb=check_memory_mb,
                                  timeout=check_timeout, fail_on_skip=fail_on_skip)
         job = _Job(options, settings, weights.value)
+        _settle_imports()
         if input.is_dir():
             raise typer.Exit(_rewrite_folder(input, output, job, report, say))
         code, rep = _rewrite_one(input, output, job, say)
@@ -291,6 +294,17 @@ def rewrite_cmd(
             raise typer.Exit(code)
     except OnnxfixError as e:
         _fail(e)
+
+
+@functools.cache
+def _settle_imports() -> None:
+    """Import the rewrite, then move every object made so far (onnx's, numpy's, onnxfix's:
+    they live as long as the process) out of the cyclic GC's reach: its full collections
+    then scan only what the rewrite makes (they took ~5% of a 2000-draw checked run). Once
+    per process: a caller running the CLI in-process again freezes no garbage of its own."""
+    from onnxfix import api  # noqa: F401, PLC0415 - imported now, to be frozen with the rest
+
+    gc.freeze()
 
 
 def _rewrite_one(src: Path, dst: Path, job: _Job, say: _Printer,

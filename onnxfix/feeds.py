@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from onnxfix.errors import ModelError, UsageError, param, param_name
+from onnxfix.graph.find import default_opset
 from onnxfix.graph.shapes import fix_dims, infer_facts, model_dim_names, ort_symbolic_facts
 from onnxfix.ops import FAMILIES, np_dtype
 from onnxfix.ops.noise import standard_noise
@@ -83,7 +84,8 @@ def make_noise_feeds(model: onnx.ModelProto, dims: dict[str, int] | None = None,
         shape = [d if isinstance(d, int) else dims[d] for d in entry["shape"]]
         dtype = np_dtype(entry["elem_type"])
         if generator == "seeded":
-            feeds[entry["name"]] = _seeded_noise(entry, int(seed), shape, dtype)
+            feeds[entry["name"]] = _seeded_noise(entry, int(seed), shape, dtype,
+                                                 default_opset(model))
         else:
             feeds[entry["name"]] = standard_noise(rng, entry["family"], shape, dtype)
     seeded = seed_metadata(model)
@@ -105,8 +107,10 @@ def _check_seeded_request(seed, rng) -> None:
                          f"generator needs a non-negative integer seed")
 
 
-def _seeded_noise(entry: dict, seed: int, shape: list[int], dtype: np.dtype) -> np.ndarray:
-    """One noise input as the seeded rewrite draws it (float16 noise: drawn in float32)."""
+def _seeded_noise(entry: dict, seed: int, shape: list[int], dtype: np.dtype,
+                  opset: int) -> np.ndarray:
+    """One noise input as the seeded rewrite draws it (float16 noise: drawn in float32) at
+    the model's `opset` (the rewrite keeps it; before opset 7 normals take another cosine)."""
     name = entry["name"]
     if entry.get("seeded_key") is None:
         raise ModelError(f"noise input '{name}' has no seeded_key in the {NOISE_METADATA_KEY} "
@@ -123,7 +127,7 @@ def _seeded_noise(entry: dict, seed: int, shape: list[int], dtype: np.dtype) -> 
     iterations = shape[:loops] if loops else None
     local = shape[loops:]
     return seeded_noise(entry["family"], seed, int(entry["seeded_key"]), local, drawn,
-                        iterations=iterations).astype(dtype)
+                        iterations=iterations, opset=opset).astype(dtype)
 
 
 def _derived_sizes(model: onnx.ModelProto, entries: list[dict],

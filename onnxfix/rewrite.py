@@ -15,6 +15,7 @@ import onnx
 from onnxfix.graph.find import Site
 from onnxfix.options import RewriteOptions
 from onnxfix.passes.emit import DEFAULT_MAX_DRAW_BYTES, MODES, NOISE_DTYPES, Emitted, emit
+from onnxfix.passes.local_check import full_check_follows
 from onnxfix.passes.plan import ModelPlan, SitePlan, plan
 from onnxfix.passes.prepare import prepare
 from onnxfix.passes.splice import splice
@@ -55,7 +56,7 @@ def apply_emitted(original: onnx.ModelProto, model_plan: ModelPlan, mode: str, *
         return out, emitted
     tidy(original, out, emitted.noise_meta, emitted.seed_meta)
     if emitted.sites:
-        validate(original, out)
+        validate(original, out, full_follows=full_check_follows(model_plan, emitted, out))
     return out, emitted
 
 

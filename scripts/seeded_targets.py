@@ -8,7 +8,8 @@ onnx2torch). A cell reads `exact` when every uniform equals the numpy reference 
 `max abs X` for normals (Log, Sqrt and Cos round as each runtime does), else what failed.
 With --fixtures, a second table: every model in DIR rewritten with `--mode seeded` (symbolic
 dims fixed to 2), its main-graph draws exposed, run with seeds 0, 1 and 2026 on each runtime
-and compared with onnxruntime: `exact` when every draw is bit-identical, else the largest
+and compared with onnxruntime (below opset 7, which it cannot run, on a copy converted to
+opset 7): `exact` when every draw is bit-identical, else the largest
 difference of the draws that round (normals; Dropout's output, the data times the mask times
 1 / (1 - ratio)), while draws built from uniforms alone must stay exact; else what failed.
 A model whose draws cannot be exposed (inside Loop, If or Scan bodies or a function, or untyped
@@ -38,6 +39,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import targets  # noqa: E402
 
 import onnxfix  # noqa: E402
+from onnxfix.check.opset_bridge import BRIDGE_OPSET, needs_bridge, to_bridge_opset  # noqa: E402
 from onnxfix.graph.builder import NodeBuilder  # noqa: E402
 from onnxfix.graph.naming import NameAllocator  # noqa: E402
 from onnxfix.seeded import algorithm  # noqa: E402
@@ -103,7 +105,7 @@ class Case:
         return feeds
 
     def reference(self, seed: int) -> np.ndarray:
-        draw = algorithm.family_draw(self.family)
+        draw = algorithm.family_draw(self.family, self.opset)  # opset 6: another cosine
         return draw(seed, KEY, SHAPE, np.float64 if self.double else np.float32,
                     ITERATIONS[:self.loops] or None)
 
@@ -129,6 +131,11 @@ CASES = [
     Case("gumbel f32, runtime shape, opset 13", 13, "gumbel", runtime_shape=True),
     Case("uniform f32, seeds -1 and 2^24 + 3 (outside [0, 2^24)), opset 17", 17,
          seeds=(-1, 2 ** 24 + 3)),
+    # opset 6: legacy broadcasting, no Cos (onnxruntime runs no opset-6 Mul: its cell fails)
+    Case("uniform f32, static, opset 6", 6),
+    Case("uniform f64, static, opset 6", 6, double=True),
+    Case("normal f32, static, opset 6 (float64 polynomial cosine)", 6, "normal"),
+    Case("normal f64, static, opset 6", 6, "normal", double=True),
 ]
 
 
@@ -308,6 +315,17 @@ def _seeded_feeds(model: onnx.ModelProto, seed: int) -> dict:
     return feeds
 
 
+def _reference_runner(path: Path, model: onnx.ModelProto, scratch: Path):
+    """onnxruntime on the model; below opset 7, which it cannot run, on its copy converted
+    to opset 7 (as the check does: `onnxfix.check.opset_bridge`)."""
+    if not needs_bridge(model):
+        return targets._onnxruntime(path, model, scratch)
+    converted = to_bridge_opset(model, "the seeded model")
+    copy = scratch / f"{path.stem}_opset{BRIDGE_OPSET}.onnx"
+    onnx.save(converted, copy)
+    return targets._onnxruntime(copy, converted, scratch)
+
+
 def fixture_table(models: list[Path], outputs_only: bool = False,
                   only: list[str] | None = None) -> str:
     """A row per model: its exposed draws, else (`outputs`) its own outputs."""
@@ -329,7 +347,7 @@ def fixture_table(models: list[Path], outputs_only: bool = False,
                 continue
             if outputs:
                 draws = output_kinds(model)
-            ref = targets._onnxruntime(new_path, model, scratch)
+            ref = _reference_runner(new_path, model, scratch)
             want = {s: ref(_seeded_feeds(model, s)) for s in FIXTURE_SEEDS}
             cells = [_isolated(fixture_cell, make, new_path, model, draws, want, scratch,
                                outputs).replace("|", "/") for make in found.values()]

@@ -254,8 +254,8 @@ def _broken_capture(monkeypatch, *nodes: onnx.NodeProto):
     """The check's capture model gets `nodes`, the last one's output exposed."""
     real = onnxfix.check.conditional.capture_model
 
-    def capture(base, records):
-        captures, model, *rest = real(base, records)
+    def capture(base, records, facts=None):
+        captures, model, *rest = real(base, records, facts)
         model.graph.node.extend(nodes)
         model.graph.output.append(
             onnx.helper.make_tensor_value_info(nodes[-1].output[0], 1, None))

@@ -13,7 +13,7 @@ from conftest import op_types, parse
 import onnxfix
 from onnxfix.errors import ModelError
 from onnxfix.graph.datadep import trace
-from onnxfix.graph.graph_edit import names_used, remove_dead_producers
+from onnxfix.graph.graph_edit import names_used, remove_dead_producers, unread
 from onnxfix.graph.shapes import collect_facts
 from onnxfix.options import RewriteOptions
 from onnxfix.passes.validate import validate
@@ -130,11 +130,60 @@ def test_lazy_facts_read_like_the_eager_walk():
     assert sorted(facts) == ["x", "y"] and len(facts) == 2
 
 
+@pytest.mark.parametrize("searched", [0, 1, 64])
+def test_searched_and_indexed_facts_answer_alike(monkeypatch, searched):
+    """Lookups searched among the names, then indexed: the last declaration wins either way
+    (a value_info over an initializer, a body's over the main graph's), in one order."""
+    from onnxfix.graph import shapes
+
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (bool c, float[batch, 4] x) => (float[batch, 4] y) {
+      y = If(c) <then_branch = t () => (float[batch, 4] o) { o = Relu(x) },
+                 else_branch = e () => (float[batch, 4] o2) { o2 = Neg(x) }>
+    }""")
+    model.graph.initializer.append(onnx.helper.make_tensor("w", onnx.TensorProto.FLOAT,
+                                                           [3], [1, 2, 3]))
+    for graph, shape in ((model.graph, [5]), (model.graph, [6]),
+                         (model.graph.node[0].attribute[0].g, [7])):
+        graph.value_info.append(onnx.helper.make_tensor_value_info(
+            "w", onnx.TensorProto.FLOAT, shape))
+    model.graph.value_info.append(onnx.helper.make_tensor_value_info(
+        "o", onnx.TensorProto.FLOAT, [9]))
+    monkeypatch.setattr(shapes, "SEARCHED_LOOKUPS", searched)
+    facts = collect_facts(model)
+    answers = [facts.get(n) for n in ("w", "o", "x", "missing", "o2", "y", "c")]
+    assert answers[0].shape == [7] and answers[1].shape == ["batch", 4]
+    assert answers[2].shape == ["batch", 4] and answers[3] is None and answers[4].shape == [
+        "batch", 4]
+    assert list(facts) == ["w", "c", "x", "y", "o", "o2"]
+
+
 def test_names_used_skips_empty_names_and_sees_into_bodies():
     model = parse(IF_MODEL)
     node = model.graph.node.add()
     node.op_type, node.input[:] = "Clip", ["x", "", ""]
     assert names_used(model.graph) == {"c", "x", "y", "a", "b"}
+
+
+def test_unread_answers_as_the_names_used():
+    """The reader search stops early and skips nodes in C: it must still see every reader,
+    in bodies too, and a name read twice."""
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x, bool c, float[2] w) => (float[2] y) {
+      p = Relu(x)
+      q = Neg(p)
+      z = If(c) <then_branch = t () => (float[2] a) { a = Relu(q) },
+                 else_branch = e () => (float[2] b) { b = Neg(x) }>
+      r = Add(p, z)
+      y = Mul(r, q)
+      u = Relu(w)
+    }""")
+    used = names_used(model.graph)
+    everything = {"x", "c", "w", "p", "q", "z", "r", "y", "u", "a", "b", "nowhere"}
+    for names in ({"q"}, {"u"}, {"p", "u"}, {"z", "nowhere"}, {"y", "b"}, everything, set()):
+        assert unread(model.graph, names) == names - used, names
 
 
 def test_a_freed_name_still_read_leaves_the_graph_as_it_was():

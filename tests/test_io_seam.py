@@ -245,13 +245,63 @@ def test_a_small_file_without_large_payloads_skips_the_field_scan(tmp_path, monk
         assert sk.stubs == {} and sk.model == model
 
 
-@pytest.mark.parametrize("limit", [0, reader.WHOLE_PARSE_LIMIT])
-def test_the_whole_parse_and_the_scan_give_the_same_skeleton(tmp_path, monkeypatch, limit):
-    """Above WHOLE_PARSE_LIMIT (here: every file when it is 0) the scan decides, as before."""
+def _saved_with_big(tmp_path) -> tuple[Path, onnx.ModelProto]:
+    """A 30-node chain of small tensors and one 1200-byte payload ("big"), saved."""
     path = tmp_path / "m.onnx"
     model = _chain(30, weight=16)
     model.graph.initializer.append(numpy_helper.from_array(np.ones(300, np.float32), "big"))
     onnx.save(model, str(path))
+    return path, model
+
+
+def _refuse(what: str):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{what} ran")
+    return refuse
+
+
+def test_a_file_with_a_large_payload_is_scanned_without_a_whole_parse(tmp_path, monkeypatch):
+    """The headers of the graph's first fields show the large payload: the file is not
+    parsed (and held) whole before the scan."""
+    path, model = _saved_with_big(tmp_path)
+    monkeypatch.setattr(reader, "_parse_whole", _refuse("the whole parse"))
+    with load_skeleton(path) as sk:
+        assert list(sk.stubs) == ["big"]
+        assert sk.model.graph.node == model.graph.node
+
+
+def test_a_long_record_without_raw_data_is_still_parsed_whole(tmp_path, monkeypatch):
+    """An initializer over 1 KB held in float_data has no payload to leave in the file: the
+    whole parse is the skeleton, and it does not look at the initializers again."""
+    path = tmp_path / "m.onnx"
+    model = _chain(30, weight=16)
+    model.graph.initializer.append(helper.make_tensor("big", FLOAT, [300], [1.0] * 300))
+    onnx.save(model, str(path))
+    monkeypatch.setattr(reader, "_scan_model", _refuse("the field scan"))
+    with load_skeleton(path) as sk:
+        assert sk.stubs == {} and sk.model == model
+
+
+@pytest.mark.parametrize("peek", [0, 5])
+def test_a_graph_with_more_fields_than_the_peek_is_decided_by_the_parse(tmp_path, monkeypatch,
+                                                                       peek):
+    """Past PEEK_FIELDS the headers are not read further: a large payload among the later
+    fields is found after the whole parse, as before."""
+    path, model = _saved_with_big(tmp_path)
+    monkeypatch.setattr(reader, "PEEK_FIELDS", peek)
+    with load_skeleton(path) as sk:
+        assert list(sk.stubs) == ["big"]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert reader._peek_payloads(wire.FileBytes(fd, path.stat().st_size), 1024) is None
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("limit", [0, reader.WHOLE_PARSE_LIMIT])
+def test_the_whole_parse_and_the_scan_give_the_same_skeleton(tmp_path, monkeypatch, limit):
+    """Above WHOLE_PARSE_LIMIT (here: every file when it is 0) the scan decides, as before."""
+    path, model = _saved_with_big(tmp_path)
     monkeypatch.setattr(reader, "WHOLE_PARSE_LIMIT", limit)
     with load_skeleton(path) as sk:
         assert list(sk.stubs) == ["big"]  # a payload over 1 KB stays in the file either way

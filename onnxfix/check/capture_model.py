@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +23,7 @@ from onnxfix.graph.functions import inline_random_functions
 from onnxfix.graph.graph_edit import names_read
 from onnxfix.graph.noisedims import BOUNDED, pad_to_bounds
 from onnxfix.graph.shapes import infer_facts
-from onnxfix.ops import spec_for
+from onnxfix.ops import attrs_of, spec_for
 from onnxfix.report import NodeRecord
 
 LOOPS = ("Loop", "Scan")
@@ -39,9 +40,14 @@ class Captured:
     # are not inside a loop: when the branch did not run, there is no draw to condition on.
     branches: list[tuple[str, bool]] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def spec(self):
         return spec_for(self.node, self.record.distribution)
+
+    @functools.cached_property
+    def attrs(self) -> dict:
+        """The node's attribute values (read per draw at each check size)."""
+        return attrs_of(self.node)
 
     def ran(self, got: dict) -> bool:
         """Its If branches ran and its inputs exist (None: under an If in a Loop, the
@@ -62,12 +68,13 @@ def inlined(original: onnx.ModelProto) -> onnx.ModelProto:
     return inline_random_functions(base)
 
 
-def capture_model(base: onnx.ModelProto, records: list[NodeRecord]) -> tuple[
+def capture_model(base: onnx.ModelProto, records: list[NodeRecord], facts=None) -> tuple[
         list[Captured], onnx.ModelProto, Exposer]:
-    """A copy of `base` exposing every rewritten draw, and what each capture is."""
+    """A copy of `base` exposing every rewritten draw, and what each capture is. facts:
+    `infer_facts(base)` when the caller has it (one inference serves the whole check)."""
     model = onnx.ModelProto()
     model.CopyFrom(base)
-    facts = infer_facts(model)
+    facts = infer_facts(model) if facts is None else facts
     sites = {s.output: s for s in find_sites(model)}
     opset = default_opset(model)
     exposer = Exposer(model)
@@ -163,11 +170,12 @@ def main_draws(captures: list[Captured], main: set[str], out_set: set[str],
     return exposed
 
 
-def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of `model` that also outputs `names`."""
+def with_outputs(model: onnx.ModelProto, names: list[str], facts=None) -> onnx.ModelProto:
+    """A copy of `model` that also outputs `names`, typed from `facts` (default: `model`'s
+    own inference)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    facts = infer_facts(m)
+    facts = infer_facts(m) if facts is None else facts
     have = {o.name for o in m.graph.output}
     for name in names:
         if name not in have:

@@ -40,11 +40,13 @@ from onnxfix.check.draw_noise import (
     own_references,
     recondition,
     standard_noise,
+    standard_noises,
 )
 from onnxfix.check.tolerance import path_tolerances
 from onnxfix.check.verdicts import fail, record, run_and_compare
 from onnxfix.errors import one_line
 from onnxfix.graph.find import default_opset
+from onnxfix.graph.shapes import infer_facts
 from onnxfix.report import NodeRecord, Parity
 
 NARROW_TOLERANCE = 4e-3  # atol and rtol of a draw made from noise fed as float16
@@ -93,25 +95,33 @@ def conditional(parity: Parity, opener, original: onnx.ModelProto,
 
 
 def _prepare(parity, opener, base, original, noise_model, records, emit):
-    captures, capture, exposer = capture_model(base, records)
+    # one inference of the original serves the capture model, the probe's output types and
+    # the tolerances, and is dropped before the sessions are built (peak memory)
+    facts = infer_facts(base)
+    captures, capture, exposer = capture_model(base, records, facts)
+    lossy = narrowed(records)
+    exposed = main_draws(captures, main_names(noise_model),
+                         {o.name for o in original.graph.output}, lossy)
+    own = own_references(captures, noise_model)
+    probe = list(exposed) + sorted(set(own.values()))
+    typed = {name: facts[name] for name in probe if _elem_known(facts, name)}
+    tolerances = path_tolerances(base, [c.record.output for c in captures],
+                                 [o.name for o in original.graph.output], facts)
+    del facts
     try:
         orig_sess = opener(capture)
     except CheckSkipped:
         raise
     except Exception as e:  # noqa: BLE001 - ORT raises several types
         raise capture_does_not_load(opener, base, e) from None
-    lossy = narrowed(records)
-    exposed = main_draws(captures, main_names(noise_model),
-                         {o.name for o in original.graph.output}, lossy)
     cut_sess = None
     if lossy:
         if any(c.lead or c.branches or c.record.graph != "main" for c in captures):
             raise CheckSkipped("--noise-dtype narrower than a draw inside a subgraph: the draws "
                                "cannot be fed back to the original")
         cut_sess = opener(cut_model(base, list(exposed)))
-    own = own_references(captures, noise_model)
-    new_sess = _open_rewritten(parity, opener, with_outputs(
-        noise_model, list(exposed) + sorted(set(own.values()))), emit)
+    new_sess = _open_rewritten(parity, opener, noise_model, probe,
+                               typed if len(typed) == len(probe) else None, emit)
     if new_sess is None:
         return None
     noise_inputs = [r.replacement.name for r in records
@@ -121,18 +131,35 @@ def _prepare(parity, opener, base, original, noise_model, records, emit):
     return _Conditioning(
         base, captures, exposer, orig_sess, new_sess, cut_sess, exposed, own, noise_inputs,
         [i for i in new_sess.get_inputs() if i.name not in fed], out_names,
-        path_tolerances(base, [c.record.output for c in captures], out_names),
+        {name: t for name, t in tolerances.items() if name in out_names},
         {i for c in captures for i in c.spec.probability_inputs(c.node)})
 
 
-def _open_rewritten(parity, opener, probe, emit):
+def _open_rewritten(parity, opener, noise_model, names, typed, emit):
+    """A session of the rewritten model that also outputs `names`.
+
+    A draw keeps its name and dtype in the rewritten model, so the original's types (`typed`:
+    name -> its facts there, None when some name has none) declare those outputs without
+    inferring the rewritten model again (onnxruntime refuses a declared type its own
+    inference contradicts). A probe so typed that does not load is built as it always was,
+    from the rewritten model's own inference, and that one's error is what is reported."""
+    if typed is not None:
+        try:
+            return opener(with_outputs(noise_model, names, typed))
+        except Exception:  # noqa: BLE001, S110 - the usual probe below says what is wrong
+            pass
     try:
-        return opener(probe)
+        return opener(with_outputs(noise_model, names))
     except Exception as e:  # noqa: BLE001
         if no_kernel(e):
             raise no_kernel(e) from None
         fail(parity, f"the rewritten model does not load in onnxruntime: {one_line(e)}", emit)
         return None
+
+
+def _elem_known(facts, name: str) -> bool:
+    f = facts.get(name)
+    return f is not None and bool(f.elem_type)
 
 
 def _compared_outputs(base, original, records, emit) -> list[str]:
@@ -197,12 +224,13 @@ def _noise(parity, cond: _Conditioning, got: dict, n: int, dims: dict, emit) -> 
     A draw re-standardized against the rewritten model's own reference gets provisional noise
     here; `recondition` replaces it."""
     noise = {}
+    made = standard_noises(cond.captures, got, cond.new_sess, cond.own) or {}
     for k, c in enumerate(cond.captures):
         name = c.record.replacement.name
         fed = input_dtype(cond.new_sess, name)
         # np.asarray: numpy arithmetic turns 0-d arrays into scalars ORT does not take
-        noise[name] = np.asarray(standard_noise(c, got, cond.new_sess, n, k in cond.own),
-                                 dtype=fed)
+        noise[name] = np.asarray(standard_noise(c, got, cond.new_sess, n, k in cond.own,
+                                                made.get(k)), dtype=fed)
         over = over_bound(c.record, noise[name])
         if over:
             fail(parity, f"at {dims_text(dims)} the check's inputs need {over}; raise the "

@@ -23,7 +23,7 @@ from onnxfix.check.compare import (
     input_meta,
     run_all,
 )
-from onnxfix.ops import Improbable, Inconsistent, attrs_of, np_dtype
+from onnxfix.ops import Improbable, Inconsistent, np_dtype
 from onnxfix.report import NodeRecord
 
 FILL = 0.5  # what noise reads where no draw was made (never compared)
@@ -34,21 +34,62 @@ class UnlikelyDraw(CheckSkipped):
     the check may run the original again for another draw."""
 
 
-def standard_noise(c: Captured, got: dict, sess, n: int, provisional: bool = False
-                   ) -> np.ndarray:
-    """The noise input of capture `c`, from the original's outputs `got`; `provisional`: only
-    a feed for the run that `recondition` reads its op's own reference from."""
-    outs = {i: got[name] for i, name in c.outputs.items()}
-    ins = {i: got[name] for i, name in c.inputs.items()}
-    name = c.record.replacement.name
+def standard_noises(captures: list[Captured], got: dict, sess, own: dict[int, str]
+                    ) -> dict[int, np.ndarray] | None:
+    """Capture index -> its standardized draw, for every capture that ran and is not
+    re-standardized later (`own`): one `standardize_all` call per op for all its draws.
+    None when some draw raises (an op that cannot condition on it, say): `standard_noise`,
+    capture by capture, then meets it where it always did, after the checks of the
+    captures before it."""
+    jobs: dict[int, tuple] = {}  # id(spec) -> (spec, capture indices, jobs)
+    made = {}
+    try:
+        for k, c in enumerate(captures):
+            outs, ins = _captured(c, got)
+            if k in own or _no_draw(c, got, outs, ins):
+                continue
+            spec = c.spec
+            _, ks, todo = jobs.setdefault(id(spec), (spec, [], []))
+            ks.append(k)
+            todo.append((outs, c.attrs, ins, _noise_dtype(c, sess), c.lead))
+        for spec, ks, todo in jobs.values():
+            made.update(zip(ks, spec.standardize_all(todo), strict=True))
+    except Exception:  # noqa: BLE001 - the capture-by-capture path raises it in its place
+        return None
+    return made
+
+
+def _captured(c: Captured, got: dict) -> tuple[dict, dict]:
+    """The captured outputs and inputs of `c`, by their index on its node."""
+    return ({i: got[name] for i, name in c.outputs.items()},
+            {i: got[name] for i, name in c.inputs.items()})
+
+
+def _no_draw(c: Captured, got: dict, outs: dict, ins: dict) -> bool:
+    """Its If branch did not run, or its loop ran no iteration: the noise is filler."""
     if any(bool(np.asarray(got[cond]).reshape(-1)[0]) != want for cond, want in c.branches) \
             or any(v is None for v in (*outs.values(), *ins.values())):
-        return filler(sess, name, n)  # its If branch did not run
-    if outs and all(np.asarray(v).size == 0 for v in outs.values()):
-        return filler(sess, name, n)  # its loop ran no iteration
+        return True
+    return bool(outs) and all(np.asarray(v).size == 0 for v in outs.values())
+
+
+def standard_noise(c: Captured, got: dict, sess, n: int, provisional: bool = False,
+                   made: np.ndarray | None = None) -> np.ndarray:
+    """The noise input of capture `c`, from the original's outputs `got`; `provisional`: only
+    a feed for the run that `recondition` reads its op's own reference from. `made`: the
+    draw already standardized (by `standard_noises`)."""
+    outs, ins = _captured(c, got)
+    name = c.record.replacement.name
+    if made is None and _no_draw(c, got, outs, ins):
+        return filler(sess, name, n)
     try:
-        noise = c.spec.provisional(outs, _noise_dtype(c, sess)) if provisional else \
-            c.spec.standardize_stacked(outs, attrs_of(c.node), ins, _noise_dtype(c, sess), c.lead)
+        if made is not None:  # standard_noises made it: its draw ran
+            noise = made
+        elif provisional:
+            noise = c.spec.provisional(outs, _noise_dtype(c, sess))
+        else:
+            noise = c.spec.standardize_stacked(outs, c.attrs, ins, _noise_dtype(c, sess),
+                                               c.lead)
     except Inconsistent as e:
         raise _cannot_condition(c.record, e) from None
     ran = got.get(RAN + c.outputs[0])

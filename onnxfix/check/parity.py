@@ -26,8 +26,6 @@ from onnxfix.check.check_blame import original_loads
 from onnxfix.check.check_setup import CheckSetup, active, prepare
 from onnxfix.check.compare import CheckLimit, CheckSkipped, make_session
 from onnxfix.check.conditional import conditional as _conditional
-from onnxfix.check.seeded import seeded_checks
-from onnxfix.check.twin import twin_check as _twin_check
 from onnxfix.graph.find import find_sites
 from onnxfix.ops import spec_for
 from onnxfix.report import NodeRecord, Parity
@@ -87,7 +85,12 @@ def _run_checks(parity, opener, original, rewritten, records, done, mode, size, 
         raise ValueError(f"a {mode} check needs its input-noise twin (twin=...)")
     if mode == "deterministic":  # it is not run below: whether it runs decides skip or verdict
         original_loads(opener, _inlined(original))
+    # the twin and seeded checks import what an input-noise check never runs (start-up)
+    from onnxfix.check.twin import twin_check  # noqa: PLC0415
+
     if mode == "seeded":
+        from onnxfix.check.seeded import seeded_checks  # noqa: PLC0415
+
         seeded_checks(parity, opener, original, rewritten, done, make_twin, size, seed, emit,
                       conditional=_conditional)
         return
@@ -95,7 +98,7 @@ def _run_checks(parity, opener, original, rewritten, records, done, mode, size, 
     if mode == "constant":
         _conditional(parity, opener, original, *twin, size, seed, emit)
     if parity.status != "failed":
-        _twin_check(parity, opener, rewritten, done, twin, make_twin, mode, size, seed, emit)
+        twin_check(parity, opener, rewritten, done, twin, make_twin, mode, size, seed, emit)
 
 
 def _refuse_aborting_draws(model: onnx.ModelProto) -> None:

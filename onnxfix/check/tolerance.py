@@ -31,9 +31,13 @@ def narrowest_float_on_paths(model: onnx.ModelProto, draws: list[str],
     """Tensor -> the least precise float type on any path from a draw to it (itself included)."""
     facts = infer_facts(model) if facts is None else facts
 
+    known: dict[str, int | None] = {}  # the fixed point reads each output's type per pass
+
     def own(name: str) -> int | None:
-        f = facts.get(name)
-        return f.elem_type if f is not None and f.elem_type in _PRECISION else None
+        if name not in known:
+            f = facts.get(name)
+            known[name] = f.elem_type if f is not None and f.elem_type in _PRECISION else None
+        return known[name]
 
     narrow = {d: own(d) for d in draws}
     nodes = [(n, names_read(n)) for g, _ in iter_graphs(model) if isinstance(g, onnx.GraphProto)
@@ -58,10 +62,11 @@ def _least_precise(types: list[int | None]) -> int | None:
     return min(known, key=_PRECISION.__getitem__) if known else None
 
 
-def path_tolerances(model: onnx.ModelProto, draws: list[str],
-                    outputs: list[str]) -> dict[str, tuple[float, float, str]]:
-    """(atol, rtol, dtype name) for each output a draw reaches through a narrower float."""
-    facts = infer_facts(model)
+def path_tolerances(model: onnx.ModelProto, draws: list[str], outputs: list[str],
+                    facts=None) -> dict[str, tuple[float, float, str]]:
+    """(atol, rtol, dtype name) for each output a draw reaches through a narrower float.
+    facts: `infer_facts(model)` when the caller has it."""
+    facts = infer_facts(model) if facts is None else facts
     narrow = narrowest_float_on_paths(model, draws, facts)
     found = {}
     for name in outputs:

@@ -31,6 +31,7 @@ from onnxfix.check.compare import (
 from onnxfix.check.twin_noise import TwinSizes, measured_sizes, shape_probe, sized_fill
 from onnxfix.check.verdicts import fail, record
 from onnxfix.errors import ModelError, one_line
+from onnxfix.graph.find import find_sites
 from onnxfix.ops import OP_TABLE
 from onnxfix.ops.noise import NOISE_CENTRE
 from onnxfix.report import OutputCheck
@@ -67,10 +68,31 @@ def twin_check(parity, opener, model, records, twin, make_twin, mode, size, seed
                    {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer
                     if t.name in wanted},  # the new, in-memory ones: weights stay unread
                    _not_compared(model, records, mode, emit),
-                   [o.name for o in model.graph.output])
+                   compared_outputs(model, mode, emit))
     data_inputs = list(sess.get_inputs())
     for k, n in enumerate(check_sizes(size, symbolic_dims(data_inputs))):
         _at_size(parity, opener, run, data_inputs, k, n, seed, emit)
+
+
+def compared_outputs(model: onnx.ModelProto, mode: str, emit) -> list[str]:
+    """The outputs no random node left in place (excluded from the rewrite) reaches: those
+    stay random in the `mode` model and its twin alike, so they are not compared (as in
+    input-noise mode); a skip when that is every output."""
+    kept = find_sites(model)
+    sources = [o for site in kept
+               for o in (site.scopes[0].owner.output if site.scopes else [site.output])]
+    tainted = tainted_outputs(model, sources)
+    if any(site.in_function for site in kept):  # its calling node is not traced: all of them
+        tainted = {o.name for o in model.graph.output}
+    names = [o.name for o in model.graph.output if o.name not in tainted]
+    if tainted and not names:
+        raise CheckSkipped(f"every output of the {mode} model depends on a random node left "
+                           f"in place ({', '.join(site.output for site in kept)}), so no "
+                           f"output can be compared")
+    if tainted:
+        emit(f"NOTE | outputs downstream of unselected random nodes are not compared: "
+             f"{', '.join(sorted(tainted))}")
+    return names
 
 
 def _not_compared(model, records, mode: str, emit) -> set[str]:

@@ -13,12 +13,14 @@ import onnx
 from onnx import numpy_helper
 
 from onnxfix.errors import ModelError, UsageError, param
-from onnxfix.ops import is_random_op, spec_for
+from onnxfix.ops import RANDOM_OP_TYPES, is_random_op, spec_for
 
 Container = onnx.GraphProto | onnx.FunctionProto
 
 MAX_NESTING = 256  # deeper nesting is refused as hostile rather than walked
 _ATTRIBUTES = attrgetter("attribute")
+_OP_TYPE = attrgetter("op_type")
+_RANDOM = frozenset(RANDOM_OP_TYPES)
 
 
 @dataclass
@@ -158,7 +160,10 @@ def find_sites(model: onnx.ModelProto) -> list[Site]:
     lookup = constant_lookup(model)
     sites = []
     for container, where, scopes in iter_scoped(model):
-        for k, node in enumerate(container.node):
+        nodes = container.node
+        # the nodes of a random op type are picked out in C (no Python step per node)
+        for k in compress(count(), map(_RANDOM.__contains__, map(_OP_TYPE, nodes))):
+            node = nodes[k]
             if is_random_op(node) and spec_for(node).applies(node, opset, lookup):
                 sites.append(Site(node, container, where, scopes, k))
     return sites

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from itertools import compress, count
-from operator import attrgetter
+from operator import attrgetter, not_, or_
 
 import onnx
 
@@ -92,6 +92,9 @@ def names_read(node: onnx.NodeProto) -> set[str]:
                 names.update(o.name for o in g.output)
     return names
 
+_INPUT = attrgetter("input")
+_ATTRIBUTES = attrgetter("attribute")
+
 
 def names_used(graph: onnx.GraphProto) -> set[str]:
     """Every name a node of `graph` (or of its subgraphs) reads, and the graph's outputs."""
@@ -115,12 +118,20 @@ def unread(graph: onnx.GraphProto, names: set[str]) -> set[str]:
     graph output: `names - names_used(graph)`, with the walk stopping once every name has
     a reader (a 100k-node graph is read only up to the readers it looks for)."""
     pending = set(names) - {o.name for o in graph.output}
-    for node in graph.node:
+    if not pending:
+        return pending
+    nodes = graph.node
+    # The nodes that read a pending name or have attributes (only then can they hold a
+    # subgraph) are picked out in C: `pending` shrinks in place, so the map sees what is
+    # still pending, and a Python step is taken only per such node.
+    reads = map(not_, map(pending.isdisjoint, map(_INPUT, nodes)))
+    for k in compress(count(), map(or_, reads, map(bool, map(_ATTRIBUTES, nodes)))):
+        node = nodes[k]
+        pending.difference_update(node.input)
+        if node.attribute:
+            pending -= names_read(node)
         if not pending:
             break
-        pending.difference_update(node.input)
-        if node.attribute:  # only then can it hold a subgraph
-            pending -= names_read(node)
     return pending
 
 

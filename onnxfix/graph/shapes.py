@@ -10,6 +10,8 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import chain, count, repeat
+from operator import attrgetter
 
 import onnx
 
@@ -44,22 +46,49 @@ def _facts_from_type(tp: onnx.TypeProto) -> TensorFacts | None:
     return TensorFacts(t.elem_type or None, shape)
 
 
+_NAME = attrgetter("name")
+# Lookups a Facts answers by searching its declarations before it indexes them all.
+SEARCHED_LOOKUPS = 64
+
+
 class Facts(Mapping):
     """name -> TensorFacts over the values a model declares (all graphs share one namespace).
 
-    Read lazily: the declarations are indexed by name (the last one wins, as in graph order)
-    and turned into TensorFacts only when asked for, so a 100k-node graph whose plan reads a
-    handful of shapes does not convert 200k declarations. A name whose last declaration is
-    not a tensor falls back to its last tensor declaration."""
+    Read lazily: a lookup searches the declarations' names (the last declaration wins, as in
+    graph order) and turns only what it finds into TensorFacts; after SEARCHED_LOOKUPS lookups
+    every name is indexed. A plan of a 100k-node graph that reads a handful of shapes then
+    neither indexes nor converts 200k declarations (holding a Python object per declaration
+    was a tenth of such a rewrite). A name whose last declaration is not a tensor falls back
+    to its last tensor declaration."""
 
     def __init__(self, model: onnx.ModelProto):
-        self._decl: dict[str, object] = {}
         self._graphs = [g for g, _ in iter_graphs(model) if isinstance(g, onnx.GraphProto)]
-        for g in self._graphs:
-            self._decl.update((t.name, t) for t in g.initializer)
-            for seq in (g.input, g.output, g.value_info):
-                self._decl.update((vi.name, vi) for vi in seq)
+        # in the order in which a later declaration wins
+        self._seqs = [seq for g in self._graphs
+                      for seq in (g.initializer, g.input, g.output, g.value_info)]
+        self._names: list[list[str]] | None = None
+        self._index: dict[str, tuple[int, int]] | None = None
+        self._searches = 0
         self._done: dict[str, TensorFacts | None] = {}
+
+    def _all_names(self) -> list[list[str]]:
+        if self._names is None:
+            self._names = [list(map(_NAME, seq)) for seq in self._seqs]
+        return self._names
+
+    def _where(self, name: str) -> tuple[int, int] | None:
+        """(sequence, position) of the last declaration of `name`, or None."""
+        if self._index is None and self._searches >= SEARCHED_LOOKUPS:
+            self._index = {}
+            for k, names in enumerate(self._all_names()):
+                self._index.update(zip(names, zip(repeat(k), count()), strict=False))
+        if self._index is not None:
+            return self._index.get(name)
+        self._searches += 1
+        for k, names in reversed(list(enumerate(self._all_names()))):
+            if name in names:
+                return k, len(names) - 1 - names[::-1].index(name)
+        return None
 
     def _convert(self, decl) -> TensorFacts | None:
         if isinstance(decl, onnx.TensorProto):
@@ -68,7 +97,8 @@ class Facts(Mapping):
 
     def _lookup(self, name: str) -> TensorFacts | None:
         if name not in self._done:
-            decl = self._decl.get(name)
+            where = self._where(name)
+            decl = None if where is None else self._seqs[where[0]][where[1]]
             fact = None if decl is None else self._convert(decl)
             if fact is None and decl is not None:
                 fact = self._last_tensor(name)
@@ -94,7 +124,8 @@ class Facts(Mapping):
         return fact
 
     def __iter__(self):
-        return (n for n in self._decl if self._lookup(n) is not None)
+        names = dict.fromkeys(chain.from_iterable(self._all_names()))
+        return (n for n in names if self._lookup(n) is not None)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import methodcaller
 from pathlib import Path
 
 import onnx
@@ -36,6 +38,11 @@ READ_CHUNK = 8 * 2**20
 # holds a payload over inline_limit (a graph of many small tensors), that parse is the
 # skeleton and the Python field scan (about 4 us per node and initializer) is not needed.
 WHOLE_PARSE_LIMIT = 64 * 2**20
+_BYTE_SIZE = methodcaller("ByteSize")
+# Before that parse, this many of the graph's fields are walked by their headers (about 4 us
+# each) looking for a payload over inline_limit: a file of a few large weights is then
+# scanned without being parsed (and held) whole first.
+PEEK_FIELDS = 4096
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -137,7 +144,10 @@ def _read(fd: int, size: int, inline_limit: int, location: str, origin: str, che
     bytes passed; a file that is not ONNX is refused clearly."""
     src = wire.FileBytes(fd, size)
     try:
-        whole = _parse_whole(src, inline_limit, origin) if size <= WHOLE_PARSE_LIMIT else None
+        whole = None
+        if size <= WHOLE_PARSE_LIMIT:
+            peek = _peek_payloads(src, inline_limit)
+            whole = None if peek else _parse_whole(src, inline_limit, origin, peek is None)
         if whole is not None:
             model, data = whole
             passed = precheck(data, checker=checker) if check else frozenset()
@@ -165,18 +175,52 @@ def _read(fd: int, size: int, inline_limit: int, location: str, origin: str, che
         raise
 
 
-def _parse_whole(src: wire.FileBytes, inline_limit: int, origin: str):
+def _parse_whole(src: wire.FileBytes, inline_limit: int, origin: str, look: bool = True):
     """(model, its bytes) when protobuf parses the whole file and no initializer's raw_data
     exceeds inline_limit (then the file is its own skeleton), else None: the field scan
-    decides (and words any refusal, as before)."""
+    decides (and words any refusal, as before). look=False: `_peek_payloads` has already
+    seen every initializer and found no such payload."""
     data = src.read(0, src.size)
     try:
         model = wire.parse(onnx.ModelProto(), data, origin)
     except ModelError:
         return None
-    large = any(t.ByteSize() > inline_limit and len(t.raw_data) > inline_limit
-                for t in model.graph.initializer)
+    inits = model.graph.initializer
+    # the records longer than inline_limit are picked out in C (no Python step per tensor)
+    long = compress(inits, map(inline_limit.__lt__, map(_BYTE_SIZE, inits))) if look else ()
+    large = any(len(t.raw_data) > inline_limit for t in long)
     return None if large else (model, data)
+
+
+def _peek_payloads(src: wire.FileBytes, inline_limit: int) -> bool | None:
+    """Whether an initializer of the graph holds a raw_data payload over inline_limit, from
+    the headers of at most PEEK_FIELDS of its fields: True (one does), False (none does: every
+    field was seen), None (not known: too many fields, or malformed - the parse decides)."""
+    try:
+        budget = PEEK_FIELDS
+        for number, wire_type, _, value, end in wire.fields(src, 0, src.size):
+            if number != wire.MODEL_GRAPH or wire_type != 2:
+                continue
+            for number, wire_type, _, start, stop in wire.fields(src, value, end):
+                budget -= 1
+                if budget < 0:
+                    return None
+                if (number == wire.GRAPH_INITIALIZER and wire_type == 2
+                        and stop - start > inline_limit
+                        and _raw_data_length(src, start, stop) > inline_limit):
+                    return True
+        return False
+    except wire.Malformed:
+        return None
+
+
+def _raw_data_length(src: wire.FileBytes, pos: int, end: int) -> int:
+    """The length of a tensor record's raw_data (the last occurrence wins, as in protobuf)."""
+    length = 0
+    for number, wire_type, _, value, stop in wire.fields(src, pos, end):
+        if number == wire.TENSOR_RAW_DATA and wire_type == 2:
+            length = stop - value
+    return length
 
 
 def _checked_model(model: onnx.ModelProto, origin: str) -> onnx.ModelProto:

@@ -165,6 +165,35 @@ class AffineOp(RandomOp):
         noise = ((wide - offset) / factor if factor != 0 else wide * 0).astype(draw.dtype)
         return _refine(noise, draw, lambda n: self.forward(n, attrs)[0])
 
+    def standardize_all(self, jobs: list[tuple]) -> list[np.ndarray]:
+        """Small draws with the same offset, factor and dtype are standardized together, as
+        one flat array of up to BATCH_ELEMENTS: every step of `standardize` (and of
+        `_refine`, whose nudges are per element) works element by element, so each draw
+        gets the bits it would get alone; a large draw is standardized alone, as before."""
+        groups: dict[tuple, list[int]] = {}
+        for k, (outputs, attrs, *_) in enumerate(jobs):
+            key = (*self.offset_factor(attrs), np.asarray(outputs[0]).dtype)
+            groups.setdefault(key, []).append(k)
+        result: list = [None] * len(jobs)
+        for ks in groups.values():
+            batch: list[int] = []
+            size = 0
+            for k in ks:
+                batch.append(k)
+                size += np.asarray(jobs[k][0][0]).size
+                if size >= BATCH_ELEMENTS or k == ks[-1]:
+                    self._standardize_batch(jobs, batch, result)
+                    batch, size = [], 0
+        return result
+
+    def _standardize_batch(self, jobs: list[tuple], ks: list[int], result: list) -> None:
+        draws = [np.asarray(jobs[k][0][0]) for k in ks]
+        flat = np.concatenate([d.reshape(-1) for d in draws])
+        noise = self.standardize({0: flat}, jobs[ks[0]][1])
+        ends = np.cumsum([d.size for d in draws])[:-1]
+        for k, part, draw in zip(ks, np.split(noise, ends), draws, strict=True):
+            result[k] = part.reshape(draw.shape)
+
     def standardize_frozen(self, draw: np.ndarray, distribution: dict) -> np.ndarray:
         names = ("mean", "scale") if self.family == NORMAL else ("low", "high")
         return self.standardize({0: draw}, {k: distribution[k] for k in names})
@@ -280,6 +309,10 @@ def _value_counts(values: np.ndarray, edges: list[float]) -> np.ndarray:
                             side="right")
     return np.bincount(cells, minlength=len(edges) + 1)
 
+
+# Elements standardized in one pass by standardize_all: enough to spread numpy's per-call cost
+# over many small draws, few enough that its float64 temporaries stay under a megabyte.
+BATCH_ELEMENTS = 1 << 14
 
 # The registry (ops/__init__) collects every module's OPS, ordered by RANK.
 RANK = 0

@@ -282,6 +282,12 @@ class RandomOp:
                       if lead <= v.ndim < rank else v for i, v in inputs.items()}
         return self.standardize(outputs, attrs, inputs, noise_dtype)
 
+    def standardize_all(self, jobs: list[tuple]) -> list[np.ndarray]:
+        """`standardize_stacked(*job)` of each job (outputs, attrs, inputs, noise_dtype, lead),
+        in order. An op whose standardize works element by element overrides it to do many
+        draws in one pass (per-draw numpy calls dominated a check over thousands of draws)."""
+        return [self.standardize_stacked(*job) for job in jobs]
+
     def distribution_test(self, h) -> tuple[list, list[str]]:
         """The check's distribution test of this op's transform: ([(against, ChiSquare,
         samples)], notes). `h` is check/distribution_check's Harness: the draw under test,

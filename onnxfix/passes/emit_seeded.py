@@ -124,7 +124,8 @@ def emit_site(b: NodeBuilder, p: SitePlan, state: SeededGraph) -> SeededSite:
 def _check_opset(opset: int, p: SitePlan) -> None:
     if opset < MIN_OPSET:
         raise ModelError(f"{p.site.describe()}: the seeded generator needs opset {MIN_OPSET} or "
-                         f"later; the model uses opset {opset}: use "
+                         f"later (integer Add, Sub, Mul and Div); the model uses opset {opset}: "
+                         f"use "
                          f"{param('mode', 'input-noise', hint=True)}")
 
 

@@ -16,6 +16,7 @@ Otherwise, or when a correction is due, the rewritten model is inferred as befor
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import onnx
 from onnx import helper
@@ -51,7 +52,17 @@ def redeclare_output_shapes(model: onnx.ModelProto,
     return corrections
 
 
-def infer_for_plan(model: onnx.ModelProto) -> tuple[Facts, OutputFacts | None]:
+class PlanFacts(NamedTuple):
+    """What the plan's inference gives (see `infer_for_plan`)."""
+
+    facts: Facts
+    outputs: OutputFacts | None
+    # the model passes the inference of onnx's full check (strict, type-checked), proven
+    # only when asked for (strict=True, see passes.local_check)
+    input_full: bool = False
+
+
+def infer_for_plan(model: onnx.ModelProto, *, strict: bool = False) -> PlanFacts:
     """The plan's shape inference, run with the main outputs' declared shapes cleared, and
     what it proves for those outputs (None when inference failed, or when the plan reads other
     facts, below).
@@ -61,21 +72,36 @@ def infer_for_plan(model: onnx.ModelProto) -> tuple[Facts, OutputFacts | None]:
     checked, and where a declaration adds to or contradicts inference, inference runs again
     with the declarations, as before; the output facts are then not offered for reuse (the
     draws' facts the reuse compares with would be the declarations', see
-    `reusable_output_facts`)."""
+    `reusable_output_facts`).
+
+    strict: first infer strictly, with type checks (the same facts when it passes, which
+    `input_full` then reports for a model whose declarations restate inference); a failure
+    falls back to the lenient inference. For models whose inference reads no propagated
+    data (passes.local_check)."""
     saved = _clear_output_shapes(model)
     try:
-        inferred = inferred_or_none(model)
+        inferred, passed = _strict_or_none(model) if strict else (None, False)
+        if not passed:
+            inferred = inferred_or_none(model)
     finally:
         for out, shape in saved:
             if shape is not None:
                 out.type.tensor_type.shape.CopyFrom(shape)
     if inferred is None:
-        return collect_facts(model), None
+        return PlanFacts(collect_facts(model), None)
     facts = collect_facts(inferred)
     outputs = {o.name: facts.get(o.name) for o, _ in saved}
     if all(_restates(_declared_facts(o), outputs[o.name]) for o, _ in saved):
-        return facts, outputs
-    return collect_facts(inferred_or_none(model) or model), None
+        return PlanFacts(facts, outputs, passed)
+    return PlanFacts(collect_facts(inferred_or_none(model) or model), None)
+
+
+def _strict_or_none(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, bool]:
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
+                                                 data_prop=True), True
+    except Exception:  # noqa: BLE001 - not proven; the lenient inference follows
+        return None, False
 
 
 def draw_facts(facts: Mapping, site_nodes) -> OutputFacts:
@@ -97,7 +123,7 @@ def reusable_output_facts(outputs: OutputFacts | None, draws: OutputFacts, model
         if draw is None or draw.elem_type not in _NO_DATA or draw.shape is None or any(
                 isinstance(d, str) and d.startswith("unk__") for d in draw.shape):
             return None
-    alone = _replacements_alone(model, sites, list(draws))
+    alone = replacements_alone(model, sites, list(draws))
     if alone is None:
         return None
     inferred = inferred_or_none(alone)
@@ -107,7 +133,7 @@ def reusable_output_facts(outputs: OutputFacts | None, draws: OutputFacts, model
     return outputs if all(facts.get(name) == fact for name, fact in draws.items()) else None
 
 
-def _replacements_alone(model: onnx.ModelProto, sites, draws: list[str]
+def replacements_alone(model: onnx.ModelProto, sites, draws: list[str]
                         ) -> onnx.ModelProto | None:
     """A model of the replacement nodes only, or None where they are not self-contained."""
     nodes, inputs = [], []

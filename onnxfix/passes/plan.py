@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 
 import onnx
 
@@ -31,9 +32,12 @@ from onnxfix.graph.shapes import (
     tied_score,
 )
 from onnxfix.ops import Dtypes, RandomOp, attrs_of, distribution_of, spec_for
+from onnxfix.passes.local_check import reads_no_propagated_data
 from onnxfix.passes.output_shapes import OutputFacts, draw_facts, infer_for_plan
 from onnxfix.passes.prepare import Prepared, scope_key
 from onnxfix.report import NodeRecord
+
+_ATTRIBUTES = attrgetter("attribute")
 
 # one step down from a graph: (index of the node holding the body, attribute, graph index)
 PathStep = tuple[int, str, int]
@@ -112,6 +116,9 @@ class ModelPlan:
     # them where the rewrite provably changes neither (passes.output_shapes)
     output_facts: OutputFacts | None = None
     draw_facts: OutputFacts = field(default_factory=dict)
+    # the prepared model passes onnx's full check (basic aside): proven by the plan's
+    # inference for some models (passes.local_check), else False (not known)
+    input_full: bool = False
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -130,10 +137,13 @@ class ModelPlan:
 
 
 def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None, *,
-         keep_facts: bool = False, forms: dict[str, str] | None = None) -> ModelPlan:
+         keep_facts: bool = False, forms: dict[str, str] | None = None,
+         strict: bool = True) -> ModelPlan:
     """call(prepared) -> ModelPlan: find, sort and describe every random node, once.
 
-    forms: op type -> the alternative rewrite form to use (e.g. {"Multinomial": "gumbel"})."""
+    forms: op type -> the alternative rewrite form to use (e.g. {"Multinomial": "gumbel"}).
+    strict: let the inference prove `input_full` where it can (passes.local_check; what the
+    validate pass reads): same facts, but a model failing it is inferred twice."""
     result = ModelPlan(prepared, bounds=dict(bounds or {}))
     if not prepared.random:
         return result
@@ -146,7 +156,8 @@ def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None, 
     result.dead = [(site_path(s), s.location) for s in dead]
     if not chosen:
         return result
-    facts, result.output_facts = infer_for_plan(model)
+    facts, result.output_facts, result.input_full = infer_for_plan(
+        model, strict=strict and reads_no_propagated_data(model))
     result.facts = facts if keep_facts else None
     result.sites = _describe(model, chosen, prepared, facts, dict(forms or {}))
     result.draw_facts = draw_facts(facts, (p.site.node for p in result.sites))
@@ -362,8 +373,9 @@ def _needs_trace(p: SitePlan, anchors: set[str]) -> bool:
 
 
 def _holds_subgraph(graph: onnx.GraphProto) -> bool:
+    # the nodes with attributes are picked out in C (most nodes of a large graph have none)
     return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-               for n in graph.node if n.attribute for a in n.attribute)
+               for attrs in filter(None, map(_ATTRIBUTES, graph.node)) for a in attrs)
 
 
 def _classify_all(plans: list[SitePlan], names: NameAllocator, anchors: set[str],

@@ -7,22 +7,31 @@ An input that passes no check is not checked against (API callers may hand in an
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import onnx
 
 from onnxfix.errors import ModelError, one_line
 from onnxfix.io import checkable
 
 
-def validate(original: onnx.ModelProto, new: onnx.ModelProto) -> onnx.ModelProto:
+def validate(original: onnx.ModelProto, new: onnx.ModelProto, *,
+             full_follows: bool = False) -> onnx.ModelProto:
     """call(new) -> new, or ModelError (see the module doc).
 
     The output is checked first: when it passes the full check, how the input fares does
     not matter, so the input is only checked when the output fails (one full check of a
-    large graph instead of two)."""
+    large graph instead of two).
+
+    full_follows: the output passes the full check's inference whenever it passes the basic
+    check (proven by passes.local_check from the plan and the replacement nodes alone): its
+    basic check then stands for the full one, and only a failure is looked into as below."""
     if _has_external(original):  # the checker would look for the weights file in the cwd
         original, checked = checkable(original), checkable(new)
     else:
         checked = new
+    if full_follows and _check_error(checked, False) is None:
+        return new
     for strict in (True, False):
         error = _check_error(checked, strict)
         if error is None:
@@ -43,4 +52,7 @@ def _check_error(model: onnx.ModelProto, strict: bool) -> str | None:
 
 
 def _has_external(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    return onnx.TensorProto.EXTERNAL in map(_DATA_LOCATION, model.graph.initializer)
+
+
+_DATA_LOCATION = attrgetter("data_location")

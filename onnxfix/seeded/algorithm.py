@@ -6,7 +6,7 @@ CPU plugin for integer Div and Mod, MNN for integer Mul) and some narrow int64 t
 int32 and int64 all compute exactly: the state is four 12-bit words (`WORD`), sums are of two
 words, no product exceeds 2^24. The non-linear step is a table look-up (Gather from a fixed
 S-box, a permutation of 0..4095), which is a copy on every runtime, never arithmetic. No bitwise
-op is needed, so one algorithm serves every opset from 7 on.
+op is needed, so one algorithm serves every opset from 6 on (integer Add, Sub, Mul, Div).
 
 The permutation is a type-2 generalized Feistel network on the four words: each round
     (x0, x1, x2, x3) -> (x1 + S[x0 + k0] mod W, x2, x3 + S[x2 + k1] mod W, x0)
@@ -34,10 +34,13 @@ in [0, 2^24) and draws of at most 2^24 elements.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 
 import numpy as np
+
+from onnxfix.seeded.cosine import reference as cosine_of_turns
 
 WORD_BITS = 12
 WORD = 1 << WORD_BITS            # every word is in [0, WORD)
@@ -50,6 +53,7 @@ STREAM_ROUNDS = 10
 ELEMENT_ROUNDS = 10
 UNIT = 2.0 ** -SEED_BITS         # one step of a 24-bit uniform
 TWO_PI_F32 = np.float32(2 * np.pi)
+COS_OPSET = 7  # the Cos op; before it a float32 normal's cosine is `cosine`'s polynomial
 # a draw's loop iteration: None (no loop), an index, or one index per enclosing loop
 Iteration = int | Sequence[int] | None
 
@@ -65,16 +69,21 @@ def split_words(value: int, count: int) -> list[int]:
     return [(value >> (WORD_BITS * i)) % WORD for i in range(count)]
 
 
+@functools.cache
 def _sbox() -> np.ndarray:
     """A fixed permutation of 0..WORD-1 (sorted by a hash: the same on every machine, forever),
-    stored twice over so that a word plus a round key (< 2 WORD) indexes it directly."""
+    stored twice over so that a word plus a round key (< 2 WORD) indexes it directly. Made on
+    first use (4096 hashes: a few ms of every start-up when it was made at import)."""
     order = sorted(range(WORD), key=lambda i: hashlib.sha256(b"onnxfix-seeded-sbox-%d" % i)
                    .digest())
     table = np.array(order, dtype=np.int64)
     return np.concatenate([table, table])
 
 
-SBOX = _sbox()
+def __getattr__(name: str):
+    if name == "SBOX":  # the table, made when first read (module attribute, PEP 562)
+        return _sbox()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def round_key(key_word, round_index: int, lane: int):
@@ -86,10 +95,11 @@ def round_key(key_word, round_index: int, lane: int):
 def permute(words, key_words, rounds: int):
     """The Feistel permutation of four words (int64 scalars or arrays, all < WORD)."""
     x0, x1, x2, x3 = words
+    sbox = _sbox()
     for r in range(rounds):
         pair = key_words[:2] if r % 2 == 0 else key_words[2:]
         k0, k1 = round_key(pair[0], r, 0), round_key(pair[1], r, 1)
-        x0, x1, x2, x3 = (x1 + SBOX[x0 + k0]) % WORD, x2, (x3 + SBOX[x2 + k1]) % WORD, x0
+        x0, x1, x2, x3 = (x1 + sbox[x0 + k0]) % WORD, x2, (x3 + sbox[x2 + k1]) % WORD, x0
     return x0, x1, x2, x3
 
 
@@ -152,21 +162,27 @@ def uniform(seed: int, key: int, shape, dtype=np.float32, iteration: Iteration =
     return u.reshape(shape)
 
 
-def normal(seed: int, key: int, shape, dtype=np.float32, iteration: Iteration = None):
+def normal(seed: int, key: int, shape, dtype=np.float32, iteration: Iteration = None,
+           opset: int | None = None):
     """N(0, 1) in `shape` by Box-Muller: sqrt(-2 log u1) * cos(2 pi u2), u1 in (0, 1].
 
     The same operations in the same order and dtype as the graph; a runtime's Log, Sqrt and
-    Cos may differ from numpy's by a few ulps."""
+    Cos may differ from numpy's by a few ulps. opset: the model's (None: the latest). Before
+    opset 7 there is no Cos op, so a float32 normal's cosine is the float64 polynomial of
+    `onnxfix.seeded.cosine` rounded to float32 (the graph's Mul and Add: bit for bit)."""
     shape = tuple(int(d) for d in shape)
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise ValueError(f"dtype={dt}: the generator makes float32 or float64")
     a, b = uniform_bits(seed, key, int(np.prod(shape, dtype=np.int64)), iteration)
     u1 = (a + 1).astype(dt) * dt.type(UNIT)
-    u2 = b.astype(dt) * dt.type(UNIT)
     radius = np.sqrt(np.log(u1) * dt.type(-2.0))
-    angle = u2 * (TWO_PI_F32 if dt == np.float32 else dt.type(2 * np.pi))
-    return (radius * np.cos(angle)).reshape(shape)
+    if dt == np.float32 and opset is not None and opset < COS_OPSET:
+        cos = cosine_of_turns(b).astype(np.float32)
+    else:
+        u2 = b.astype(dt) * dt.type(UNIT)
+        cos = np.cos(u2 * (TWO_PI_F32 if dt == np.float32 else dt.type(2 * np.pi)))
+    return (radius * cos).reshape(shape)
 
 
 def open_unit(a, b, dtype) -> np.ndarray:
@@ -194,22 +210,26 @@ def gumbel(seed: int, key: int, shape, dtype=np.float32, iteration: Iteration = 
 FAMILIES = {"normal": normal, "uniform": uniform, "gumbel": gumbel}
 
 
-def family_draw(family: str):
-    """The reference draw function of a noise family ("normal", "uniform" or "gumbel")."""
+def family_draw(family: str, opset: int | None = None):
+    """The reference draw function of a noise family ("normal", "uniform" or "gumbel"), as
+    the generator makes it at `opset` (None: the latest; only normals differ, see `normal`)."""
     draw = FAMILIES.get(family)
     if draw is None:
         raise ValueError(f"family={family!r}: the seeded generator draws "
                          f"{', '.join(repr(f) for f in FAMILIES)}")
+    if draw is normal and opset is not None:
+        return functools.partial(normal, opset=opset)
     return draw
 
 
 def standard_noise(family: str, seed: int, key: int, shape, dtype=np.float32,
-                   iterations=None) -> np.ndarray:
+                   iterations=None, opset: int | None = None) -> np.ndarray:
     """What one seeded node's generator feeds its transform, as input-noise mode's noise input
     holds it: family "normal", "uniform" or "gumbel"; with `iterations` (an int, or one count
     per enclosing loop, outermost first), a draw inside Loop/Scan bodies, stacked on one
-    leading iteration axis per loop (element [i, j] is the draw of outer pass i, inner j)."""
-    draw = family_draw(family)
+    leading iteration axis per loop (element [i, j] is the draw of outer pass i, inner j);
+    `opset`: the model's (see `normal`)."""
+    draw = family_draw(family, opset)
     if iterations is None:
         return draw(seed, key, shape, dtype)
     counts = iteration_indices(iterations)

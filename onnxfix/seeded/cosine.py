@@ -43,18 +43,20 @@ def cos_of_turns(b: NodeBuilder, high: str, low: str) -> str:
     r_high = b.op("Sub", [high_f, _mul(b, q, in_high, "cos_q_start")], "cos_r_hi")
     r = b.op("Add", [_mul(b, r_high, 1 << WORD_BITS, "cos_r_scaled"), low_f], "cos_offset")
     odd = _rem2(b, q, "cos_odd")
-    mirrored = b.op("Sub", [_f64(b, QUARTER, "cos_quarter"), _mul(b, r, 2, "cos_r2")],
+    # QUARTER - 2 r as -2 r + QUARTER (exact): before opset 7 only the second operand of an
+    # Add or Sub may be broadcast, so a scalar never comes first
+    mirrored = b.op("Add", [_mul(b, r, -2, "cos_r2"), _f64(b, QUARTER, "cos_quarter")],
                     "cos_flip")
     m = b.op("Add", [r, b.op("Mul", [odd, mirrored], "cos_flip_odd")], "cos_steps")
     # the sign: + for quadrants 0 and 3, - for 1 and 2: 1 - 2 (floor((q + 1) / 2) mod 2)
     q1 = b.op("Add", [q, _f64(b, 1.0, "cos_one")], "cos_q1")
     negative = _rem2(b, _floor(b, _mul(b, q1, 0.5, "cos_half_f"), "cos_half"), "cos_neg")
-    sign = b.op("Sub", [_f64(b, 1.0, "cos_one"), _mul(b, negative, 2, "cos_neg2")], "cos_sign")
+    sign = b.op("Add", [_mul(b, negative, -2, "cos_neg2"), _f64(b, 1.0, "cos_one")], "cos_sign")
     t = _mul(b, m, STEP, "cos_t")
     t2 = b.op("Mul", [t, t], "cos_t2")
     acc = _f64(b, COEFFICIENTS[-1], "cos_c")
     for i in range(TERMS - 2, -1, -1):  # Horner in t^2
-        acc = b.op("Add", [b.op("Mul", [acc, t2], f"cos_h{i}"),
+        acc = b.op("Add", [b.op("Mul", [t2, acc], f"cos_h{i}"),
                            _f64(b, COEFFICIENTS[i], "cos_c")], f"cos_p{i}")
     return b.op("Mul", [acc, sign], "cos")
 

@@ -1,7 +1,9 @@
 """The seeded generator as ONNX nodes, built with a NodeBuilder: the same algorithm as
 `onnxfix.seeded.algorithm`, op for op, so the uniforms are bit-identical to the numpy reference.
 
-Opsets: 7 and later. Range (for the element counter) exists from opset 11; below it, a draw of
+Opsets: 6 and later (integer Add, Sub, Mul and Div exist from 6; before opset 7 the builder
+adds broadcast=1, and no first operand is ever the broadcast one, which legacy broadcasting
+forbids). Range (for the element counter) exists from opset 11; below it, a draw of
 static shape gets its counter words as constants, a runtime shape counts with NonZero over a
 ConstantOfShape of ones (opsets 9 and 10), and is refused before opset 9. The element words
 use Mod from opset 13 and `a - (a / W) * W` (integer Div of non-negative values) before it;
@@ -11,7 +13,8 @@ opset: IREE's ONNX import takes Mod, Less and Unsqueeze only at opset 13 or late
 Ops used: Constant, Add, Sub, Mul, Div, Mod, Gather, Cast, Reshape (Identity for a static shape
 before opset 9, whose counters are made in that shape); for a runtime shape also
 Range (ConstantOfShape, NonZero and Squeeze before opset 11), ReduceSum (the strides), and
-for one of unknown rank ConstantOfShape, Shape, Equal, Expand; for normals Log, Sqrt, Cos;
+for one of unknown rank ConstantOfShape, Shape, Equal, Expand; for normals Log, Sqrt, Cos
+(float32 from opset 7; float64, and float32 before Cos exists, `seeded.cosine` and a Cast);
 for Gumbel noise Log, Neg. All elementwise integer work is int64 on values < 2^24. Cost,
 measured in onnxruntime 1.32 on this 2-core machine: about 0.6-1 us per element (20 Gathers
 and 20 Mods over the draw dominate).
@@ -31,7 +34,7 @@ from onnxfix.graph.builder import NodeBuilder
 from onnxfix.seeded import algorithm as alg
 from onnxfix.seeded.cosine import cos_of_turns
 
-MIN_OPSET = 7
+MIN_OPSET = 6
 NONZERO_OPSET = 9
 RANGE_OPSET = 11
 MOD_OPSET = 13  # IREE's ONNX import legalizes Mod, Less, Unsqueeze only from opset 13
@@ -98,10 +101,12 @@ class _Words:
                       for lane in (0, 1))
             f0 = self._sbox(x0, k0, f"{hint}_r{r}_f0")
             f1 = self._sbox(x2, k1, f"{hint}_r{r}_f1")
-            x0, x1, x2, x3 = (self.mod(self.b.op("Add", [x1, f0], f"{hint}_r{r}_s0"),
+            # the S-box word first: x3 starts as the constant 0, and before opset 7 only
+            # the second operand may be broadcast
+            x0, x1, x2, x3 = (self.mod(self.b.op("Add", [f0, x1], f"{hint}_r{r}_s0"),
                                        f"{hint}_r{r}_y0"),
                               x2,
-                              self.mod(self.b.op("Add", [x3, f1], f"{hint}_r{r}_s1"),
+                              self.mod(self.b.op("Add", [f1, x3], f"{hint}_r{r}_s1"),
                                        f"{hint}_r{r}_y2"),
                               x0)
         return [x0, x1, x2, x3]
@@ -193,16 +198,19 @@ def seeded_normal(b: NodeBuilder, seed: str, key: int, shape: Sequence[int] | st
     words, high, second = _generate(b, table, seed, key, shape, iteration, rank)
     above_zero = b.op("Add", [high, words.const(1)], "bits_plus_one")
     u1 = _unit(words, above_zero, dtype, alg.UNIT, "u1")
+    with_cos_op = np_dtype == np.float32 and b.opset >= alg.COS_OPSET
     u2 = _unit(words, _join(words, *second, "bits_b"), dtype, alg.UNIT, "u2") \
-        if np_dtype == np.float32 else None
+        if with_cos_op else None
     minus_two = b.constant(np.array(-2.0, dtype=np_dtype), "minus_two")
     radius = b.op("Sqrt", [b.op("Mul", [b.op("Log", [u1], "log_u1"), minus_two], "m2log")],
                   "radius")
     if u2 is not None:
         angle = b.op("Mul", [u2, b.constant(np.array(alg.TWO_PI_F32), "two_pi")], "angle")
         cos = b.op("Cos", [angle], "cos")
-    else:  # no float64 Cos op: IREE links none (`onnxfix.seeded.cosine`)
+    else:  # no float64 Cos op (IREE links none), no Cos before opset 7: `seeded.cosine`
         cos = cos_of_turns(b, *second)
+        if np_dtype == np.float32:  # made in float64, rounded once (`algorithm.normal`)
+            cos = b.op("Cast", [cos], "cos_float", to=onnx.TensorProto.FLOAT)
     flat = b.op("Mul", [radius, cos], "normal")
     return _reshape(b, flat, shape, output, "normal_shaped", words, rank)
 
@@ -262,8 +270,8 @@ def _draw_words(words: _Words, seed: str, key: int, shape, iteration: Loops, ran
     it is a runtime shape of known rank."""
     b = words.b
     if b.opset < MIN_OPSET:
-        raise ModelError(f"the seeded generator needs opset {MIN_OPSET} or later; the model "
-                         f"uses opset {b.opset}")
+        raise ModelError(f"the seeded generator needs opset {MIN_OPSET} or later (integer Add, "
+                         f"Sub, Mul and Div); the model uses opset {b.opset}")
     if not 0 <= key < 1 << alg.NODE_KEY_BITS:
         raise ModelError(f"key={key} is not a {alg.NODE_KEY_BITS}-bit node key")
     stream = words.split(seed, alg.SEED_BITS, "seed")

@@ -1,0 +1,160 @@
+"""Issue 10: the output's full onnx check follows from the input's plus the replacement nodes
+alone (passes.local_check), and where that is not proven the whole check runs as before."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import onnx
+import pytest
+from conftest import parse, run
+
+import onnxfix
+from onnxfix.errors import ModelError
+from onnxfix.options import RewriteOptions
+from onnxfix.passes.local_check import full_check_follows, reads_no_propagated_data
+from onnxfix.rewrite import apply_emitted, plan_model
+
+rewrite_module = importlib.import_module("onnxfix.rewrite")  # onnxfix.rewrite: the API function
+
+FLAT = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 4] y) {
+  a = Relu(x)
+  r = RandomNormalLike<scale = 2.0>(a)
+  y = Add(a, r)
+}
+"""
+# the same, with a Reshape (its inference reads propagated data): not proven locally
+RESHAPED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 4] y) {
+  s = Shape(x)
+  a = Reshape(x, s)
+  r = RandomNormalLike<scale = 2.0>(a)
+  y = Add(a, r)
+}
+"""
+# passes the basic check, fails strict inference ([2] + [3] does not broadcast)
+STRICT_FAILS = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2] x, float[3] w) => (float[2] y) {
+  r = RandomNormalLike(x)
+  b = Add(x, w)
+  y = Add(b, r)
+}
+"""
+
+
+def _checker_calls(monkeypatch) -> list[bool]:
+    """full_check of every onnx.checker.check_model call made on a proto."""
+    calls = []
+    real = onnx.checker.check_model
+
+    def counted(model, full_check=False, *args, **kwargs):
+        if isinstance(model, onnx.ModelProto):
+            calls.append(bool(full_check))
+        return real(model, full_check, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.checker, "check_model", counted)
+    return calls
+
+
+def test_a_flat_graph_is_checked_at_the_basic_level_and_passes_the_full_check(monkeypatch):
+    model = parse(FLAT)  # parse checks it in full
+    calls = _checker_calls(monkeypatch)
+    new, report = onnxfix.rewrite(model, check=False)
+    # the API checks its input (basic), then validate checks the output, basic only
+    assert calls == [False, False]
+    onnx.checker.check_model(new, full_check=True)
+    y = run(new, {"x": np.ones((2, 4), np.float32),
+                  "noise_r": np.full((2, 4), 0.5, np.float32)})["y"]
+    np.testing.assert_array_equal(y, np.full((2, 4), 2.0, np.float32))  # 1 + 2 * 0.5
+
+
+@pytest.mark.parametrize("text, mode", [(RESHAPED, "input-noise"), (FLAT, "constant")])
+def test_the_whole_check_runs_where_the_argument_does_not_hold(monkeypatch, text, mode):
+    """Reshape reads propagated data; constant mode freezes the draw into an initializer."""
+    model = parse(text)
+    calls = _checker_calls(monkeypatch)
+    onnxfix.rewrite(model, mode, check=False, dims={"batch": 2})
+    assert calls == [False, True]
+
+
+def test_which_graphs_read_no_propagated_data():
+    assert reads_no_propagated_data(parse(FLAT))
+    assert not reads_no_propagated_data(parse(RESHAPED))
+    custom = parse(FLAT)
+    custom.graph.node[0].domain = "com.example"
+    assert not reads_no_propagated_data(custom)
+
+
+def test_an_input_that_fails_strict_inference_is_held_to_the_basic_check(monkeypatch):
+    model = onnx.parser.parse_model(STRICT_FAILS)
+    onnx.checker.check_model(model)
+    with pytest.raises(onnx.shape_inference.InferenceError):
+        onnx.checker.check_model(model, full_check=True)
+    model_plan = plan_model(model, RewriteOptions())
+    assert model_plan.input_full is False
+    new, _ = onnxfix.rewrite(model, check=False)  # the output is held to basic only
+    onnx.checker.check_model(new)
+
+
+def _spoiled_emit(monkeypatch, spoil):
+    real = rewrite_module.emit
+
+    def spoiled(*args, **kwargs):
+        emitted = real(*args, **kwargs)
+        for e in emitted.sites:
+            spoil(e)
+        return emitted
+
+    monkeypatch.setattr(rewrite_module, "emit", spoiled)
+
+
+def _bogus_attribute(e) -> None:
+    mul = next(n for n in e.nodes if n.op_type == "Mul")
+    mul.attribute.append(onnx.helper.make_attribute("bogus", 1))
+
+
+def _double_scale(e) -> None:
+    const = next(n for n in e.nodes if n.op_type == "Constant")
+    const.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(
+        np.array(2.0, np.float64), const.attribute[0].t.name))
+
+
+@pytest.mark.parametrize("spoil, text", [
+    (_bogus_attribute, "Unrecognized attribute: bogus for operator Mul"),
+    # passes the basic check, fails strict inference: not proven alone, so checked whole
+    (_double_scale, "B has inconsistent type tensor(double)"),
+])
+def test_an_invalid_replacement_is_refused_in_the_same_words(monkeypatch, spoil, text):
+    """The words the whole check gives (the local argument switched off) are the refusal."""
+    model = parse(FLAT)
+    _spoiled_emit(monkeypatch, spoil)
+    refusals = []
+    for switched_off in (False, True):
+        if switched_off:
+            monkeypatch.setattr(rewrite_module, "full_check_follows", lambda *a: False)
+        with pytest.raises(ModelError) as info:
+            onnxfix.rewrite(model, check=False)
+        refusals.append(str(info.value))
+    assert refusals[0] == refusals[1]
+    assert refusals[0].startswith("internal error: the rewritten model fails the onnx "
+                                  "checker (full check): ")
+    assert text in refusals[0]
+
+
+def test_a_new_name_declared_in_value_info_is_not_proven(monkeypatch):
+    """A value_info entry naming what a replacement node computes would be checked against
+    it in the output: the argument does not cover it."""
+    model = parse(FLAT)
+    model_plan = plan_model(model, RewriteOptions())
+    out, emitted = apply_emitted(model, model_plan, "input-noise")
+    assert full_check_follows(model_plan, emitted, out)
+    scale = next(o for e in emitted.sites for n in e.nodes if n.op_type == "Constant"
+                 for o in n.output)
+    out.graph.value_info.append(onnx.helper.make_tensor_value_info(
+        scale, onnx.TensorProto.FLOAT, [7]))
+    assert not full_check_follows(model_plan, emitted, out)
