@@ -115,12 +115,14 @@ def tract(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
 
 def mnn(path: Path, model: onnx.ModelProto, scratch: Path) -> Runner:
     log = scratch / (path.stem + ".mnnconvert.log")
-    with quiet(log):  # the converter prints its progress, and why it failed, on stdout
+    # the converter prints its progress, and why it failed, on stdout, and writes a
+    # '.__convert_external_data.bin' into the current folder: it runs in the scratch folder
+    source, target = path.resolve(), (scratch / (path.stem + ".mnn")).resolve()
+    with quiet(log), contextlib.chdir(scratch):
         import _tools  # MNN's converter extension; MNN.tools.mnnconvert would log remotely
         import MNN
 
-        target = scratch / (path.stem + ".mnn")
-        _tools.mnnconvert(["mnnconvert", "-f", "ONNX", "--modelFile", str(path),
+        _tools.mnnconvert(["mnnconvert", "-f", "ONNX", "--modelFile", str(source),
                            "--MNNModel", str(target), "--bizCode", "onnxfix"])
     if not target.exists():  # e.g. "[16:44:11] :220: These Op Not Support: ONNX::IsNaN"
         why = [re.sub(r"^\[[\d:]+\] :\d+: ", "", line).strip()
