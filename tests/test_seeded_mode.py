@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import FIXTURES, expose, full_check, parse, real_model_path, run
+from test_seeded_scan import SCAN_IN_LOOP
 
 import onnxfix
 from onnxfix.errors import ModelError, ParityError, UsageError
@@ -382,22 +383,7 @@ def test_draw_in_nested_loops_counts_every_enclosing_iteration():
 
 
 def test_draw_in_a_scan_inside_a_loop():
-    model = parse("""
-    <ir_version: 8, opset_import: ["" : 17]>
-    g (int64 n, float[3, 2] xs) => (float[3, 2] y) {
-      t = Constant<value = bool {1}>()
-      y = Loop(n, t, xs) <body = outer (int64 i, bool c, float[3, 2] a) =>
-                                       (bool c1, float[3, 2] a1) {
-          c1 = Identity(c)
-          zero = Constant<value = float[2] {0, 0}>()
-          acc, a1 = Scan <num_scan_inputs = 1, body = inner (float[2] s, float[2] row) =>
-                                                             (float[2] s1, float[2] row1) {
-              r = RandomNormalLike(row)
-              row1 = Add(row, r)
-              s1 = Add(s, row1)
-          }> (zero, a)
-      }>
-    }""")
+    model = parse(SCAN_IN_LOOP)  # tests/test_seeded_scan.py runs it on OpenVINO and IREE
     seeded, report = onnxfix.rewrite(model, "seeded")
     assert report.parity.status == "passed", report.parity.reason
     key = seed_metadata(seeded)["draws"][0]["key"]
