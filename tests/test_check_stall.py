@@ -54,7 +54,9 @@ class CannotTravel(SleepsForEver):
 
 @pytest.fixture
 def quick_stall(monkeypatch):
+    """A stall is a second without CPU time, looked for every 0.2 s (60 s and 2 s in use)."""
     monkeypatch.setattr(onnxfix.check.check_guard, "STALL_S", 1.0)
+    monkeypatch.setattr(onnxfix.check.check_guard, "POLL_S", 0.2)
 
 
 @pytest.fixture
