@@ -28,9 +28,12 @@ class NodeBuilder:
         if self.opset < 9 and not np.issubdtype(value.dtype, np.floating):
             return self._cast_constant(value, hint)
         out = self.tensor(hint)
-        tensor = numpy_helper.from_array(value, name=out)
-        node_name = self.names.fresh(out + "_node")
-        self.nodes.append(helper.make_node("Constant", [], [out], name=node_name, value=tensor))
+        node = onnx.NodeProto(op_type="Constant", output=[out],
+                              name=self.names.fresh(out + "_node"))
+        attr = node.attribute.add()
+        attr.CopyFrom(_value_attribute(value))
+        attr.t.name = out  # what make_node(value=from_array(value, name=out)) writes
+        self.nodes.append(node)
         return out
 
     def _cast_constant(self, value: np.ndarray, hint: str) -> str:
@@ -108,5 +111,25 @@ class NodeBuilder:
         if op_type in ("Add", "Mul", "Sub", "Div", "Less", "Greater", "Equal") and self.opset < 7:
             attrs.setdefault("broadcast", 1)  # before opset 7, broadcasting was opt-in
         node_name = self.names.fresh(f"{self.prefix}_{hint}")
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=node_name, **attrs))
+        if attrs:
+            node = helper.make_node(op_type, inputs, [out], name=node_name, **attrs)
+        else:  # make_node's fields, without its per-call overhead (thousands of draws)
+            node = onnx.NodeProto(op_type=op_type, input=inputs, output=[out], name=node_name)
+        self.nodes.append(node)
         return out
+
+
+# (dtype, shape, bytes) -> the Constant's `value` attribute, tensor unnamed: a rewrite of
+# thousands of draws asks for the same few scalars (a scale, a mean) thousands of times
+_VALUE_ATTRIBUTES: dict[tuple, onnx.AttributeProto] = {}
+
+
+def _value_attribute(value: np.ndarray) -> onnx.AttributeProto:
+    if value.dtype.kind not in "biuf" or value.size > 16:
+        return helper.make_attribute("value", numpy_helper.from_array(value))
+    key = (value.dtype.str, value.shape, value.tobytes())
+    attr = _VALUE_ATTRIBUTES.get(key)
+    if attr is None:
+        attr = _VALUE_ATTRIBUTES[key] = helper.make_attribute(
+            "value", numpy_helper.from_array(value))
+    return attr
