@@ -32,7 +32,15 @@ class TensorFacts:
 def _facts_from_type(tp: onnx.TypeProto) -> TensorFacts | None:
     if not tp.HasField("tensor_type"):
         return None
-    t = tp.tensor_type
+    # a graph declares the same few types over and over (a chain of [batch, 16] floats): the
+    # serialized type is the key, and each caller gets its own shape list
+    fact = _facts_of_bytes(tp.SerializeToString())
+    return TensorFacts(fact.elem_type, None if fact.shape is None else list(fact.shape))
+
+
+@functools.lru_cache(maxsize=4096)
+def _facts_of_bytes(serialized: bytes) -> TensorFacts:
+    t = onnx.TypeProto.FromString(serialized).tensor_type
     shape: Shape = None
     if t.HasField("shape"):
         shape = []

@@ -15,6 +15,7 @@ Otherwise, or when a correction is due, the rewritten model is inferred as befor
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -134,8 +135,26 @@ def reusable_output_facts(outputs: OutputFacts | None, draws: OutputFacts, model
 
 
 def replacements_alone(model: onnx.ModelProto, sites, draws: list[str]
-                        ) -> onnx.ModelProto | None:
-    """A model of the replacement nodes only, or None where they are not self-contained."""
+                       ) -> onnx.ModelProto | None:
+    """A model of the replacement nodes only, or None where they are not self-contained.
+
+    The validate pass (local_check) and the output re-declaration both ask for it, with the
+    same rewritten model and emit: the last one built is handed out again (the sites are
+    referenced weakly, so the memo keeps no rewrite alive)."""
+    key = (id(model), id(sites), len(sites), tuple(draws))
+    if sites and _LAST_ALONE and _LAST_ALONE[0] == key and all(
+            ref() is e for ref, e in zip(_LAST_ALONE[1], (sites[0], sites[-1]), strict=True)):
+        return _LAST_ALONE[2]
+    alone = _alone(model, sites, draws)
+    if sites:
+        _LAST_ALONE[:] = [key, (weakref.ref(sites[0]), weakref.ref(sites[-1])), alone]
+    return alone
+
+
+_LAST_ALONE: list = []  # [key, weak refs to the first and last site, the model or None]
+
+
+def _alone(model: onnx.ModelProto, sites, draws: list[str]) -> onnx.ModelProto | None:
     nodes, inputs = [], []
     for e in sites:
         if e.plan.site.scopes or e.scans or e.scan_states or any(
