@@ -76,7 +76,7 @@ def input_meta(sess, name: str):
 
 
 def input_dtype(sess, name: str) -> np.dtype:
-    return np.dtype(ORT_TYPES[input_meta(sess, name).type])
+    return _DTYPES[input_meta(sess, name).type]
 
 
 def filler(sess, name: str, n: int, value: float = 0.5) -> np.ndarray:
@@ -128,6 +128,8 @@ ORT_TYPES = {
     "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16,
     "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
 }
+
+_DTYPES = {name: np.dtype(t) for name, t in ORT_TYPES.items()}
 
 
 def synthetic_feeds(inputs, n: int, rng: np.random.Generator, probabilities=frozenset(),

@@ -120,6 +120,10 @@ def _fit(noise: np.ndarray, sess, name: str) -> np.ndarray:
     declared = input_meta(sess, name).shape or []
     if len(declared) != noise.ndim:
         return noise
+    if noise.nbytes <= CHECK_INPUT_BYTES and not any(
+            isinstance(d, int) and d > have
+            for d, have in zip(declared, noise.shape, strict=True)):
+        return noise  # no declared axis is longer than the draw: nothing to pad
     pad = [(0, d - have) if isinstance(d, int) and d > have else (0, 0)
            for d, have in zip(declared, noise.shape, strict=True)]
     padded = math.prod(have + after for have, (_, after) in zip(noise.shape, pad, strict=True))

@@ -8,6 +8,8 @@ still leaves float16-sized differences in the float32 output.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 import onnx
 from onnx import TensorProto
@@ -42,18 +44,28 @@ def narrowest_float_on_paths(model: onnx.ModelProto, draws: list[str],
     narrow = {d: own(d) for d in draws}
     nodes = [(n, names_read(n)) for g, _ in iter_graphs(model) if isinstance(g, onnx.GraphProto)
              for n in g.node]
-    changed = True
-    while changed:  # graphs are in topological order: this settles in a pass or two
-        changed = False
-        for node, reads in nodes:
-            hit = [narrow[r] for r in reads if r in narrow]
-            if not hit:
-                continue
-            for out in (o for o in node.output if o):
-                best = _least_precise([*hit, own(out), narrow.get(out)])
-                if out not in narrow or best != narrow[out]:
-                    narrow[out] = best
-                    changed = True
+    readers: dict[str, list[int]] = {}  # tensor -> the nodes reading it, in graph order
+    for k, (_, reads) in enumerate(nodes):
+        for r in reads:
+            readers.setdefault(r, []).append(k)
+    # a worklist over the nodes that read a tensor whose narrowest type changed, in graph
+    # order (graphs are topological: each node is usually visited once); the same fixed
+    # point as sweeping every node until nothing changes
+    pending = sorted({k for d in narrow for k in readers.get(d, ())})
+    queued = set(pending)
+    while pending:
+        k = heapq.heappop(pending)
+        queued.discard(k)
+        node, reads = nodes[k]
+        hit = [narrow[r] for r in reads if r in narrow]
+        for out in (o for o in node.output if o):
+            best = _least_precise([*hit, own(out), narrow.get(out)])
+            if out not in narrow or best != narrow[out]:
+                narrow[out] = best
+                for j in readers.get(out, ()):
+                    if j not in queued:
+                        queued.add(j)
+                        heapq.heappush(pending, j)
     return narrow
 
 

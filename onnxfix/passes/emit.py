@@ -10,6 +10,7 @@ mode. A mode is one function in EMITTERS (a new mode is one more entry).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -151,7 +152,8 @@ def emit(model_plan: ModelPlan, mode: str, *, seed: int = 0, noise_dtype: str = 
 
 def _bound(p: SitePlan, model: onnx.ModelProto) -> SitePlan:
     """A shallow copy of the site plan whose site is the same node in `model`."""
-    bound = copy.copy(p)
+    bound = SitePlan.__new__(SitePlan)  # copy.copy's result, without its generic protocol
+    bound.__dict__.update(p.__dict__)
     bound.site = resolve(model, p.path, p.site.location)
     return bound
 
@@ -250,7 +252,9 @@ def _transformed(ctx: _Context, b: NodeBuilder, e: SiteEmission, top: str) -> Si
 
 def _noise_input(p: SitePlan, fed: int) -> onnx.ValueInfoProto:
     """The noise input, its doc_string stating the distribution and the transform."""
-    vi = helper.make_tensor_value_info(p.noise, fed, p.declared)
+    vi = onnx.ValueInfoProto(name=p.noise)  # make_tensor_value_info's, its type cached
+    declared = p.declared
+    vi.type.CopyFrom(_tensor_type(fed, None if declared is None else tuple(declared)))
     dist = p.spec.distribution(p.attrs)
     per_iteration = (f" Leading axes: one per enclosing loop ({len(p.lead)}); iteration i "
                      f"reads slice i." if p.lead else "")
@@ -262,6 +266,13 @@ def _noise_input(p: SitePlan, fed: int) -> onnx.ValueInfoProto:
         f"{dtype_name(fed)}. In-graph: {p.site.output} = "
         f"{p.spec.transform_text(p.attrs)}. Replaces {p.site.describe()}.{per_iteration}{cast}")
     return vi
+
+
+@functools.lru_cache(maxsize=1024)
+def _tensor_type(elem_type: int, shape: tuple) -> onnx.TypeProto:
+    """One TypeProto per dtype and declared shape: thousands of draws share a few (read-only:
+    callers copy it)."""
+    return helper.make_tensor_type_proto(elem_type, shape)
 
 
 def draw_rng(seed: int, site: Site) -> np.random.Generator:
