@@ -139,12 +139,15 @@ def replacements_alone(model: onnx.ModelProto, sites, draws: list[str]
     """A model of the replacement nodes only, or None where they are not self-contained.
 
     The validate pass (local_check) and the output re-declaration both ask for it, with the
-    same rewritten model and emit: the last one built is handed out again (the sites are
-    referenced weakly, so the memo keeps no rewrite alive)."""
+    same rewritten model and emit: the last one built is handed out once more (the sites are
+    referenced weakly, and the model is let go when handed out: the memo keeps nothing
+    alive)."""
     key = (id(model), id(sites), len(sites), tuple(draws))
     if sites and _LAST_ALONE and _LAST_ALONE[0] == key and all(
             ref() is e for ref, e in zip(_LAST_ALONE[1], (sites[0], sites[-1]), strict=True)):
-        return _LAST_ALONE[2]
+        alone = _LAST_ALONE[2]
+        _LAST_ALONE.clear()
+        return alone
     alone = _alone(model, sites, draws)
     if sites:
         _LAST_ALONE[:] = [key, (weakref.ref(sites[0]), weakref.ref(sites[-1])), alone]

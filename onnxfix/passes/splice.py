@@ -94,12 +94,15 @@ def splice(emitted) -> onnx.ModelProto:
     edits = GraphEdits()
     for site in emitted.dead:
         edits.replace(site, [])  # a draw nothing reads needs no noise: the node goes
+    # the new inputs and initializers, in order, go in with one extend each (one per site
+    # cost more than the rest of the splice of thousands of draws)
+    inputs, initializers = [], []
     for e in emitted.sites:
-        model.graph.input.extend(e.inputs)
+        inputs += e.inputs
         for frozen in e.frozen:
-            model.graph.initializer.append(frozen.tensor())
+            initializers.append(frozen.tensor())
             if model.ir_version < 4:  # before IR 4, every initializer had to be an input too
-                model.graph.input.append(helper.make_tensor_value_info(
+                inputs.append(helper.make_tensor_value_info(
                     frozen.name, frozen.elem_type, list(frozen.array.shape)))
         for graph, node, depth in e.prepends:
             edits.prepend(graph, node, depth)
@@ -108,6 +111,8 @@ def splice(emitted) -> onnx.ModelProto:
         for state in e.scan_states:
             _add_scan_state(state)
         edits.replace(e.plan.site, e.nodes)
+    model.graph.input.extend(inputs)
+    model.graph.initializer.extend(initializers)
     edits.apply()
     return model
 
