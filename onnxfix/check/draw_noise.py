@@ -78,20 +78,25 @@ def standard_noise(c: Captured, got: dict, sess, n: int, provisional: bool = Fal
     """The noise input of capture `c`, from the original's outputs `got`; `provisional`: only
     a feed for the run that `recondition` reads its op's own reference from. `made`: the
     draw already standardized (by `standard_noises`)."""
-    outs, ins = _captured(c, got)
     name = c.record.replacement.name
-    if made is None and _no_draw(c, got, outs, ins):
+    if made is not None:  # standard_noises made it: its draw ran
+        return _fitted(made, c, got, sess, name)
+    outs, ins = _captured(c, got)
+    if _no_draw(c, got, outs, ins):
         return filler(sess, name, n)
     try:
-        if made is not None:  # standard_noises made it: its draw ran
-            noise = made
-        elif provisional:
+        if provisional:
             noise = c.spec.provisional(outs, _noise_dtype(c, sess))
         else:
             noise = c.spec.standardize_stacked(outs, c.attrs, ins, _noise_dtype(c, sess),
                                                c.lead)
     except Inconsistent as e:
         raise _cannot_condition(c.record, e) from None
+    return _fitted(noise, c, got, sess, name)
+
+
+def _fitted(noise: np.ndarray, c: Captured, got: dict, sess, name: str) -> np.ndarray:
+    """The noise as fed: filler where an If in a Loop did not run, padded to declared axes."""
     ran = got.get(RAN + c.outputs[0])
     if ran is not None:  # under an If in a Loop: iterations without the draw read filler
         ran = ran.reshape(ran.shape + (1,) * (noise.ndim - ran.ndim))
