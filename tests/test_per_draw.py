@@ -1,0 +1,154 @@
+"""Issue 10, the cost per random node: the shortcuts the rewrite and the check take per draw
+give exactly what the long way gave (same bytes, same facts, same verdicts, same refusals)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import parse
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxfix
+from onnxfix.check import draw_noise
+from onnxfix.check.compare import CheckSkipped
+from onnxfix.check.tolerance import _least_precise, narrowest_float_on_paths
+from onnxfix.graph.builder import NodeBuilder
+from onnxfix.graph.find import iter_graphs
+from onnxfix.graph.graph_edit import names_read
+from onnxfix.graph.naming import NameAllocator, sanitize
+from onnxfix.graph.shapes import _facts_from_type, infer_facts
+from onnxfix.passes import output_shapes
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def _empty_names() -> NameAllocator:
+    return NameAllocator(helper.make_model(helper.make_graph([], "g", [], [])))
+
+
+@pytest.mark.parametrize("value", [
+    np.array(0.01, np.float32), np.array(1.5, np.float16), np.array(2.0, np.float64),
+    np.array([3, 4], np.int64), np.array(True), np.arange(40, dtype=np.float32)])
+def test_constant_nodes_are_the_bytes_make_node_writes(value):
+    b = NodeBuilder(_empty_names(), 17, "p")
+    first, second = b.constant(value, "scale"), b.constant(value, "scale")
+    assert (first, second) == ("p_scale", "p_scale_1")
+    for node, out in zip(b.nodes, (first, second), strict=True):
+        want = helper.make_node("Constant", [], [out], name=f"{out}_node",
+                                value=numpy_helper.from_array(value, name=out))
+        assert node.SerializeToString() == want.SerializeToString()
+
+
+def test_ops_without_attributes_are_the_bytes_make_node_writes():
+    b = NodeBuilder(_empty_names(), 17, "p")
+    b.op("Mul", ["a", "b"], "mul")
+    b.op("Cast", ["a"], "cast", to=TensorProto.FLOAT16)
+    assert [n.SerializeToString() for n in b.nodes] == [
+        helper.make_node("Mul", ["a", "b"], ["p_mul"], name="p_mul_1").SerializeToString(),
+        helper.make_node("Cast", ["a"], ["p_cast"], name="p_cast_1",
+                         to=TensorProto.FLOAT16).SerializeToString()]
+
+
+@pytest.mark.parametrize(("text", "clean"), [
+    ("a-b c", "a_b_c"), ("a__b", "a_b"), ("a_-_b", "a_b"), ("__x__", "x"), ("1a", "t1a"),
+    ("", "t"), ("--", "t"), ("onnxfix_eps12_scale", "onnxfix_eps12_scale")])
+def test_sanitize(text, clean):
+    assert sanitize(text) == clean
+
+
+def test_each_lookup_of_a_declared_type_gets_its_own_shape():
+    tp = helper.make_tensor_type_proto(TensorProto.FLOAT, ["batch", 16, None])
+    first = _facts_from_type(tp)
+    first.shape.append(99)
+    again = _facts_from_type(tp)
+    assert (again.elem_type, again.shape) == (TensorProto.FLOAT, ["batch", 16, None])
+    assert _facts_from_type(onnx.TypeProto()) is None
+
+
+def _narrowest_by_sweeps(model, draws, facts):
+    """The definition: sweep every node until nothing changes."""
+    def own(name):
+        f = facts.get(name)
+        return f.elem_type if f is not None and f.elem_type in (1, 10, 11, 16) else None
+
+    narrow = {d: own(d) for d in draws}
+    nodes = [(n, names_read(n)) for g, _ in iter_graphs(model) if isinstance(g, onnx.GraphProto)
+             for n in g.node]
+    changed = True
+    while changed:
+        changed = False
+        for node, reads in nodes:
+            hit = [narrow[r] for r in reads if r in narrow]
+            if hit:
+                for out in (o for o in node.output if o):
+                    best = _least_precise([*hit, own(out), narrow.get(out)])
+                    if out not in narrow or best != narrow[out]:
+                        narrow[out] = best
+                        changed = True
+    return narrow
+
+
+@pytest.mark.parametrize("name", ["fp16_draw_to_fp32_ts.onnx", "ref3_dynamic_dynamo.onnx",
+                                  "dropout_in_loop.onnx", "if_in_scan.onnx",
+                                  "function_randn_like.onnx"])
+def test_the_narrowest_float_on_the_paths_is_the_sweeps_fixed_point(name):
+    found = sorted(FIXTURES.rglob(name))
+    if not found:
+        pytest.skip(f"no fixture {name}")
+    model = onnx.load(str(found[0]))
+    facts = infer_facts(model)
+    draws = [n.output[0] for g, _ in iter_graphs(model) for n in g.node
+             if n.op_type.startswith("Random") or n.op_type in ("Dropout", "Bernoulli")]
+    assert draws
+    assert narrowest_float_on_paths(model, draws, facts) == _narrowest_by_sweeps(
+        model, draws, facts)
+
+
+def test_a_float16_draw_narrows_what_it_reaches_and_nothing_else():
+    model = parse("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float16[2] x, float[2] w) => (float[2] y, float[2] z) {
+  e = RandomNormalLike (x)
+  c = Cast <to = 1> (e)
+  y = Add(c, w)
+  z = Mul(w, w)
+}
+""")
+    facts = infer_facts(model)
+    got = narrowest_float_on_paths(model, ["e"], facts)
+    assert got == _narrowest_by_sweeps(model, ["e"], facts)
+    assert got["y"] == TensorProto.FLOAT16 and "z" not in got
+
+
+def test_the_replacements_alone_model_is_built_once_for_the_two_passes_that_ask(monkeypatch):
+    built = []
+    real = output_shapes._alone
+    monkeypatch.setattr(output_shapes, "_alone",
+                        lambda *a: built.append(1) or real(*a))
+    model = parse("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 4] y) {
+  e = RandomNormalLike <scale = 0.5> (x)
+  y = Add(x, e)
+}
+""")
+    new, report = onnxfix.rewrite(model, check=False)
+    assert len(built) == 1  # the validate pass built it, the re-declaration reused it
+    assert [n.op_type for n in new.graph.node] == ["Constant", "Mul", "Add"]
+    assert report.redeclared_outputs == []
+    assert output_shapes._LAST_ALONE == []  # handed out once: nothing is held
+
+
+def test_a_noise_too_large_to_feed_is_refused_even_when_nothing_is_padded(monkeypatch):
+    class Meta:
+        shape = [2, 8]
+
+    monkeypatch.setattr(draw_noise, "input_meta", lambda sess, name: Meta)
+    noise = np.zeros((2, 8), np.float32)
+    assert draw_noise._fit(noise, None, "noise_e") is noise
+    monkeypatch.setattr(draw_noise, "CHECK_INPUT_BYTES", noise.nbytes - 1)
+    with pytest.raises(CheckSkipped, match="noise input 'noise_e' declares"):
+        draw_noise._fit(noise, None, "noise_e")
