@@ -21,6 +21,16 @@ class Reporter:
         if self.sink is not None:
             self.sink(line)
 
+    def lines(self, lines: list[str]) -> None:
+        """Several lines, in order: handed over at once where the sink takes a batch (the
+        check's process sends them to the parent as one message, not one per line)."""
+        batch = getattr(self.sink, "lines", None)
+        if batch is not None and type(self).__call__ is Reporter.__call__:
+            batch(lines)
+            return
+        for line in lines:
+            self(line)
+
     def detail(self, line: str) -> None:
         if self.details is not None:
             self.details(line)

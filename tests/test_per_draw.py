@@ -152,3 +152,59 @@ def test_a_noise_too_large_to_feed_is_refused_even_when_nothing_is_padded(monkey
     monkeypatch.setattr(draw_noise, "CHECK_INPUT_BYTES", noise.nbytes - 1)
     with pytest.raises(CheckSkipped, match="noise input 'noise_e' declares"):
         draw_noise._fit(noise, None, "noise_e")
+
+
+def _three_draws():
+    return parse("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 4] y) {
+  e0 = RandomNormalLike <scale = 0.5> (x)
+  h0 = Add(x, e0)
+  e1 = RandomUniformLike <low = -1.0, high = 1.0> (h0)
+  h1 = Mul(h0, e1)
+  e2 = RandomNormalLike <mean = 2.0> (h1)
+  y = Add(h1, e2)
+}
+""")
+
+
+def test_the_forked_check_prints_the_lines_the_check_makes_in_process():
+    from onnxfix.check.check_guard import make_limits
+    from onnxfix.check.check_run import CheckOptions, run_check
+
+    model = _three_draws()
+    new, report = onnxfix.rewrite(model, check=False)
+    seen = {}
+    for where, limits in (("here", None), ("forked", make_limits(None, 60.0))):
+        lines = []
+        parity = run_check(model, new, report.nodes, "input-noise",
+                           CheckOptions(limits=limits), reporter=lines.append)
+        seen[where] = (parity.status, lines)
+    assert seen["here"] == seen["forked"]
+    status, lines = seen["forked"]
+    assert status == "passed"
+    # per size (batch 2, then 3): the output y, then the draws e0, e1, e2, in that order
+    compared = [line.split(" | ")[:3] for line in lines if line.startswith("PASSED")]
+    assert compared == [["PASSED", f"batch={n}", f"Output: '{name}' [{n}, 4]"]
+                        for n in (2, 3) for name in ("y", "e0", "e1", "e2")]
+
+
+def test_a_reporter_hands_a_batch_to_a_sink_that_takes_batches_and_line_by_line_otherwise():
+    from onnxfix.reporter import Reporter
+
+    class Batches:
+        def __init__(self):
+            self.got = []
+
+        def __call__(self, line):
+            self.got.append(("line", line))
+
+        def lines(self, lines):
+            self.got.append(("lines", list(lines)))
+
+    sink, plain = Batches(), []
+    Reporter(sink).lines(["a", "b"])
+    Reporter(plain.append).lines(["a", "b"])
+    Reporter().lines(["a"])  # no sink: dropped
+    assert sink.got == [("lines", ["a", "b"])]
+    assert plain == ["a", "b"]

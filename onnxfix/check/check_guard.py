@@ -8,7 +8,8 @@ address space with RLIMIT_AS (onnxruntime then fails an allocation instead of th
 killing anyone) and the parent kills it at the deadline. Whatever happens to the child, the
 parent gets a Parity: the child's verdict, or `skipped` with why.
 
-Lines the check prints travel through the same pipe, in order, as they are made.
+Lines the check prints travel through the same pipe, in order, as they are made (the lines
+of one comparison pass, made with no onnxruntime call between them, as one message).
 
 fork copies one thread of a process that may have others (onnxruntime's pools, a caller's
 threads): a lock one of them held at that instant stays locked in the child for ever. Such a
@@ -217,6 +218,9 @@ def _collect(child: Started, limits: CheckLimits, on_line, hint: str, deadline: 
             raise RuntimeError(f"the check's answer could not be read: {e}") from None
         if kind == "line":
             on_line(payload)
+        elif kind == "lines":
+            for line in payload:
+                on_line(line)
         elif kind == "parity":
             return payload
         else:  # "error": an exception the caller must see (a usage error, a bug)
@@ -276,6 +280,10 @@ class _Emitter:
 
     def __call__(self, line: str) -> None:
         self.sender.send(("line", line))
+
+    def lines(self, lines: list[str]) -> None:
+        if lines:  # one message for a batch (a check over thousands of draws)
+            self.sender.send(("lines", lines))
 
 
 def _in_process(check, emit, hint: str, limits: CheckLimits | None = None) -> Parity:
