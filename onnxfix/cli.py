@@ -141,6 +141,11 @@ class _Printer(Reporter):
         self.quiet, self.verbose = quiet, verbose
         self.tty = sys.stderr.isatty() and not quiet
 
+    def lines(self, lines: list[str]) -> None:
+        """Several lines in one write (thousands of PASSED and summary lines at many draws)."""
+        if self.sink is not None and lines:
+            typer.echo("\n".join(lines))
+
     def step(self, text: str):
         if not self.tty:
             return contextlib.nullcontext()
@@ -329,8 +334,7 @@ def _rewrite_one(src: Path, dst: Path, job: _Job, say: _Printer,
         say(f"{_status_word(rep)}  {src} -> {dst}: {len(rep.nodes)} random node(s), "
             f"{_parity_summary(rep)}")
     else:
-        for line in _summary(rep, say.verbose):
-            say(line)
+        say.lines(_summary(rep, say.verbose))
         if _check_skipped(rep):
             typer.echo("onnxfix: warning: parity check skipped: the output was written but not "
                        "verified (--fail-on-skip makes a skip fail)", err=True)

@@ -208,3 +208,18 @@ def test_a_reporter_hands_a_batch_to_a_sink_that_takes_batches_and_line_by_line_
     Reporter().lines(["a"])  # no sink: dropped
     assert sink.got == [("lines", ["a", "b"])]
     assert plain == ["a", "b"]
+
+
+def test_the_cli_printer_writes_a_batch_of_lines_as_it_writes_them_one_by_one(capsys):
+    from onnxfix.cli import _Printer
+
+    lines = ["PASSED | y | batch=2", "", "  new inputs: a, b"]
+    one_by_one = _Printer(quiet=False, verbose=False)
+    for line in lines:
+        one_by_one(line)
+    expected = capsys.readouterr().out
+    _Printer(quiet=False, verbose=False).lines(lines)
+    assert capsys.readouterr().out == expected == "PASSED | y | batch=2\n\n  new inputs: a, b\n"
+    _Printer(quiet=False, verbose=False).lines([])
+    _Printer(quiet=True, verbose=False).lines(lines)
+    assert capsys.readouterr().out == ""

@@ -37,6 +37,7 @@ from multiprocessing.connection import Connection
 from onnxfix.check.check_stall import STALL_S, Progress, listen_for_where, where_it_waits
 from onnxfix.errors import UsageError, param
 from onnxfix.report import Parity
+from onnxfix.reporter import Reporter
 
 MiB = 2**20
 DEFAULT_TIMEOUT_S = 300.0
@@ -219,8 +220,7 @@ def _collect(child: Started, limits: CheckLimits, on_line, hint: str, deadline: 
         if kind == "line":
             on_line(payload)
         elif kind == "lines":
-            for line in payload:
-                on_line(line)
+            Reporter.of(on_line).lines(payload)
         elif kind == "parity":
             return payload
         else:  # "error": an exception the caller must see (a usage error, a bug)
