@@ -61,11 +61,12 @@ class Facts(Mapping):
     was a tenth of such a rewrite). A name whose last declaration is not a tensor falls back
     to its last tensor declaration."""
 
-    def __init__(self, model: onnx.ModelProto):
-        self._graphs = [g for g, _ in iter_graphs(model) if isinstance(g, onnx.GraphProto)]
+    def __init__(self, model: onnx.ModelProto | None, seqs: list | None = None):
+        graphs = [] if model is None else [g for g, _ in iter_graphs(model)
+                                           if isinstance(g, onnx.GraphProto)]
         # in the order in which a later declaration wins
-        self._seqs = [seq for g in self._graphs
-                      for seq in (g.initializer, g.input, g.output, g.value_info)]
+        self._seqs = seqs if seqs is not None else [
+            seq for g in graphs for seq in (g.initializer, g.input, g.output, g.value_info)]
         self._names: list[list[str]] | None = None
         self._index: dict[str, tuple[int, int]] | None = None
         self._searches = 0
@@ -107,14 +108,10 @@ class Facts(Mapping):
 
     def _last_tensor(self, name: str) -> TensorFacts | None:
         found = None
-        for g in self._graphs:
-            for t in g.initializer:
-                if t.name == name:
-                    found = self._convert(t)
-            for seq in (g.input, g.output, g.value_info):
-                for vi in seq:
-                    fact = _facts_from_type(vi.type) if vi.name == name else None
-                    found = fact if fact is not None else found
+        for seq in self._seqs:  # an initializer always converts
+            for decl in seq:
+                fact = self._convert(decl) if decl.name == name else None
+                found = fact if fact is not None else found
         return found
 
     def __getitem__(self, name: str) -> TensorFacts:
@@ -134,6 +131,12 @@ class Facts(Mapping):
 def collect_facts(model: onnx.ModelProto) -> Facts:
     """Types and shapes declared anywhere in the model (all graphs share one namespace)."""
     return Facts(model)
+
+
+def declared_facts(seqs: list) -> Facts:
+    """Facts over sequences of declarations (initializers or value infos), a later one
+    winning, as a model's graphs would list them."""
+    return Facts(None, seqs)
 
 
 def inferred_or_none(model: onnx.ModelProto) -> onnx.ModelProto | None:
