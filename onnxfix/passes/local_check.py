@@ -37,11 +37,12 @@ readers refuse it otherwise: `input_checked`), and 6-9 hold, the output passes i
    functions (the metadata goes into the patch, step 9).
 7. Its graph outputs are the input's byte for byte, its inputs are the input's followed by the
    noise inputs, its initializers as many as the input's (none added, none removed).
-8. It has as many nodes as the input minus the replaced ones plus the replacement nodes; the
-   nodes defining a replacement's name are the replacement nodes, in the patch's order; every
-   node reading a draw comes after the one defining it. With the count, every other node is
-   an input node, in the input's order (the emit edits a copy of the input; splice deletes
-   the replaced nodes and inserts the replacements where they stood).
+8. It has as many nodes as the input minus the replaced ones plus the replacement nodes, and
+   the replacement nodes stand where splice puts them: the prepended ones first, each site's
+   where its random node stood (checked at those positions). With the count, every other node
+   is an input node, in the input's order (the emit edits a copy of the input; splice deletes
+   each replaced node and inserts its replacements in its place), so every node reading a
+   draw comes after the replacements, which define it.
 9. Every name the replacements define, but the draws, and every noise input name occur
    nowhere in the input's serialized graph (fresh). The patch - the replacement nodes in
    order, the graph inputs and initializers they read, the noise inputs, the output's
@@ -56,8 +57,7 @@ that fails, falls back to the output's whole check (validate), so a refusal read
 
 from __future__ import annotations
 
-from itertools import compress, count
-from operator import attrgetter, not_
+from operator import attrgetter
 
 import onnx
 
@@ -82,7 +82,6 @@ NO_PROPAGATED_DATA = frozenset(RANDOM_OP_TYPES) | frozenset({
 })
 _DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 _OP_TYPE, _DOMAIN, _NAME = attrgetter("op_type"), attrgetter("domain"), attrgetter("name")
-_INPUT, _OUTPUT = attrgetter("input"), attrgetter("output")
 
 
 def reads_no_propagated_data(model: onnx.ModelProto) -> bool:
@@ -145,14 +144,15 @@ def basic_check_patch(original: onnx.ModelProto, emitted, out: onnx.ModelProto,
                       alone: onnx.ModelProto) -> onnx.ModelProto | None:
     """The patch model (step 9) when steps 6-8 hold for `out` against `original`, else None."""
     g, before = out.graph, original.graph
-    nodes = list(alone.graph.node)
+    front = [node for e in emitted.sites for _, node, _ in e.prepends]
+    nodes = front + [node for e in emitted.sites for node in e.nodes]  # in the output's order
     noise = [vi for e in emitted.sites for vi in e.inputs]
-    if not (_same_frame(original, out) and _same_declarations(before, g, noise)
-            and len(g.node) == len(before.node) - len(emitted.sites) + len(nodes)):
+    if emitted.dead or not (
+            _same_frame(original, out) and _same_declarations(before, g, noise)
+            and len(g.node) == len(before.node) - len(emitted.sites) + len(nodes)
+            and _in_place(g.node, emitted.sites, front, nodes)):
         return None
     draws = {o for e in emitted.sites for o in e.plan.site.node.output if o}
-    if not _in_place(g.node, nodes, draws):
-        return None
     defined = [o for n in nodes for o in n.output if o and o not in draws]
     taken = before.SerializeToString()
     if any(name.encode() in taken for name in (*defined, *map(_NAME, noise))):
@@ -190,13 +190,17 @@ def _serialized(messages) -> list[bytes]:
     return [m.SerializeToString() for m in messages]
 
 
-def _in_place(nodes, patch: list[onnx.NodeProto], draws: set[str]) -> bool:
-    """Step 8: the output's nodes defining a patch name are the patch's nodes in the patch's
-    order, and each draw is defined before every node reading it (two scans in C)."""
-    made = {o for n in patch for o in n.output if o}
-    at = list(compress(count(), map(not_, map(made.isdisjoint, map(_OUTPUT, nodes)))))
-    if len(at) != len(patch) or any(nodes[k] != n for k, n in zip(at, patch, strict=True)):
-        return False
-    defined_at = {o: k for k, n in zip(at, patch, strict=True) for o in n.output if o}
-    readers = compress(count(), map(not_, map(draws.isdisjoint, map(_INPUT, nodes))))
-    return all(defined_at[d] < k for k in readers for d in nodes[k].input if d in draws)
+def _in_place(nodes, sites, front: list, patch: list) -> bool:
+    """Step 8: the replacement nodes stand in the output where splice puts them - the
+    prepended ones first, each site's where its random node stood in the input (the input's
+    nodes before it shifted by the replacements before it) - checked at those positions
+    only (no walk of the graph)."""
+    at, shift, last = list(range(len(front))), len(front), -1
+    for e in sites:
+        k = e.plan.path[-1]
+        if len(e.plan.path) != 1 or k <= last:
+            return False  # not a main-graph node, or not in graph order
+        at.extend(range(k + shift, k + shift + len(e.nodes)))
+        shift, last = shift + len(e.nodes) - 1, k
+    return (not at or at[-1] < len(nodes)) and all(
+        nodes[k] == node for k, node in zip(at, patch, strict=True))

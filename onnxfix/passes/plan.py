@@ -205,8 +205,10 @@ def _unread_draws(sites: list[Site]):
     def of(container) -> set[str]:
         key = id(container)
         if key not in done:
-            outputs = {o for s in sites if s.container is container for o in s.node.output if o}
-            done[key] = unread(container, outputs)
+            here = [s for s in sites if s.container is container]
+            outputs = {o for s in here for o in s.node.output if o}
+            # their readers come after them in a valid graph: the walk starts there
+            done[key] = unread(container, outputs, start=max(0, min(s.index for s in here)))
         return done[key]
 
     return of
