@@ -14,50 +14,30 @@ onnx's full check: strict, type-checked, without data propagation.
 
 Where that is not certain, `infer_in_slices` returns None and the caller infers the whole
 graph: a dim named by inference (`unk__N` counts per inference), a value read before it is
-computed or never computed, computed twice or also an input or initializer, a declaration of
-a value no node computes, sparse initializers.
+computed, never computed or left untyped, a value computed twice or also an input or
+initializer, a declaration of a value no node computes, sparse initializers. The facts are
+read from each slice's result only for the names asked (`SlicedFacts`).
 """
 
 from __future__ import annotations
 
-from itertools import chain, compress
-from operator import attrgetter
-from typing import NamedTuple
+from collections.abc import Mapping
+from itertools import chain, compress, count
+from operator import attrgetter, not_
 
 import onnx
 from onnx.onnx_cpp2py_export import shape_inference as _c_inference
 
-from onnxfix.graph.shapes import Facts, declared_facts
+from onnxfix.graph.shapes import Facts, TensorFacts, declared_facts
 
 # Nodes per slice: about 20 MB of onnx's inference each; smaller graphs are inferred whole.
 SLICE_NODES = 8192
 _INPUT, _OUTPUT, _NAME = attrgetter("input"), attrgetter("output"), attrgetter("name")
 _GENERATED = b"unk__"  # onnx's prefix for the dims it names
+_SCAN = 512  # nodes per step of the backward search for declared values' producers
 
 
-class _Slice:
-    """Consecutive nodes, the outside values they read, the values they compute."""
-
-    def __init__(self, nodes: list):
-        self.nodes = nodes
-        made = list(chain.from_iterable(map(_OUTPUT, nodes)))
-        self.made = set(made)
-        self.made.discard("")
-        self.once = len(self.made) == len(made) - made.count("")
-        self.reads = set(chain.from_iterable(map(_INPUT, nodes)))
-        self.reads -= self.made
-        self.reads.discard("")
-
-
-class _Outside(NamedTuple):
-    """The values slices read from outside them, by where their types come from."""
-
-    inputs: set[str]
-    initializers: set[str]
-    computed: set[str]
-
-
-def infer_in_slices(model: onnx.ModelProto, size: int = SLICE_NODES) -> Facts | None:
+def infer_in_slices(model: onnx.ModelProto, size: int = SLICE_NODES) -> SlicedFacts | None:
     """The facts of a strict, type-checked inference of `model` (a flat graph, see the module
     doc), inferred in slices of `size` nodes; None where slicing may not give the whole
     inference's facts (infer the whole graph then). A failing slice raises onnx's error."""
@@ -65,69 +45,117 @@ def infer_in_slices(model: onnx.ModelProto, size: int = SLICE_NODES) -> Facts | 
     if len(g.node) <= size or g.sparse_initializer:
         return None
     nodes = list(g.node)
-    slices = [_Slice(nodes[a:a + size]) for a in range(0, len(nodes), size)]
-    outside = _plan_slices(g, slices)
-    if outside is None:
+    declared = {vi.name for vi in chain(g.output, g.value_info)}
+    producers = _producers(nodes, declared)
+    if producers is None:
         return None
     head = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import)
     head.graph.name = g.name
-    return _infer_slices(head, g, slices, outside)
+    return _Slicer(g, head).run(nodes, size, producers)
 
 
-def _plan_slices(g: onnx.GraphProto, slices: list[_Slice]) -> _Outside | None:
-    """What the slices read from outside; None when a value is read before it is computed, or
-    computed twice or also declared as an input or initializer, or a declaration names a
-    value no node computes."""
-    inputs, inits = set(map(_NAME, g.input)), set(map(_NAME, g.initializer))
-    computed: set[str] = set()
-    for s in slices:
-        if not s.once or not s.made.isdisjoint(inputs) or not s.made.isdisjoint(inits):
-            return None
-        if not s.made.isdisjoint(computed) or s.reads - inputs - inits - computed:
-            return None
-        computed |= s.made
-    if not computed.issuperset(map(_NAME, chain(g.output, g.value_info))):
-        return None
-    reads = set().union(*(s.reads for s in slices))
-    return _Outside(reads & inputs, reads & inits, reads & computed)
+def _producers(nodes: list, names: set[str]) -> dict[str, int] | None:
+    """name -> index of the last node computing it, searched from the end (declared outputs
+    are mostly computed last); None when a name is computed by no node."""
+    found: dict[str, int] = {}
+    pending = set(names)
+    for stop in range(len(nodes), 0, -_SCAN):
+        if not pending:
+            break
+        start = max(0, stop - _SCAN)
+        chunk = nodes[start:stop]
+        hits = compress(count(), map(not_, map(pending.isdisjoint, map(_OUTPUT, chunk))))
+        for k in reversed(list(hits)):
+            for name in set(chunk[k].output) & pending:
+                found[name] = start + k
+            pending -= found.keys()
+    return None if pending else found
 
 
-def _infer_slices(head: onnx.ModelProto, g: onnx.GraphProto, slices: list[_Slice],
-                  outside: _Outside) -> Facts | None:
-    inputs = {vi.name: vi for vi in g.input if vi.name in outside.inputs}
-    inits = dict(zip(map(_NAME, g.initializer), g.initializer, strict=True))
-    outputs = {vi.name: vi for vi in g.output}
-    declared = {vi.name: k for k, vi in enumerate(g.value_info)}
-    typed: dict[str, onnx.ValueInfoProto] = {}  # computed values later slices read
-    merged_outputs: dict[str, onnx.ValueInfoProto] = {}
-    merged_declared: list[tuple[int, onnx.ValueInfoProto]] = []
-    kept: list[onnx.GraphProto] = []  # per slice, the value_info inference added
-    for s in slices:
+class _Slicer:
+    """Infers the slices in order, keeping each one's result as bytes."""
+
+    def __init__(self, g: onnx.GraphProto, head: onnx.ModelProto):
+        self.g, self.head = g, head
+        self.inputs = {vi.name: vi for vi in g.input}
+        self.init_index = dict(zip(map(_NAME, g.initializer), count()))
+        self.results: list[bytes] = []
+        self.made: list[set[str]] = []  # per slice, the values its result types
+        self.outputs: dict[str, onnx.ValueInfoProto] = {}  # declared, merged
+        self.declared: dict[str, onnx.ValueInfoProto] = {}  # value_info, merged
+        self.given = self.inputs.keys() | self.init_index.keys()
+        self._parsed: tuple[int, _Result] | None = None  # the last slice result read
+
+    def result(self, k: int) -> _Result:
+        """Slice k's result, parsed (the one read last is kept: mostly the previous slice's,
+        which the next slice reads from)."""
+        if self._parsed is None or self._parsed[0] != k:
+            self._parsed = (k, _Result(self.results[k]))
+        return self._parsed[1]
+
+    def run(self, nodes: list, size: int, producers: dict[str, int]) -> SlicedFacts | None:
+        computed: set[str] = set()
+        for a in range(0, len(nodes), size):
+            own = {n for n, at in producers.items() if a <= at < a + size}
+            made = self._infer(nodes[a:a + size], own, computed)
+            if made is None:
+                return None
+            self.made.append(made)
+            computed |= made
+        return SlicedFacts(self)
+
+    def _infer(self, nodes: list, own: set[str], computed: set[str]) -> set[str] | None:
+        """Infer one slice; the values it types, or None (see the module doc)."""
+        g = self.g
+        reads = set(chain.from_iterable(map(_INPUT, nodes)))
+        reads.discard("")
+        from_inputs, from_inits = reads & self.inputs.keys(), reads & self.init_index.keys()
+        from_slices = reads & computed
         part = onnx.ModelProto()
-        part.CopyFrom(head)
+        part.CopyFrom(self.head)
         pg = part.graph
-        pg.node.extend(s.nodes)
-        pg.input.extend(map(inputs.__getitem__, s.reads & outside.inputs))
-        pg.initializer.extend(map(inits.__getitem__, s.reads & outside.initializers))
-        pg.input.extend(map(typed.__getitem__, s.reads & outside.computed))
-        own = [name for name in s.made if name in declared]
-        pg.output.extend(outputs[n] for n in s.made if n in outputs)
-        pg.value_info.extend(g.value_info[declared[n]] for n in own)
-        result = _infer(part.SerializeToString())
-        if result is None:
+        pg.node.extend(nodes)
+        pg.input.extend(map(self.inputs.__getitem__, from_inputs))
+        pg.initializer.extend(map(g.initializer.__getitem__,
+                                  map(self.init_index.__getitem__, from_inits)))
+        pg.input.extend(map(self.value_info, from_slices))
+        pg.output.extend(vi for vi in g.output if vi.name in own)
+        pg.value_info.extend(vi for vi in g.value_info if vi.name in own)
+        data = _c_inference.infer_shapes(part.SerializeToString(), True, True, False)
+        del part  # check_type, strict, no data propagation: the full check's inference
+        if _GENERATED in data:
             return None
-        rg = result.graph  # copied out of it: a part of a message keeps all of it alive
-        merged_outputs.update((vi.name, _copy(vi)) for vi in rg.output)
-        merged_declared.extend(zip((declared[n] for n in own), map(_copy, rg.value_info),
-                                   strict=False))
-        new = onnx.GraphProto()
-        new.value_info.extend(rg.value_info[len(own):])
-        kept.append(new)
-        later = s.made & outside.computed
-        for seq in (rg.output, rg.value_info):
-            typed.update((vi.name, _copy(vi))
-                         for vi in compress(seq, map(later.__contains__, map(_NAME, seq))))
-    return _facts(g, merged_outputs, merged_declared, kept)
+        parsed = _Result(data)
+        made = set(parsed.names).union(map(_NAME, parsed.outputs))
+        if not made.isdisjoint(self.given) or not made.isdisjoint(computed) or (
+                reads - from_inputs - from_inits - from_slices - made):
+            return None
+        self.outputs.update((vi.name, _copy(vi)) for vi in parsed.outputs)
+        for name in own & set(parsed.names):
+            self.declared[name] = _copy(parsed.value_info_by_name(name))
+        self._parsed = (len(self.results), parsed)
+        self.results.append(data)
+        return made
+
+    def value_info(self, name: str) -> onnx.ValueInfoProto:
+        """The type a slice gave `name` (it computed it)."""
+        for seq in (self.outputs, self.declared):
+            if name in seq:
+                return seq[name]
+        k = next(k for k in range(len(self.made) - 1, -1, -1) if name in self.made[k])
+        return self.result(k).value_info_by_name(name)
+
+
+class _Result:
+    """One slice's inferred value_info, parsed from its bytes."""
+
+    def __init__(self, data: bytes):
+        graph = onnx.ModelProto.FromString(data).graph
+        self.value_info, self.outputs = graph.value_info, graph.output
+        self.names = list(map(_NAME, self.value_info))
+
+    def value_info_by_name(self, name: str) -> onnx.ValueInfoProto:
+        return self.value_info[len(self.names) - 1 - self.names[::-1].index(name)]
 
 
 def _copy(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
@@ -136,24 +164,62 @@ def _copy(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
     return out
 
 
-def _infer(data: bytes) -> onnx.ModelProto | None:
-    """One slice inferred as onnx's full check infers (None: a dim was named by inference)."""
-    inferred = _c_inference.infer_shapes(data, True, True, False)  # check_type, strict, no dp
-    if _GENERATED in inferred:
+class SlicedFacts(Mapping):
+    """name -> TensorFacts as `shapes.Facts` reads them off the whole graph's inference
+    (initializers, inputs, outputs, value_info; a later declaration wins), each read off the
+    one slice that typed it. Iterating, or a declaration that is not a tensor, reads them all."""
+
+    def __init__(self, slicer: _Slicer):
+        self._slicer = slicer
+        g = slicer.g
+        self._given = declared_facts([g.initializer, g.input])
+        self._all: Facts | None = None
+
+    def _last(self, name: str):
+        s = self._slicer
+        if name in s.declared:
+            return s.declared[name]
+        if name in s.outputs:
+            return s.outputs[name]
+        for k in range(len(s.made) - 1, -1, -1):
+            if name in s.made[k]:
+                return s.result(k).value_info_by_name(name)
         return None
-    result = onnx.ModelProto()
-    result.ParseFromString(inferred)
-    return result
+
+    def __getitem__(self, name: str) -> TensorFacts:
+        decl = self._last(name)
+        if decl is None:
+            return self._given[name]
+        fact = _tensor_facts(decl)
+        if fact is None:
+            return self._everything()[name]
+        return fact
+
+    def _everything(self) -> Facts:
+        if self._all is None:
+            s = self._slicer
+            outputs, declared = onnx.GraphProto(), onnx.GraphProto()
+            outputs.output.extend(s.outputs[vi.name] for vi in s.g.output)
+            declared.value_info.extend(s.declared[vi.name] for vi in s.g.value_info)
+            new = [onnx.ModelProto.FromString(d).graph.value_info for d in s.results]
+            self._all = declared_facts([s.g.initializer, s.g.input, outputs.output,
+                                        declared.value_info,
+                                        *[_without(seq, s.declared) for seq in new]])
+        return self._all
+
+    def __iter__(self):
+        return iter(self._everything())
+
+    def __len__(self) -> int:
+        return len(self._everything())
 
 
-def _facts(g: onnx.GraphProto, outputs: dict, declared: list, kept: list) -> Facts:
-    """The declarations the whole graph's inference would hold, in its order: initializers,
-    inputs, outputs (merged), value_info (the declared ones merged, then the added ones)."""
-    out = onnx.GraphProto()
-    out.output.extend(outputs[vi.name] for vi in g.output)
-    out.value_info.extend(vi for _, vi in sorted(declared, key=lambda e: e[0]))
-    return declared_facts([g.initializer, g.input, out.output, out.value_info,
-                           *(k.value_info for k in kept)])
+def _without(seq, declared: dict) -> list:
+    return [vi for vi in seq if vi.name not in declared]
 
 
-__all__ = ["SLICE_NODES", "infer_in_slices"]
+def _tensor_facts(decl: onnx.ValueInfoProto) -> TensorFacts | None:
+    return declared_facts([[decl]]).get(decl.name)
+
+
+__all__ = ["SLICE_NODES", "SlicedFacts", "infer_in_slices"]

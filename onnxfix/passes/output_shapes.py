@@ -97,7 +97,7 @@ def infer_for_plan(model: onnx.ModelProto, *, strict: bool = False) -> PlanFacts
     return PlanFacts(collect_facts(inferred_or_none(model) or model), None)
 
 
-def _strict_facts(model: onnx.ModelProto) -> tuple[Facts | None, bool]:
+def _strict_facts(model: onnx.ModelProto) -> tuple[Mapping | None, bool]:
     """The strict inference's facts (a large graph inferred in slices where that gives the
     whole graph's: graph.sliced_inference), and whether it passed."""
     try:
