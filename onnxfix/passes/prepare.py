@@ -44,16 +44,18 @@ class Prepared:
 def prepare(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> Prepared:
     """call(model) -> Prepared: copy, inline random functions, name dims, fix dims.
 
-    A model that needs none of these is not copied: the Prepared holds `model` itself
-    (`as_input`), which the passes after it only read (a copy of a 100k-node graph is 50 MB
-    at the peak of the plan's inference)."""
-    sites = find_sites(model)
-    if sites and _as_it_is(model, sites, dims):
-        trip_names = iteration_dim_names(model, sites)
-        return Prepared(model, True, trip_names, {}, sites, True)
+    A model that needs none of these (no dims given, no local function, no unnamed input
+    dim, no inlining mark for the plan to take off a random node: functions.take_origin) is
+    not copied: the Prepared holds `model` itself (`as_input`), which the passes after it
+    only read (a copy of a 100k-node graph is 50 MB at the peak of the plan's inference)."""
+    shared = None
+    if not dims and not model.functions and not has_unnamed_input_dims(model):
+        shared = find_sites(model)
+        if shared and not any(take_origin_mark(s.node) for s in shared):
+            return Prepared(model, True, iteration_dim_names(model, shared), {}, shared, True)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    sites = find_sites(out)
+    sites = find_sites(out) if shared is None or shared else []
     if not sites:
         fix_dims(out, dims or {})
         return Prepared(out, random=False)
@@ -66,13 +68,6 @@ def prepare(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> Prepa
     trip_names = iteration_dim_names(out, sites)
     fixed = fix_dims(out, dims or {}, extra=set(trip_names.values()))
     return Prepared(out, True, trip_names, fixed, sites, same)
-
-
-def _as_it_is(model: onnx.ModelProto, sites: list[Site], dims: dict[str, int] | None) -> bool:
-    """Nothing to inline, no dim to name or fix, no inlining mark for the plan to take off
-    a random node (graph.functions.take_origin): preparing would only copy `model`."""
-    return (not dims and not model.functions and not has_unnamed_input_dims(model)
-            and not any(take_origin_mark(s.node) for s in sites))
 
 
 def scope_key(scope: Scope) -> str:
