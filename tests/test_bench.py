@@ -114,3 +114,35 @@ g (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }
     check = _options_seen(monkeypatch, lambda: make_session(model))
     assert len(check) == 1 and check[0][0] == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     assert _options_seen(monkeypatch, run_floor) == check * 2  # the original and the rewrite
+
+
+FAKE_FLOORS = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("bench", sys.argv[1])
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench"] = bench
+spec.loader.exec_module(bench)
+def fake(args):
+    small = bench.Row("small", [sys.executable, "-c", "pass"])
+    cand = bench.Row("cand", [sys.executable, "-c", "pass"])
+    big = bench.Row("heavy floor", [sys.executable, "-c", "b = b'x' * 300_000_000"])
+    light = bench.Row("light floor", [sys.executable, "-c", "pass"])
+    target = bench.Target("fake", cand, small, "RSS", 1.5)
+    return bench.Scenario("fake", [small, cand, big, light], [target],
+                          [bench.Floor(target, big), bench.Floor(target, light)])
+bench.SCENARIOS["startup"] = fake
+sys.exit(bench.main(sys.argv[2:]))
+"""
+
+
+def test_stack_floors_get_their_own_table_with_a_verdict_against_the_target(tmp_path):
+    argv = [sys.executable, "-c", FAKE_FLOORS, str(BENCH), "--scenario", "startup", "--runs",
+            "1", "--work", str(tmp_path), "--assert"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr  # floors are not targets: nothing is missed
+    out = proc.stdout.splitlines()
+    start = next(i for i, line in enumerate(out) if line.startswith("Stack floors:"))
+    rows = [line.split() for line in out[start + 2:start + 4]]
+    assert [r[1:3] for r in rows] == [["heavy", "floor"], ["light", "floor"]]
+    assert rows[0][-2:] == ["above", "target"] and rows[1][-2:] == ["within", "target"]
+    assert float(rows[0][-5].rstrip("x")) > 1.5  # its RSS ratio against "small"
