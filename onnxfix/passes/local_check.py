@@ -44,9 +44,10 @@ readers refuse it otherwise: `input_checked`), and 6-9 hold, the output passes i
    each replaced node and inserts its replacements in its place), so every node reading a
    draw comes after the replacements, which define it.
 9. Every name the replacements define, but the draws, and every noise input name occur
-   nowhere in the input's serialized graph (fresh). The patch - the replacement nodes in
-   order, the graph inputs and initializers they read, the noise inputs, the output's
-   metadata, ir_version and opset imports - passes the basic check.
+   nowhere in the input (fresh: the plan's name allocator, made before it named anything,
+   says so from the input's serialized bytes or its every name). The patch - the replacement
+   nodes in order, the graph inputs and initializers they read, the noise inputs, the
+   output's metadata, ir_version and opset imports - passes the basic check.
 Then every input node checks as in the input (same node, same opsets; no subgraph, 1); it reads
 names the input defined before it, or draws, now defined earlier by a replacement (8); the
 replacement nodes read graph inputs, initializers and earlier replacement outputs (9, 8); names
@@ -106,8 +107,11 @@ def local_proof(model_plan, emitted, out: onnx.ModelProto, original: onnx.ModelP
     alone = _alone_if_full(model_plan, emitted, out)
     if alone is None:
         return False, None
-    patch = basic_check_patch(original, emitted, out, alone) if input_checked else None
-    return True, patch
+    if not input_checked or model_plan.names_before is None:
+        return True, None
+    # the plan's names before it named anything: the prepared model's, which is the input
+    taken = model_plan.names_before.copy().taken
+    return True, basic_check_patch(original, emitted, out, alone, taken)
 
 
 def _alone_if_full(model_plan, emitted, out: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -141,8 +145,9 @@ def _alone_if_full(model_plan, emitted, out: onnx.ModelProto) -> onnx.ModelProto
 # -- the output's basic check from the input's and the patch's (steps 6-9) ----------------
 
 def basic_check_patch(original: onnx.ModelProto, emitted, out: onnx.ModelProto,
-                      alone: onnx.ModelProto) -> onnx.ModelProto | None:
-    """The patch model (step 9) when steps 6-8 hold for `out` against `original`, else None."""
+                      alone: onnx.ModelProto, taken) -> onnx.ModelProto | None:
+    """The patch model (step 9) when steps 6-8 hold for `out` against `original`, else None.
+    taken: name -> whether the input holds it anywhere (graph.naming.NameAllocator.taken)."""
     g, before = out.graph, original.graph
     front = [node for e in emitted.sites for _, node, _ in e.prepends]
     nodes = front + [node for e in emitted.sites for node in e.nodes]  # in the output's order
@@ -154,8 +159,7 @@ def basic_check_patch(original: onnx.ModelProto, emitted, out: onnx.ModelProto,
         return None
     draws = {o for e in emitted.sites for o in e.plan.site.node.output if o}
     defined = [o for n in nodes for o in n.output if o and o not in draws]
-    taken = before.SerializeToString()
-    if any(name.encode() in taken for name in (*defined, *map(_NAME, noise))):
+    if any(map(taken, (*defined, *map(_NAME, noise)))):
         return None  # not provably fresh
     patch = onnx.ModelProto(ir_version=out.ir_version, metadata_props=out.metadata_props,
                             opset_import=out.opset_import)
