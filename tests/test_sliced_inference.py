@@ -57,10 +57,11 @@ def test_a_chain_inferred_in_slices_has_the_whole_graphs_facts():
     for out in model.graph.output:  # the plan infers with the outputs' shapes cleared
         out.type.tensor_type.ClearField("shape")
     for size in (1, 3, 8, 39):
-        sliced = infer_in_slices(model, size)
+        sliced = infer_in_slices(model, size, 0)
         assert sliced is not None
         _assert_same_facts(sliced, model)
-    assert infer_in_slices(model, 40) is None  # one slice: inferred whole, as before
+    assert infer_in_slices(model, 40, 0) is None  # one slice: inferred whole, as before
+    assert infer_in_slices(model, 3) is None  # few nodes: inferred whole, as before
 
 
 def _fixtures_read_no_propagated_data() -> list[Path]:
@@ -82,9 +83,9 @@ def test_every_flat_fixture_inferred_in_slices_has_the_whole_graphs_facts():
             _whole(model)
         except Exception:  # noqa: BLE001 - fails strict inference: a slice must fail too
             with pytest.raises(Exception):  # noqa: B017,PT011
-                infer_in_slices(model, 1)
+                infer_in_slices(model, 1, 0)
             continue
-        sliced = infer_in_slices(model, 1)
+        sliced = infer_in_slices(model, 1, 0)
         if sliced is not None:
             sliced_some += 1
             _assert_same_facts(sliced, model)
@@ -112,7 +113,7 @@ def test_what_slicing_cannot_vouch_for_is_inferred_whole(text, why):
     if "twice" in why:
         model.graph.input.append(onnx.helper.make_tensor_value_info(
             "y", onnx.TensorProto.FLOAT, [2]))
-    assert infer_in_slices(model, 1) is None, why
+    assert infer_in_slices(model, 1, 0) is None, why
 
 
 def test_a_value_read_before_it_is_computed_is_inferred_whole():
@@ -126,7 +127,7 @@ g (float[2] x) => (float[2] z) {
 }
 """)
     _whole(model)
-    assert infer_in_slices(model, 1) is None
+    assert infer_in_slices(model, 1, 0) is None
 
 
 def test_a_slice_failing_strict_inference_fails_the_plans_strict_inference():
@@ -141,7 +142,7 @@ g (float[2] x, float[3] w) => (float[2] z) {
     with pytest.raises(onnx.shape_inference.InferenceError):
         _whole(model)
     with pytest.raises(onnx.shape_inference.InferenceError):
-        infer_in_slices(model, 1)
+        infer_in_slices(model, 1, 0)
 
 
 def test_a_rewrite_with_sliced_inference_writes_what_the_whole_inference_writes(monkeypatch):
@@ -153,7 +154,7 @@ def test_a_rewrite_with_sliced_inference_writes_what_the_whole_inference_writes(
 
     def sliced(m):
         calls.append(len(m.graph.node))
-        return real(m, 16)
+        return real(m, 16, 0)
 
     monkeypatch.setattr(output_shapes, "infer_in_slices", sliced)
     out_sliced, report_sliced = onnxfix.rewrite(model, check=False)

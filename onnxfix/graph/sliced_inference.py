@@ -30,19 +30,25 @@ from onnx.onnx_cpp2py_export import shape_inference as _c_inference
 
 from onnxfix.graph.shapes import Facts, TensorFacts, declared_facts
 
-# Nodes per slice: about 20 MB of onnx's inference each; smaller graphs are inferred whole.
+# Nodes per slice: about 25 MB of onnx's inference each.
 SLICE_NODES = 8192
+# Graphs up to this many nodes are inferred whole: their inference (~2.2 KB a node) weighs
+# little next to the rest, and slicing costs some Python per node (reading every node's
+# inputs, copying the nodes and the initializers each slice reads).
+WHOLE_UP_TO = 32768
 _INPUT, _OUTPUT, _NAME = attrgetter("input"), attrgetter("output"), attrgetter("name")
 _GENERATED = b"unk__"  # onnx's prefix for the dims it names
 _SCAN = 512  # nodes per step of the backward search for declared values' producers
 
 
-def infer_in_slices(model: onnx.ModelProto, size: int = SLICE_NODES) -> SlicedFacts | None:
+def infer_in_slices(model: onnx.ModelProto, size: int = SLICE_NODES,
+                    whole_up_to: int = WHOLE_UP_TO) -> SlicedFacts | None:
     """The facts of a strict, type-checked inference of `model` (a flat graph, see the module
-    doc), inferred in slices of `size` nodes; None where slicing may not give the whole
-    inference's facts (infer the whole graph then). A failing slice raises onnx's error."""
+    doc), inferred in slices of `size` nodes; None for a graph of at most `whole_up_to` or
+    `size` nodes, and where slicing may not give the whole inference's facts (infer the whole
+    graph then). A failing slice raises onnx's error."""
     g = model.graph
-    if len(g.node) <= size or g.sparse_initializer:
+    if len(g.node) <= max(size, whole_up_to) or g.sparse_initializer:
         return None
     nodes = list(g.node)
     declared = {vi.name for vi in chain(g.output, g.value_info)}
@@ -79,11 +85,13 @@ class _Slicer:
         self.g, self.head = g, head
         self.inputs = {vi.name: vi for vi in g.input}
         self.init_index = dict(zip(map(_NAME, g.initializer), count()))
+        # as sets: `reads & keys()` would walk every key, a set intersection the smaller set
+        self.input_names, self.init_names = set(self.inputs), set(self.init_index)
         self.results: list[bytes] = []
         self.made: list[set[str]] = []  # per slice, the values its result types
         self.outputs: dict[str, onnx.ValueInfoProto] = {}  # declared, merged
         self.declared: dict[str, onnx.ValueInfoProto] = {}  # value_info, merged
-        self.given = self.inputs.keys() | self.init_index.keys()
+        self.given = self.input_names | self.init_names
         self._parsed: tuple[int, _Result] | None = None  # the last slice result read
 
     def result(self, k: int) -> _Result:
@@ -109,7 +117,7 @@ class _Slicer:
         g = self.g
         reads = set(chain.from_iterable(map(_INPUT, nodes)))
         reads.discard("")
-        from_inputs, from_inits = reads & self.inputs.keys(), reads & self.init_index.keys()
+        from_inputs, from_inits = reads & self.input_names, reads & self.init_names
         from_slices = reads & computed
         part = onnx.ModelProto()
         part.CopyFrom(self.head)
@@ -222,4 +230,4 @@ def _tensor_facts(decl: onnx.ValueInfoProto) -> TensorFacts | None:
     return declared_facts([[decl]]).get(decl.name)
 
 
-__all__ = ["SLICE_NODES", "SlicedFacts", "infer_in_slices"]
+__all__ = ["SLICE_NODES", "WHOLE_UP_TO", "SlicedFacts", "infer_in_slices"]
