@@ -47,13 +47,17 @@ g (float[batch, 4] x, float[4] w) => (float[batch, 4] a{n - 1}, float[batch, 4] 
 """
 
 
-def test_a_chain_inferred_in_slices_has_the_whole_graphs_facts():
+@pytest.mark.parametrize("every_value_declared", [False, True])
+def test_a_chain_inferred_in_slices_has_the_whole_graphs_facts(every_value_declared):
     """Values read across slices (a skip of 7 nodes, an input read by every other node),
-    a graph output computed mid-graph and one at the end, declared value_info."""
+    a graph output computed mid-graph and one at the end, declared value_info (some, or every
+    value's as an earlier inference leaves them)."""
     model = parse(_chain(40))
     model.graph.value_info.extend([
         onnx.helper.make_tensor_value_info("a12", onnx.TensorProto.FLOAT, ["batch", 4]),
         onnx.helper.make_tensor_value_info("a30", onnx.TensorProto.FLOAT, None)])
+    if every_value_declared:
+        model = onnx.shape_inference.infer_shapes(model)
     for out in model.graph.output:  # the plan infers with the outputs' shapes cleared
         out.type.tensor_type.ClearField("shape")
     for size in (1, 3, 8, 39):

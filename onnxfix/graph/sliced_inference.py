@@ -52,6 +52,9 @@ def infer_in_slices(model: onnx.ModelProto, size: int = SLICE_NODES,
         return None
     nodes = list(g.node)
     declared = {vi.name for vi in chain(g.output, g.value_info)}
+    if len(set(map(_NAME, g.output))) != len(g.output) or len(
+            set(map(_NAME, g.value_info))) != len(g.value_info):
+        return None  # a name declared twice: which declaration inference merges is its own
     producers = _producers(nodes, declared)
     if producers is None:
         return None
@@ -87,6 +90,8 @@ class _Slicer:
         self.init_index = dict(zip(map(_NAME, g.initializer), count()))
         # as sets: `reads & keys()` would walk every key, a set intersection the smaller set
         self.input_names, self.init_names = set(self.inputs), set(self.init_index)
+        self.outputs_declared = {vi.name: vi for vi in g.output}
+        self.value_info_index = dict(zip(map(_NAME, g.value_info), count()))
         self.results: list[bytes] = []
         self.made: list[set[str]] = []  # per slice, the values its result types
         self.outputs: dict[str, onnx.ValueInfoProto] = {}  # declared, merged
@@ -103,9 +108,11 @@ class _Slicer:
 
     def run(self, nodes: list, size: int, producers: dict[str, int]) -> SlicedFacts | None:
         computed: set[str] = set()
-        for a in range(0, len(nodes), size):
-            own = {n for n, at in producers.items() if a <= at < a + size}
-            made = self._infer(nodes[a:a + size], own, computed)
+        owns: dict[int, set[str]] = {}  # slice -> the declared values it computes
+        for name, at in producers.items():
+            owns.setdefault(at // size, set()).add(name)
+        for k, a in enumerate(range(0, len(nodes), size)):
+            made = self._infer(nodes[a:a + size], owns.get(k, set()), computed)
             if made is None:
                 return None
             self.made.append(made)
@@ -127,8 +134,9 @@ class _Slicer:
         pg.initializer.extend(map(g.initializer.__getitem__,
                                   map(self.init_index.__getitem__, from_inits)))
         pg.input.extend(map(self.value_info, from_slices))
-        pg.output.extend(vi for vi in g.output if vi.name in own)
-        pg.value_info.extend(vi for vi in g.value_info if vi.name in own)
+        pg.output.extend(self.outputs_declared[n] for n in own if n in self.outputs_declared)
+        pg.value_info.extend(g.value_info[self.value_info_index[n]] for n in own
+                             if n in self.value_info_index)
         data = _c_inference.infer_shapes(part.SerializeToString(), True, True, False)
         del part  # check_type, strict, no data propagation: the full check's inference
         if _GENERATED in data:
