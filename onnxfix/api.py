@@ -135,7 +135,8 @@ def _rewrite(original, source, skeleton, options: RewriteOptions, settings: Chec
     model_plan = plan_model(original, options)
     new_model, emitted = apply_emitted(original, model_plan, options.mode, seed=options.seed,
                                        noise_dtype=options.noise_dtype,
-                                       max_draw_bytes=options.max_draw_bytes)
+                                       max_draw_bytes=options.max_draw_bytes,
+                                       input_checked=True)  # _open checked it
     records = emitted.records
     rewritten = any(r.status == "rewritten" for r in records)
     report = RewriteReport(

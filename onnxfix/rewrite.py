@@ -15,7 +15,7 @@ import onnx
 from onnxfix.graph.find import Site
 from onnxfix.options import RewriteOptions
 from onnxfix.passes.emit import DEFAULT_MAX_DRAW_BYTES, MODES, NOISE_DTYPES, Emitted, emit
-from onnxfix.passes.local_check import full_check_follows
+from onnxfix.passes.local_check import local_proof
 from onnxfix.passes.plan import ModelPlan, SitePlan, plan
 from onnxfix.passes.prepare import prepare
 from onnxfix.passes.splice import splice
@@ -47,8 +47,12 @@ def apply_plan(original: onnx.ModelProto, model_plan: ModelPlan, mode: str, *, s
 def apply_emitted(original: onnx.ModelProto, model_plan: ModelPlan, mode: str, *,
                   seed: int = 0, noise_dtype: str = "same",
                   max_draw_bytes: int = DEFAULT_MAX_DRAW_BYTES,
-                  allow_unbounded: bool = False) -> tuple[onnx.ModelProto, Emitted]:
-    """apply_plan, returning what the emit made (the replacements) instead of the records."""
+                  allow_unbounded: bool = False,
+                  input_checked: bool = False) -> tuple[onnx.ModelProto, Emitted]:
+    """apply_plan, returning what the emit made (the replacements) instead of the records.
+
+    input_checked: `original` is known to pass onnx's basic check (the API's readers check
+    it): the output's basic check may then follow from it (passes.local_check)."""
     emitted = emit(model_plan, mode, seed=seed, noise_dtype=noise_dtype,
                    max_draw_bytes=max_draw_bytes, allow_unbounded=allow_unbounded)
     out = splice(emitted)
@@ -56,7 +60,8 @@ def apply_emitted(original: onnx.ModelProto, model_plan: ModelPlan, mode: str, *
         return out, emitted
     tidy(original, out, emitted.noise_meta, emitted.seed_meta)
     if emitted.sites:
-        validate(original, out, full_follows=full_check_follows(model_plan, emitted, out))
+        full_follows, patch = local_proof(model_plan, emitted, out, original, input_checked)
+        validate(original, out, full_follows=full_follows, patch=patch)
     return out, emitted
 
 

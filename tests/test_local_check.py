@@ -13,7 +13,11 @@ from conftest import parse, run
 import onnxfix
 from onnxfix.errors import ModelError
 from onnxfix.options import RewriteOptions
-from onnxfix.passes.local_check import full_check_follows, reads_no_propagated_data
+from onnxfix.passes.local_check import (
+    full_check_follows,
+    local_proof,
+    reads_no_propagated_data,
+)
 from onnxfix.rewrite import apply_emitted, plan_model
 
 rewrite_module = importlib.import_module("onnxfix.rewrite")  # onnxfix.rewrite: the API function
@@ -47,14 +51,17 @@ g (float[2] x, float[3] w) => (float[2] y) {
 """
 
 
-def _checker_calls(monkeypatch) -> list[bool]:
-    """full_check of every onnx.checker.check_model call made on a proto."""
+def _checker_calls(monkeypatch, nodes: list | None = None) -> list[bool]:
+    """full_check of every onnx.checker.check_model call made on a proto (and, in `nodes`,
+    the op types of the model it checked)."""
     calls = []
     real = onnx.checker.check_model
 
     def counted(model, full_check=False, *args, **kwargs):
         if isinstance(model, onnx.ModelProto):
             calls.append(bool(full_check))
+            if nodes is not None:
+                nodes.append([n.op_type for n in model.graph.node])
         return real(model, full_check, *args, **kwargs)
 
     monkeypatch.setattr(onnx.checker, "check_model", counted)
@@ -63,10 +70,13 @@ def _checker_calls(monkeypatch) -> list[bool]:
 
 def test_a_flat_graph_is_checked_at_the_basic_level_and_passes_the_full_check(monkeypatch):
     model = parse(FLAT)  # parse checks it in full
-    calls = _checker_calls(monkeypatch)
+    checked = []
+    calls = _checker_calls(monkeypatch, checked)
     new, report = onnxfix.rewrite(model, check=False)
-    # the API checks its input (basic), then validate checks the output, basic only
+    # the API checks its input (basic), then validate the replacement nodes alone (basic):
+    # the output is not checked whole (local_check, steps 6-9)
     assert calls == [False, False]
+    assert checked == [["Relu", "RandomNormalLike", "Add"], ["Constant", "Mul"]]
     onnx.checker.check_model(new, full_check=True)
     y = run(new, {"x": np.ones((2, 4), np.float32),
                   "noise_r": np.full((2, 4), 0.5, np.float32)})["y"]
@@ -124,10 +134,21 @@ def _double_scale(e) -> None:
         np.array(2.0, np.float64), const.attribute[0].t.name))
 
 
+def _name_taken(e) -> None:
+    """The scale constant renamed to the graph input's name: not fresh (SSA broken)."""
+    const = next(n for n in e.nodes if n.op_type == "Constant")
+    old = const.output[0]
+    const.output[0] = "x"
+    for n in e.nodes:
+        n.input[:] = ["x" if i == old else i for i in n.input]
+
+
 @pytest.mark.parametrize("spoil, text", [
     (_bogus_attribute, "Unrecognized attribute: bogus for operator Mul"),
     # passes the basic check, fails strict inference: not proven alone, so checked whole
     (_double_scale, "B has inconsistent type tensor(double)"),
+    # not fresh: the patch does not stand for the output, which is checked whole
+    (_name_taken, "'x' has been used as output names multiple times"),
 ])
 def test_an_invalid_replacement_is_refused_in_the_same_words(monkeypatch, spoil, text):
     """The words the whole check gives (the local argument switched off) are the refusal."""
@@ -136,7 +157,7 @@ def test_an_invalid_replacement_is_refused_in_the_same_words(monkeypatch, spoil,
     refusals = []
     for switched_off in (False, True):
         if switched_off:
-            monkeypatch.setattr(rewrite_module, "full_check_follows", lambda *a: False)
+            monkeypatch.setattr(rewrite_module, "local_proof", lambda *a: (False, None))
         with pytest.raises(ModelError) as info:
             onnxfix.rewrite(model, check=False)
         refusals.append(str(info.value))
@@ -158,3 +179,74 @@ def test_a_new_name_declared_in_value_info_is_not_proven(monkeypatch):
     out.graph.value_info.append(onnx.helper.make_tensor_value_info(
         scale, onnx.TensorProto.FLOAT, [7]))
     assert not full_check_follows(model_plan, emitted, out)
+
+
+def _proof(model, out_edit=None):
+    model_plan = plan_model(model, RewriteOptions())
+    out, emitted = apply_emitted(model, model_plan, "input-noise")
+    if out_edit is not None:
+        out_edit(out)
+    return local_proof(model_plan, emitted, out, model, input_checked=True)
+
+
+def _draw_producer_last(out) -> None:
+    nodes = list(out.graph.node)
+    last = next(n for n in nodes if "r" in n.output)
+    del out.graph.node[:]
+    out.graph.node.extend([n for n in nodes if n is not last] + [last])
+
+
+def _node_dropped(out) -> None:
+    del out.graph.node[0]
+
+
+def _input_added(out) -> None:
+    out.graph.input.append(onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1]))
+
+
+def _metadata_doubled(out) -> None:
+    out.metadata_props.extend([out.metadata_props[0]])
+
+
+@pytest.mark.parametrize("edit, whole_check_error", [
+    (_draw_producer_last, "Nodes in a graph must be topologically sorted"),
+    (_node_dropped, "Nodes in a graph must be topologically sorted"),
+    (_input_added, None),
+])
+def test_the_patch_stands_only_for_an_output_that_is_the_input_plus_the_patch(edit,
+                                                                            whole_check_error):
+    model = parse(FLAT)
+    assert _proof(model)[1] is not None
+    full_follows, patch = _proof(model, edit)
+    assert full_follows and patch is None
+    out = _edited_output(model, edit)
+    if whole_check_error is None:
+        onnx.checker.check_model(out)  # a change the argument does not cover: checked whole
+    else:
+        with pytest.raises(onnx.checker.ValidationError, match=whole_check_error):
+            onnx.checker.check_model(out)
+
+
+def _edited_output(model, edit):
+    model_plan = plan_model(model, RewriteOptions())
+    out, _ = apply_emitted(model, model_plan, "input-noise")
+    edit(out)
+    return out
+
+
+def test_the_patch_carries_the_metadata_so_a_duplicate_key_is_refused(monkeypatch):
+    model = parse(FLAT)
+    full_follows, patch = _proof(model, _metadata_doubled)
+    assert full_follows
+    with pytest.raises(onnx.checker.ValidationError, match="duplicate keys in metadata_props"):
+        onnx.checker.check_model(patch)
+
+
+def test_an_input_not_known_to_pass_its_basic_check_gets_the_whole_output_checked(monkeypatch):
+    """rewrite_model takes any proto, unchecked: the output's basic check runs whole."""
+    model = parse(FLAT)
+    checked = []
+    calls = _checker_calls(monkeypatch, checked)
+    rewrite_module.rewrite_model(model, "input-noise")
+    assert calls == [False]
+    assert checked == [["Relu", "Constant", "Mul", "Add"]]

@@ -47,6 +47,11 @@ def _called(model: onnx.ModelProto, funcs: set) -> bool:
                for n in g.node)
 
 
+def take_origin_mark(node: onnx.NodeProto) -> bool:
+    """Whether `take_origin` would change the node (its doc_string holds the mark)."""
+    return node.doc_string.startswith(_ORIGIN_MARK)
+
+
 def take_origin(node: onnx.NodeProto) -> str:
     doc = node.doc_string
     if not doc.startswith(_ORIGIN_MARK):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from itertools import compress, count
+from itertools import compress, count, tee
 from operator import attrgetter, not_, or_
 
 import onnx
@@ -39,11 +39,13 @@ class GraphEdits:
 
     def apply(self) -> None:
         for _, graph, replaced, front in sorted(self.by_graph.values(), key=lambda e: -e[0]):
-            remove_dead_producers(graph, splice(graph, replaced, front))
+            freed, first = splice(graph, replaced, front)
+            remove_dead_producers(graph, freed, start=first)
 
 
-def splice(graph, replaced: dict[str, list], front: list) -> list[str]:
-    """Put each random node's replacement where it stood; return the inputs it no longer reads.
+def splice(graph, replaced: dict[str, list], front: list) -> tuple[list[str], int]:
+    """Put each random node's replacement where it stood; return the inputs it no longer reads
+    and where the first replacement now stands (their other readers are likely after it).
 
     A few edits are made in place (a 100k-node graph is not copied for one replaced node);
     many rebuild the node list once, as each in-place edit moves the nodes after it."""
@@ -54,9 +56,10 @@ def splice(graph, replaced: dict[str, list], front: list) -> list[str]:
     for k in hits:
         still = {i for n in replaced[nodes[k].output[0]] for i in n.input}
         freed.extend(i for i in nodes[k].input if i and i not in still)
+    first = hits[0] + len(front) if hits else 0
     if len(hits) + len(front) > IN_PLACE_EDITS:
         _rebuild(graph, replaced, front, set(hits))
-        return freed
+        return freed, first
     for k in reversed(hits):
         new = replaced[nodes[k].output[0]]
         del nodes[k]
@@ -64,7 +67,7 @@ def splice(graph, replaced: dict[str, list], front: list) -> list[str]:
             nodes.insert(k + j, node)
     for j, node in enumerate(front):
         nodes.insert(j, node)
-    return freed
+    return freed, first
 
 
 def _rebuild(graph, replaced: dict[str, list], front: list, hits: set[int]) -> None:
@@ -107,26 +110,40 @@ def names_used(graph: onnx.GraphProto) -> set[str]:
     return used
 
 
-def _any_unread(graph: onnx.GraphProto, freed: list[str]) -> bool:
+def _any_unread(graph: onnx.GraphProto, freed: list[str], start: int = 0) -> bool:
     """Whether a freed name is read by no node and is no graph input or output: the common
     case (the input of a *Like op still feeds the rest of the graph) needs no reader counts."""
-    return bool(unread(graph, set(freed) - {i.name for i in graph.input}))
+    return bool(unread(graph, set(freed) - {i.name for i in graph.input}, start))
 
 
-def unread(graph: onnx.GraphProto, names: set[str]) -> set[str]:
+# the reader walk takes the nodes from `start` on in slices of this many, then those before
+_ROTATION = 512
+
+
+def _rotated(nodes, start: int):
+    """The nodes from `start` to the end, then from the first to `start`."""
+    n = len(nodes)
+    start = start if 0 < start < n else 0
+    for a, stop in ((start, n), (0, start)):
+        for b in range(a, stop, _ROTATION):
+            yield from nodes[b:min(b + _ROTATION, stop)]
+
+
+def unread(graph: onnx.GraphProto, names: set[str], start: int = 0) -> set[str]:
     """Those of `names` that no node of `graph` (or of its subgraphs) reads and that are no
     graph output: `names - names_used(graph)`, with the walk stopping once every name has
-    a reader (a 100k-node graph is read only up to the readers it looks for)."""
+    a reader (a 100k-node graph is read only up to the readers it looks for). The walk
+    starts at node `start` (where the readers most likely are: after the names' producers)
+    and wraps around, so the answer does not depend on it."""
     pending = set(names) - {o.name for o in graph.output}
     if not pending:
         return pending
-    nodes = graph.node
     # The nodes that read a pending name or have attributes (only then can they hold a
     # subgraph) are picked out in C: `pending` shrinks in place, so the map sees what is
     # still pending, and a Python step is taken only per such node.
-    reads = map(not_, map(pending.isdisjoint, map(_INPUT, nodes)))
-    for k in compress(count(), map(or_, reads, map(bool, map(_ATTRIBUTES, nodes)))):
-        node = nodes[k]
+    data, inputs, attributes = tee(_rotated(graph.node, start), 3)
+    reads = map(not_, map(pending.isdisjoint, map(_INPUT, inputs)))
+    for node in compress(data, map(or_, reads, map(bool, map(_ATTRIBUTES, attributes)))):
         pending.difference_update(node.input)
         if node.attribute:
             pending -= names_read(node)
@@ -135,13 +152,13 @@ def unread(graph: onnx.GraphProto, names: set[str]) -> set[str]:
     return pending
 
 
-def remove_dead_producers(graph: onnx.GraphProto, freed: list[str]) -> None:
+def remove_dead_producers(graph: onnx.GraphProto, freed: list[str], start: int = 0) -> None:
     """Drop the chains (Shape -> ConstantOfShape ...) that only fed the removed random nodes.
 
     Only what the rewrite made dead goes: nodes and initializers that were dead before stay.
     A subgraph's outputs and inputs stay, and so does anything read from an inner scope.
     """
-    if not freed or not _any_unread(graph, freed):
+    if not freed or not _any_unread(graph, freed, start):
         return
     keep_alive = {o.name for o in graph.output} | {i.name for i in graph.input}
     readers: dict[str, int] = {}

@@ -69,20 +69,28 @@ class Facts(Mapping):
     was a tenth of such a rewrite). A name whose last declaration is not a tensor falls back
     to its last tensor declaration."""
 
-    def __init__(self, model: onnx.ModelProto):
-        self._graphs = [g for g, _ in iter_graphs(model) if isinstance(g, onnx.GraphProto)]
+    def __init__(self, model: onnx.ModelProto | None, seqs: list | None = None):
+        graphs = [] if model is None else [g for g, _ in iter_graphs(model)
+                                           if isinstance(g, onnx.GraphProto)]
         # in the order in which a later declaration wins
-        self._seqs = [seq for g in self._graphs
-                      for seq in (g.initializer, g.input, g.output, g.value_info)]
-        self._names: list[list[str]] | None = None
+        self._seqs = seqs if seqs is not None else [
+            seq for g in graphs for seq in (g.initializer, g.input, g.output, g.value_info)]
+        self._names: list[list[str] | None] | None = None
         self._index: dict[str, tuple[int, int]] | None = None
         self._searches = 0
         self._done: dict[str, TensorFacts | None] = {}
 
     def _all_names(self) -> list[list[str]]:
+        return [self._names_of(k) for k in range(len(self._seqs))]
+
+    def _names_of(self, k: int) -> list[str]:
+        """The names of one sequence, listed on first use (a name found in a later sequence
+        never lists the earlier ones: a 100k-node graph's initializers, say)."""
         if self._names is None:
-            self._names = [list(map(_NAME, seq)) for seq in self._seqs]
-        return self._names
+            self._names = [None] * len(self._seqs)
+        if self._names[k] is None:
+            self._names[k] = list(map(_NAME, self._seqs[k]))
+        return self._names[k]
 
     def _where(self, name: str) -> tuple[int, int] | None:
         """(sequence, position) of the last declaration of `name`, or None."""
@@ -93,7 +101,8 @@ class Facts(Mapping):
         if self._index is not None:
             return self._index.get(name)
         self._searches += 1
-        for k, names in reversed(list(enumerate(self._all_names()))):
+        for k in reversed(range(len(self._seqs))):
+            names = self._names_of(k)
             if name in names:
                 return k, len(names) - 1 - names[::-1].index(name)
         return None
@@ -115,14 +124,10 @@ class Facts(Mapping):
 
     def _last_tensor(self, name: str) -> TensorFacts | None:
         found = None
-        for g in self._graphs:
-            for t in g.initializer:
-                if t.name == name:
-                    found = self._convert(t)
-            for seq in (g.input, g.output, g.value_info):
-                for vi in seq:
-                    fact = _facts_from_type(vi.type) if vi.name == name else None
-                    found = fact if fact is not None else found
+        for seq in self._seqs:  # an initializer always converts
+            for decl in seq:
+                fact = self._convert(decl) if decl.name == name else None
+                found = fact if fact is not None else found
         return found
 
     def __getitem__(self, name: str) -> TensorFacts:
@@ -142,6 +147,12 @@ class Facts(Mapping):
 def collect_facts(model: onnx.ModelProto) -> Facts:
     """Types and shapes declared anywhere in the model (all graphs share one namespace)."""
     return Facts(model)
+
+
+def declared_facts(seqs: list) -> Facts:
+    """Facts over sequences of declarations (initializers or value infos), a later one
+    winning, as a model's graphs would list them."""
+    return Facts(None, seqs)
 
 
 def inferred_or_none(model: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -235,6 +246,14 @@ def model_dim_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
+def has_unnamed_input_dims(model: onnx.ModelProto) -> bool:
+    """Whether `name_unnamed_input_dims` would name a dim."""
+    return any(not (d.HasField("dim_value") or (d.HasField("dim_param") and d.dim_param))
+               for vi in model.graph.input
+               if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")
+               for d in vi.type.tensor_type.shape.dim)
+
+
 def name_unnamed_input_dims(model: onnx.ModelProto) -> int:
     """Give every unnamed dynamic dim of a graph input a readable name (in place); return
     how many were named.
@@ -243,13 +262,14 @@ def name_unnamed_input_dims(model: onnx.ModelProto) -> int:
     naming it `<input>_dim<k>` makes both possible and changes nothing else.
     """
     named = 0
-    taken = model_dim_names(model)
+    taken = None  # every dim name of the model: collected only when a dim needs a name
     for vi in model.graph.input:
         if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
             continue
         for k, d in enumerate(vi.type.tensor_type.shape.dim):
             if d.HasField("dim_value") or (d.HasField("dim_param") and d.dim_param):
                 continue
+            taken = model_dim_names(model) if taken is None else taken
             base = f"{sanitize(vi.name)}_dim{k}"
             name, i = base, 1
             while name in taken:

@@ -30,6 +30,7 @@ _HALF_BYTE = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M
 
 
 _ATTRIBUTES = attrgetter("attribute")
+_DATA_LOCATION = attrgetter("data_location")
 
 
 def all_tensors(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]]:
@@ -41,9 +42,10 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]
 
 def external_tensors(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]]:
     """all_tensors, external ones only (cheaper: most initializers are skipped unnamed)."""
-    for t in model.graph.initializer:
-        if t.data_location == EXTERNAL:
-            yield t, f"graph initializer {t.name!r}"
+    inits = model.graph.initializer
+    # picked out in C: a graph of 100k small initializers takes no Python step per tensor
+    for t in compress(inits, map(EXTERNAL.__eq__, map(_DATA_LOCATION, inits))):
+        yield t, f"graph initializer {t.name!r}"
     for t, where in graph_tensors(model.graph, "graph", initializers=False):
         if t.data_location == EXTERNAL:
             yield t, where

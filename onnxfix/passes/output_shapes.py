@@ -23,6 +23,7 @@ import onnx
 from onnx import helper
 
 from onnxfix.graph.shapes import Facts, TensorFacts, collect_facts, inferred_or_none
+from onnxfix.graph.sliced_inference import infer_in_slices
 from onnxfix.report import ShapeCorrection
 
 OutputFacts = dict[str, TensorFacts | None]  # main-graph output -> inferred facts
@@ -81,26 +82,31 @@ def infer_for_plan(model: onnx.ModelProto, *, strict: bool = False) -> PlanFacts
     data (passes.local_check)."""
     saved = _clear_output_shapes(model)
     try:
-        inferred, passed = _strict_or_none(model) if strict else (None, False)
+        facts, passed = _strict_facts(model) if strict else (None, False)
         if not passed:
             inferred = inferred_or_none(model)
+            facts = None if inferred is None else collect_facts(inferred)
     finally:
         for out, shape in saved:
             if shape is not None:
                 out.type.tensor_type.shape.CopyFrom(shape)
-    if inferred is None:
+    if facts is None:
         return PlanFacts(collect_facts(model), None)
-    facts = collect_facts(inferred)
     outputs = {o.name: facts.get(o.name) for o, _ in saved}
     if all(_restates(_declared_facts(o), outputs[o.name]) for o, _ in saved):
         return PlanFacts(facts, outputs, passed)
     return PlanFacts(collect_facts(inferred_or_none(model) or model), None)
 
 
-def _strict_or_none(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, bool]:
+def _strict_facts(model: onnx.ModelProto) -> tuple[Mapping | None, bool]:
+    """The strict inference's facts (a large graph inferred in slices where that gives the
+    whole graph's: graph.sliced_inference), and whether it passed."""
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
-                                                 data_prop=True), True
+        facts = infer_in_slices(model)
+        if facts is None:
+            facts = collect_facts(onnx.shape_inference.infer_shapes(
+                model, check_type=True, strict_mode=True, data_prop=True))
+        return facts, True
     except Exception:  # noqa: BLE001 - not proven; the lenient inference follows
         return None, False
 

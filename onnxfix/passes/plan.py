@@ -156,13 +156,14 @@ def plan(prepared: Prepared, select=None, bounds: dict[str, int] | None = None, 
     result.dead = [(site_path(s), s.location) for s in dead]
     if not chosen:
         return result
-    facts, result.output_facts, result.input_full = infer_for_plan(
-        model, strict=strict and reads_no_propagated_data(model))
+    flat = reads_no_propagated_data(model)  # its ops hold no subgraph either
+    facts, result.output_facts, result.input_full = infer_for_plan(model,
+                                                                   strict=strict and flat)
     result.facts = facts if keep_facts else None
     result.sites = _describe(model, chosen, prepared, facts, dict(forms or {}))
     result.draw_facts = draw_facts(facts, (p.site.node for p in result.sites))
     result.anchors = set(input_dim_names(model)) | set(prepared.trip_names.values())
-    _trace_sources(model, result.sites, result.anchors)
+    _trace_sources(model, result.sites, result.anchors, flat)
     result.names_before = NameAllocator(model)
     result.names = _classify_all(result.sites, result.names_before.copy(),
                                  result.anchors, result.bounds)
@@ -205,8 +206,10 @@ def _unread_draws(sites: list[Site]):
     def of(container) -> set[str]:
         key = id(container)
         if key not in done:
-            outputs = {o for s in sites if s.container is container for o in s.node.output if o}
-            done[key] = unread(container, outputs)
+            here = [s for s in sites if s.container is container]
+            outputs = {o for s in here for o in s.node.output if o}
+            # their readers come after them in a valid graph: the walk starts there
+            done[key] = unread(container, outputs, start=max(0, min(s.index for s in here)))
         return done[key]
 
     return of
@@ -333,13 +336,16 @@ def _iteration_dim(scope: Scope, prepared: Prepared, lookup, shape_of):
 
 # -- noise dims: traced once, classified per set of bounds -------------------------------
 
-def _trace_sources(model: onnx.ModelProto, plans: list[SitePlan], anchors: set[str]) -> None:
-    """Where each draw's shape comes from (see graph.datadep); run once per plan."""
+def _trace_sources(model: onnx.ModelProto, plans: list[SitePlan], anchors: set[str],
+                   flat: bool = False) -> None:
+    """Where each draw's shape comes from (see graph.datadep); run once per plan.
+    flat: the main graph is known to hold no subgraph (no walk to find one)."""
     for p in plans:
         node = p.site.node
         static = p.spec.static_shape(node)
         p.source = "" if static is not None or not node.input else node.input[0]
-    if not any(_needs_trace(p, anchors) for p in plans) and not _holds_subgraph(model.graph):
+    if not any(_needs_trace(p, anchors) for p in plans) and (
+            flat or not _holds_subgraph(model.graph)):
         return  # every answer is known without it (see _needs_trace)
     wanted = {p.source for p in plans if p.source}
     wanted |= {s.owner.input[0] for p in plans for s in p.site.scopes
