@@ -48,7 +48,12 @@ def _open(model_or_path: ModelLike, checker: bool = True
     checker=False: validated without onnx's checker (see `inspect`)."""
     if isinstance(model_or_path, onnx.ModelProto):
         validate_model(model_or_path, "model", passed=frozenset() if checker else NO_CHECKER)
-        return model_or_path, None, None
+        # the passes work on a model they own: the plan clears the outputs' declared shapes
+        # for its inference and puts them back, which a caller's model (perhaps read by
+        # another thread meanwhile) must never see
+        owned = onnx.ModelProto()
+        owned.CopyFrom(model_or_path)
+        return owned, None, None
     if isinstance(model_or_path, (str, os.PathLike)):
         skeleton = open_model(model_or_path, checker=checker)
         return skeleton.model, str(model_or_path), skeleton

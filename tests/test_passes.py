@@ -367,3 +367,20 @@ def test_prepare_shares_a_model_it_would_only_copy_and_the_rewrite_leaves_it_as_
         assert report.parity.status == "passed"
     onnxfix.rewrite(model, "constant", dims={"batch": 2}, check=False)
     assert model.SerializeToString() == before
+
+
+def test_the_api_never_lets_the_plan_touch_the_callers_model(monkeypatch):
+    """The plan clears the outputs' declared shapes around its inference: on the API's own
+    copy, never on the caller's model, which another thread may be reading meanwhile."""
+    model = parse(_FLAT_DRAW)
+    before = model.SerializeToString()
+    seen = []
+    real = onnx.shape_inference.infer_shapes
+
+    def spy(m, *args, **kwargs):
+        seen.append((m is model, model.SerializeToString() == before))
+        return real(m, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", spy)
+    onnxfix.rewrite(model, "input-noise", check=False)
+    assert seen and all(not same_object and intact for same_object, intact in seen)
