@@ -31,7 +31,7 @@ from onnxfix.options import MAX_CHECK_SIZE, CheckSettings, RewriteOptions
 from onnxfix.passes.emit import DEFAULT_MAX_DRAW_BYTES
 from onnxfix.passes.output_shapes import redeclare_output_shapes, reusable_output_facts
 from onnxfix.passes.plan import ModelPlan
-from onnxfix.report import Parity, RewriteReport, op_counts
+from onnxfix.report import Parity, RewriteReport, op_counts, op_counts_in_place
 from onnxfix.reporter import Reporter, Sink
 from onnxfix.rewrite import apply_emitted, apply_plan, plan_model
 
@@ -144,9 +144,12 @@ def _rewrite(original, source, skeleton, options: RewriteOptions, settings: Chec
                                        input_checked=True)  # _open checked it
     records = emitted.records
     rewritten = any(r.status == "rewritten" for r in records)
+    ops_before = op_counts(original)
+    ops_after = (op_counts_in_place(ops_before, emitted) if emitted.in_place
+                 else op_counts(new_model))
     report = RewriteReport(
         mode=options.mode, input=source, output=str(output) if output is not None else None,
-        nodes=records, ops_before=op_counts(original), ops_after=op_counts(new_model),
+        nodes=records, ops_before=ops_before, ops_after=ops_after,
         new_inputs=list(dict.fromkeys(r.replacement.name for r in records if r.replacement
                                       and r.replacement.kind in ("input", "seeded"))),
         seed_input=next((r.replacement.name for r in records

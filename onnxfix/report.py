@@ -121,6 +121,17 @@ def _jsonable(x):
 _OP_TYPE = attrgetter("op_type")
 
 
+def op_counts_in_place(before: dict[str, int], emitted) -> dict[str, int]:
+    """op_counts of an output that is the input with each random node replaced in place by
+    its replacement nodes (passes.emit.Emitted.in_place), from the input's counts: no walk
+    of the output's nodes."""
+    counts = Counter(before)
+    counts.subtract(e.plan.site.node.op_type for e in emitted.sites)
+    counts.update(node.op_type for e in emitted.sites for _, node, _ in e.prepends)
+    counts.update(node.op_type for e in emitted.sites for node in e.nodes)
+    return dict(sorted((op, n) for op, n in counts.items() if n))
+
+
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Op counts over every graph and function body in the model."""
     counts: Counter[str] = Counter()

@@ -61,6 +61,7 @@ def apply_emitted(original: onnx.ModelProto, model_plan: ModelPlan, mode: str, *
     tidy(original, out, emitted.noise_meta, emitted.seed_meta)
     if emitted.sites:
         full_follows, patch = local_proof(model_plan, emitted, out, original, input_checked)
+        emitted.in_place = patch is not None
         validate(original, out, full_follows=full_follows, patch=patch)
     return out, emitted
 

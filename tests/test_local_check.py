@@ -250,3 +250,37 @@ def test_an_input_not_known_to_pass_its_basic_check_gets_the_whole_output_checke
     rewrite_module.rewrite_model(model, "input-noise")
     assert calls == [False]
     assert checked == [["Relu", "Constant", "Mul", "Add"]]
+
+
+# flat graphs proven in place, in every mode that proves it, and a mix of draws and dtypes
+MANY = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x, double[3] d) => (float[batch, 4] y, double[3] z, float[2, 3] u) {
+  a = Relu(x)
+  r = RandomNormalLike<scale = 2.0>(a)
+  b = Add(a, r)
+  q = RandomUniformLike<low = -1.0, high = 1.0>(b)
+  y = Mul(b, q)
+  e = RandomNormalLike(d)
+  z = Add(d, e)
+  u = RandomUniform<shape = [2, 3]>()
+}
+"""
+
+
+@pytest.mark.parametrize("text", [FLAT, MANY])
+@pytest.mark.parametrize("mode", ["input-noise", "seeded", "deterministic", "constant"])
+def test_op_counts_derived_in_place_are_the_outputs_counted(text, mode):
+    """The report's ops_after for an output proven to be the input plus the patch in place
+    comes from the input's counts: it must equal a count of the output's nodes."""
+    from onnxfix.report import op_counts, op_counts_in_place
+
+    model = parse(text)
+    options = RewriteOptions(mode=mode, dims={"batch": 2} if mode == "constant" else {})
+    out, emitted = apply_emitted(model, plan_model(model, options), mode, input_checked=True)
+    if mode == "input-noise":  # proven there (the other modes may not be)
+        assert emitted.in_place
+    if emitted.in_place:
+        assert op_counts_in_place(op_counts(model), emitted) == op_counts(out)
+    _, report = onnxfix.rewrite(model, mode, dims=options.dims, check=False)
+    assert report.ops_after == op_counts(out)

@@ -84,6 +84,9 @@ class Emitted:
     dead: list[Site] = field(default_factory=list)  # draws nothing reads, bound to the copy
     kept: dict[int, NodeRecord] = field(default_factory=dict)
     n_sites: int = 0
+    # set by rewrite.apply_emitted: the output is the input with each draw's replacement nodes
+    # in its place and nothing else changed (passes.local_check, steps 6-8)
+    in_place: bool = False
     seed_input: str = ""  # seeded mode: the int64 seed input's name
 
     @property
