@@ -167,3 +167,39 @@ def test_a_rewrite_with_sliced_inference_writes_what_the_whole_inference_writes(
     assert calls == [62]
     assert out_sliced.SerializeToString() == out_whole.SerializeToString()
     assert report_sliced.to_json() == report_whole.to_json()
+
+
+def test_values_read_from_many_earlier_slices_parse_each_slices_result_once(monkeypatch):
+    """A slice reading values computed by many earlier slices, in no order, types them with
+    one parse of each earlier slice's result, not one per value (a 60k-node graph with a
+    thousand such reads took 4.7 s against 0.4 s for the whole inference), and the facts
+    are still the whole inference's."""
+    sliced_module = importlib.import_module("onnxfix.graph.sliced_inference")
+    size, slices, plain = 8, 24, 4
+    lines = ["a0 = Relu(x)"]
+    for k in range(1, size * slices):
+        t = k % size  # from the fifth slice on, node t reads a value of slice t % 4
+        far = f"a{(t % plain) * size + t // plain}"
+        lines.append(f"a{k} = Add(a{k - 1}, {far})" if k >= size * plain
+                     else f"a{k} = Relu(a{k - 1})")
+    model = parse(f"""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 4] a{size * slices - 1}) {{
+  {chr(10).join(lines)}
+}}
+""")
+    parses = []
+    real = sliced_module._Result.__init__
+
+    def counted(self, data):
+        parses.append(len(data))
+        real(self, data)
+
+    monkeypatch.setattr(sliced_module._Result, "__init__", counted)
+    sliced = infer_in_slices(model, size=size, whole_up_to=0)
+    assert sliced is not None
+    # each slice's own result, and at most one parse of each of the 4 slices read back
+    # (8 values, two of each, and the previous slice's last: a parse per value is ~7)
+    assert len(parses) <= slices + (slices - plain) * plain
+    monkeypatch.undo()
+    _assert_same_facts(sliced, model)

@@ -133,7 +133,7 @@ class _Slicer:
         pg.input.extend(map(self.inputs.__getitem__, from_inputs))
         pg.initializer.extend(map(g.initializer.__getitem__,
                                   map(self.init_index.__getitem__, from_inits)))
-        pg.input.extend(map(self.value_info, from_slices))
+        pg.input.extend(self.typed(from_slices))
         pg.output.extend(self.outputs_declared[n] for n in own if n in self.outputs_declared)
         pg.value_info.extend(g.value_info[self.value_info_index[n]] for n in own
                              if n in self.value_info_index)
@@ -153,13 +153,22 @@ class _Slicer:
         self.results.append(data)
         return made
 
-    def value_info(self, name: str) -> onnx.ValueInfoProto:
-        """The type a slice gave `name` (it computed it)."""
-        for seq in (self.outputs, self.declared):
-            if name in seq:
-                return seq[name]
-        k = next(k for k in range(len(self.made) - 1, -1, -1) if name in self.made[k])
-        return self.result(k).value_info_by_name(name)
+    def typed(self, names: set[str]) -> list[onnx.ValueInfoProto]:
+        """The types the slices before gave `names` (they computed them), each slice's
+        result parsed once: a slice reading values from many earlier slices in no order
+        parsed one result per name (a 60k-node graph with a thousand long reads: 4.7 s)."""
+        typed, by_slice = [], {}
+        for name in names:
+            for seq in (self.outputs, self.declared):
+                if name in seq:
+                    typed.append(seq[name])
+                    break
+            else:
+                k = next(k for k in range(len(self.made) - 1, -1, -1) if name in self.made[k])
+                by_slice.setdefault(k, []).append(name)
+        for k in sorted(by_slice, reverse=True):  # the last slice's result is parsed already
+            typed.extend(map(self.result(k).value_info_by_name, by_slice[k]))
+        return typed
 
 
 class _Result:
@@ -169,9 +178,13 @@ class _Result:
         graph = onnx.ModelProto.FromString(data).graph
         self.value_info, self.outputs = graph.value_info, graph.output
         self.names = list(map(_NAME, self.value_info))
+        self._index: dict[str, int] | None = None
 
     def value_info_by_name(self, name: str) -> onnx.ValueInfoProto:
-        return self.value_info[len(self.names) - 1 - self.names[::-1].index(name)]
+        """The last value_info of `name` (indexed on the first look-up)."""
+        if self._index is None:
+            self._index = dict(zip(self.names, count()))  # a later duplicate wins
+        return self.value_info[self._index[name]]
 
 
 def _copy(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
