@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from itertools import compress
+from itertools import compress, count
 from operator import attrgetter
 
 import onnx
@@ -40,11 +40,17 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]
     yield from _outside_graph(model)
 
 
+def external_positions(tensors) -> Iterator[int]:
+    """The positions of the tensors stored as external data, picked out in C: a graph of
+    100k small initializers takes no Python step per tensor."""
+    return compress(count(), map(EXTERNAL.__eq__, map(_DATA_LOCATION, tensors)))
+
+
 def external_tensors(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]]:
     """all_tensors, external ones only (cheaper: most initializers are skipped unnamed)."""
     inits = model.graph.initializer
-    # picked out in C: a graph of 100k small initializers takes no Python step per tensor
-    for t in compress(inits, map(EXTERNAL.__eq__, map(_DATA_LOCATION, inits))):
+    for k in external_positions(inits):
+        t = inits[k]
         yield t, f"graph initializer {t.name!r}"
     for t, where in graph_tensors(model.graph, "graph", initializers=False):
         if t.data_location == EXTERNAL:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from itertools import compress, count
-from operator import attrgetter
 from pathlib import Path
 
 import onnx
@@ -20,9 +18,13 @@ from onnxfix.errors import ModelError, UsageError
 from onnxfix.io import kernel_copy, wire
 from onnxfix.io.atomic import check_writable, replace_atomically, write_all, write_bytes_atomic
 from onnxfix.io.skeleton import Payload, Skeleton
-from onnxfix.io.tensors import EXTERNAL, external_info, external_tensors, graph_tensors
-
-_DATA_LOCATION = attrgetter("data_location")
+from onnxfix.io.tensors import (
+    EXTERNAL,
+    external_info,
+    external_positions,
+    external_tensors,
+    graph_tensors,
+)
 
 # Offsets of tensors in a written .data file are multiples of this (mmap friendly).
 DATA_ALIGN = 4096
@@ -159,7 +161,7 @@ class _Parts:
                 nested.add(t, skeleton.resolve(t, f"{origin} ({where})"))
         inits = graph.initializer  # the external ones picked out in C (no step per tensor)
         payloads = {k: skeleton.resolve(inits[k], f"{origin} (initializer)")
-                    for k in compress(count(), map(EXTERNAL.__eq__, map(_DATA_LOCATION, inits)))}
+                    for k in external_positions(inits)}
         return cls(head.SerializeToString(), graph, payloads, nested)
 
     def assemble(self, layout: str, inline_limit: int) -> tuple[list, int, DataFile]:
