@@ -179,7 +179,7 @@ def _rewrite(original, source, skeleton, options: RewriteOptions, settings: Chec
 def _redeclared(new_model, model_plan: ModelPlan, emitted):
     """Output re-declaration, from the plan's inference where it provably still holds."""
     known = reusable_output_facts(model_plan.output_facts, model_plan.draw_facts, new_model,
-                                  emitted.sites)
+                                  emitted)
     return redeclare_output_shapes(new_model, known)
 
 

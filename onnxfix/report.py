@@ -127,8 +127,7 @@ def op_counts_in_place(before: dict[str, int], emitted) -> dict[str, int]:
     of the output's nodes."""
     counts = Counter(before)
     counts.subtract(e.plan.site.node.op_type for e in emitted.sites)
-    counts.update(node.op_type for e in emitted.sites for _, node, _ in e.prepends)
-    counts.update(node.op_type for e in emitted.sites for node in e.nodes)
+    counts.update(node.op_type for node in emitted.replacement_nodes)
     return dict(sorted((op, n) for op, n in counts.items() if n))
 
 

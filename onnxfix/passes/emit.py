@@ -87,6 +87,9 @@ class Emitted:
     # set by rewrite.apply_emitted: the output is the input with each draw's replacement nodes
     # in its place and nothing else changed (passes.local_check, steps 6-8)
     in_place: bool = False
+    # the replacement nodes in a model of their own, once built for the spliced model
+    # (output_shapes.replacements_alone: [the model or None])
+    alone: list = field(default_factory=list)
     seed_input: str = ""  # seeded mode: the int64 seed input's name
 
     @property
@@ -95,6 +98,17 @@ class Emitted:
         done = iter(e.record for e in self.sites)
         return [copy.copy(self.kept[k]) if k in self.kept else next(done)
                 for k in range(self.n_sites)]
+
+    @property
+    def prepended(self) -> list[onnx.NodeProto]:
+        """The nodes put at the front of a graph, in order."""
+        return [node for e in self.sites for _, node, _ in e.prepends]
+
+    @property
+    def replacement_nodes(self) -> list[onnx.NodeProto]:
+        """Every node the splice puts in: the prepended ones, then each site's, in the order
+        they stand in the output when `in_place`."""
+        return self.prepended + [node for e in self.sites for node in e.nodes]
 
     @property
     def noise_meta(self) -> list[dict]:

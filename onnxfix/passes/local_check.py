@@ -92,12 +92,6 @@ def reads_no_propagated_data(model: onnx.ModelProto) -> bool:
             and set(map(_OP_TYPE, nodes)) <= NO_PROPAGATED_DATA)
 
 
-def full_check_follows(model_plan, emitted, out: onnx.ModelProto) -> bool:
-    """Whether `out` (the spliced, tidied emit of `model_plan`) passes onnx's full check
-    whenever it passes the basic one (steps 1-4 of the module doc)."""
-    return _alone_if_full(model_plan, emitted, out) is not None
-
-
 def local_proof(model_plan, emitted, out: onnx.ModelProto, original: onnx.ModelProto,
                 input_checked: bool = False) -> tuple[bool, onnx.ModelProto | None]:
     """(full_follows, patch): whether the full check follows from the basic one (steps
@@ -124,7 +118,7 @@ def _alone_if_full(model_plan, emitted, out: onnx.ModelProto) -> onnx.ModelProto
     if any(f is None or f.shape is None or any(isinstance(d, str) and d.startswith("unk__")
                                                for d in f.shape) for f in draws.values()):
         return None
-    alone = replacements_alone(out, emitted.sites, list(draws))
+    alone = replacements_alone(out, emitted, list(draws))
     if alone is None:
         return None
     made = {o: n.op_type for n in alone.graph.node for o in n.output if o}
@@ -149,8 +143,7 @@ def basic_check_patch(original: onnx.ModelProto, emitted, out: onnx.ModelProto,
     """The patch model (step 9) when steps 6-8 hold for `out` against `original`, else None.
     taken: name -> whether the input holds it anywhere (graph.naming.NameAllocator.taken)."""
     g, before = out.graph, original.graph
-    front = [node for e in emitted.sites for _, node, _ in e.prepends]
-    nodes = front + [node for e in emitted.sites for node in e.nodes]  # in the output's order
+    front, nodes = emitted.prepended, emitted.replacement_nodes  # in the output's order
     noise = [vi for e in emitted.sites for vi in e.inputs]
     if emitted.dead or not (
             _same_frame(original, out) and _same_declarations(before, g, noise)

@@ -15,7 +15,6 @@ Otherwise, or when a correction is due, the rewritten model is inferred as befor
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -117,20 +116,20 @@ def draw_facts(facts: Mapping, site_nodes) -> OutputFacts:
 
 
 def reusable_output_facts(outputs: OutputFacts | None, draws: OutputFacts, model: onnx.ModelProto,
-                          sites) -> OutputFacts | None:
+                          emitted) -> OutputFacts | None:
     """The plan's output facts when they hold for the rewritten `model`, else None.
 
     They hold when every replacement sits in the main graph, reads nothing the rest of the
     graph computes (only graph inputs, initializers and its own nodes), and, inferred alone,
     gives each draw exactly the facts the plan had for it (a dtype whose values inference does
     not propagate, no generated dim name): everything downstream then infers as it did."""
-    if outputs is None or not sites:
+    if outputs is None or not emitted.sites:
         return None
     for draw in draws.values():
         if draw is None or draw.elem_type not in _NO_DATA or draw.shape is None or any(
                 isinstance(d, str) and d.startswith("unk__") for d in draw.shape):
             return None
-    alone = replacements_alone(model, sites, list(draws))
+    alone = replacements_alone(model, emitted, list(draws))
     if alone is None:
         return None
     inferred = inferred_or_none(alone)
@@ -140,27 +139,15 @@ def reusable_output_facts(outputs: OutputFacts | None, draws: OutputFacts, model
     return outputs if all(facts.get(name) == fact for name, fact in draws.items()) else None
 
 
-def replacements_alone(model: onnx.ModelProto, sites, draws: list[str]
+def replacements_alone(model: onnx.ModelProto, emitted, draws: list[str]
                        ) -> onnx.ModelProto | None:
-    """A model of the replacement nodes only, or None where they are not self-contained.
-
-    The validate pass (local_check) and the output re-declaration both ask for it, with the
-    same rewritten model and emit: the last one built is handed out once more (the sites are
-    referenced weakly, and the model is let go when handed out: the memo keeps nothing
-    alive)."""
-    key = (id(model), id(sites), len(sites), tuple(draws))
-    if sites and _LAST_ALONE and _LAST_ALONE[0] == key and all(
-            ref() is e for ref, e in zip(_LAST_ALONE[1], (sites[0], sites[-1]), strict=True)):
-        alone = _LAST_ALONE[2]
-        _LAST_ALONE.clear()
-        return alone
-    alone = _alone(model, sites, draws)
-    if sites:
-        _LAST_ALONE[:] = [key, (weakref.ref(sites[0]), weakref.ref(sites[-1])), alone]
-    return alone
-
-
-_LAST_ALONE: list = []  # [key, weak refs to the first and last site, the model or None]
+    """A model of `emitted`'s replacement nodes only, or None where they are not
+    self-contained. `model`: the rewritten model spliced from `emitted`. Built once per emit
+    (`Emitted.alone`): the validate pass (local_check) and the output re-declaration both
+    ask for it, and it goes when the emit does."""
+    if not emitted.alone:
+        emitted.alone.append(_alone(model, emitted.sites, draws))
+    return emitted.alone[0]
 
 
 def _alone(model: onnx.ModelProto, sites, draws: list[str]) -> onnx.ModelProto | None:
