@@ -64,6 +64,11 @@ STACK_REWRITE = (
     "onnx.shape_inference.infer_shapes(m); onnx.save(m, sys.argv[2])")
 STACK_INSPECT = ("import onnx, numpy, typer, sys; m = onnx.load(sys.argv[1]); "
                  "onnx.shape_inference.infer_shapes(m)")
+# A checked rewrite is a rewrite (imports, load, check, infer, save) plus the check's
+# onnxruntime work (FLOOR); the last argument is where the model is saved.
+STACK_CHECK = (
+    "import onnx, numpy, typer, sys\nout = sys.argv.pop()\nm = onnx.load(sys.argv[1]); "
+    "onnx.checker.check_model(m); onnx.shape_inference.infer_shapes(m); onnx.save(m, out)\n")
 COPY_FSYNC = """
 import os, shutil, sys
 shutil.copyfile(sys.argv[1], sys.argv[2])
@@ -95,6 +100,8 @@ for path in sys.argv[1:]:
                  .astype(TYPES[i.type]) for i in inputs}
         sess.run(None, feeds)
 """
+
+STACK_CHECK += FLOOR
 
 
 @dataclass
@@ -321,9 +328,11 @@ def check_scenario(work: Path, quick: bool) -> Scenario:
                               capture_output=True, text=True)
         if prep.returncode != 0:
             floor.failed = f"cannot prepare the rewritten model: {prep.stderr.strip()[-160:]}"
-        # the same onnxruntime work, plus the imports of the stack a rewrite cannot skip
-        stack = Row(f"stack floor (ORT floor + import onnx, typer), {tag}",
-                    [PY, "-c", "import onnx, typer\n" + FLOOR, str(model), str(rewritten)])
+        # the same onnxruntime work, plus the stack work a checked rewrite cannot skip
+        stack_out = work / "stack_check_out.onnx"
+        stack = Row(f"stack floor (ORT floor + load, check, infer, save), {tag}",
+                    [PY, "-c", STACK_CHECK, str(model), str(rewritten), str(stack_out)],
+                    [stack_out])
         if floor.failed:
             stack.failed = floor.failed
         sc.rows += [floor, cli, stack]

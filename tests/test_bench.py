@@ -116,6 +116,31 @@ g (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }
     assert _options_seen(monkeypatch, run_floor) == check * 2  # the original and the rewrite
 
 
+
+def test_the_check_stack_floor_adds_the_rewrites_own_stack_work(monkeypatch, tmp_path):
+    model = onnx.parser.parse_model("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }
+""")
+    path, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(model, str(path))
+    done = []
+    for name in ("check_model", "infer_shapes"):
+        owner = onnx.checker if name == "check_model" else onnx.shape_inference
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name,
+                            lambda m, *a, _real=real, _name=name, **k: (done.append(_name),
+                                                                        _real(m, *a, **k))[1])
+
+    def run_stack():
+        monkeypatch.setattr(sys, "argv", ["floor", str(path), str(path), str(out)])
+        exec(_bench_module().STACK_CHECK, {"__name__": "__main__"})
+
+    seen = _options_seen(monkeypatch, run_stack)
+    assert done == ["check_model", "infer_shapes"]  # the rewrite's passes, once each
+    assert onnx.load(str(out)).graph.node[0].op_type == "Relu"  # and its save
+    assert len(seen) == 2  # then the check's two sessions, as the floor opens them
+
 FAKE_FLOORS = """
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("bench", sys.argv[1])
