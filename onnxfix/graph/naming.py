@@ -97,11 +97,12 @@ class NameAllocator:
 def model_names(model: onnx.ModelProto) -> set[str]:
     """Every name in the model: values, nodes, functions and dim params."""
     taken: set[str] = set()
-    for graph in _all_containers(model):
+    graphs = list(_all_containers(model))  # one walk serves the names and the dim params
+    for graph in graphs:
         _take_graph(taken, graph)
     for f in model.functions:
         taken.add(f.name)
-    taken.update(_all_dim_params(model))
+    taken.update(_all_dim_params(graphs))
     return taken
 
 
@@ -126,8 +127,8 @@ def _all_containers(model: onnx.ModelProto):
         yield container
 
 
-def _all_dim_params(model: onnx.ModelProto):
-    for container, _ in iter_graphs(model):
+def _all_dim_params(containers):
+    for container in containers:
         if not isinstance(container, onnx.GraphProto):
             continue
         for seq in (container.input, container.output, container.value_info):
