@@ -212,6 +212,24 @@ def test_byte_searches_are_bounded_then_the_names_are_collected_once(monkeypatch
     assert names.fresh("noise_e") == "noise_e_1"
 
 
+def test_copies_share_the_names_one_of_them_collects(monkeypatch):
+    # the plan's allocator is copied for its noise names, each emit and the local proof:
+    # the model's names are collected once for all of them, each copy's own names stay its own
+    import onnxfix.graph.naming as naming
+
+    monkeypatch.setattr(NameAllocator, "SEARCH_LIMIT", 0)
+    collected = []
+    real = naming.model_names
+    monkeypatch.setattr(naming, "model_names", lambda m: collected.append(1) or real(m))
+    before = NameAllocator(parse(NAMED))
+    first, second = before.copy(), before.copy()
+    assert first.fresh("noise_e") == "noise_e_1" and len(collected) == 1
+    assert second.fresh("noise_e") == "noise_e_1" and second.fresh("mine") == "mine"
+    assert before.taken("noise_e_x") and not before.taken("noise_e_1")
+    assert not first.taken("mine") and not before.taken("mine")
+    assert len(collected) == 1
+
+
 def test_reader_walk_stops_at_the_first_reader_of_each_name():
     from onnxfix.graph.graph_edit import names_used, unread
 

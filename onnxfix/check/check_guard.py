@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from onnxfix.check.check_stall import STALL_S, Progress, listen_for_where, where_it_waits
+from onnxfix.check.held import holding
 from onnxfix.errors import UsageError, param
 from onnxfix.report import Parity
 from onnxfix.reporter import Reporter
@@ -241,7 +242,8 @@ def child_main(check, sender: Connection, limits: CheckLimits, hint: str, where_
         _outlive_nobody(limits.timeout_s)
         _cap_address_space(limits.memory_bytes)
         emit = _Emitter(sender)
-        parity = _in_process(check, emit, hint, limits)
+        with holding():  # the check's sessions are not freed before its answer is out
+            parity = _in_process(check, emit, hint, limits)
         sender.send(("parity", parity))
     except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
         with contextlib.suppress(BaseException):

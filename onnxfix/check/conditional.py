@@ -80,18 +80,21 @@ class _Conditioning:
 
 def conditional(parity: Parity, opener, original: onnx.ModelProto,
                 noise_model: onnx.ModelProto, records: list[NodeRecord], size: int,
-                seed: int, emit) -> None:
+                seed: int, emit) -> _Conditioning | None:
     """Compare `noise_model` (input-noise) with `original` at each check size; record the
-    verdicts in `parity`."""
+    verdicts in `parity`. Returns the sessions and captures it compared with (None if it
+    stopped before it had them): a caller that ends the check there may let them go after
+    its answer is out (check.held)."""
     cond = _prepare(parity, opener, inlined(original), original, noise_model, records, emit)
     if cond is None:
-        return
+        return None
     for k, n in enumerate(check_sizes(size, symbolic_dims(cond.data_inputs))):
         ok = _at_size(parity, cond, opener, k, n, seed, emit)
         if ok is None:
-            return
+            return cond
         if not ok:
             parity.status = "failed"
+    return cond
 
 
 def _prepare(parity, opener, base, original, noise_model, records, emit):

@@ -42,12 +42,17 @@ def narrowest_float_on_paths(model: onnx.ModelProto, draws: list[str],
         return known[name]
 
     narrow = {d: own(d) for d in draws}
-    nodes = [(n, names_read(n)) for g, _ in iter_graphs(model) if isinstance(g, onnx.GraphProto)
-             for n in g.node]
+    nodes: list[tuple[onnx.NodeProto, set[str]]] = []
     readers: dict[str, list[int]] = {}  # tensor -> the nodes reading it, in graph order
-    for k, (_, reads) in enumerate(nodes):
-        for r in reads:
-            readers.setdefault(r, []).append(k)
+    for g, _ in iter_graphs(model):
+        if not isinstance(g, onnx.GraphProto):
+            continue
+        for n in g.node:
+            # a node without attributes holds no subgraph: it reads its inputs only
+            reads = names_read(n) if n.attribute else {i for i in n.input if i}
+            for r in reads:
+                readers.setdefault(r, []).append(len(nodes))
+            nodes.append((n, reads))
     # a worklist over the nodes that read a tensor whose narrowest type changed, in graph
     # order (graphs are topological: each node is usually visited once); the same fixed
     # point as sweeping every node until nothing changes
@@ -57,9 +62,14 @@ def narrowest_float_on_paths(model: onnx.ModelProto, draws: list[str],
         k = heapq.heappop(pending)
         queued.discard(k)
         node, reads = nodes[k]
-        hit = [narrow[r] for r in reads if r in narrow]
-        for out in (o for o in node.output if o):
-            best = _least_precise([*hit, own(out), narrow.get(out)])
+        hit = None  # the least precise of what it reads (min is associative: once per node)
+        for r in reads:
+            if r in narrow:
+                hit = _lesser(hit, narrow[r])
+        for out in node.output:
+            if not out:
+                continue
+            best = _lesser(_lesser(hit, own(out)), narrow.get(out))
             if out not in narrow or best != narrow[out]:
                 narrow[out] = best
                 for j in readers.get(out, ()):
@@ -67,6 +77,15 @@ def narrowest_float_on_paths(model: onnx.ModelProto, draws: list[str],
                         queued.add(j)
                         heapq.heappush(pending, j)
     return narrow
+
+
+def _lesser(a: int | None, b: int | None) -> int | None:
+    """The less precise of two float types (None: not a float or not known)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if _PRECISION[b] < _PRECISION[a] else a
 
 
 def _least_precise(types: list[int | None]) -> int | None:

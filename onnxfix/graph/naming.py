@@ -43,19 +43,26 @@ class NameAllocator:
     SEARCH_LIMIT = 64
 
     def __init__(self, model: onnx.ModelProto):
-        self._snapshot: bytes | None = None
-        self._names: frozenset[str] | None = None
+        # [snapshot bytes or None, the model's names or None]: shared by every copy, so the
+        # names one copy collects serve them all (a plan's allocator is copied for the noise
+        # names, each emit and the local proof: each collected them again from the bytes)
+        self._model: list = [None, None]
         self._added: set[str] = set()
         self._searches = 0
         if model.ByteSize() <= self.SNAPSHOT_LIMIT:
-            self._snapshot = model.SerializeToString()
+            self._model[0] = model.SerializeToString()
         else:
-            self._names = frozenset(model_names(model))
+            self._model[1] = frozenset(model_names(model))
+
+    @property
+    def _names(self) -> frozenset[str] | None:
+        """The model's names once collected (by this allocator or a copy), else None."""
+        return self._model[1]
 
     def copy(self) -> NameAllocator:
         """An independent allocator holding the same names (the model's are shared)."""
         other = NameAllocator.__new__(NameAllocator)
-        other._snapshot, other._names = self._snapshot, self._names
+        other._model = self._model
         other._added = set(self._added)
         other._searches = self._searches
         return other
@@ -66,14 +73,15 @@ class NameAllocator:
     def taken(self, name: str) -> bool:
         if name in self._added:
             return True
-        if self._names is None:
+        shared = self._model
+        if shared[1] is None:
             self._searches += 1
-            if self._searches <= self.SEARCH_LIMIT and name.encode() not in self._snapshot:
+            if self._searches <= self.SEARCH_LIMIT and name.encode() not in shared[0]:
                 return False
             model = onnx.ModelProto()
-            model.ParseFromString(self._snapshot)
-            self._names, self._snapshot = frozenset(model_names(model)), None
-        return name in self._names
+            model.ParseFromString(shared[0])
+            shared[1], shared[0] = frozenset(model_names(model)), None
+        return name in shared[1]
 
     def fresh(self, base: str) -> str:
         """`base` (sanitized) if free, else `base_1`, `base_2`, ..."""
@@ -89,11 +97,12 @@ class NameAllocator:
 def model_names(model: onnx.ModelProto) -> set[str]:
     """Every name in the model: values, nodes, functions and dim params."""
     taken: set[str] = set()
-    for graph in _all_containers(model):
+    graphs = list(_all_containers(model))  # one walk serves the names and the dim params
+    for graph in graphs:
         _take_graph(taken, graph)
     for f in model.functions:
         taken.add(f.name)
-    taken.update(_all_dim_params(model))
+    taken.update(_all_dim_params(graphs))
     return taken
 
 
@@ -118,8 +127,8 @@ def _all_containers(model: onnx.ModelProto):
         yield container
 
 
-def _all_dim_params(model: onnx.ModelProto):
-    for container, _ in iter_graphs(model):
+def _all_dim_params(containers):
+    for container in containers:
         if not isinstance(container, onnx.GraphProto):
             continue
         for seq in (container.input, container.output, container.value_info):

@@ -55,6 +55,7 @@ def _facts_of_bytes(serialized: bytes) -> TensorFacts:
 
 
 _NAME = attrgetter("name")
+_UNSEEN = object()
 # Lookups a Facts answers by searching its declarations before it indexes them all.
 SEARCHED_LOOKUPS = 64
 
@@ -129,6 +130,17 @@ class Facts(Mapping):
                 fact = self._convert(decl) if decl.name == name else None
                 found = fact if fact is not None else found
         return found
+
+    def get(self, name: str, default=None):
+        # Mapping.get goes through __getitem__ and a KeyError per missing name: the plan and
+        # the check ask tens of thousands of times for a graph of thousands of draws
+        fact = self._done.get(name, _UNSEEN)
+        if fact is _UNSEEN:
+            fact = self._lookup(name)
+        return default if fact is None else fact
+
+    def __contains__(self, name) -> bool:
+        return self.get(name) is not None
 
     def __getitem__(self, name: str) -> TensorFacts:
         fact = self._lookup(name)

@@ -44,11 +44,26 @@ class Improbable(Inconsistent):
     interval rounds to nothing): another draw of the original may well be reproducible."""
 
 
+_FLOAT, _INT = onnx.AttributeProto.FLOAT, onnx.AttributeProto.INT
+
+
 def attrs_of(node: onnx.NodeProto) -> dict:
     """Attribute values; inside a function body, a reference to the caller's attribute `s`
     (set per call) reads "@s"."""
-    return {a.name: f"@{a.ref_attr_name}" if a.ref_attr_name else helper.get_attribute_value(a)
-            for a in node.attribute}
+    attrs = {}
+    for a in node.attribute:
+        # a float or an int (a draw's mean, scale, dtype, seed) read directly: the plan and
+        # the emit ask several times per draw, and get_attribute_value tests type by type
+        kind = a.type
+        if a.ref_attr_name:
+            attrs[a.name] = f"@{a.ref_attr_name}"
+        elif kind == _FLOAT:
+            attrs[a.name] = a.f
+        elif kind == _INT:
+            attrs[a.name] = a.i
+        else:
+            attrs[a.name] = helper.get_attribute_value(a)
+    return attrs
 
 
 def attribute_refs(attrs: dict) -> dict:

@@ -62,7 +62,7 @@ from operator import attrgetter
 
 import onnx
 
-from onnxfix.graph.shapes import collect_facts
+from onnxfix.graph.shapes import declared_facts
 from onnxfix.ops import RANDOM_OP_TYPES
 from onnxfix.passes.output_shapes import replacements_alone
 
@@ -132,7 +132,10 @@ def _alone_if_full(model_plan, emitted, out: onnx.ModelProto) -> onnx.ModelProto
                                                      data_prop=False)
     except Exception:  # noqa: BLE001 - not proven: the validate pass runs the full check
         return None
-    facts = collect_facts(inferred)
+    # the replacements alone hold no subgraph (replacements_alone): the main graph's
+    # declarations are the model's, and no walk of its nodes looks for more
+    g = inferred.graph
+    facts = declared_facts([g.initializer, g.input, g.output, g.value_info])
     return alone if all(facts.get(name) == fact for name, fact in draws.items()) else None
 
 
