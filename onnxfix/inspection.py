@@ -170,8 +170,11 @@ def _consumers(model: onnx.ModelProto, wanted: set[str],
     return readers
 
 
-# A container of more nodes than this is searched from its draws on (see _reading).
+# A container of more nodes than this, with at most _FEW draws read, is searched from its
+# draws on (see _reading); with more draws, one search of its bytes per draw would cost more
+# than looking at every node.
 SEARCH_FROM_DRAWS = 4096
+_FEW = 8
 _CHUNK = 512
 
 
@@ -185,7 +188,7 @@ def _reading(container, wanted: set[str], start: int) -> list[int]:
     overlaps (nested bodies' and other fields' chance matches only add to it), bounds the
     reads left. A 100k-node graph's readers of a draw: 0.2 s for every node -> 0.05 s."""
     nodes = container.node
-    if len(nodes) <= SEARCH_FROM_DRAWS:
+    if len(nodes) <= SEARCH_FROM_DRAWS or len(wanted) > _FEW:
         return list(_readers_among(nodes, wanted))
     try:
         data = container.SerializeToString()

@@ -98,3 +98,13 @@ def test_overlapping_matches_are_all_counted():
     assert inspection._occurrences(b"aaaa", b"aa") == 3
     assert inspection._occurrences(b"\x0a\x01\x0a\x01\x0a", b"\x0a\x01\x0a") == 2
     assert inspection._occurrences(b"xyz", b"q") == 0
+
+
+def test_many_draws_are_looked_for_in_every_node(monkeypatch):
+    """A search of the graph's bytes per draw would cost more than one look at every node."""
+    monkeypatch.setattr(inspection, "SEARCH_FROM_DRAWS", 16)
+    monkeypatch.setattr(inspection, "_occurrences", None)  # not called
+    g = _graph(200, before=True, twice=False, nested=False, decoy=False, two=False)
+    wanted = {"r"} | {f"none{k}" for k in range(inspection._FEW)}
+    assert inspection._reading(g, wanted, 100) == [
+        k for k, node in enumerate(g.node) if "r" in node.input]
