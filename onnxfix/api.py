@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import onnx
 
 from onnxfix.errors import OnnxfixError, ParityError, UsageError, param
+from onnxfix.graph.find import shared_walks, stop_sharing
 from onnxfix.io import (
     LAYOUTS,
     NO_CHECKER,
@@ -47,12 +48,13 @@ def _open(model_or_path: ModelLike, checker: bool = True
     """A model to work on: for a file, its skeleton (weights stay in the file, unread).
     checker=False: validated without onnx's checker (see `inspect`)."""
     if isinstance(model_or_path, onnx.ModelProto):
-        validate_model(model_or_path, "model", passed=frozenset() if checker else NO_CHECKER)
         # the passes work on a model they own: the plan clears the outputs' declared shapes
         # for its inference and puts them back, which a caller's model (perhaps read by
-        # another thread meanwhile) must never see
+        # another thread meanwhile) must never see. The copy is the one validated (the same
+        # content), so its walk is the one the passes share (graph.find.shared_walks).
         owned = onnx.ModelProto()
         owned.CopyFrom(model_or_path)
+        validate_model(owned, "model", passed=frozenset() if checker else NO_CHECKER)
         return owned, None, None
     if isinstance(model_or_path, (str, os.PathLike)):
         skeleton = open_model(model_or_path, checker=checker)
@@ -118,6 +120,11 @@ def run(model_or_path: ModelLike, options: RewriteOptions,
         raise UsageError(f"{param('weights', weights)}: choose one of {', '.join(LAYOUTS)}")
     if output is not None:
         check_writable(output)
+    with shared_walks():  # the input is walked once, as it is validated (graph.find)
+        return _run(model_or_path, options, settings, output, weights, load_weights, reporter)
+
+
+def _run(model_or_path, options, settings, output, weights, load_weights, reporter):
     original, source, skeleton = _open(model_or_path)
     try:
         new_model, report = _rewrite(original, source, skeleton, options,
@@ -147,6 +154,7 @@ def _rewrite(original, source, skeleton, options: RewriteOptions, settings: Chec
     ops_before = op_counts(original)
     ops_after = (op_counts_in_place(ops_before, emitted) if emitted.in_place
                  else op_counts(new_model))
+    stop_sharing()  # the input's last shared walk is read (graph.find.shared_walks)
     report = RewriteReport(
         mode=options.mode, input=source, output=str(output) if output is not None else None,
         nodes=records, ops_before=ops_before, ops_after=ops_after,
@@ -232,14 +240,15 @@ def inspect(model_or_path: ModelLike) -> InspectReport:
     # Listing nodes proves nothing, so onnx's checker (slower than onnx.load on a large graph)
     # does not run first; a model inspect cannot make sense of is checked then, and one the
     # checker refuses is refused in its words, as a rewrite would be.
-    model, source = _load(model_or_path, checker=False)
-    try:
-        return inspect_model(model, source)
-    except OnnxfixError:
-        raise
-    except Exception:
-        validate_model(checkable(model), source or "model")
-        raise
+    with shared_walks():  # the model is walked once, as it is validated (graph.find)
+        model, source = _load(model_or_path, checker=False)
+        try:
+            return inspect_model(model, source)
+        except OnnxfixError:
+            raise
+        except Exception:
+            validate_model(checkable(model), source or "model")
+            raise
 
 
 def noise_feeds(model_or_path: ModelLike, dims: dict[str, int] | None = None,

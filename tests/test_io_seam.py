@@ -312,3 +312,21 @@ def test_the_whole_parse_and_the_scan_give_the_same_skeleton(tmp_path, monkeypat
     loaded = load_model(path)
     assert [(t.name, numpy_helper.to_array(t).tolist()) for t in loaded.graph.initializer] == [
         (t.name, numpy_helper.to_array(t).tolist()) for t in model.graph.initializer]
+
+
+@pytest.mark.parametrize("where", ["raw_data", "float_data"])
+def test_the_whole_parse_is_the_skeleton_only_without_a_payload_over_the_limit(tmp_path, where):
+    """Past what the header peek sees (PEEK_FIELDS), the whole parse looks at every
+    initializer's raw_data: one over inline_limit makes the field scan stub it; a tensor
+    as large held in float_data is no payload (kept parsed, as before)."""
+    path = tmp_path / "m.onnx"
+    model = _chain(reader.PEEK_FIELDS // 2 + 8, weight=4)
+    big = numpy_helper.from_array(np.ones(1024, np.float32), "big")
+    if where == "float_data":
+        big.ClearField("raw_data")
+        big.float_data.extend([1.0] * 1024)
+    model.graph.initializer.append(big)
+    onnx.save(model, str(path))
+    with load_skeleton(path) as sk:
+        assert list(sk.stubs) == (["big"] if where == "raw_data" else [])
+        assert sk.model.graph.initializer[-1] == big or where == "raw_data"

@@ -198,8 +198,44 @@ g (float[batch, 4] x) => (float[batch, 4] a{size * slices - 1}) {{
     monkeypatch.setattr(sliced_module._Result, "__init__", counted)
     sliced = infer_in_slices(model, size=size, whole_up_to=0)
     assert sliced is not None
-    # each slice's own result, and at most one parse of each of the 4 slices read back
-    # (8 values, two of each, and the previous slice's last: a parse per value is ~7)
-    assert len(parses) <= slices + (slices - plain) * plain
+    # each slice's own result, and one more parse of each of the 4 slices read back, for
+    # all the slices reading them (one per reading slice was up to 4 x 20 more)
+    assert len(parses) <= slices + plain
     monkeypatch.undo()
+    _assert_same_facts(sliced, model)
+
+
+def test_values_read_back_from_afar_keep_each_ones_own_type(monkeypatch):
+    """The older slices' values a slice reads are typed from one table per older slice
+    (Slicer._table): each value of its own shape, read in no order by later slices, gets
+    exactly the type the whole inference gives it, and each table is built once."""
+    sliced_module = importlib.import_module("onnxfix.graph.sliced_inference")
+    size, early = 4, 16
+    lines = [f"e{k} = Concat<axis = 1>({', '.join(['x'] * (k % 5 + 1))})" for k in range(early)]
+    order = [(7 * k + 3) % early for k in range(early)]
+    lines += [f"f{k} = Relu(e{j})" for k, j in enumerate(order)]
+    lines += [f"g{k} = Add(f{k}, e{order[k]})" for k in range(early)]
+    width = 4 * (order[-1] % 5 + 1)
+    model = parse(f"""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 4] x) => (float[batch, 4] e0, float[batch, {width}] g{early - 1}) {{
+  {chr(10).join(lines)}
+}}
+""")
+    tables = []
+    real = sliced_module._Slicer._table
+
+    def counted(self, k):
+        if k not in self._tables:
+            tables.append(k)
+        return real(self, k)
+
+    monkeypatch.setattr(sliced_module._Slicer, "_table", counted)
+    sliced = infer_in_slices(model, size=size, whole_up_to=0)
+    assert sliced is not None
+    # built once each: the 4 slices of e (read by f and g), the 4 of f (read by g)
+    assert sorted(tables) == list(range(2 * early // size))
+    monkeypatch.undo()
+    assert [sliced[f"f{k}"].shape for k in range(early)] == [
+        ["batch", 4 * (j % 5 + 1)] for j in order]
     _assert_same_facts(sliced, model)

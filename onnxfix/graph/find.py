@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from itertools import compress, count
 from operator import attrgetter
@@ -68,9 +70,101 @@ def iter_graphs(model: onnx.ModelProto) -> Iterator[tuple[Container, str]]:
 
 
 def iter_scoped(model: onnx.ModelProto) -> Iterator[tuple[Container, str, list[Scope]]]:
+    walk = _shared_walk(model)
+    if walk is not None:
+        yield from walk.entries
+        return
+    yield from _walk_model(model)
+
+
+def _walk_model(model: onnx.ModelProto) -> Iterator[tuple[Container, str, list[Scope]]]:
     yield from _walk(model.graph, "main")
     for f in model.functions:
         yield from _walk(f, f"function {f.domain}::{f.name}")
+
+
+class GraphWalk:
+    """One model's walk (every container, its location and scopes), taken once.
+
+    A rewrite reads its input's walk in several passes (validation, finding the random
+    nodes, the report's op counts: each a step per node of a 100k-node graph); the input is
+    not changed meanwhile, so one walk serves them all (`shared_walks`). Whether the model
+    still has the walk's shape is checked at each use, in a step per container, not per
+    node: the same containers, each with as many nodes, ending with the same node, and every
+    subgraph's owner still at its place. A model changed in a way that keeps all of these
+    (a node rewritten in place to hold a subgraph) is not caught: only a model no pass
+    changes is shared (the input, see `share_walk`)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.entries = list(_walk_model(model))
+        self._stamp = self._take_stamp()
+
+    def _take_stamp(self) -> tuple:
+        m = self.model
+        return (m.graph, tuple(m.functions),
+                tuple((len(c.node), c.node[-1] if c.node else None) for c, _, _ in self.entries))
+
+    def holds(self) -> bool:
+        """The model still has the shape it was walked in (see the class doc)."""
+        graph, functions, sizes = self._stamp
+        m = self.model
+        if m.graph is not graph or len(m.functions) != len(functions) or any(
+                f is not g for f, g in zip(m.functions, functions, strict=True)):
+            return False
+        for (c, _, scopes), (n, last) in zip(self.entries, sizes, strict=True):
+            if len(c.node) != n or (n and c.node[-1] is not last):
+                return False
+            if scopes:
+                owner = scopes[-1]
+                nodes = owner.parent.node
+                if not owner.owner_index < len(nodes) or (
+                        nodes[owner.owner_index] is not owner.owner):
+                    return False
+        return True
+
+
+_SHARED: ContextVar[list[GraphWalk] | None] = ContextVar("onnxfix_shared_walks", default=None)
+
+
+@contextmanager
+def shared_walks() -> Iterator[None]:
+    """Within this block, the walk `share_walk` took of a model serves every later walk of
+    that same model while `GraphWalk.holds` (one rewrite or inspect: the API opens it)."""
+    token = _SHARED.set([])
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def stop_sharing() -> None:
+    """Walk afresh from here to the end of the `shared_walks` block: after the passes that
+    read the input as it is (the parity check takes copies of its own and edits them)."""
+    shared = _SHARED.get()
+    if shared is not None:
+        shared.clear()
+
+
+def share_walk(model: onnx.ModelProto) -> None:
+    """Walk `model` once for the rest of the `shared_walks` block (no-op outside one). For
+    a model the passes only read: an input, as it is validated."""
+    shared = _SHARED.get()
+    if shared is not None and _shared_walk(model) is None:
+        shared.append(GraphWalk(model))
+
+
+def _shared_walk(model: onnx.ModelProto) -> GraphWalk | None:
+    shared = _SHARED.get()
+    if not shared:
+        return None
+    for k, walk in enumerate(shared):
+        if walk.model is model:
+            if walk.holds():
+                return walk
+            del shared[k]  # changed since: walked afresh from now on
+            return None
+    return None
 
 
 def walk_graph(container: Container) -> Iterator[Container]:

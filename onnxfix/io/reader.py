@@ -20,8 +20,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import methodcaller
+from operator import attrgetter
 from pathlib import Path
 
 import onnx
@@ -38,7 +37,7 @@ READ_CHUNK = 8 * 2**20
 # holds a payload over inline_limit (a graph of many small tensors), that parse is the
 # skeleton and the Python field scan (about 4 us per node and initializer) is not needed.
 WHOLE_PARSE_LIMIT = 64 * 2**20
-_BYTE_SIZE = methodcaller("ByteSize")
+_RAW_DATA = attrgetter("raw_data")
 # Before that parse, this many of the graph's fields are walked by their headers (about 4 us
 # each) looking for a payload over inline_limit: a file of a few large weights is then
 # scanned without being parsed (and held) whole first.
@@ -186,9 +185,9 @@ def _parse_whole(src: wire.FileBytes, inline_limit: int, origin: str, look: bool
     except ModelError:
         return None
     inits = model.graph.initializer
-    # the records longer than inline_limit are picked out in C (no Python step per tensor)
-    long = compress(inits, map(inline_limit.__lt__, map(_BYTE_SIZE, inits))) if look else ()
-    large = any(len(t.raw_data) > inline_limit for t in long)
+    # looked for in C (no Python step per tensor), each payload copied out in turn and
+    # dropped: half the time of sizing every record (ByteSize) and then its payload
+    large = look and any(map(inline_limit.__lt__, map(len, map(_RAW_DATA, inits))))
     return None if large else (model, data)
 
 

@@ -10,7 +10,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from onnxfix.errors import ModelError, one_line
-from onnxfix.graph.find import iter_graphs
+from onnxfix.graph.find import iter_graphs, share_walk
 
 # A declared dimension above this is refused as absurd (no real tensor has one).
 MAX_DIM = 2**32
@@ -29,6 +29,7 @@ def validate_model(model: onnx.ModelProto, origin: str, data: bytes | None = Non
     `precheck` already passed on it."""
     if not model.HasField("graph") or not model.opset_import:
         raise ModelError(f"{origin}: not an ONNX model (no graph or no opset_import)")
+    share_walk(model)  # an input: the passes after read the same walk (graph.find)
     _check_opsets(model, origin)
     if TEXT not in passed:
         _check_text(model, origin, data)
