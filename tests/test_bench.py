@@ -141,6 +141,18 @@ g (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }
     assert onnx.load(str(out)).graph.node[0].op_type == "Relu"  # and its save
     assert len(seen) == 2  # then the check's two sessions, as the floor opens them
 
+def test_the_bytes_stack_floor_imports_the_stack_then_copies_and_syncs(tmp_path):
+    src, dst = tmp_path / "in.bin", tmp_path / "out.bin"
+    src.write_bytes(os.urandom(1 << 16))
+    loaded = "print(sorted({'onnx', 'numpy', 'typer'} & set(sys.modules)))"
+    code = _bench_module().STACK_BYTES + loaded
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(dst)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["['numpy',", "'onnx',", "'typer']"]
+    assert dst.read_bytes() == src.read_bytes()
+
+
 FAKE_FLOORS = """
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("bench", sys.argv[1])
