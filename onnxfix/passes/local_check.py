@@ -140,7 +140,10 @@ def _alone_if_full(model_plan, emitted, out: onnx.ModelProto) -> onnx.ModelProto
     # declarations are the model's, and no walk of its nodes looks for more
     g = inferred.graph
     facts = declared_facts([g.initializer, g.input, g.output, g.value_info])
-    return alone if all(facts.get(name) == fact for name, fact in draws.items()) else None
+    if not all(facts.get(name) == fact for name, fact in draws.items()):
+        return None
+    emitted.alone_proven = True  # read by output_shapes.reusable_output_facts
+    return alone
 
 
 # -- the output's basic check from the input's and the patch's (steps 6-9) ----------------
