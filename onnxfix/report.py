@@ -10,7 +10,7 @@ from operator import attrgetter
 
 import onnx
 
-from onnxfix.graph.find import iter_graphs
+from onnxfix.graph.find import iter_graphs, main_op_census
 
 
 @dataclass
@@ -135,5 +135,9 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Op counts over every graph and function body in the model."""
     counts: Counter[str] = Counter()
     for container, _ in iter_graphs(model):
-        counts.update(map(_OP_TYPE, container.node))  # no Python frame per node
+        if container is model.graph:  # counted once for the plan too (main_op_census)
+            for (_, op), n in main_op_census(model).items():
+                counts[op] += n
+        else:
+            counts.update(map(_OP_TYPE, container.node))  # no Python frame per node
     return dict(sorted(counts.items()))

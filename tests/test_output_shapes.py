@@ -106,11 +106,35 @@ BERNOULLI = "p = Sigmoid(x)\n b = Bernoulli<dtype = 1>(p)\n y = Add(p, b)"
 def test_a_draw_that_keeps_its_facts_costs_no_second_inference_of_the_graph(monkeypatch):
     calls = _counting_inference(monkeypatch)
     new, report = onnxfix.rewrite(_graph(NORMAL_LIKE, "[n, 4]"), check=False)
-    # the plan's inference of the whole graph, then the replacement nodes alone: strictly
-    # for the validate pass (passes.local_check), with data propagation for the outputs
+    # the plan's inference of the whole graph, then the replacement nodes alone, strictly,
+    # for the validate pass (passes.local_check): every dim of the draw known, the output
+    # re-declaration reads that proof (no inference with data propagation of them again)
     assert [op_types(m) for m in calls] == [["Relu", "RandomNormalLike", "Add"],
-                                            ["Constant", "Mul"], ["Constant", "Mul"]]
+                                            ["Constant", "Mul"]]
     assert report.redeclared_outputs == [] and _declared(new, "y") == ["n", 4]
+
+
+def test_the_strict_proof_of_the_replacements_stands_only_for_draws_of_known_dims(monkeypatch):
+    """Data propagation may fill an unknown dim the strict inference left unknown: a draw
+    with one is inferred again, proof or not."""
+    from onnxfix.graph.shapes import TensorFacts  # noqa: PLC0415
+    from onnxfix.passes import output_shapes  # noqa: PLC0415
+    from onnxfix.passes.emit import Emitted  # noqa: PLC0415
+    model = _graph(NORMAL_LIKE, "[n, 4]")
+    emitted = Emitted("input-noise", model, sites=[object()], alone=[model], alone_proven=True)
+    outputs = {"y": TensorFacts(TensorProto.FLOAT, ["n", 4])}
+    inferred = []
+    monkeypatch.setattr(output_shapes, "inferred_or_none",
+                        lambda m: inferred.append(m) or None)
+    known = {"r": TensorFacts(TensorProto.FLOAT, ["n", 4])}
+    assert output_shapes.reusable_output_facts(outputs, known, model, emitted) is outputs
+    assert inferred == []
+    unknown = {"r": TensorFacts(TensorProto.FLOAT, [None, 4])}
+    assert output_shapes.reusable_output_facts(outputs, unknown, model, emitted) is None
+    assert inferred == [model]
+    emitted.alone_proven = False  # no proof: inferred, as before
+    assert output_shapes.reusable_output_facts(outputs, known, model, emitted) is None
+    assert len(inferred) == 2
 
 
 def test_a_contradicted_output_downstream_of_a_draw_is_still_redeclared(monkeypatch):

@@ -131,3 +131,45 @@ def test_a_rewrite_walks_its_input_once(monkeypatch):
     assert out.SerializeToString() == expected.SerializeToString()
     assert report.ops_before == {"Identity": 1, "If": 1, "RandomNormalLike": 1,
                                  "RandomUniformLike": 1, "Relu": 2}
+
+
+def test_the_main_op_census_is_counted_once_and_never_stale(monkeypatch):
+    """The plan's step-1 test (local_check) and the report's op counts read one census of
+    the input's main graph; a census taken before the graph changed is not read after."""
+    from onnxfix.graph.find import main_op_census  # noqa: PLC0415
+    from onnxfix.report import op_counts  # noqa: PLC0415
+    model = parse(NESTED)
+    counted = []
+    real = find._DOMAIN_OP
+    monkeypatch.setattr(find, "_DOMAIN_OP", lambda n: counted.append(1) or real(n))
+    with shared_walks():
+        share_walk(model)
+        first = main_op_census(model)
+        first[("", "Relu")] = 99  # the caller's own copy
+        assert main_op_census(model) == {("", "Relu"): 2, ("", "If"): 1}
+        assert len(counted) == 3  # once: three main-graph nodes
+        assert op_counts(model) == {"If": 1, "RandomNormalLike": 1, "Identity": 1, "Relu": 2}
+        assert len(counted) == 3
+        model.graph.node.append(helper.make_node("Abs", ["a"], ["late"], domain="custom"))
+        assert main_op_census(model) == {("", "Relu"): 2, ("", "If"): 1, ("custom", "Abs"): 1}
+        assert op_counts(model)["Abs"] == 1
+    assert main_op_census(model)[("custom", "Abs")] == 1  # outside the block: counted afresh
+
+
+def test_a_custom_domain_still_fails_step_one():
+    """reads_no_propagated_data reads the census's domains as well as its op types."""
+    from onnxfix.passes.local_check import reads_no_propagated_data  # noqa: PLC0415
+    flat = parse("""
+<ir_version: 8, opset_import: ["" : 17, "custom" : 1]>
+g (float[2] x) => (float[2] y) {
+  a = Relu(x)
+  y = RandomNormalLike(a)
+}
+""")
+    assert reads_no_propagated_data(flat)
+    flat.graph.node[0].domain = "custom"
+    assert not reads_no_propagated_data(flat)
+    flat.graph.node[0].domain = ""
+    flat.graph.node[0].op_type = "Reshape"
+    assert not reads_no_propagated_data(flat)
+    assert not reads_no_propagated_data(parse(NESTED))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -22,6 +23,7 @@ Container = onnx.GraphProto | onnx.FunctionProto
 MAX_NESTING = 256  # deeper nesting is refused as hostile rather than walked
 _ATTRIBUTES = attrgetter("attribute")
 _OP_TYPE = attrgetter("op_type")
+_DOMAIN_OP = attrgetter("domain", "op_type")
 _RANDOM = frozenset(RANDOM_OP_TYPES)
 
 
@@ -99,6 +101,7 @@ class GraphWalk:
         self.model = model
         self.entries = list(_walk_model(model))
         self._stamp = self._take_stamp()
+        self.census: dict[tuple[str, str], int] | None = None  # main_op_census, on first use
 
     def _take_stamp(self) -> tuple:
         m = self.model
@@ -165,6 +168,20 @@ def _shared_walk(model: onnx.ModelProto) -> GraphWalk | None:
             del shared[k]  # changed since: walked afresh from now on
             return None
     return None
+
+
+def main_op_census(model: onnx.ModelProto) -> dict[tuple[str, str], int]:
+    """(domain, op type) -> node count over the main graph's nodes (not its subgraphs).
+
+    The plan (passes.local_check) and the report's op counts both read a rewrite's input so;
+    a shared walk's model is counted once for both (one step per node of a 100k-node graph
+    each time, issue 10). The caller gets its own dict."""
+    walk = _shared_walk(model)
+    if walk is None:
+        return dict(Counter(map(_DOMAIN_OP, model.graph.node)))
+    if walk.census is None:
+        walk.census = dict(Counter(map(_DOMAIN_OP, model.graph.node)))
+    return dict(walk.census)
 
 
 def walk_graph(container: Container) -> Iterator[Container]:

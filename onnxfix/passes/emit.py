@@ -90,6 +90,9 @@ class Emitted:
     # the replacement nodes in a model of their own, once built for the spliced model
     # (output_shapes.replacements_alone: [the model or None])
     alone: list = field(default_factory=list)
+    # set by passes.local_check: that model, inferred strictly, gives every draw exactly the
+    # plan's facts (the output re-declaration then need not infer it again)
+    alone_proven: bool = False
     seed_input: str = ""  # seeded mode: the int64 seed input's name
 
     @property

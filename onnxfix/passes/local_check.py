@@ -62,6 +62,7 @@ from operator import attrgetter
 
 import onnx
 
+from onnxfix.graph.find import main_op_census
 from onnxfix.graph.shapes import declared_facts
 from onnxfix.ops import RANDOM_OP_TYPES
 from onnxfix.passes.output_shapes import replacements_alone
@@ -82,14 +83,17 @@ NO_PROPAGATED_DATA = frozenset(RANDOM_OP_TYPES) | frozenset({
     "Sum", "Tan", "Tanh", "ThresholdedRelu", "Transpose", "Where", "Xor",
 })
 _DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
-_OP_TYPE, _DOMAIN, _NAME = attrgetter("op_type"), attrgetter("domain"), attrgetter("name")
+_NAME = attrgetter("name")
 
 
 def reads_no_propagated_data(model: onnx.ModelProto) -> bool:
-    """Step 1's condition on the model (ops picked out in C: no Python step per node)."""
-    nodes = model.graph.node
-    return (not model.functions and set(map(_DOMAIN, nodes)) <= _DEFAULT_DOMAINS
-            and set(map(_OP_TYPE, nodes)) <= NO_PROPAGATED_DATA)
+    """Step 1's condition on the model (from the main graph's op census, which the report's
+    op counts read again: graph.find.main_op_census)."""
+    if model.functions:
+        return False
+    census = main_op_census(model)
+    return (all(d in _DEFAULT_DOMAINS for d, _ in census)
+            and all(op in NO_PROPAGATED_DATA for _, op in census))
 
 
 def local_proof(model_plan, emitted, out: onnx.ModelProto, original: onnx.ModelProto,
@@ -136,7 +140,10 @@ def _alone_if_full(model_plan, emitted, out: onnx.ModelProto) -> onnx.ModelProto
     # declarations are the model's, and no walk of its nodes looks for more
     g = inferred.graph
     facts = declared_facts([g.initializer, g.input, g.output, g.value_info])
-    return alone if all(facts.get(name) == fact for name, fact in draws.items()) else None
+    if not all(facts.get(name) == fact for name, fact in draws.items()):
+        return None
+    emitted.alone_proven = True  # read by output_shapes.reusable_output_facts
+    return alone
 
 
 # -- the output's basic check from the input's and the patch's (steps 6-9) ----------------

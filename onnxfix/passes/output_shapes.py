@@ -132,6 +132,11 @@ def reusable_output_facts(outputs: OutputFacts | None, draws: OutputFacts, model
     alone = replacements_alone(model, emitted, list(draws))
     if alone is None:
         return None
+    if emitted.alone_proven and all(None not in draw.shape for draw in draws.values()):
+        # the local check's strict inference of `alone` (no data propagation) gave each draw
+        # the plan's facts, every dim known: data propagation only fills unknown dims, so the
+        # inference below would give the same (a second inference of thousands of nodes)
+        return outputs
     inferred = inferred_or_none(alone)
     if inferred is None:
         return None
